@@ -1,0 +1,37 @@
+// npm run export -- --checkpoint DIR --out DIR [--force]
+import { parseArgs } from 'node:util';
+import { exportCheckpoint } from '../src/model/export.js';
+import { runCli } from './cli.js';
+import { makeReporter } from './progress.js';
+
+const USAGE = `Usage: npm run export -- --checkpoint DIR --out DIR [--force]
+
+Exports a Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors, and tokenizer.json
+or vocab.json + merges.txt) to a serving model folder (see models/README.md).
+`;
+
+runCli('export', async (argv) => {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      checkpoint: { type: 'string' },
+      out: { type: 'string' },
+      force: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) return void process.stdout.write(USAGE);
+  if (!values.checkpoint || !values.out) throw new Error('--checkpoint and --out are required (see --help)');
+  const reporter = makeReporter();
+  const started = performance.now();
+  let manifest;
+  try {
+    manifest = await exportCheckpoint({ checkpoint: values.checkpoint, out: values.out, force: values.force, onProgress: reporter.export });
+  } finally {
+    reporter.stop();
+  }
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  process.stderr.write(
+    `exported ${manifest.numLayers} layers x ${manifest.numHeads} heads x ${manifest.hiddenSize} wide, context ${manifest.contextLength}, to ${values.out} in ${seconds} s\n`,
+  );
+});

@@ -1,0 +1,137 @@
+// KV memory in fixed-size blocks. The allocator is pure bookkeeping (synchronous, no model, unit
+// tested on its own); the pool holds the actual float32 storage the graph reads zero-copy.
+//
+// Block 0 is reserved as the null block: block tables are padded with it and it is never written,
+// so the graph can gather padding without bounds checks.
+
+export const NULL_BLOCK = 0;
+
+export class BlockAllocator {
+  private readonly free: number[] = [];
+  private readonly refs: Uint16Array;
+
+  /** `numBlocks` includes the null block, so `numBlocks - 1` are allocatable. */
+  constructor(readonly numBlocks: number) {
+    if (numBlocks < 2) throw new Error('the KV cache needs at least one block besides the null block');
+    this.refs = new Uint16Array(numBlocks);
+    // Highest ids at the bottom of the stack so low ids are handed out first (tidier tables in tests).
+    for (let b = numBlocks - 1; b >= 1; b--) this.free.push(b);
+  }
+
+  get freeCount(): number {
+    return this.free.length;
+  }
+
+  get usedCount(): number {
+    return this.numBlocks - 1 - this.free.length;
+  }
+
+  /** Takes `n` fresh blocks, or returns null (and takes none) when fewer are free. */
+  allocate(n: number): number[] | null {
+    if (n > this.free.length) return null;
+    const out = this.free.splice(this.free.length - n, n).reverse();
+    for (const b of out) this.refs[b] = 1;
+    return out;
+  }
+
+  /** Another sequence now also reads these blocks (n > 1 choices share the prompt). */
+  share(blocks: readonly number[]): void {
+    for (const b of blocks) this.refs[b]++;
+  }
+
+  refCount(block: number): number {
+    return this.refs[block];
+  }
+
+  release(blocks: readonly number[]): void {
+    for (const b of blocks) {
+      if (b === NULL_BLOCK || this.refs[b] === 0) throw new Error(`double free of KV block ${b}`);
+      if (--this.refs[b] === 0) this.free.push(b);
+    }
+  }
+}
+
+/** Blocks needed to hold `tokens` tokens. */
+export function blocksFor(tokens: number, blockSize: number): number {
+  return Math.ceil(tokens / blockSize);
+}
+
+export interface PoolShape {
+  layers: number;
+  heads: number;
+  headDim: number;
+  numBlocks: number;
+  blockSize: number;
+}
+
+/**
+ * Per layer, a key and a value array laid out [heads, numBlocks, blockSize, headDim]. Allocated
+ * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
+ * follows the blocks actually used.
+ */
+export class KvPool {
+  readonly keys: Float32Array[] = [];
+  readonly values: Float32Array[] = [];
+  readonly blockFloats: number;
+
+  constructor(readonly shape: PoolShape) {
+    const perLayer = shape.heads * shape.numBlocks * shape.blockSize * shape.headDim;
+    for (let l = 0; l < shape.layers; l++) {
+      this.keys.push(new Float32Array(perLayer));
+      this.values.push(new Float32Array(perLayer));
+    }
+    this.blockFloats = shape.blockSize * shape.headDim;
+  }
+
+  /** Bytes one block takes across all layers, keys and values. */
+  static blockBytes(shape: Omit<PoolShape, 'numBlocks'>): number {
+    return shape.layers * 2 * shape.heads * shape.blockSize * shape.headDim * 4;
+  }
+
+  /**
+   * Copies new K/V rows from the graph's output ([heads, batch, seq, headDim]) into the pool.
+   * Token `i` of batch row `b` goes to position `pastLength + i` of that row's blocks.
+   */
+  writeRows(
+    layer: number,
+    newKey: Float32Array,
+    newValue: Float32Array,
+    batch: number,
+    seq: number,
+    row: number,
+    count: number,
+    pastLength: number,
+    blocks: readonly number[],
+  ): void {
+    const { heads, headDim: D, blockSize: bs, numBlocks } = this.shape;
+    const keys = this.keys[layer];
+    const values = this.values[layer];
+    for (let i = 0; i < count; i++) {
+      const pos = pastLength + i;
+      const block = blocks[(pos / bs) | 0];
+      const slot = pos % bs;
+      for (let h = 0; h < heads; h++) {
+        const src = ((h * batch + row) * seq + i) * D;
+        const dst = ((h * numBlocks + block) * bs + slot) * D;
+        for (let d = 0; d < D; d++) {
+          keys[dst + d] = newKey[src + d];
+          values[dst + d] = newValue[src + d];
+        }
+      }
+    }
+  }
+
+  /** Copy-on-write for a shared, partly filled block: the fork gets its own copy. */
+  copyBlock(from: number, to: number): void {
+    const { heads, numBlocks } = this.shape;
+    const n = this.blockFloats;
+    for (let l = 0; l < this.shape.layers; l++) {
+      for (const arr of [this.keys[l], this.values[l]]) {
+        for (let h = 0; h < heads; h++) {
+          const base = h * numBlocks;
+          arr.copyWithin((base + to) * n, (base + from) * n, (base + from + 1) * n);
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,56 @@
+// Creates the ONNX Runtime session on the chosen execution provider. `auto` prefers CUDA and
+// falls back to CPU with one log line saying why; a CPU-only machine never touches CUDA code
+// beyond a file-existence check.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import type { ExecutionProviderChoice } from './types.js';
+
+export type ExecutionProvider = 'cpu' | 'cuda';
+
+export interface SessionResult {
+  session: ort.InferenceSession;
+  provider: ExecutionProvider;
+}
+
+export interface SessionOptions {
+  executionProvider: ExecutionProviderChoice;
+  intraOpThreads: number;
+  log: (msg: string) => void;
+}
+
+/** The CUDA provider is a separate download (design.md); without it, asking for CUDA cannot work. */
+export function cudaProviderPath(): string {
+  const pkg = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+  return join(pkg, 'bin', 'napi-v6', `${process.platform}`, process.arch, 'libonnxruntime_providers_cuda.so');
+}
+
+export async function createSession(modelFile: string, opts: SessionOptions): Promise<SessionResult> {
+  const base: ort.InferenceSession.SessionOptions = {
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+    enableCpuMemArena: true,
+    enableMemPattern: true,
+    ...(opts.intraOpThreads > 0 ? { intraOpNumThreads: opts.intraOpThreads } : {}),
+  };
+  if (opts.executionProvider === 'cpu') {
+    return { session: await ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
+  }
+  const cudaLib = cudaProviderPath();
+  if (!existsSync(cudaLib)) {
+    const why = `the CUDA provider library is not installed (${cudaLib}; install with ONNXRUNTIME_NODE_INSTALL=cuda12)`;
+    if (opts.executionProvider === 'cuda') throw new Error(`--execution-provider cuda: ${why}`);
+    opts.log(`execution provider: cpu (auto: ${why})`);
+    return createSession(modelFile, { ...opts, executionProvider: 'cpu' });
+  }
+  try {
+    const session = await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
+    opts.log('execution provider: cuda (device 0)');
+    return { session, provider: 'cuda' };
+  } catch (err) {
+    if (opts.executionProvider === 'cuda') throw new Error(`--execution-provider cuda: ${(err as Error).message}`);
+    opts.log(`execution provider: cpu (auto: CUDA session failed: ${(err as Error).message.split('\n')[0]})`);
+    return createSession(modelFile, { ...opts, executionProvider: 'cpu' });
+  }
+}

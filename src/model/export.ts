@@ -1,0 +1,137 @@
+// Hugging Face GPT-2 checkpoint folder -> serving model folder (see models/README.md).
+// Weights stream tensor by tensor into the external data file, so peak memory is about one
+// tensor plus the runtime, and the output appears only once complete (written under a temporary
+// name, renamed at the end): a failed export never leaves a half-written model folder behind.
+import { createHash } from 'node:crypto';
+import { createReadStream, statSync, existsSync, mkdirSync, openSync, closeSync, writeSync, writeFileSync, renameSync, rmSync, readdirSync, copyFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { readGpt2Config, Gpt2Weights } from './gpt2-checkpoint.js';
+import { GraphBuilder } from './onnx-builder.js';
+import { SafetensorsFile } from './safetensors.js';
+import { buildServingGraph, CONTRACT_VERSION, OPSET } from './serving-graph.js';
+import { EXPORTER_VERSION, GRAPH_DATA_FILE, GRAPH_FILE, KV_LAYOUT, MANIFEST_FILE, type Manifest } from './manifest.js';
+import { writeTokenizerJson } from './tokenizer.js';
+
+export interface ExportProgress {
+  phase: 'hash' | 'weights' | 'graph';
+  done: number;
+  total: number;
+}
+
+export interface ExportOptions {
+  checkpoint: string;
+  out: string;
+  /** Replace an existing output folder. */
+  force?: boolean;
+  onProgress?: (p: ExportProgress) => void;
+}
+
+/** ORT maps external data; page-aligned offsets let it do so without copying. */
+const DATA_ALIGNMENT = 4096;
+
+export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
+  const checkpoint = resolve(opts.checkpoint);
+  const out = resolve(opts.out);
+  const weightsFile = join(checkpoint, 'model.safetensors');
+  if (!existsSync(checkpoint)) throw new Error(`${checkpoint}: checkpoint folder does not exist`);
+  const config = readGpt2Config(checkpoint);
+  if (!existsSync(weightsFile)) {
+    const hint = existsSync(join(checkpoint, 'pytorch_model.bin')) ? ' (only pytorch_model.bin is there; safetensors is required)' : '';
+    throw new Error(`${weightsFile}: missing${hint}`);
+  }
+  if (existsSync(out) && readdirSync(out).length > 0 && !opts.force) {
+    throw new Error(`${out}: already exists and is not empty (pass --force to replace it)`);
+  }
+
+  const file = new SafetensorsFile(weightsFile);
+  const tmp = join(dirname(out), `.${basename(out)}.partial-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  try {
+    const weights = new Gpt2Weights(file, config);
+    const checkpointSha256 = await sha256File(weightsFile, (done, total) => opts.onProgress?.({ phase: 'hash', done, total }));
+    const tokenizerSource = existsSync(join(checkpoint, 'tokenizer.json')) ? 'tokenizer.json' : 'vocab.json + merges.txt';
+    await writeTokenizerJson(join(tmp, 'tokenizer.json'), { dir: checkpoint });
+
+    const graph = new GraphBuilder();
+    const dataFd = openSync(join(tmp, GRAPH_DATA_FILE), 'w');
+    const total = file.tensors.size;
+    let offset = 0;
+    let done = 0;
+    try {
+      buildServingGraph(
+        graph,
+        config,
+        (name, dims) => {
+          const data = weights.read(name);
+          const pad = (DATA_ALIGNMENT - (offset % DATA_ALIGNMENT)) % DATA_ALIGNMENT;
+          if (pad) writeSync(dataFd, new Uint8Array(pad));
+          offset += pad;
+          writeSync(dataFd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+          const ref = { location: GRAPH_DATA_FILE, offset, length: data.byteLength };
+          offset += data.byteLength;
+          opts.onProgress?.({ phase: 'weights', done: ++done, total });
+          return graph.externalFloat(name, dims, ref);
+        },
+        weights.tiedHead,
+      );
+    } finally {
+      closeSync(dataFd);
+    }
+
+    const manifest: Manifest = {
+      format: 'gpt2-serve-model',
+      contractVersion: CONTRACT_VERSION,
+      graph: { file: GRAPH_FILE, externalData: GRAPH_DATA_FILE, opset: OPSET },
+      dtype: 'float32',
+      kvLayout: KV_LAYOUT,
+      numLayers: config.n_layer,
+      numHeads: config.n_head,
+      hiddenSize: config.n_embd,
+      headDim: config.n_embd / config.n_head,
+      vocabSize: config.vocab_size,
+      contextLength: config.n_positions,
+      eosTokenId: config.eos_token_id,
+      tiedHead: weights.tiedHead,
+      exporter: { name: 'gpt2-serve', version: EXPORTER_VERSION },
+      source: {
+        checkpointSha256,
+        checkpointDtype: [...new Set([...file.tensors.values()].map((t) => t.dtype))].join(','),
+        tokenizer: tokenizerSource,
+      },
+    };
+    const encoded = graph.encode({
+      opset: OPSET,
+      producerVersion: EXPORTER_VERSION,
+      doc: `GPT-2 serving graph, contract v${CONTRACT_VERSION} (see models/README.md)`,
+      metadata: { contract_version: String(CONTRACT_VERSION), kv_layout: KV_LAYOUT },
+    });
+    writeFileSync(join(tmp, GRAPH_FILE), encoded);
+    opts.onProgress?.({ phase: 'graph', done: 1, total: 1 });
+    copyFileSync(join(checkpoint, 'config.json'), join(tmp, 'config.json'));
+    writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+
+    if (existsSync(out)) rmSync(out, { recursive: true, force: true });
+    mkdirSync(dirname(out), { recursive: true });
+    renameSync(tmp, out);
+    return manifest;
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  } finally {
+    file.close();
+  }
+}
+
+async function sha256File(path: string, onProgress: (done: number, total: number) => void): Promise<string> {
+  const hash = createHash('sha256');
+  const stream = createReadStream(path, { highWaterMark: 4 << 20 });
+  let done = 0;
+  const { size } = statSync(path);
+  for await (const chunk of stream) {
+    hash.update(chunk as Buffer);
+    done += (chunk as Buffer).length;
+    onProgress(done, size);
+  }
+  return hash.digest('hex');
+}

@@ -1,0 +1,65 @@
+// manifest.json: what a model folder promises to the server. The server trusts nothing else
+// about the graph, and refuses a folder whose contract it does not speak.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { CONTRACT_VERSION } from './serving-graph.js';
+
+export const MANIFEST_FILE = 'manifest.json';
+export const GRAPH_FILE = 'model.onnx';
+export const GRAPH_DATA_FILE = 'model.onnx.data';
+export const EXPORTER_VERSION = '0.1.0';
+
+export const ManifestSchema = z.object({
+  format: z.literal('gpt2-serve-model'),
+  contractVersion: z.number().int(),
+  graph: z.object({ file: z.string(), externalData: z.string(), opset: z.number().int() }),
+  dtype: z.literal('float32'),
+  kvLayout: z.string(),
+  numLayers: z.number().int().positive(),
+  numHeads: z.number().int().positive(),
+  hiddenSize: z.number().int().positive(),
+  headDim: z.number().int().positive(),
+  vocabSize: z.number().int().positive(),
+  contextLength: z.number().int().positive(),
+  eosTokenId: z.number().int().nonnegative(),
+  tiedHead: z.boolean(),
+  exporter: z.object({ name: z.string(), version: z.string() }),
+  source: z.object({
+    checkpointSha256: z.string().regex(/^[0-9a-f]{64}$/),
+    checkpointDtype: z.string(),
+    tokenizer: z.string(),
+  }),
+});
+export type Manifest = z.infer<typeof ManifestSchema>;
+
+export const KV_LAYOUT = 'per layer: past_key_{l}/past_value_{l} float32 [heads, pool_blocks, block_size, head_dim]';
+
+/** Reads and checks a model folder's manifest; the error says what to do about a bad folder. */
+export function readManifest(dir: string): Manifest {
+  const file = join(dir, MANIFEST_FILE);
+  if (!existsSync(file)) {
+    throw new Error(`${dir} is not an exported model folder (no ${MANIFEST_FILE}); export a checkpoint with: npm run export -- --checkpoint CHECKPOINT_DIR --out ${dir}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`${file}: not valid JSON (${(err as Error).message})`);
+  }
+  const version = (raw as { contractVersion?: unknown })?.contractVersion;
+  if (typeof version === 'number' && version !== CONTRACT_VERSION) {
+    throw new Error(
+      `${file}: graph contract version ${version} is not supported by this server (it speaks version ${CONTRACT_VERSION}); re-export the checkpoint with this version's exporter`,
+    );
+  }
+  const parsed = ManifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const why = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new Error(`${file}: invalid manifest (${why})`);
+  }
+  for (const f of [parsed.data.graph.file, parsed.data.graph.externalData, 'tokenizer.json']) {
+    if (!existsSync(join(dir, f))) throw new Error(`${dir}: ${f} is missing; re-export the model folder`);
+  }
+  return parsed.data;
+}

@@ -1,0 +1,155 @@
+// A small typed layer over onnx-proto for writing graphs by hand: nodes get unique output
+// names, constants become initializers, and large weights go to an external data file so the
+// protobuf itself stays a few hundred kilobytes whatever the model size.
+import onnxProto from 'onnx-proto';
+
+const { onnx } = onnxProto;
+type TensorProto = InstanceType<typeof onnx.TensorProto>;
+
+export const DataType = {
+  FLOAT: onnx.TensorProto.DataType.FLOAT,
+  INT64: onnx.TensorProto.DataType.INT64,
+  BOOL: onnx.TensorProto.DataType.BOOL,
+} as const;
+export type DataTypeId = (typeof DataType)[keyof typeof DataType];
+
+/** A symbolic or fixed dimension of a graph input/output. */
+export type Dim = string | number;
+
+type AttrValue = number | string | number[] | { float: number };
+
+export interface ExternalTensorRef {
+  location: string;
+  offset: number;
+  length: number;
+}
+
+export class GraphBuilder {
+  private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
+  private readonly initializers: TensorProto[] = [];
+  private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly constCache = new Map<string, string>();
+  private counter = 0;
+
+  input(name: string, type: DataTypeId, dims: Dim[]): string {
+    this.inputs.push(valueInfo(name, type, dims));
+    return name;
+  }
+
+  output(value: string, name: string, type: DataTypeId, dims: Dim[]): void {
+    this.op('Identity', [value], {}, name);
+    this.outputs.push(valueInfo(name, type, dims));
+  }
+
+  /** Adds a node and returns its (first) output name; `outputs` > 1 returns several via opN. */
+  op(type: string, inputs: string[], attrs: Record<string, AttrValue> = {}, outName?: string, domain = ''): string {
+    return this.opN(type, inputs, 1, attrs, outName ? [outName] : undefined, domain)[0];
+  }
+
+  opN(
+    type: string,
+    inputs: string[],
+    outputs: number,
+    attrs: Record<string, AttrValue> = {},
+    outNames?: string[],
+    domain = '',
+  ): string[] {
+    const id = this.counter++;
+    const names = outNames ?? Array.from({ length: outputs }, (_, i) => `${type.toLowerCase()}_${id}${outputs > 1 ? `_${i}` : ''}`);
+    this.nodes.push(
+      onnx.NodeProto.create({
+        opType: type,
+        domain,
+        name: `${type}_${id}`,
+        input: inputs,
+        output: names,
+        attribute: Object.entries(attrs).map(([name, value]) => attribute(name, value)),
+      }),
+    );
+    return names;
+  }
+
+  /** A small constant initializer, deduplicated by value. */
+  constInt64(values: number[], dims: number[] = [values.length]): string {
+    return this.cached(`i64:${dims}:${values}`, (name) =>
+      onnx.TensorProto.create({ name, dataType: DataType.INT64, dims, int64Data: values }),
+    );
+  }
+
+  constFloat(values: number[], dims: number[] = [values.length]): string {
+    return this.cached(`f32:${dims}:${values}`, (name) =>
+      onnx.TensorProto.create({ name, dataType: DataType.FLOAT, dims, floatData: values }),
+    );
+  }
+
+  /** A weight whose bytes live in the external data file at `ref`. */
+  externalFloat(name: string, dims: number[], ref: ExternalTensorRef): string {
+    this.initializers.push(
+      onnx.TensorProto.create({
+        name,
+        dataType: DataType.FLOAT,
+        dims,
+        dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+        externalData: [
+          { key: 'location', value: ref.location },
+          { key: 'offset', value: String(ref.offset) },
+          { key: 'length', value: String(ref.length) },
+        ],
+      }),
+    );
+    return name;
+  }
+
+  encode(opts: { opset: number; producerVersion: string; doc: string; metadata: Record<string, string> }): Uint8Array {
+    const model = onnx.ModelProto.create({
+      irVersion: 8,
+      producerName: 'gpt2-serve',
+      producerVersion: opts.producerVersion,
+      docString: opts.doc,
+      opsetImport: [
+        { domain: '', version: opts.opset },
+        { domain: 'com.microsoft', version: 1 },
+      ],
+      metadataProps: Object.entries(opts.metadata).map(([key, value]) => ({ key, value })),
+      graph: onnx.GraphProto.create({
+        name: 'gpt2',
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs,
+        output: this.outputs,
+      }),
+    });
+    return onnx.ModelProto.encode(model).finish();
+  }
+
+  private cached(key: string, make: (name: string) => TensorProto): string {
+    let name = this.constCache.get(key);
+    if (!name) {
+      name = `const_${this.constCache.size}`;
+      this.initializers.push(make(name));
+      this.constCache.set(key, name);
+    }
+    return name;
+  }
+}
+
+function valueInfo(name: string, elemType: DataTypeId, dims: Dim[]) {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: {
+      tensorType: {
+        elemType,
+        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  });
+}
+
+function attribute(name: string, value: AttrValue) {
+  const T = onnx.AttributeProto.AttributeType;
+  if (typeof value === 'string') return { name, type: T.STRING, s: new TextEncoder().encode(value) };
+  if (Array.isArray(value)) return { name, type: T.INTS, ints: value };
+  if (typeof value === 'object') return { name, type: T.FLOAT, f: value.float };
+  return { name, type: T.INT, i: value };
+}

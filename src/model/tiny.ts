@@ -1,0 +1,90 @@
+// A random-weight GPT-2 in Hugging Face layout with the real GPT-2 tokenizer: what tests,
+// benchmarks and a first `npm start` run on, offline. Same seed and shape, same bytes.
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { expectedShapes, type Gpt2Config } from './gpt2-checkpoint.js';
+import { exportCheckpoint, type ExportProgress } from './export.js';
+import { writeSafetensors } from './safetensors.js';
+import { gpt2TokenizerJsonFromGpt3Encoder } from './tokenizer.js';
+import type { Manifest } from './manifest.js';
+import { Rng } from '../util/rng.js';
+
+export interface TinyShape {
+  layers: number;
+  heads: number;
+  embd: number;
+  positions: number;
+}
+
+export const TINY_DEFAULT: TinyShape = { layers: 2, heads: 4, embd: 32, positions: 1024 };
+export const PRESETS: Record<string, TinyShape> = {
+  tiny: TINY_DEFAULT,
+  'gpt2-small': { layers: 12, heads: 12, embd: 768, positions: 1024 },
+};
+const GPT2_VOCAB = 50257;
+
+export interface MakeTinyOptions {
+  out: string;
+  seed?: number;
+  shape?: Partial<TinyShape>;
+  force?: boolean;
+  onProgress?: (p: ExportProgress) => void;
+}
+
+/**
+ * Writes `<out>/checkpoint/` (config.json, model.safetensors, tokenizer.json) and exports it to
+ * `<out>`. Returns the export's manifest.
+ */
+export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
+  const shape = { ...TINY_DEFAULT, ...opts.shape };
+  const out = resolve(opts.out);
+  const staging = join(dirname(out), `.${basename(out)}.checkpoint-${process.pid}`);
+  rmSync(staging, { recursive: true, force: true });
+  try {
+    writeRandomCheckpoint(staging, shape, opts.seed ?? 0);
+    writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder()));
+    const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, onProgress: opts.onProgress });
+    renameSync(staging, join(out, 'checkpoint'));
+    return manifest;
+  } finally {
+    if (existsSync(staging)) rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknown> {
+  return {
+    model_type: 'gpt2',
+    architectures: ['GPT2LMHeadModel'],
+    n_layer: shape.layers,
+    n_head: shape.heads,
+    n_embd: shape.embd,
+    n_positions: shape.positions,
+    n_ctx: shape.positions,
+    vocab_size: GPT2_VOCAB,
+    layer_norm_epsilon: 1e-5,
+    activation_function: 'gelu_new',
+    bos_token_id: 50256,
+    eos_token_id: 50256,
+  };
+}
+
+/**
+ * Weights are drawn wider than GPT-2's 0.02 init so that logits are far apart: greedy decoding
+ * then has clear winners, and float32-vs-float64 comparisons never hinge on near ties.
+ */
+function writeRandomCheckpoint(dir: string, shape: TinyShape, seed: number): void {
+  mkdirSync(dir, { recursive: true });
+  const config = tinyConfig(shape);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  const rng = new Rng(seed);
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, dims] of expectedShapes(shape.layers, shape.embd, GPT2_VOCAB, shape.positions, true)) {
+    const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
+    const isNormWeight = /ln_\w+\.weight$/.test(name);
+    const std = name.startsWith('wte') || name.startsWith('wpe') ? 0.5 : name.endsWith('.bias') ? 0.05 : isNormWeight ? 0.1 : 0.3;
+    const mean = isNormWeight ? 1 : 0;
+    for (let i = 0; i < data.length; i++) data[i] = mean + std * rng.gaussian();
+    tensors.set(name, { shape: dims, data });
+  }
+  writeSafetensors(join(dir, 'model.safetensors'), tensors);
+}

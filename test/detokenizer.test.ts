@@ -1,0 +1,199 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { IncrementalDetokenizer } from '../src/engine/detokenizer.js';
+import { gpt2TokenizerJsonFromGpt3Encoder, loadTokenizer, type Tokenizer } from '../src/model/tokenizer.js';
+
+let tmp: string;
+let tok: Tokenizer;
+/** GPT-2 has a token for every single byte: streaming those splits every multi-byte character. */
+const byteToken = new Array<number>(256);
+
+before(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'detok-test-'));
+  await writeFile(join(tmp, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder()));
+  tok = await loadTokenizer(tmp);
+  for (let id = 0; id < tok.vocabSize; id++) {
+    const b = tok.tokenBytes(id);
+    if (b.length === 1) byteToken[b[0]] = id;
+  }
+  assert.equal(byteToken.filter((id) => id !== undefined).length, 256);
+});
+after(() => rm(tmp, { recursive: true, force: true }));
+
+function byteTokens(text: string): number[] {
+  return [...Buffer.from(text, 'utf8')].map((b) => byteToken[b]);
+}
+
+/** Token ids with boundaries exactly where the pieces are split. */
+function tokensOf(...pieces: string[]): number[] {
+  return pieces.flatMap((p) => tok.encode(p));
+}
+
+interface Run {
+  pieces: string[];
+  text: string;
+  /** Index of the token whose push reported stopped, or -1. */
+  stoppedAt: number;
+}
+
+function stream(ids: readonly number[], stop: readonly string[] = []): Run {
+  const detok = new IncrementalDetokenizer(tok, stop);
+  const pieces: string[] = [];
+  let stoppedAt = -1;
+  for (let i = 0; i < ids.length; i++) {
+    const r = detok.push(ids[i]);
+    pieces.push(r.text);
+    if (r.stopped) {
+      stoppedAt = i;
+      break;
+    }
+  }
+  pieces.push(detok.finish());
+  return { pieces, text: pieces.join(''), stoppedAt };
+}
+
+function mulberry32(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const WORDS = [
+  'Hello', ' world', ' the', ' END', ',', '.', '\n', '  ', ' 42', "'s", ' café', ' naïve', ' 日本語', '中文', '한국어', '𠮷',
+  ' 👍', '👍🏽', '👨‍👩‍👧‍👦', '🏳️‍🌈', '🇫🇷', '🤷🏿‍♀️', 'e\u0301', ' Привет', '’', '“quoted”', '<|endoftext|>', '\ufeff',
+];
+
+function corpus(n: number, seed: number): string[] {
+  const rand = mulberry32(seed);
+  return Array.from({ length: n }, () => {
+    let s = '';
+    for (let i = 1 + Math.floor(rand() * 10); i > 0; i--) s += WORDS[Math.floor(rand() * WORDS.length)];
+    return s;
+  });
+}
+
+test('streamed pieces concatenate to decode(all), never splitting a character', () => {
+  for (const s of corpus(600, 1)) {
+    for (const ids of [tok.encode(s), byteTokens(s)]) {
+      // Stop strings that cannot occur in this corpus, but whose prefixes do.
+      for (const stop of [[], ['\u0000never'], ['Hello!', '🏽🏽', '日本語!', ' the ENDING']]) {
+        const run = stream(ids, stop);
+        assert.equal(run.text, tok.decode(ids), JSON.stringify(s));
+        assert.equal(run.text, s);
+        assert.equal(run.stoppedAt, -1);
+        for (const p of run.pieces) assert.ok(!p.includes('\ufffd'), `${JSON.stringify(p)} in ${JSON.stringify(s)}`);
+      }
+    }
+  }
+});
+
+test('text is emitted as soon as it is complete', () => {
+  const detok = new IncrementalDetokenizer(tok, []);
+  const [a, b] = byteTokens('é');
+  assert.deepEqual(detok.push(tokensOf('Hi')[0]), { text: 'Hi', stopped: false });
+  assert.deepEqual(detok.push(a), { text: '', stopped: false });
+  assert.deepEqual(detok.push(b), { text: 'é', stopped: false });
+  assert.equal(detok.finish(), '');
+});
+
+test('a broken trailing byte sequence becomes U+FFFD at finish, like decode', () => {
+  const ids = byteTokens('ok 👍').slice(0, -1);
+  const run = stream(ids);
+  assert.deepEqual(run.pieces, ['o', 'k', ' ', '', '', '', '\ufffd']);
+  assert.equal(run.text, tok.decode(ids));
+  // A broken sequence followed by more text is replaced as soon as the next byte shows it.
+  const [e2] = byteTokens('’');
+  assert.deepEqual(stream([e2, ...tokensOf('A')]).pieces, ['', '\ufffdA', '']);
+});
+
+test('a stop string spanning token boundaries is cut exactly', () => {
+  const ids = tokensOf('Hello', ' wor', 'ld', ' th', 'e E', 'ND', ' of it');
+  const run = stream(ids, ['the END']);
+  assert.equal(run.text, 'Hello world ');
+  // Tokens: Hello| wor|ld| th|e| E|ND| of| it; "th" is held back while it could become the stop.
+  assert.equal(run.stoppedAt, 6);
+  assert.deepEqual(run.pieces, ['Hello', ' wor', 'ld', ' ', '', '', '', '']);
+});
+
+test('stop strings inside multi-byte characters and emoji sequences', () => {
+  const s = 'good 👍🏽 job, 日本語 ok';
+  const run = stream(byteTokens(s), ['👍🏽', '本']);
+  assert.equal(run.text, 'good ');
+  assert.equal(run.stoppedAt, Buffer.byteLength('good 👍🏽') - 1);
+  const cjk = stream(byteTokens(s), ['日本語 o']);
+  assert.equal(cjk.text, 'good 👍🏽 job, ');
+  for (const p of cjk.pieces) assert.ok(!p.includes('\ufffd'));
+});
+
+test('random stop strings: output is exactly the text before the first occurrence', () => {
+  const rand = mulberry32(2);
+  let stopped = 0;
+  for (const s of corpus(400, 3)) {
+    const chars = [...s];
+    const from = Math.floor(rand() * chars.length);
+    const stop = chars.slice(from, from + 1 + Math.floor(rand() * 6)).join('');
+    const decoy = stop.slice(0, -1) + '\u0001';
+    for (const ids of [tok.encode(s), byteTokens(s)]) {
+      const run = stream(ids, [decoy, stop]);
+      assert.equal(run.text, s.slice(0, s.indexOf(stop)), `${JSON.stringify(s)} stop ${JSON.stringify(stop)}`);
+      // It stops at the first token whose text completes the stop string, not later.
+      assert.ok(run.stoppedAt >= 0);
+      assert.ok(tok.decode(ids.slice(0, run.stoppedAt + 1)).includes(stop));
+      assert.ok(!tok.decode(ids.slice(0, run.stoppedAt)).includes(stop));
+      stopped++;
+    }
+  }
+  assert.equal(stopped, 800);
+});
+
+test('several stop strings with overlapping prefixes', () => {
+  // "EN" could start either; "ENO" only ENOUGH.
+  assert.equal(stream(tokensOf('it is', ' E', 'N', 'O', 'UGH', ' now'), ['END', 'ENOUGH']).text, 'it is ');
+  assert.equal(stream(tokensOf('it is', ' E', 'N', 'D'), ['END', 'ENOUGH']).text, 'it is ');
+  // Whichever completes first wins, even when another one started earlier.
+  const oneByOne = stream(byteTokens('zabcdef'), ['abcdef', 'cd']);
+  assert.equal(oneByOne.text, 'zab');
+  assert.equal(oneByOne.stoppedAt, 4);
+  // Arriving together, the earliest occurrence wins.
+  assert.equal(stream(tokensOf('zabcdef'), ['cd', 'abcdef']).text, 'z');
+  // A held-back prefix that fails to complete is released, and a stop starting inside it still matches.
+  assert.deepEqual(stream(byteTokens('ababab!'), ['abab!']).pieces, ['', '', '', '', 'ab', '', '', '']);
+  assert.equal(stream(byteTokens('ab?x'), ['abc', 'b?x']).text, 'a');
+});
+
+test('a stop string that never completes is flushed by finish', () => {
+  const detok = new IncrementalDetokenizer(tok, ['the END']);
+  let out = '';
+  for (const id of tokensOf('Hello', ' th', 'e E', 'N')) {
+    const r = detok.push(id);
+    assert.equal(r.stopped, false);
+    out += r.text;
+  }
+  assert.equal(out, 'Hello ');
+  assert.equal(detok.finish(), 'the EN');
+});
+
+test('after a stop nothing more is emitted; empty stop strings are ignored', () => {
+  const detok = new IncrementalDetokenizer(tok, ['', 'Hello']);
+  assert.deepEqual(detok.push(tokensOf('Hello')[0]), { text: '', stopped: true });
+  assert.deepEqual(detok.push(tokensOf(' world')[0]), { text: '', stopped: true });
+  assert.equal(detok.finish(), '');
+  assert.equal(stream(tokensOf('a', 'b'), ['']).text, 'ab');
+});
+
+test('push is cheap per token', (t) => {
+  const ids = tok.encode(corpus(200, 4).join(''));
+  const detok = new IncrementalDetokenizer(tok, ['\n\n\n\n', 'the END', '###']);
+  const t0 = performance.now();
+  let n = 0;
+  for (let r = 0; r < 50; r++) for (const id of ids) n += detok.push(id).text.length;
+  const perToken = ((performance.now() - t0) * 1e6) / (50 * ids.length);
+  t.diagnostic(`${perToken.toFixed(0)} ns per push with 3 stop strings (${n} chars)`);
+  assert.ok(perToken < 20_000, 'well under 20 µs per token');
+});

@@ -1,0 +1,45 @@
+// Tiny models for tests: made once per process under the OS temp folder (seeded, so every run
+// and every test file sees the same weights).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeTinyModel, type TinyShape } from '../../src/model/tiny.js';
+import type { EngineOptions } from '../../src/engine/types.js';
+
+const made = new Map<string, Promise<string>>();
+let root: string | null = null;
+
+export function tempDir(prefix = 'gpt2-serve-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** The exported tiny model folder for this seed/shape (its checkpoint is in `<dir>/checkpoint`). */
+export function tinyModel(seed = 1, shape: Partial<TinyShape> = {}): Promise<string> {
+  const key = JSON.stringify([seed, shape]);
+  let dir = made.get(key);
+  if (!dir) {
+    if (!root) {
+      root = tempDir();
+      const r = root;
+      process.on('exit', () => rmSync(r, { recursive: true, force: true }));
+    }
+    const out = join(root, `tiny-${made.size}`);
+    dir = makeTinyModel({ out, seed, shape }).then(() => out);
+    made.set(key, dir);
+  }
+  return dir;
+}
+
+export function engineOptions(modelDir: string, overrides: Partial<EngineOptions> = {}): EngineOptions {
+  return {
+    modelDir,
+    executionProvider: 'cpu',
+    intraOpThreads: 1,
+    maxNumSeqs: 32,
+    maxNumBatchedTokens: 512,
+    kvCacheTokens: 8192,
+    blockSize: 16,
+    maxQueue: 64,
+    ...overrides,
+  };
+}

