@@ -1,0 +1,245 @@
+// npm run bench:engine -- [--model DIR] [--concurrency 32] [--prompt-tokens 128] [--output-tokens 128]
+//                         [--threads 0] [--json FILE]
+// The engine's figures, each as a ratio inside one run (these machines are shared and noisy):
+//   1. aggregate decode tokens/s at N concurrent sequences vs one sequence;
+//   2. one sequence's decode step vs the model's weight MatMuls alone;
+//   3. attention over 512 cached tokens at batch N vs reading those KV bytes at memcpy speed;
+//   4. share of step time outside the model (scheduling, sampling, detokenizing, messaging);
+//   5. KV memory allocated vs the bytes of the tokens held;
+// plus peak RSS. Defaults to a GPT-2-small-shaped random model (created once under models/).
+import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { MessageChannel } from 'node:worker_threads';
+import * as ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
+import { readFileSync } from 'node:fs';
+import { EngineCore } from '../src/engine/engine-core.js';
+import { BlockAllocator, KvPool, blocksFor } from '../src/engine/kv-cache.js';
+import { createOnnxRunner, type OnnxRunner } from '../src/engine/runner.js';
+import { Scheduler } from '../src/engine/scheduler.js';
+import type { SamplingParams } from '../src/engine/types.js';
+import { readManifest, type Manifest } from '../src/model/manifest.js';
+import { DataType, GraphBuilder } from '../src/model/onnx-builder.js';
+import { loadTokenizer } from '../src/model/tokenizer.js';
+import { makeTinyModel } from '../src/model/tiny.js';
+import { runCli } from './cli.js';
+import { makeReporter } from './progress.js';
+
+const BLOCK_SIZE = 16;
+
+runCli('bench:engine', async (argv) => {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: 'string', default: 'models/bench-gpt2-small' },
+      concurrency: { type: 'string', default: '32' },
+      'prompt-tokens': { type: 'string', default: '128' },
+      'output-tokens': { type: 'string', default: '128' },
+      'attention-past': { type: 'string', default: '512' },
+      threads: { type: 'string', default: '0' },
+      json: { type: 'string' },
+    },
+  });
+  const N = Number(values.concurrency);
+  const promptTokens = Number(values['prompt-tokens']);
+  const outputTokens = Number(values['output-tokens']);
+  const attnPast = Number(values['attention-past']);
+  const threads = Number(values.threads);
+  const dir = resolve(values.model);
+  if (!existsSync(join(dir, 'manifest.json'))) {
+    process.stderr.write(`creating a GPT-2-small-shaped random model in ${dir} (once)\n`);
+    const reporter = makeReporter();
+    await makeTinyModel({ out: dir, seed: 0, shape: { layers: 12, heads: 12, embd: 768, positions: 1024 }, onProgress: reporter.export });
+    reporter.stop();
+  }
+  const manifest = readManifest(dir);
+  const log = (m: string) => process.stderr.write(`${m}\n`);
+
+  log('measuring the weight MatMuls alone (1 row) ...');
+  const matmulMs = await weightMatmulMs(dir, manifest, threads);
+
+  const kvTokens = Math.max(N * (promptTokens + outputTokens), N * (attnPast + 1)) + N * BLOCK_SIZE * 2;
+  const numBlocks = Math.ceil(kvTokens / BLOCK_SIZE) + 1;
+  const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: threads, numBlocks, blockSize: BLOCK_SIZE, log });
+
+  log(`measuring attention at batch ${N} over ${attnPast} cached tokens ...`);
+  const attention = await attentionCost(runner, N, attnPast);
+
+  log(`engine: 1 sequence, then ${N} concurrent (${promptTokens}-token prompts, ${outputTokens} new tokens) ...`);
+  const tokenizer = await loadTokenizer(dir);
+  const runEngine = async (concurrency: number) => {
+    const scheduler = new Scheduler({ maxNumSeqs: N, maxNumBatchedTokens: 512, blockSize: BLOCK_SIZE }, new BlockAllocator(numBlocks));
+    const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, maxQueue: 1024 });
+    return driveEngine(core, scheduler, runner.pool, concurrency, promptTokens, outputTokens);
+  };
+  const single = await runEngine(1);
+  const batched = await runEngine(N);
+  await runner.dispose();
+
+  const figures = {
+    machine: { cpus: (await import('node:os')).cpus().length, node: process.version, onnxruntime: ort.env.versions.common },
+    config: { model: dir, concurrency: N, promptTokens, outputTokens, attentionPast: attnPast, blockSize: BLOCK_SIZE, threads },
+    decodeTokensPerSecond: { single: single.decodeTps, batched: batched.decodeTps, ratio: batched.decodeTps / single.decodeTps, target: '>= 8' },
+    singleDecodeStep: { stepMs: single.decodeStepMs, weightMatmulMs: matmulMs, ratio: single.decodeStepMs / matmulMs, target: '<= 1.25' },
+    attention: { ...attention, ratio: attention.attentionMs / attention.memcpyMs, target: '<= 2' },
+    overhead: { share: batched.overheadShare, modelMs: batched.decodeModelMs, stepMs: batched.decodeStepMs, messagingMs: batched.messagingMs, target: '<= 0.05' },
+    kvMemory: { worstExcessBlocksPerSequence: batched.kvExcessPerSeq, target: '<= 1 block per sequence' },
+    peakRssMiB: process.resourceUsage().maxRSS / 1024,
+  };
+  printFigures(figures);
+  if (values.json) writeFileSync(values.json, JSON.stringify(figures, null, 2) + '\n');
+});
+
+interface EngineRun {
+  decodeTps: number;
+  decodeStepMs: number;
+  decodeModelMs: number;
+  overheadShare: number;
+  messagingMs: number;
+  kvExcessPerSeq: number;
+}
+
+/** Submits `concurrency` requests at once and steps the core until all finish. */
+async function driveEngine(core: EngineCore, scheduler: Scheduler, pool: KvPool, concurrency: number, promptTokens: number, outputTokens: number): Promise<EngineRun> {
+  const params: SamplingParams = {
+    maxTokens: outputTokens, minTokens: 0, temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0,
+    repetitionPenalty: 1, logitBias: [], seed: 0, logprobs: null, echo: false, stop: [], stopTokenIds: [], ignoreEos: true, n: 1,
+  };
+  for (let i = 0; i < concurrency; i++) {
+    const prompt = Array.from({ length: promptTokens }, (_, k) => (k * 7919 + i * 104729) % 50000);
+    core.add({ id: `bench-${concurrency}-${i}`, promptTokens: prompt, params });
+  }
+  const channel = new MessageChannel();
+  channel.port2.on('message', () => {});
+  const blockBytes = KvPool.blockBytes(pool.shape);
+  const tokenBytes = blockBytes / pool.shape.blockSize;
+  let decodeTokens = 0, decodeMs = 0, decodeModelMs = 0, decodeSteps = 0, messagingMs = 0, worstExcess = 0;
+  while (core.hasWork()) {
+    const start = performance.now();
+    const events = await core.step();
+    const t = performance.now();
+    channel.port1.postMessage(events); // what the worker pays to hand a step's events over
+    const postMs = performance.now() - t;
+    const step = core.lastStep;
+    const held = scheduler.running.reduce((s, q) => s + q.numComputed, 0);
+    if (scheduler.running.length) {
+      const excess = (scheduler.usedBlocks * blockBytes - held * tokenBytes) / blockBytes / scheduler.running.length;
+      worstExcess = Math.max(worstExcess, excess);
+    }
+    if (step.tokens === step.rows && step.rows === concurrency) {
+      decodeTokens += step.rows;
+      decodeMs += performance.now() - start;
+      decodeModelMs += step.modelMs;
+      messagingMs += postMs;
+      decodeSteps++;
+    }
+  }
+  channel.port1.close();
+  const stepMs = decodeMs / decodeSteps;
+  return {
+    decodeTps: (decodeTokens / decodeMs) * 1000,
+    decodeStepMs: stepMs,
+    decodeModelMs: decodeModelMs / decodeSteps,
+    overheadShare: (decodeMs - decodeModelMs) / decodeMs,
+    messagingMs: messagingMs / decodeSteps,
+    kvExcessPerSeq: worstExcess,
+  };
+}
+
+/** Attention cost = decode step with `past` cached tokens minus the same step with 1 cached token. */
+async function attentionCost(runner: OnnxRunner, batch: number, past: number) {
+  const bs = runner.pool.shape.blockSize;
+  const rowsFor = (pastLength: number) =>
+    Array.from({ length: batch }, (_, b) => ({
+      tokens: [b + 1],
+      pastLength,
+      blocks: Array.from({ length: blocksFor(pastLength + 1, bs) }, (_, k) => 1 + ((b * blocksFor(past + 1, bs) + k) % (runner.pool.shape.numBlocks - 1))),
+      logitsFrom: 0,
+    }));
+  const time = async (pastLength: number) => {
+    const rows = rowsFor(pastLength);
+    const samples: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      await runner.run(rows);
+      samples.push(runner.takeModelMs());
+    }
+    return median(samples.slice(2));
+  };
+  const withPast = await time(past);
+  const without = await time(1);
+  const { layers, heads, headDim } = runner.pool.shape;
+  const kvBytes = batch * past * layers * 2 * heads * headDim * 4;
+  return { attentionMs: withPast - without, stepWithPastMs: withPast, stepWithoutPastMs: without, kvBytes, memcpyMs: memcpyMs(kvBytes) };
+}
+
+/** Time to copy `bytes` once between two large buffers (the memory-bandwidth floor). */
+function memcpyMs(bytes: number): number {
+  const src = new Float32Array(bytes / 4).fill(1);
+  const dst = new Float32Array(bytes / 4);
+  const samples: number[] = [];
+  for (let i = 0; i < 7; i++) {
+    const t = performance.now();
+    dst.set(src);
+    samples.push(performance.now() - t);
+  }
+  return median(samples.slice(2));
+}
+
+/** A graph of only the model's weight MatMuls (same tensors, same external data), one row. */
+async function weightMatmulMs(dir: string, manifest: Manifest, threads: number): Promise<number> {
+  const { onnx } = onnxProto;
+  const model = onnx.ModelProto.decode(readFileSync(join(dir, manifest.graph.file)));
+  const inits = new Map(model.graph!.initializer!.map((t) => [t.name!, t]));
+  const g = new GraphBuilder();
+  const E = manifest.hiddenSize;
+  const reuse = (name: string) => {
+    const t = inits.get(name)!;
+    const ext = Object.fromEntries(t.externalData!.map((e) => [e.key, e.value]));
+    return g.externalFloat(name, t.dims!.map(Number), { location: ext.location!, offset: Number(ext.offset), length: Number(ext.length) });
+  };
+  let h = g.input('x', DataType.FLOAT, [1, E]);
+  for (let l = 0; l < manifest.numLayers; l++) {
+    const qkv = g.op('MatMul', [h, reuse(`h.${l}.attn.c_attn.weight`)]);
+    const [q] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 });
+    h = g.op('MatMul', [q, reuse(`h.${l}.attn.c_proj.weight`)]);
+    h = g.op('MatMul', [g.op('MatMul', [h, reuse(`h.${l}.mlp.c_fc.weight`)]), reuse(`h.${l}.mlp.c_proj.weight`)]);
+  }
+  g.output(g.op('Gemm', [h, reuse(manifest.tiedHead ? 'wte.weight' : 'lm_head.weight')], { transB: 1 }), 'y', DataType.FLOAT, [1, manifest.vocabSize]);
+  const tmp = mkdtempSync(join(tmpdir(), 'matmul-'));
+  try {
+    symlinkSync(join(dir, manifest.graph.externalData), join(tmp, manifest.graph.externalData));
+    writeFileSync(join(tmp, 'matmul.onnx'), g.encode({ opset: 17, producerVersion: 'bench', doc: '', metadata: {} }));
+    const session = await ort.InferenceSession.create(join(tmp, 'matmul.onnx'), {
+      graphOptimizationLevel: 'all',
+      ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
+    });
+    const x = new ort.Tensor('float32', new Float32Array(E).fill(0.1), [1, E]);
+    const samples: number[] = [];
+    for (let i = 0; i < 25; i++) {
+      const t = performance.now();
+      await session.run({ x });
+      samples.push(performance.now() - t);
+    }
+    await session.release();
+    return median(samples.slice(5));
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function printFigures(f: Record<string, unknown>): void {
+  const fmt = (v: unknown): string => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(3)) : JSON.stringify(v));
+  for (const [k, v] of Object.entries(f)) {
+    if (v && typeof v === 'object') {
+      process.stdout.write(`${k}:\n`);
+      for (const [k2, v2] of Object.entries(v)) process.stdout.write(`  ${k2.padEnd(22)} ${fmt(v2)}\n`);
+    } else process.stdout.write(`${k.padEnd(24)} ${fmt(v)}\n`);
+  }
+}

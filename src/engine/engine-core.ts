@@ -1,0 +1,318 @@
+// The engine loop's body, independent of threads: requests in, one model step at a time, events
+// out in one batch per step. The worker runs it; tests drive it directly.
+import type { Tokenizer } from '../model/tokenizer.js';
+import { IncrementalDetokenizer } from './detokenizer.js';
+import type { ModelRunner, RunnerRow } from './runner.js';
+import { SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
+import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
+import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, TokenLogprob } from './types.js';
+
+export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
+
+export interface EngineCoreOptions {
+  contextLength: number;
+  eosTokenId: number;
+  maxQueue: number;
+}
+
+/** Per-request state; sequences hold per-choice state the scheduler needs, this holds the rest. */
+interface RequestState {
+  request: EngineRequest;
+  choices: Array<ChoiceState | undefined>;
+  finishedChoices: number;
+  completionTokens: number;
+  /** Prompt logprobs gathered across prefill chunks (echo with logprobs). */
+  promptLogprobs: TokenLogprob[] | null;
+}
+
+interface ChoiceState {
+  seq: Sequence;
+  sampler: SequenceSampler;
+  detok: IncrementalDetokenizer;
+  cumulativeLogprob: number;
+}
+
+export interface StepTimings {
+  /** Milliseconds inside the model runner (session.run). */
+  modelMs: number;
+  /** Milliseconds of the whole step (plan + run + sample + detokenize + events). */
+  totalMs: number;
+  rows: number;
+  tokens: number;
+}
+
+export class EngineCore {
+  private readonly requests = new Map<string, RequestState>();
+  private readonly scratch: SamplerScratch;
+  private arrivals = 0;
+  private out: EventBatch = [];
+  private draining = false;
+  private steps = 0;
+  private promptTokensTotal = 0;
+  private generatedTokensTotal = 0;
+  lastStep: StepTimings = { modelMs: 0, totalMs: 0, rows: 0, tokens: 0 };
+
+  constructor(
+    private readonly runner: ModelRunner,
+    private readonly scheduler: Scheduler,
+    private readonly tokenizer: Tokenizer,
+    private readonly opts: EngineCoreOptions,
+  ) {
+    this.scratch = new SamplerScratch(runner.vocabSize);
+  }
+
+  /** Queues a request, or answers it at once with an error event. */
+  add(request: EngineRequest): void {
+    const error = this.validate(request);
+    if (error) {
+      this.emit(request.id, { type: 'error', error });
+      return;
+    }
+    const { params, promptTokens } = request;
+    const state: RequestState = {
+      request,
+      choices: new Array(params.n),
+      finishedChoices: 0,
+      completionTokens: 0,
+      promptLogprobs: params.echo && params.logprobs !== null ? [] : null,
+    };
+    this.requests.set(request.id, state);
+    this.promptTokensTotal += promptTokens.length;
+    if (params.echo && !state.promptLogprobs) this.emitPrompt(state);
+    const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++);
+    state.choices[0] = this.newChoice(state, seq);
+    if (params.maxTokens === 0 && !state.promptLogprobs) {
+      for (let c = 0; c < params.n; c++) this.finishChoice(state, c, 'length', '');
+      return;
+    }
+    this.scheduler.add(seq);
+  }
+
+  /** Idempotent: unknown and finished ids are ignored. Frees the request's memory at once. */
+  cancel(requestId: string): void {
+    if (!this.requests.delete(requestId)) return;
+    this.scheduler.abort(requestId);
+  }
+
+  hasWork(): boolean {
+    return this.scheduler.running.length > 0 || this.scheduler.waiting.length > 0;
+  }
+
+  /** One model step over everything schedulable. Returns the events it produced. */
+  async step(): Promise<EventBatch> {
+    const start = performance.now();
+    const plan = this.scheduler.schedule();
+    if (plan.rows.length === 0) return this.takeEvents();
+    const rows = plan.rows.map((r) => this.runnerRow(r));
+    const logits = await this.runner.run(rows);
+    this.scheduler.commit(plan);
+    plan.rows.forEach((row, i) => {
+      const state = this.requests.get(row.seq.requestId);
+      if (!state || row.seq.status !== 'running') return; // cancelled while the step ran
+      const first = rows[i].logitsFrom;
+      if (first < row.count && state.promptLogprobs && row.seq.choice === 0 && row.start < row.seq.promptLength) {
+        this.collectPromptLogprobs(state, row, logits[i]);
+      }
+      if (row.sample) {
+        const V = this.runner.vocabSize;
+        this.onLogits(state, row.seq, logits[i].subarray(logits[i].length - V));
+      }
+    });
+    this.steps++;
+    const tokens = plan.rows.reduce((s, r) => s + r.count, 0);
+    this.lastStep = { modelMs: this.runner.takeModelMs(), totalMs: performance.now() - start, rows: plan.rows.length, tokens };
+    return this.takeEvents();
+  }
+
+  /** Stops admitting; requests already queued or running continue. */
+  startDraining(): void {
+    this.draining = true;
+  }
+
+  /** Ends every open request with an error (drain timeout, fatal runner error). */
+  abortAll(error: EngineError): EventBatch {
+    for (const id of [...this.requests.keys()]) {
+      this.cancel(id);
+      this.emit(id, { type: 'error', error });
+    }
+    return this.takeEvents();
+  }
+
+  get openRequests(): number {
+    return this.requests.size;
+  }
+
+  takeEvents(): EventBatch {
+    const out = this.out;
+    this.out = [];
+    return out;
+  }
+
+  stats(): EngineStats {
+    const alloc = this.scheduler.allocator;
+    const total = alloc.numBlocks - 1;
+    return {
+      waiting: this.scheduler.waiting.length,
+      running: this.scheduler.running.length,
+      kvBlocksTotal: total,
+      kvBlocksUsed: alloc.usedCount,
+      kvUsage: alloc.usedCount / total,
+      blockSize: this.scheduler.config.blockSize,
+      steps: this.steps,
+      preemptions: this.scheduler.preemptionCount,
+      promptTokensTotal: this.promptTokensTotal,
+      generatedTokensTotal: this.generatedTokensTotal,
+    };
+  }
+
+  private validate(request: EngineRequest): EngineError | null {
+    const { promptTokens, params } = request;
+    const ctx = this.opts.contextLength;
+    if (this.draining) return { code: 'shutting_down', message: 'The server is shutting down and accepts no new requests.' };
+    if (this.requests.has(request.id)) return { code: 'invalid_request', message: `Request id ${request.id} is already in use.` };
+    if (promptTokens.length === 0) return { code: 'invalid_request', message: 'The prompt is empty: it must contain at least one token.' };
+    const bad = promptTokens.find((t) => !Number.isInteger(t) || t < 0 || t >= this.runner.vocabSize);
+    if (bad !== undefined) return { code: 'invalid_request', message: `Token id ${bad} is outside the vocabulary (0..${this.runner.vocabSize - 1}).` };
+    if (promptTokens.length + params.maxTokens > ctx) {
+      return {
+        code: 'context_length_exceeded',
+        message:
+          `This model's maximum context length is ${ctx} tokens. However, you requested ${promptTokens.length + params.maxTokens} tokens ` +
+          `(${promptTokens.length} in the prompt, ${params.maxTokens} for the completion). Please reduce the prompt or max_tokens.`,
+      };
+    }
+    const blocks = this.scheduler.allocator.numBlocks - 1;
+    if (Math.ceil((promptTokens.length + params.maxTokens) / this.scheduler.config.blockSize) > blocks) {
+      return { code: 'invalid_request', message: `The request needs more KV cache than the server has (${blocks * this.scheduler.config.blockSize} tokens).` };
+    }
+    if (this.scheduler.waiting.length >= this.opts.maxQueue) {
+      return { code: 'overloaded', message: `The server is overloaded: ${this.scheduler.waiting.length} requests are already waiting. Retry later.` };
+    }
+    return null;
+  }
+
+  private newChoice(state: RequestState, seq: Sequence): ChoiceState {
+    const { params } = state.request;
+    const seed = params.seed ?? (Math.random() * 2 ** 32) >>> 0;
+    return {
+      seq,
+      sampler: new SequenceSampler(params, state.request.promptTokens, this.opts.eosTokenId, (seed + seq.choice * 0x9e3779b9) >>> 0),
+      detok: new IncrementalDetokenizer(this.tokenizer, params.stop),
+      cumulativeLogprob: 0,
+    };
+  }
+
+  private runnerRow(row: ScheduledRow): RunnerRow {
+    const { seq } = row;
+    const state = this.requests.get(seq.requestId);
+    const wantsPrompt = state?.promptLogprobs && seq.choice === 0 && row.start < seq.promptLength && seq.outputLength === 0;
+    return {
+      tokens: seq.tokens.slice(row.start, row.start + row.count),
+      pastLength: row.start,
+      blocks: seq.blocks,
+      logitsFrom: wantsPrompt ? 0 : row.sample ? row.count - 1 : row.count,
+    };
+  }
+
+  /** The sequence's pending tokens are all cached: pick its next token (and fork choices). */
+  private onLogits(state: RequestState, seq: Sequence, row: Float32Array): void {
+    const { params } = state.request;
+    if (state.promptLogprobs && seq.choice === 0 && seq.outputLength === 0) this.emitPrompt(state);
+    const targets = [seq];
+    if (seq.choice === 0 && seq.outputLength === 0 && state.choices.filter(Boolean).length < params.n) {
+      for (let c = 1; c < params.n; c++) {
+        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival);
+        state.choices[c] = this.newChoice(state, child);
+        const copy = this.scheduler.fork(seq, child);
+        if (copy) this.runner.pool.copyBlock(copy.from, copy.to);
+        if (child.status === 'running') targets.push(child);
+      }
+    }
+    for (const target of targets) this.sampleNext(state, target, row);
+  }
+
+  private sampleNext(state: RequestState, seq: Sequence, row: Float32Array): void {
+    const { params } = state.request;
+    const choice = state.choices[seq.choice]!;
+    if (seq.outputLength >= params.maxTokens) {
+      this.finishChoice(state, seq.choice, 'length', choice.detok.finish());
+      return;
+    }
+    const res = choice.sampler.sample(row, seq.outputLength, this.scratch);
+    seq.tokens.push(res.token);
+    choice.sampler.observe(res.token);
+    choice.cumulativeLogprob += res.logprob;
+    state.completionTokens++;
+    this.generatedTokensTotal++;
+
+    let reason: FinishReason | null = null;
+    let text = '';
+    if ((res.token === this.opts.eosTokenId && !params.ignoreEos) || params.stopTokenIds.includes(res.token)) {
+      reason = 'stop';
+    } else {
+      const pushed = choice.detok.push(res.token);
+      text = pushed.text;
+      if (pushed.stopped) reason = 'stop';
+    }
+    if (!reason && (seq.outputLength >= params.maxTokens || seq.tokens.length >= this.opts.contextLength)) reason = 'length';
+    const logprobs = res.top ? [this.tokenLogprob(res.token, res.logprob, res.top)] : null;
+    this.emit(state.request.id, { type: 'delta', choice: seq.choice, text, tokenIds: [res.token], logprobs });
+    if (reason) this.finishChoice(state, seq.choice, reason, reason === 'length' ? choice.detok.finish() : '');
+  }
+
+  private finishChoice(state: RequestState, c: number, reason: FinishReason, text: string): void {
+    const choice = state.choices[c];
+    if (choice) this.scheduler.finish(choice.seq);
+    this.emit(state.request.id, {
+      type: 'finish',
+      choice: c,
+      reason,
+      cumulativeLogprob: choice?.cumulativeLogprob ?? 0,
+      text,
+      completionTokens: choice?.seq.outputLength ?? 0,
+    });
+    if (++state.finishedChoices === state.request.params.n) {
+      this.emit(state.request.id, {
+        type: 'done',
+        promptTokens: state.request.promptTokens.length,
+        completionTokens: state.completionTokens,
+      });
+      this.requests.delete(state.request.id);
+    }
+  }
+
+  private collectPromptLogprobs(state: RequestState, row: ScheduledRow, logits: Float32Array): void {
+    const { promptTokens, params } = state.request;
+    const V = this.runner.vocabSize;
+    const list = state.promptLogprobs!;
+    if (row.start === 0) {
+      list.length = 0; // a preempted prefill starts over
+      list.push(this.tokenLogprob(promptTokens[0], null, []));
+    }
+    for (let j = 0; j < row.count; j++) {
+      const next = row.start + j + 1;
+      if (next >= promptTokens.length) break;
+      const scored = scoreToken(logits.subarray(j * V, (j + 1) * V), promptTokens[next], params.logprobs ?? 0);
+      list.push(this.tokenLogprob(promptTokens[next], scored.logprob, scored.top));
+    }
+  }
+
+  private emitPrompt(state: RequestState): void {
+    const { promptTokens } = state.request;
+    const tokens = state.promptLogprobs ?? promptTokens.map((t) => this.tokenLogprob(t, null, []));
+    this.emit(state.request.id, { type: 'prompt', tokens, text: this.tokenizer.decode(promptTokens) });
+  }
+
+  private tokenLogprob(tokenId: number, logprob: number | null, top: TopEntry[]): TokenLogprob {
+    return {
+      token: this.tokenizer.tokenText(tokenId),
+      tokenId,
+      logprob,
+      top: top.map((t) => ({ token: this.tokenizer.tokenText(t.tokenId), tokenId: t.tokenId, logprob: t.logprob })),
+    };
+  }
+
+  private emit(requestId: string, event: EngineEvent): void {
+    this.out.push([requestId, event]);
+  }
+}

@@ -1,0 +1,288 @@
+// The engine on the tiny model: continuous batching, KV memory, preemption, cancellation,
+// limits, every sampling parameter, and batch invariance.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { InProcessEngine, WorkerEngine } from '../src/engine/client.js';
+import type { EngineClient, EngineOptions } from '../src/engine/types.js';
+import { collect, request } from './helpers/engine-run.js';
+import { argmax, ReferenceGpt2 } from './helpers/reference-gpt2.js';
+import { engineOptions, tinyModel } from './helpers/tiny-model.js';
+
+let dir: string;
+let engine: EngineClient;
+let ref: ReferenceGpt2;
+const EOS = 50256;
+
+const prompt = (n: number, salt = 0) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729 + 13) % 50000);
+
+async function withEngine<T>(overrides: Partial<EngineOptions>, fn: (e: EngineClient) => Promise<T>): Promise<T> {
+  const e = await InProcessEngine.start(engineOptions(dir, overrides));
+  try {
+    return await fn(e);
+  } finally {
+    await e.shutdown();
+  }
+}
+
+before(async () => {
+  dir = await tinyModel(1);
+  ref = new ReferenceGpt2(join(dir, 'checkpoint'));
+  engine = await InProcessEngine.start(engineOptions(dir));
+});
+after(() => engine.shutdown());
+
+test('greedy output equals the reference GPT-2, with finish reason, usage and text', async () => {
+  const p = prompt(9);
+  const r = await collect(engine, request(p, { maxTokens: 20 }));
+  assert.equal(r.error, null);
+  assert.deepEqual(r.choices[0].tokens, ref.greedy(p, 20));
+  assert.equal(r.choices[0].finish, 'length');
+  assert.deepEqual(r.usage, { promptTokens: 9, completionTokens: 20 });
+  assert.equal(r.choices[0].text, engine.detokenize(r.choices[0].tokens));
+});
+
+test('batch invariance: greedy and seeded requests give the same tokens alone and in changing batches of 1..32', async () => {
+  const specs = Array.from({ length: 32 }, (_, i) => ({
+    prompt: prompt(1 + ((i * 37) % 60), i),
+    params: i % 2 === 0 ? { maxTokens: 12 + (i % 5) } : { maxTokens: 12 + (i % 5), temperature: 0.9, topP: 0.95, seed: 1000 + i },
+  }));
+  const alone: number[][] = [];
+  for (const s of specs) alone.push((await collect(engine, request(s.prompt, s.params))).choices[0].tokens);
+  // Staggered arrivals: the batch grows from 1 to 32 and shrinks as short requests finish.
+  const together = await Promise.all(
+    specs.map(async (s, i) => {
+      await new Promise((r) => setTimeout(r, i * 3));
+      return (await collect(engine, request(s.prompt, s.params))).choices[0].tokens;
+    }),
+  );
+  assert.deepEqual(together, alone);
+  const stats = await engine.stats();
+  assert.equal(stats.kvBlocksUsed, 0, 'every block is freed');
+});
+
+test('preemption under KV pressure recomputes and loses or repeats no token', async () => {
+  // Greedy, so that equality is exact: a recomputed prefill runs other kernel shapes than the
+  // decode steps it replaces, and a sampled token can flip at a float rounding boundary.
+  const specs = Array.from({ length: 6 }, (_, i) => ({ prompt: prompt(20, i), params: { maxTokens: 40, ignoreEos: true } }));
+  const expected = await Promise.all(specs.map(async (s) => (await collect(engine, request(s.prompt, s.params))).choices[0]));
+  // 12 blocks of 16 tokens: all six admit (2 blocks each) but cannot all grow to 60 tokens (4 blocks).
+  await withEngine({ kvCacheTokens: 12 * 16, blockSize: 16 }, async (small) => {
+    const got = await Promise.all(specs.map(async (s) => (await collect(small, request(s.prompt, s.params))).choices[0]));
+    assert.deepEqual(got.map((c) => c.tokens), expected.map((c) => c.tokens));
+    assert.deepEqual(got.map((c) => c.text), expected.map((c) => c.text));
+    const stats = await small.stats();
+    assert.ok(stats.preemptions > 0, `expected preemptions, got ${stats.preemptions}`);
+    assert.equal(stats.kvBlocksUsed, 0);
+  });
+});
+
+test('KV memory follows tokens held: at most one partly used block per sequence', async () => {
+  await withEngine({ blockSize: 16 }, async (e) => {
+    const streams = [5, 17, 33].map((n, i) => e.submit(request(prompt(n, i), { maxTokens: 200, ignoreEos: true })));
+    const iters = streams.map((s) => s[Symbol.asyncIterator]());
+    for (const it of iters) for (let k = 0; k < 3; k++) await it.next();
+    const stats = await e.stats();
+    // Each sequence holds prompt + a few tokens: blocks = ceil(tokens / 16), never max length.
+    assert.ok(stats.kvBlocksUsed <= 1 + 2 + 3 + 3, `blocks used ${stats.kvBlocksUsed}`);
+    assert.ok(stats.kvBlocksUsed >= 1 + 2 + 3);
+    for (const it of iters) await it.return!();
+  });
+});
+
+test('a cancelled request stops within a step and frees its memory', async () => {
+  await withEngine({}, async (e) => {
+    const it = e.submit(request(prompt(30), { maxTokens: 500, ignoreEos: true }))[Symbol.asyncIterator]();
+    const other = collect(e, request(prompt(10, 3), { maxTokens: 30 }));
+    await it.next();
+    await it.next();
+    assert.ok((await e.stats()).kvBlocksUsed > 0);
+    await it.return!();
+    const stepsAtCancel = (await e.stats()).steps;
+    const result = await other;
+    assert.equal(result.choices[0].tokens.length, 30, 'the other request is unaffected');
+    const stats = await e.stats();
+    assert.equal(stats.kvBlocksUsed, 0);
+    assert.equal(stats.running, 0);
+    assert.ok(stats.steps - stepsAtCancel <= 31, 'the cancelled request no longer makes steps');
+    assert.ok(stats.generatedTokensTotal < 500 + 30);
+  });
+});
+
+test('limits: context length is checked before queueing and names both numbers; a full queue is overloaded', async () => {
+  const r = await collect(engine, request(prompt(1000), { maxTokens: 100 }));
+  assert.equal(r.error?.code, 'context_length_exceeded');
+  assert.match(r.error!.message, /maximum context length is 1024 tokens.*1100 tokens \(1000 in the prompt, 100 for the completion\)/);
+  await withEngine({ maxNumSeqs: 1, maxQueue: 2 }, async (e) => {
+    const submit = (i: number) => e.submit(request(prompt(5, i), { maxTokens: 50 }))[Symbol.asyncIterator]();
+    const long = [submit(0)];
+    await long[0].next(); // running
+    long.push(submit(1), submit(2)); // both wait: the queue is full
+    const rejected = await collect(e, request(prompt(5), { maxTokens: 5 }));
+    assert.equal(rejected.error?.code, 'overloaded');
+    assert.match(rejected.error!.message, /2 requests are already waiting/);
+    for (const it of long) assert.equal((await it.next()).value?.type, 'delta', 'queued requests are unaffected');
+    for (const it of long) await it.return!();
+  });
+  const empty = await collect(engine, request([], {}));
+  assert.equal(empty.error?.code, 'invalid_request');
+  const outOfVocab = await collect(engine, request([50257], {}));
+  assert.match(outOfVocab.error!.message, /50257 is outside the vocabulary/);
+});
+
+test('sampling: temperature with seed is reproducible, seeds differ, and greedy equals top_k=1, tiny top_p, min_p=1', async () => {
+  const p = prompt(6);
+  const greedy = (await collect(engine, request(p, { maxTokens: 12 }))).choices[0].tokens;
+  const seeded = (seed: number, extra = {}) => collect(engine, request(p, { maxTokens: 12, temperature: 1.5, seed, ...extra }));
+  assert.deepEqual((await seeded(5)).choices[0].tokens, (await seeded(5)).choices[0].tokens);
+  assert.notDeepEqual((await seeded(5)).choices[0].tokens, (await seeded(6)).choices[0].tokens);
+  assert.notDeepEqual((await seeded(5)).choices[0].tokens, greedy, 'temperature 1.5 on a random model does not follow greedy');
+  assert.deepEqual((await seeded(5, { topK: 1 })).choices[0].tokens, greedy);
+  assert.deepEqual((await seeded(5, { topP: 1e-9 })).choices[0].tokens, greedy);
+  assert.deepEqual((await seeded(5, { minP: 1 })).choices[0].tokens, greedy);
+});
+
+test('sampling: top_k and top_p only ever pick tokens inside their sets (reference logits)', async () => {
+  const p = prompt(4);
+  const logits = ref.logitsAll(p).at(-1)!;
+  const order = [...logits.keys()].sort((a, b) => logits[b] - logits[a]);
+  const top5 = new Set(order.slice(0, 5));
+  const probs = order.map((i) => Math.exp(logits[i] - logits[order[0]]));
+  const total = probs.reduce((a, b) => a + b, 0);
+  let acc = 0;
+  const nucleus = new Set<number>();
+  for (let k = 0; acc < 0.5 * total; k++) {
+    nucleus.add(order[k]);
+    acc += probs[k];
+  }
+  for (let seed = 0; seed < 40; seed++) {
+    const k = (await collect(engine, request(p, { maxTokens: 1, temperature: 3, topK: 5, seed }))).choices[0].tokens[0];
+    assert.ok(top5.has(k), `top_k=5 picked ${k}`);
+    const t = (await collect(engine, request(p, { maxTokens: 1, temperature: 1, topP: 0.5, seed }))).choices[0].tokens[0];
+    assert.ok(nucleus.has(t), `top_p=0.5 picked ${t}`);
+  }
+});
+
+test('sampling: logit_bias, penalties, stop strings, stop token ids, EOS handling, min_tokens', async () => {
+  const p = prompt(7);
+  const greedy = (await collect(engine, request(p, { maxTokens: 16 }))).choices[0];
+
+  const forced = await collect(engine, request(p, { maxTokens: 3, logitBias: [[262, 100]] }));
+  assert.deepEqual(forced.choices[0].tokens, [262, 262, 262]);
+  const penalized = await collect(engine, request(p, { maxTokens: 3, logitBias: [[262, 100]], frequencyPenalty: 2, presencePenalty: 2 }));
+  assert.deepEqual(penalized.choices[0].tokens, [262, 262, 262], 'a +100 bias outweighs penalties of 2');
+  const repeated = await collect(engine, request(p, { maxTokens: 3, logitBias: [[262, 100]], repetitionPenalty: 1e6 }));
+  assert.deepEqual(repeated.choices[0].tokens.filter((t) => t === 262), [262], 'repetition_penalty suppresses a repeat');
+
+  // A stop string spanning the 2nd..3rd tokens: everything before it is emitted, nothing after.
+  const full = greedy.text;
+  const t1 = engine.detokenize(greedy.tokens.slice(0, 1));
+  const t3 = engine.detokenize(greedy.tokens.slice(0, 3));
+  const stopText = t3.slice(t1.length + 1);
+  const stopped = await collect(engine, request(p, { maxTokens: 16, stop: [stopText] }));
+  assert.equal(stopped.choices[0].finish, 'stop');
+  assert.equal(stopped.choices[0].text, full.slice(0, full.indexOf(stopText)));
+
+  const stopId = greedy.tokens[4];
+  const byId = await collect(engine, request(p, { maxTokens: 16, stopTokenIds: [stopId] }));
+  assert.equal(byId.choices[0].finish, 'stop');
+  assert.deepEqual(byId.choices[0].tokens, greedy.tokens.slice(0, greedy.tokens.indexOf(stopId) + 1));
+
+  const eos = await collect(engine, request(p, { maxTokens: 8, logitBias: [[EOS, 100]] }));
+  assert.deepEqual(eos.choices[0].tokens, [EOS]);
+  assert.equal(eos.choices[0].finish, 'stop');
+  assert.equal(eos.choices[0].text, '', 'EOS adds no text');
+  const ignored = await collect(engine, request(p, { maxTokens: 8, logitBias: [[EOS, 100]], ignoreEos: true }));
+  assert.equal(ignored.choices[0].tokens.length, 8);
+  assert.equal(ignored.choices[0].finish, 'length');
+  const minTokens = await collect(engine, request(p, { maxTokens: 20, logitBias: [[EOS, 100]], minTokens: 5 }));
+  assert.equal(minTokens.choices[0].tokens.length, 6);
+  assert.ok(!minTokens.choices[0].tokens.slice(0, 5).includes(EOS));
+  assert.equal(minTokens.choices[0].tokens[5], EOS);
+});
+
+test('logprobs: the chosen token and up to 20 alternatives match the reference log-softmax', async () => {
+  const p = prompt(5);
+  const r = await collect(engine, request(p, { maxTokens: 4, logprobs: 20 }));
+  const seq = ref.newSequence();
+  let logits = p.map((t) => seq.step(t)).at(-1)!;
+  r.choices[0].logprobs.forEach((lp, i) => {
+    const max = Math.max(...logits);
+    const lse = max + Math.log(logits.reduce((s, v) => s + Math.exp(v - max), 0));
+    assert.equal(lp.tokenId, argmax(logits));
+    assert.ok(Math.abs(lp.logprob! - (logits[lp.tokenId] - lse)) < 1e-3);
+    assert.equal(lp.top.length, 20);
+    const best = [...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, 20);
+    assert.deepEqual(lp.top.map((t) => t.tokenId), best);
+    lp.top.forEach((t) => assert.ok(Math.abs(t.logprob - (logits[t.tokenId] - lse)) < 1e-3));
+    logits = seq.step(r.choices[0].tokens[i]);
+  });
+  const cumulative = r.choices[0].logprobs.reduce((s, lp) => s + lp.logprob!, 0);
+  assert.ok(Math.abs(r.choices[0].cumulativeLogprob - cumulative) < 1e-4);
+});
+
+test('echo: prompt text and prompt logprobs (first token null), also when chunked', async () => {
+  const p = prompt(40);
+  const expected = ref.logitsAll(p);
+  await withEngine({ maxNumBatchedTokens: 16, maxNumSeqs: 4 }, async (e) => {
+    const r = await collect(e, request(p, { maxTokens: 2, echo: true, logprobs: 2 }));
+    assert.equal(r.prompt?.text, e.detokenize(p));
+    assert.equal(r.prompt!.tokens.length, 40);
+    assert.equal(r.prompt!.tokens[0].logprob, null);
+    for (let i = 1; i < 40; i++) {
+      const l = expected[i - 1];
+      const max = Math.max(...l);
+      const lse = max + Math.log(l.reduce((s, v) => s + Math.exp(v - max), 0));
+      assert.ok(Math.abs(r.prompt!.tokens[i].logprob! - (l[p[i]] - lse)) < 1e-3, `prompt token ${i}`);
+      assert.equal(r.prompt!.tokens[i].top.length, 2);
+    }
+    assert.equal(r.events[0].type, 'prompt', 'the prompt comes first');
+  });
+  const plain = await collect(engine, request(p, { maxTokens: 0, echo: true }));
+  assert.equal(plain.prompt?.text, engine.detokenize(p));
+  assert.deepEqual(plain.usage, { promptTokens: 40, completionTokens: 0 });
+});
+
+test('n > 1 shares the prompt prefill: greedy choices agree, seeded choices differ, memory is released', async () => {
+  await withEngine({}, async (e) => {
+    const p = prompt(21);
+    const before = await e.stats();
+    const g = await collect(e, request(p, { maxTokens: 6, n: 3 }));
+    assert.equal(g.choices.length, 3);
+    assert.deepEqual(g.choices[1].tokens, g.choices[0].tokens);
+    assert.deepEqual(g.choices[2].tokens, g.choices[0].tokens);
+    assert.deepEqual(g.usage, { promptTokens: 21, completionTokens: 18 });
+    const s = await collect(e, request(p, { maxTokens: 6, n: 4, temperature: 1.5, seed: 9 }));
+    assert.equal(new Set(s.choices.map((c) => c.tokens.join())).size, 4);
+    const after = await e.stats();
+    assert.equal(after.kvBlocksUsed, 0);
+    // One prefill per request: steps with 21 prompt tokens were run twice in all, not 7 times.
+    assert.equal(after.promptTokensTotal - before.promptTokensTotal, 42);
+  });
+});
+
+test('the worker-backed engine streams the same tokens and shuts down cleanly', async () => {
+  const w = await WorkerEngine.start(engineOptions(dir));
+  try {
+    const p = prompt(12);
+    const [a, b] = await Promise.all([collect(w, request(p, { maxTokens: 10 })), collect(w, request(prompt(3, 1), { maxTokens: 5 }))]);
+    assert.deepEqual(a.choices[0].tokens, ref.greedy(p, 10));
+    assert.equal(b.choices[0].tokens.length, 5);
+    const stats = await w.stats();
+    assert.ok(stats.steps > 0);
+  } finally {
+    await w.shutdown({ drainMs: 1000 });
+  }
+});
+
+test('shutdown drains running requests, then ends the rest with an error', async () => {
+  const e = await InProcessEngine.start(engineOptions(dir));
+  const short = collect(e, request(prompt(4), { maxTokens: 3 }));
+  const long = collect(e, request(prompt(4, 2), { maxTokens: 900, ignoreEos: true }));
+  await new Promise((r) => setTimeout(r, 20));
+  await e.shutdown({ drainMs: 300 });
+  assert.equal((await short).choices[0].tokens.length, 3);
+  assert.equal((await long).error?.code, 'shutting_down');
+  const late = await collect(e, request(prompt(4), { maxTokens: 3 }));
+  assert.equal(late.error?.code, 'shutting_down');
+});

@@ -1,0 +1,166 @@
+// Scheduling policy without a model: plans are checked directly and "runner results" are
+// simulated by committing plans and appending tokens by hand (as vLLM's scheduler tests do).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { BlockAllocator, NULL_BLOCK } from '../src/engine/kv-cache.js';
+import { Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
+
+let arrival = 0;
+const seq = (id: string, promptLength: number, choice = 0) =>
+  new Sequence(id, choice, Array.from({ length: promptLength }, (_, i) => i + 1), promptLength, arrival++);
+
+function make(opts: { blocks: number; blockSize?: number; maxNumSeqs?: number; budget?: number }) {
+  return new Scheduler(
+    { maxNumSeqs: opts.maxNumSeqs ?? 8, maxNumBatchedTokens: opts.budget ?? 64, blockSize: opts.blockSize ?? 4 },
+    new BlockAllocator(opts.blocks + 1),
+  );
+}
+
+/** Simulates the runner: commit, then every sampled row gets one new token. */
+function runStep(s: Scheduler): StepPlan {
+  const plan = s.schedule();
+  s.commit(plan);
+  for (const row of plan.rows) if (row.sample) row.seq.tokens.push(1000 + row.seq.outputLength);
+  return plan;
+}
+
+test('block allocator: all-or-nothing allocation, null block never handed out, double free caught', () => {
+  const a = new BlockAllocator(5);
+  assert.equal(a.freeCount, 4);
+  const got = a.allocate(3)!;
+  assert.equal(got.length, 3);
+  assert.ok(!got.includes(NULL_BLOCK));
+  assert.equal(a.allocate(2), null);
+  assert.equal(a.freeCount, 1, 'a failed allocation takes nothing');
+  a.share([got[0]]);
+  a.release([got[0]]);
+  assert.equal(a.freeCount, 1, 'a shared block stays allocated until its last reader releases it');
+  a.release(got);
+  assert.equal(a.freeCount, 4);
+  assert.throws(() => a.release([got[1]]), /double free/);
+});
+
+test('new sequences are prefilled, then decode one token per step, sharing every step', () => {
+  const s = make({ blocks: 16 });
+  const a = seq('a', 5);
+  const b = seq('b', 3);
+  s.add(a);
+  s.add(b);
+  let plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.start, r.count, r.sample]), [['a', 0, 5, true], ['b', 0, 3, true]]);
+  assert.equal(a.blocks.length, 2);
+  assert.equal(b.blocks.length, 1);
+  plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.start, r.count]), [['a', 5, 1], ['b', 3, 1]]);
+  // b's 5th token needs a second block; a's 7th fits its second block.
+  runStep(s);
+  assert.equal(b.blocks.length, 2);
+});
+
+test('a running sequence joins and leaves between steps; its blocks return at once', () => {
+  const s = make({ blocks: 8 });
+  const a = seq('a', 4);
+  s.add(a);
+  runStep(s);
+  const b = seq('b', 4);
+  s.add(b);
+  const plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.count]), [['a', 1], ['b', 4]]);
+  const before = s.allocator.freeCount;
+  s.finish(a);
+  assert.equal(s.allocator.freeCount, before + a.blocks.length + 2);
+  assert.deepEqual(runStep(s).rows.map((r) => r.seq.requestId), ['b']);
+});
+
+test('long prompts are chunked under the token budget while decodes keep flowing', () => {
+  const s = make({ blocks: 64, budget: 8 });
+  const a = seq('a', 3);
+  s.add(a);
+  runStep(s);
+  const long = seq('long', 20);
+  s.add(long);
+  const counts: Array<Array<[string, number, boolean]>> = [];
+  for (let i = 0; i < 4; i++) counts.push(runStep(s).rows.map((r) => [r.seq.requestId, r.count, r.sample]));
+  assert.deepEqual(counts, [
+    [['a', 1, true], ['long', 7, false]],
+    [['a', 1, true], ['long', 7, false]],
+    [['a', 1, true], ['long', 6, true]],
+    [['a', 1, true], ['long', 1, true]],
+  ]);
+});
+
+test('admission waits for memory, first come first served, and respects max_num_seqs', () => {
+  const s = make({ blocks: 4, maxNumSeqs: 2 });
+  const a = seq('a', 8); // 2 blocks
+  const b = seq('b', 12); // 3 blocks: does not fit beside a
+  const c = seq('c', 2);
+  s.add(a);
+  s.add(b);
+  s.add(c);
+  assert.deepEqual(runStep(s).rows.map((r) => r.seq.requestId), ['a'], 'b blocks the queue; c does not jump it');
+  s.finish(a);
+  assert.deepEqual(runStep(s).rows.map((r) => r.seq.requestId), ['b', 'c'], 'b first, then c fits beside it');
+  const d = seq('d', 1);
+  s.add(d);
+  s.finish(b);
+  runStep(s);
+  assert.equal(s.running.length, 2, 'c and d run');
+  const e = seq('e', 1);
+  s.add(e);
+  runStep(s);
+  assert.equal(s.running.length, 2, 'max_num_seqs holds e back');
+  assert.equal(s.waiting[0], e);
+});
+
+test('out of memory mid-generation preempts the newest sequence, which later resumes with every token', () => {
+  const s = make({ blocks: 4, blockSize: 4 });
+  const old = seq('old', 4);
+  const young = seq('young', 4);
+  s.add(old);
+  s.add(young);
+  runStep(s); // each holds 1 full block and has 1 generated token pending
+  runStep(s); // each needs a 2nd block: 4 used
+  for (let i = 0; i < 3; i++) runStep(s); // fill the 2nd blocks: 8 tokens each cached
+  assert.equal(s.allocator.freeCount, 0);
+  const youngTokens = [...young.tokens];
+  const plan = runStep(s); // old needs a 3rd block: young is evicted
+  assert.deepEqual(plan.preempted, [young]);
+  assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['old']);
+  assert.equal(young.status, 'waiting');
+  assert.equal(young.numComputed, 0);
+  assert.deepEqual(young.tokens, youngTokens, 'generated tokens are kept for the recompute');
+  assert.equal(s.waiting[0], young);
+  s.finish(old);
+  const resumed = runStep(s);
+  assert.deepEqual(resumed.rows.map((r) => [r.seq.requestId, r.start, r.count, r.sample]), [['young', 0, youngTokens.length, true]]);
+});
+
+test('a sequence that cannot get a block preempts itself when it is the newest', () => {
+  const s = make({ blocks: 2, blockSize: 2 });
+  const a = seq('a', 2);
+  const b = seq('b', 2);
+  s.add(a);
+  s.add(b);
+  runStep(s);
+  const plan = runStep(s); // both need a 2nd block, none free: b (newest) goes, a gets b's block
+  assert.deepEqual(plan.preempted, [b]);
+  assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['a']);
+  assert.equal(s.preemptionCount, 1);
+});
+
+test('fork shares full blocks and copies the partial one; abort frees everything', () => {
+  const s = make({ blocks: 8, blockSize: 4 });
+  const parent = seq('r', 6, 0);
+  s.add(parent);
+  runStep(s);
+  const child = new Sequence('r', 1, parent.tokens.slice(0, 6), 6, parent.arrival);
+  const copy = s.fork(parent, child);
+  assert.deepEqual(copy, { from: parent.blocks[1], to: child.blocks[1] });
+  assert.equal(child.blocks[0], parent.blocks[0]);
+  assert.equal(s.allocator.refCount(parent.blocks[0]), 2);
+  assert.equal(child.numComputed, 6);
+  assert.equal(s.running.length, 2);
+  assert.equal(s.abort('r'), true);
+  assert.equal(s.allocator.usedCount, 0);
+  assert.equal(s.abort('r'), false, 'abort is idempotent');
+});
