@@ -7,14 +7,13 @@
 //   4. share of step time outside the model (scheduling, sampling, detokenizing, messaging);
 //   5. KV memory allocated vs the bytes of the tokens held;
 // plus peak RSS. Defaults to a GPT-2-small-shaped random model (created once under models/).
-import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MessageChannel } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
-import { readFileSync } from 'node:fs';
 import { EngineCore } from '../src/engine/engine-core.js';
 import { BlockAllocator, KvPool, blocksFor } from '../src/engine/kv-cache.js';
 import { createOnnxRunner, type OnnxRunner } from '../src/engine/runner.js';
@@ -79,7 +78,7 @@ runCli('bench:engine', async (argv) => {
   await runner.dispose();
 
   const figures = {
-    machine: { cpus: (await import('node:os')).cpus().length, node: process.version, onnxruntime: ort.env.versions.common },
+    machine: { cpus: cpus().length, node: process.version, onnxruntime: ort.env.versions.common },
     config: { model: dir, concurrency: N, promptTokens, outputTokens, attentionPast: attnPast, blockSize: BLOCK_SIZE, threads },
     decodeTokensPerSecond: { single: single.decodeTps, batched: batched.decodeTps, ratio: batched.decodeTps / single.decodeTps, target: '>= 8' },
     singleDecodeStep: { stepMs: single.decodeStepMs, weightMatmulMs: matmulMs, ratio: single.decodeStepMs / matmulMs, target: '<= 1.25' },
@@ -207,11 +206,11 @@ async function weightMatmulMs(dir: string, manifest: Manifest, threads: number):
     h = g.op('MatMul', [g.op('MatMul', [h, reuse(`h.${l}.mlp.c_fc.weight`)]), reuse(`h.${l}.mlp.c_proj.weight`)]);
   }
   g.output(g.op('Gemm', [h, reuse(manifest.tiedHead ? 'wte.weight' : 'lm_head.weight')], { transB: 1 }), 'y', DataType.FLOAT, [1, manifest.vocabSize]);
-  const tmp = mkdtempSync(join(tmpdir(), 'matmul-'));
+  // Beside the real graph: ORT only reads external data from the model file's own folder.
+  const file = join(dir, `.bench-matmul-${process.pid}.onnx`);
   try {
-    symlinkSync(join(dir, manifest.graph.externalData), join(tmp, manifest.graph.externalData));
-    writeFileSync(join(tmp, 'matmul.onnx'), g.encode({ opset: 17, producerVersion: 'bench', doc: '', metadata: {} }));
-    const session = await ort.InferenceSession.create(join(tmp, 'matmul.onnx'), {
+    writeFileSync(file, g.encode({ opset: 17, producerVersion: 'bench', doc: '', metadata: {} }));
+    const session = await ort.InferenceSession.create(file, {
       graphOptimizationLevel: 'all',
       ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
     });
@@ -225,7 +224,7 @@ async function weightMatmulMs(dir: string, manifest: Manifest, threads: number):
     await session.release();
     return median(samples.slice(5));
   } finally {
-    rmSync(tmp, { recursive: true, force: true });
+    rmSync(file, { force: true });
   }
 }
 

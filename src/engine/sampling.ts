@@ -107,7 +107,7 @@ export class SequenceSampler {
     }
   }
 
-  /** Temperature, then top-k, top-p (on what top-k kept) and min-p, then one uniform draw. */
+  /** Temperature, then min-p, top-k and top-p over what is left (vLLM's order), then one draw. */
   private draw(logits: Float32Array, scratch: SamplerScratch): number {
     const { temperature, topK, topP, minP } = this.params;
     const probs = scratch.probs;

@@ -62,8 +62,9 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
       buildServingGraph(
         graph,
         config,
-        (name, dims) => {
+        (name, dims, transform) => {
           const data = weights.read(name);
+          transform?.(data);
           const pad = (DATA_ALIGNMENT - (offset % DATA_ALIGNMENT)) % DATA_ALIGNMENT;
           if (pad) writeSync(dataFd, new Uint8Array(pad));
           offset += pad;

@@ -37,8 +37,9 @@ export class GraphBuilder {
     return name;
   }
 
+  /** Declares a graph output; name the producing node's output `name` to avoid an Identity node. */
   output(value: string, name: string, type: DataTypeId, dims: Dim[]): void {
-    this.op('Identity', [value], {}, name);
+    if (value !== name) this.op('Identity', [value], {}, name);
     this.outputs.push(valueInfo(name, type, dims));
   }
 

@@ -24,10 +24,13 @@ import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { DataType, GraphBuilder } from './onnx-builder.js';
 
 export const CONTRACT_VERSION = 1;
-export const OPSET = 17;
+export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
-/** Returns the initializer name of a weight, written wherever the caller stores weights. */
-export type WeightSource = (name: string, dims: number[]) => string;
+/**
+ * Returns the initializer name of a weight, written wherever the caller stores weights;
+ * `transform` may rewrite the data first (constant folding at export time).
+ */
+export type WeightSource = (name: string, dims: number[], transform?: (data: Float32Array) => void) => string;
 
 export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: WeightSource, tiedHead: boolean): void {
   const { n_layer: L, n_head: H, n_embd: E, n_positions: P, vocab_size: V } = config;
@@ -66,7 +69,7 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
   const causal = g.op('LessOrEqual', [g.op('Unsqueeze', [seqRange, g.constInt64([0])]), g.op('Unsqueeze', [seqRange, g.constInt64([1])])]);
   const newBias = g.op('Where', [causal, zero, negInf]); // [S, S]
   const splitSizes = g.op('Concat', [pastTokens, seqLen], { axis: 0 });
-  const scale = g.constFloat([1 / Math.sqrt(D)], []);
+  const scale = 1 / Math.sqrt(D);
 
   for (let l = 0; l < L; l++) {
     const h = `h.${l}.`;
@@ -74,14 +77,19 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
     const pastValue = g.input(`past_value_${l}`, DataType.FLOAT, [H, 'pool_blocks', 'block_size', D]);
 
     const x1 = layerNorm(g, hidden, weight(`${h}ln_1.weight`, [E]), weight(`${h}ln_1.bias`, [E]), eps);
-    const qkv = g.op('Gemm', [x1, weight(`${h}attn.c_attn.weight`, [E, 3 * E]), weight(`${h}attn.c_attn.bias`, [3 * E])]);
+    // The 1/sqrt(head_dim) attention scale is folded into the query columns of c_attn.
+    const qkv = g.op('Gemm', [
+      x1,
+      weight(`${h}attn.c_attn.weight`, [E, 3 * E], (w) => scaleColumns(w, 3 * E, E, scale)),
+      weight(`${h}attn.c_attn.bias`, [3 * E], (b) => scaleColumns(b, 3 * E, E, scale)),
+    ]);
     const [q, k, v] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 });
-    const toHeads = (t: string) => g.op('Transpose', [g.op('Reshape', [t, qkvShape])], { perm: [2, 0, 1, 3] });
-    const qh = g.op('Mul', [toHeads(q), scale]);
-    const kNew = toHeads(k);
-    const vNew = toHeads(v);
-    g.output(kNew, `new_key_${l}`, DataType.FLOAT, [H, 'batch', 'seq', D]);
-    g.output(vNew, `new_value_${l}`, DataType.FLOAT, [H, 'batch', 'seq', D]);
+    const toHeads = (t: string, name?: string) => g.op('Transpose', [g.op('Reshape', [t, qkvShape])], { perm: [2, 0, 1, 3] }, name);
+    const qh = toHeads(q);
+    const kNew = toHeads(k, `new_key_${l}`);
+    const vNew = toHeads(v, `new_value_${l}`);
+    g.output(kNew, kNew, DataType.FLOAT, [H, 'batch', 'seq', D]);
+    g.output(vNew, vNew, DataType.FLOAT, [H, 'batch', 'seq', D]);
 
     // [H, pool, bs, D] gathered by [B, blocks] -> [H, B, blocks, bs, D] -> [H, B, T, D]
     const kPast = g.op('Reshape', [g.op('Gather', [pastKey, blockTable], { axis: 1 }), g.constInt64([0, 0, -1, D])]);
@@ -97,7 +105,7 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
 
     const x2 = layerNorm(g, hidden, weight(`${h}ln_2.weight`, [E]), weight(`${h}ln_2.bias`, [E]), eps);
     const fc = g.op('Gemm', [x2, weight(`${h}mlp.c_fc.weight`, [E, 4 * E]), weight(`${h}mlp.c_fc.bias`, [4 * E])]);
-    const mlpOut = g.op('Gemm', [geluTanh(g, fc), weight(`${h}mlp.c_proj.weight`, [4 * E, E]), weight(`${h}mlp.c_proj.bias`, [E])]);
+    const mlpOut = g.op('Gemm', [g.op('Gelu', [fc], { approximate: 'tanh' }), weight(`${h}mlp.c_proj.weight`, [4 * E, E]), weight(`${h}mlp.c_proj.bias`, [E])]);
     hidden = g.op('Add', [hidden, mlpOut]);
   }
 
@@ -113,10 +121,9 @@ function layerNorm(g: GraphBuilder, x: string, scale: string, bias: string, eps:
   return g.op('LayerNormalization', [x, scale, bias], { axis: -1, epsilon: { float: eps } });
 }
 
-/** gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written so ORT can fuse it. */
-function geluTanh(g: GraphBuilder, x: string): string {
-  const cube = g.op('Mul', [g.op('Mul', [x, x]), x]);
-  const inner = g.op('Mul', [g.op('Add', [x, g.op('Mul', [cube, g.constFloat([0.044715], [])])]), g.constFloat([Math.sqrt(2 / Math.PI)], [])]);
-  const t = g.op('Add', [g.op('Tanh', [inner]), g.constFloat([1], [])]);
-  return g.op('Mul', [g.op('Mul', [x, t]), g.constFloat([0.5], [])]);
+/** Multiplies the first `count` entries of every `rowLength`-long row by `factor`. */
+function scaleColumns(data: Float32Array, rowLength: number, count: number, factor: number): void {
+  for (let row = 0; row < data.length; row += rowLength) {
+    for (let i = 0; i < count; i++) data[row + i] *= factor;
+  }
 }
