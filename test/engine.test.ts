@@ -286,3 +286,24 @@ test('shutdown drains running requests, then ends the rest with an error', async
   const late = await collect(e, request(prompt(4), { maxTokens: 3 }));
   assert.equal(late.error?.code, 'shutting_down');
 });
+
+test('execution providers: auto falls back to CPU with one line saying why; cuda without its libraries is a clear error', async () => {
+  const { createSession, cudaProviderPath } = await import('../src/engine/session.js');
+  const { existsSync } = await import('node:fs');
+  const file = join(dir, 'model.onnx');
+  const lines: string[] = [];
+  const auto = await createSession(file, { executionProvider: 'auto', intraOpThreads: 1, log: (m) => lines.push(m) });
+  assert.equal(lines.length, 1);
+  if (!existsSync(cudaProviderPath())) {
+    assert.equal(auto.provider, 'cpu');
+    assert.match(lines[0], /^execution provider: cpu \(auto: the CUDA provider library is not installed .*ONNXRUNTIME_NODE_INSTALL=cuda12/);
+    await assert.rejects(createSession(file, { executionProvider: 'cuda', intraOpThreads: 1, log: () => {} }), /--execution-provider cuda: the CUDA provider library is not installed/);
+  } else {
+    assert.match(lines[0], /^execution provider: (cuda|cpu)/);
+  }
+  await auto.session.release();
+  const cpuLines: string[] = [];
+  const cpu = await createSession(file, { executionProvider: 'cpu', intraOpThreads: 1, log: (m) => cpuLines.push(m) });
+  assert.deepEqual(cpuLines, ['execution provider: cpu (requested)']);
+  await cpu.session.release();
+});

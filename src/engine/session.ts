@@ -34,23 +34,23 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     enableMemPattern: true,
     ...(opts.intraOpThreads > 0 ? { intraOpNumThreads: opts.intraOpThreads } : {}),
   };
-  if (opts.executionProvider === 'cpu') {
+  const cpu = async (why: string): Promise<SessionResult> => {
+    opts.log(`execution provider: cpu (${why})`);
     return { session: await ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
-  }
+  };
+  if (opts.executionProvider === 'cpu') return cpu('requested');
   const cudaLib = cudaProviderPath();
   if (!existsSync(cudaLib)) {
     const why = `the CUDA provider library is not installed (${cudaLib}; install with ONNXRUNTIME_NODE_INSTALL=cuda12)`;
     if (opts.executionProvider === 'cuda') throw new Error(`--execution-provider cuda: ${why}`);
-    opts.log(`execution provider: cpu (auto: ${why})`);
-    return createSession(modelFile, { ...opts, executionProvider: 'cpu' });
+    return cpu(`auto: ${why}`);
   }
   try {
     const session = await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
-    opts.log('execution provider: cuda (device 0)');
+    opts.log(`execution provider: cuda (device 0, ${opts.executionProvider === 'auto' ? 'auto' : 'requested'})`);
     return { session, provider: 'cuda' };
   } catch (err) {
     if (opts.executionProvider === 'cuda') throw new Error(`--execution-provider cuda: ${(err as Error).message}`);
-    opts.log(`execution provider: cpu (auto: CUDA session failed: ${(err as Error).message.split('\n')[0]})`);
-    return createSession(modelFile, { ...opts, executionProvider: 'cpu' });
+    return cpu(`auto: the CUDA session failed: ${(err as Error).message.split('\n')[0]}`);
   }
 }
