@@ -1,0 +1,187 @@
+// CLI entry: `gpt2-serve [serve] [flags]` (npm start). Resolves the model folder, starts the
+// engine, listens, and drains gracefully on SIGTERM/SIGINT. Every setting has a flag and an
+// environment variable (src/config.ts); --help lists them.
+import { existsSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import { pino, type Logger } from 'pino';
+import { ConfigError, configHelp, loadConfig, type ServerConfig } from './config.js';
+import type { EngineClient, EngineOptions } from './engine/types.js';
+import { buildApp } from './server/app.js';
+
+export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
+export const TINY_MODEL_DIR = path.join('models', 'tiny-random-gpt2');
+const MANIFEST = 'manifest.json';
+
+const USAGE = `Usage: npm start -- [serve] [options]      (or: node dist/src/main.js serve [options])
+
+Serves a GPT-2 model over an OpenAI-compatible HTTP API (/v1/completions, /v1/completions/ws,
+/v1/models, /health, /metrics, /tokenize, /detokenize). Flags override environment variables.
+Without --model it serves models/gpt2 if present, else a tiny random model (noise; get GPT-2
+with \`npm run download -- openai-community/gpt2\`).
+
+Options:
+`;
+
+export interface ServeDeps {
+  startEngine?: (options: EngineOptions) => Promise<EngineClient>;
+  makeTinyModel?: (options: { out: string }) => Promise<unknown>;
+  logger?: Logger;
+  /** Called as soon as the app exists (before listening), e.g. to install signal handlers. */
+  onApp?: (app: FastifyInstance) => void;
+}
+
+export interface Serving {
+  app: FastifyInstance;
+  engine: EngineClient;
+  address: string;
+}
+
+/** --model if given; else models/gpt2 if exported there; else the tiny random model, created once. */
+export async function resolveModelDir(
+  configured: string | undefined,
+  logger: Logger,
+  makeTiny: (options: { out: string }) => Promise<unknown>,
+): Promise<string> {
+  if (configured) return path.resolve(configured);
+  const gpt2 = path.resolve(DEFAULT_MODEL_DIR);
+  if (existsSync(path.join(gpt2, MANIFEST))) return gpt2;
+  const tiny = path.resolve(TINY_MODEL_DIR);
+  if (!existsSync(path.join(tiny, MANIFEST))) {
+    logger.info({ dir: tiny }, 'creating the tiny random model (once)');
+    await makeTiny({ out: tiny });
+  }
+  logger.warn(
+    { dir: tiny },
+    'serving the tiny random model: its output is noise. Get GPT-2 with `npm run download -- openai-community/gpt2` (then restart)',
+  );
+  return tiny;
+}
+
+export function engineOptions(config: ServerConfig, modelDir: string): EngineOptions {
+  return {
+    modelDir,
+    servedModelName: config.servedModelName,
+    executionProvider: config.executionProvider,
+    intraOpThreads: config.intraOpThreads,
+    maxNumSeqs: config.maxNumSeqs,
+    maxNumBatchedTokens: config.maxNumBatchedTokens,
+    kvCacheTokens: config.kvCacheTokens,
+    blockSize: config.blockSize,
+    maxQueue: config.maxQueue,
+  };
+}
+
+/**
+ * Listens first (so /health answers 503 while the model loads), then waits for the engine.
+ * Rejects if the engine fails to load (the app is closed by then).
+ */
+export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise<Serving> {
+  const logger = deps.logger ?? pino({ level: config.logLevel });
+  const makeTiny =
+    deps.makeTinyModel ??
+    (async (o: { out: string }) => {
+      const { makeTinyModel } = await import('./model/tiny.js');
+      return makeTinyModel(o);
+    });
+  const start =
+    deps.startEngine ??
+    (async (o: EngineOptions) => {
+      const { startEngine } = await import('./engine/index.js');
+      return startEngine(o, { log: (msg: string) => logger.info(msg) });
+    });
+
+  const modelDir = await resolveModelDir(config.model, logger, makeTiny);
+  const enginePromise = start(engineOptions(config, modelDir));
+  const app = buildApp(enginePromise, config, { logger, defaultMetrics: true });
+  deps.onApp?.(app);
+  const address = await app.listen({ host: config.host, port: config.port });
+  logger.info({ address, modelDir }, 'listening; loading the model');
+  let engine: EngineClient;
+  try {
+    engine = await enginePromise;
+  } catch (err) {
+    await app.close();
+    throw err;
+  }
+  logger.info(
+    { model: app.serving.modelId, contextLength: engine.model.contextLength, address },
+    'model loaded; serving',
+  );
+  return { app, engine, address };
+}
+
+/** SIGTERM/SIGINT: drain (503 for new work, in-flight requests finish up to the timeout), exit 0. */
+export function installSignalHandlers(app: FastifyInstance, config: ServerConfig, logger: Logger): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: exiting without waiting');
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info({ signal, drainTimeoutMs: config.drainTimeoutMs }, 'shutting down');
+    app.drain({ timeoutMs: config.drainTimeoutMs }).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env, deps: ServeDeps = {}): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${USAGE}${configHelp()}\n`);
+    return;
+  }
+  let args = argv;
+  if (args[0] !== undefined && !args[0].startsWith('-')) {
+    if (args[0] !== 'serve') {
+      process.stderr.write(
+        `error: unknown command "${args[0]}" (commands: serve; models: npm run download / npm run model:tiny; see --help)\n`,
+      );
+      process.exit(2);
+    }
+    args = args.slice(1);
+  }
+  let config: ServerConfig;
+  try {
+    config = loadConfig(args, env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`error: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const logger = deps.logger ?? pino({ level: config.logLevel });
+  try {
+    // Signals while the model loads must drain too, so handlers go in as soon as the app exists.
+    await serve(config, { ...deps, logger, onApp: (app) => installSignalHandlers(app, config, logger) });
+  } catch (err) {
+    logger.fatal({ err }, 'failed to start');
+    process.exit(1);
+  }
+}
+
+function isEntryPoint(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}

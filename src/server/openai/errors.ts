@@ -1,0 +1,122 @@
+// One table of every error the edge reports: code -> HTTP status and OpenAI error `type`.
+// Every error body the server sends is `{"error":{"message","type","param","code"}}`; websocket
+// error frames carry the same object. Nothing else (no stack, no internal message) leaves the server.
+import type { EngineError } from '../../engine/types.js';
+
+export const ERROR_TABLE = {
+  // 400: the request is malformed or out of range; `param` names the field.
+  invalid_value: { status: 400, type: 'invalid_request_error' },
+  missing_required_parameter: { status: 400, type: 'invalid_request_error' },
+  invalid_json: { status: 400, type: 'invalid_request_error' },
+  unsupported_parameter: { status: 400, type: 'invalid_request_error' },
+  context_length_exceeded: { status: 400, type: 'invalid_request_error' },
+  // 401: the API key is missing or wrong (OpenAI uses this code and type).
+  invalid_api_key: { status: 401, type: 'invalid_request_error' },
+  // 404: unknown model or route; also an unknown id in a websocket `completion.cancel`.
+  model_not_found: { status: 404, type: 'invalid_request_error' },
+  not_found: { status: 404, type: 'invalid_request_error' },
+  request_not_found: { status: 404, type: 'invalid_request_error' },
+  // 409: a websocket `completion.create` reuses an id that is still in flight on that socket.
+  duplicate_id: { status: 409, type: 'invalid_request_error' },
+  // 413: body (or websocket message) larger than --max-body-bytes.
+  request_too_large: { status: 413, type: 'invalid_request_error' },
+  // 415: body that is not JSON.
+  unsupported_media_type: { status: 415, type: 'invalid_request_error' },
+  // 426: plain GET on the websocket route.
+  upgrade_required: { status: 426, type: 'invalid_request_error' },
+  // 429: the engine's admission queue is full; sent with Retry-After.
+  overloaded: { status: 429, type: 'rate_limit_error' },
+  // 500: a bug or an engine failure; the message is generic, the details are logged.
+  internal_error: { status: 500, type: 'server_error' },
+  // 503: not serving completions right now.
+  model_loading: { status: 503, type: 'server_error' },
+  shutting_down: { status: 503, type: 'server_error' },
+  engine_unavailable: { status: 503, type: 'server_error' },
+  cancelled: { status: 503, type: 'server_error' },
+} as const satisfies Record<string, { status: number; type: string }>;
+
+export type ErrorCode = keyof typeof ERROR_TABLE;
+
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: ErrorCode };
+}
+
+export class ApiError extends Error {
+  readonly code: ErrorCode;
+  readonly param: string | null;
+  readonly statusCode: number;
+  /** Extra response headers (Retry-After, WWW-Authenticate). */
+  readonly headers: Record<string, string>;
+
+  constructor(code: ErrorCode, message: string, param: string | null = null, headers: Record<string, string> = {}) {
+    super(message);
+    this.name = 'ApiError';
+    this.code = code;
+    this.param = param;
+    this.statusCode = ERROR_TABLE[code].status;
+    this.headers = headers;
+  }
+
+  get type(): string {
+    return ERROR_TABLE[this.code].type;
+  }
+
+  toBody(): OpenAIErrorBody {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+export function isApiError(err: unknown): err is ApiError {
+  return err instanceof ApiError;
+}
+
+/** Seconds a client should wait after a 429; the engine's queue turns over quickly. */
+export const RETRY_AFTER_SECONDS = 1;
+
+/** Maps an engine error event to what the client sees. Internal messages are not passed on. */
+export function fromEngineError(err: EngineError): ApiError {
+  const firstLine = String(err.message ?? '').split('\n')[0]!.slice(0, 500);
+  switch (err.code) {
+    case 'context_length_exceeded':
+      return new ApiError('context_length_exceeded', firstLine, 'prompt');
+    case 'invalid_request':
+      return new ApiError('invalid_value', firstLine, null);
+    case 'overloaded':
+      return new ApiError('overloaded', 'The server is overloaded; retry shortly', null, {
+        'retry-after': String(RETRY_AFTER_SECONDS),
+      });
+    case 'shutting_down':
+      return new ApiError('shutting_down', 'The server is shutting down');
+    case 'cancelled':
+      return new ApiError('cancelled', 'The request was cancelled by the server');
+    default:
+      return new ApiError('internal_error', 'The engine failed while processing the request');
+  }
+}
+
+/** Turns anything thrown into an ApiError; unknown errors become a generic 500. */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  const e = err as { statusCode?: number; code?: string; message?: string } | null;
+  const status = typeof e?.statusCode === 'number' ? e.statusCode : 500;
+  switch (e?.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError('request_too_large', 'Request body is too large');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError('unsupported_media_type', 'Content-Type must be application/json');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new ApiError('invalid_json', 'Request body is empty; expected a JSON object');
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return new ApiError('invalid_json', 'Request body is not valid JSON');
+    default:
+      break;
+  }
+  if (status === 413) return new ApiError('request_too_large', 'Request body is too large');
+  if (status === 415) return new ApiError('unsupported_media_type', 'Content-Type must be application/json');
+  if (status === 404) return new ApiError('not_found', 'Not found');
+  if (status >= 400 && status < 500) {
+    // Fastify's own 4xx errors (bad content-length, JSON with __proto__, ...) carry safe messages.
+    return new ApiError('invalid_value', String(e?.message ?? 'Bad request').split('\n')[0]!);
+  }
+  return new ApiError('internal_error', 'Internal server error');
+}

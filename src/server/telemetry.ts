@@ -1,0 +1,54 @@
+// The one "request finished" log line and the request counter, shared by normal replies
+// (onResponse hook) and hijacked ones (SSE, websocket completions) that call it themselves.
+// Prompt text is never logged here; at info level only sizes and timings.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { CompletionJob, JobObserver } from './openai/completion-job.js';
+import type { CompletionStats } from './types.js';
+
+export function routeLabel(request: FastifyRequest): string {
+  return request.routeOptions?.url ?? 'unmatched';
+}
+
+export function recordFinished(
+  app: FastifyInstance,
+  request: FastifyRequest,
+  status: number,
+  durationMs: number,
+  extra: Record<string, unknown> = {},
+): void {
+  if (request.finishRecorded) return;
+  request.finishRecorded = true;
+  const route = routeLabel(request);
+  app.metrics.requests.inc({ method: request.method, route, status: String(status) });
+  const stats = request.completionStats;
+  request.log.info(
+    {
+      method: request.method,
+      url: request.url.split('?')[0],
+      status,
+      promptTokens: stats?.promptTokens,
+      completionTokens: stats?.completionTokens,
+      ttftMs: stats?.ttftMs ?? undefined,
+      error: stats?.error,
+      durationMs: Math.round(durationMs * 10) / 10,
+      ...extra,
+    },
+    'request finished',
+  );
+}
+
+export function jobObserver(app: FastifyInstance): JobObserver {
+  return {
+    firstToken: (s) => app.metrics.timeToFirstToken.observe(s),
+    interToken: (s) => app.metrics.interTokenLatency.observe(s),
+  };
+}
+
+export function statsOf(job: CompletionJob, error?: string): CompletionStats {
+  return {
+    promptTokens: job.promptTokens,
+    completionTokens: job.completionTokens,
+    ttftMs: job.firstTokenAt === null ? null : Math.round((job.firstTokenAt - job.startedAt) * 10) / 10,
+    ...(error ? { error } : {}),
+  };
+}

@@ -1,0 +1,53 @@
+// Options of buildApp and the decorations it adds to Fastify's types.
+import type { FastifyBaseLogger } from 'fastify';
+import type { ServerMetrics } from './metrics.js';
+import type { ServingState } from './state.js';
+
+export interface AppOptions {
+  /** A pino logger (main passes one); omitted or false: no logging (tests). */
+  logger?: FastifyBaseLogger | false;
+  /** Wall clock in ms, for `created` (tests pin it). */
+  now?: () => number;
+  /** Suffix of completion ids `cmpl-<suffix>` (tests pin it). */
+  newId?: () => string;
+  /** Monotonic clock in ms, for latencies. */
+  clock?: () => number;
+  /** Also export prom-client's process metrics (main turns this on). */
+  defaultMetrics?: boolean;
+  /** /health fails (503) when engine.stats() takes longer than this. Default 5000. */
+  healthTimeoutMs?: number;
+  /** A client that reads nothing for this long while output waits is cut off. Default 30000. */
+  stallTimeoutMs?: number;
+  /** Websocket: stop pulling engine output while more than this many bytes wait to be sent. Default 1 MiB. */
+  wsHighWaterMark?: number;
+  /** Websocket: ping every this many ms; a socket that missed the previous pong is closed. Default 30000. */
+  wsPingIntervalMs?: number;
+}
+
+export type ResolvedAppOptions = Required<Omit<AppOptions, 'logger'>>;
+
+/** Per-request figures for the "request finished" log line. */
+export interface CompletionStats {
+  promptTokens: number;
+  completionTokens: number;
+  ttftMs: number | null;
+  error?: string;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    serving: ServingState;
+    metrics: ServerMetrics;
+    appOptions: ResolvedAppOptions;
+    /**
+     * Graceful shutdown: /health and new completions answer 503 at once, in-flight requests may
+     * finish for up to timeoutMs (default --drain-timeout-ms), the engine shuts down, the app closes.
+     */
+    drain(options?: { timeoutMs?: number }): Promise<void>;
+  }
+  interface FastifyRequest {
+    completionStats: CompletionStats | null;
+    /** Set once the "request finished" line was written (hijacked replies write it themselves). */
+    finishRecorded: boolean;
+  }
+}

@@ -1,0 +1,86 @@
+// The official `openai` npm client against a running server (127.0.0.1, port 0).
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import OpenAI from 'openai';
+import { FakeEngine, fakeText, makeApp } from './helpers/fake-engine.js';
+
+const MODEL = 'fake-gpt2';
+const KEY = 'sk-client-test';
+
+async function serve(t: { after: (fn: () => Promise<unknown>) => void }) {
+  const engine = new FakeEngine();
+  const app = makeApp(engine, { apiKey: KEY });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+  const { port } = app.server.address() as AddressInfo;
+  const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: KEY, maxRetries: 0 });
+  return { engine, app, client, port };
+}
+
+test('openai client: completions.create (non-streaming)', async (t) => {
+  const { client, engine } = await serve(t);
+  const completion = await client.completions.create({ model: MODEL, prompt: 'Hello', max_tokens: 5, n: 2, logprobs: 1, seed: 7 });
+  assert.equal(completion.object, 'text_completion');
+  assert.equal(completion.model, MODEL);
+  assert.match(completion.id, /^cmpl-/);
+  assert.deepEqual(
+    completion.choices.map((c) => [c.index, c.text, c.finish_reason]),
+    [
+      [0, fakeText(5, 0, 5), 'length'],
+      [1, fakeText(5, 1, 5), 'length'],
+    ],
+  );
+  assert.equal(completion.choices[0]!.logprobs?.tokens?.length, 5);
+  assert.deepEqual(completion.usage, { prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 });
+  assert.equal(engine.submitted[0]!.params.seed, 7);
+});
+
+test('openai client: completions.create streaming, with usage', async (t) => {
+  const { client } = await serve(t);
+  const stream = await client.completions.create({
+    model: MODEL,
+    prompt: 'A',
+    max_tokens: 6,
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '';
+  let finish: string | null = null;
+  let usage: unknown = null;
+  let chunks = 0;
+  for await (const chunk of stream) {
+    chunks++;
+    for (const choice of chunk.choices) {
+      text += choice.text;
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, 'abcdef');
+  assert.equal(finish, 'length');
+  assert.equal(chunks, 8);
+  assert.deepEqual(usage, { prompt_tokens: 1, completion_tokens: 6, total_tokens: 7 });
+});
+
+test('openai client: errors surface as the client\'s typed errors with our messages', async (t) => {
+  const { client, port } = await serve(t);
+  await assert.rejects(
+    client.completions.create({ model: 'gpt-4', prompt: 'A' }),
+    (err: unknown) => err instanceof OpenAI.NotFoundError && err.status === 404 && /does not exist/.test(err.message),
+  );
+  await assert.rejects(
+    client.completions.create({ model: MODEL, prompt: 'A', temperature: 5 }),
+    (err: unknown) => err instanceof OpenAI.BadRequestError && err.message.includes('`temperature`: must be <= 2'),
+  );
+  const badKey = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'wrong', maxRetries: 0 });
+  await assert.rejects(
+    badKey.completions.create({ model: MODEL, prompt: 'A' }),
+    (err: unknown) => err instanceof OpenAI.AuthenticationError && err.status === 401,
+  );
+  const models = await client.models.list();
+  assert.deepEqual(
+    models.data.map((m) => m.id),
+    [MODEL],
+  );
+});

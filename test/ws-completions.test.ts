@@ -1,0 +1,389 @@
+// The websocket protocol on /v1/completions/ws: frames, multiplexing, cancel, per-request errors,
+// malformed messages, close-cancels-all, ping/pong keep-alive, backpressure, auth.
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import WebSocket from 'ws';
+import type { ServerConfig } from '../src/config.js';
+import type { AppOptions } from '../src/server/app.js';
+import { FakeEngine, fakeText, makeApp, waitFor, type FakeEngineOptions } from './helpers/fake-engine.js';
+
+const MODEL = 'fake-gpt2';
+
+type Frame = {
+  type: string;
+  id?: string | null;
+  completion_id?: string;
+  choices?: Array<{ text: string; index: number; finish_reason: string | null; logprobs: unknown }>;
+  usage?: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  cancelled?: boolean;
+  error?: { message: string; type: string; param: string | null; code: string };
+  [key: string]: unknown;
+};
+
+class Client {
+  readonly frames: Frame[] = [];
+  closed = false;
+  closeCode: number | null = null;
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (data) => this.frames.push(JSON.parse(String(data)) as Frame));
+    ws.on('close', (code) => {
+      this.closed = true;
+      this.closeCode = code;
+    });
+    ws.on('error', () => {});
+  }
+
+  static connect(url: string, options: WebSocket.ClientOptions = {}): Promise<Client> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, options);
+      ws.once('open', () => resolve(new Client(ws)));
+      ws.once('unexpected-response', (req, res) => {
+        req.destroy();
+        reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode }));
+      });
+      ws.once('error', reject);
+    });
+  }
+
+  send(message: unknown): void {
+    this.ws.send(typeof message === 'string' ? message : JSON.stringify(message));
+  }
+
+  create(id: string, body: Record<string, unknown>): void {
+    this.send({ type: 'completion.create', id, model: MODEL, ...body });
+  }
+
+  async frame(pred: (f: Frame) => boolean, timeoutMs = 2000, what = 'frame'): Promise<Frame> {
+    await waitFor(() => this.frames.some(pred), timeoutMs, what);
+    return this.frames.find(pred)!;
+  }
+
+  /** Waits for the request's terminal frame (done or error) and returns all of its frames. */
+  async finished(id: string, timeoutMs = 3000): Promise<Frame[]> {
+    await this.frame((f) => f.id === id && (f.type === 'completion.done' || f.type === 'error'), timeoutMs, `end of ${id}`);
+    return this.frames.filter((f) => f.id === id);
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
+
+function textOf(frames: Frame[], index = 0): string {
+  return frames
+    .filter((f) => f.type === 'completion.chunk')
+    .flatMap((f) => f.choices!)
+    .filter((c) => c.index === index)
+    .map((c) => c.text)
+    .join('');
+}
+
+async function serve(
+  t: { after: (fn: () => Promise<unknown>) => void },
+  options: FakeEngineOptions = {},
+  config: Partial<ServerConfig> = {},
+  opts: AppOptions = {},
+) {
+  const engine = new FakeEngine(options);
+  const app = makeApp(engine, config, opts);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const clients: Client[] = [];
+  t.after(async () => {
+    // Clients first: closing the app waits for open sockets (a paused one would hold it up).
+    for (const c of clients) c.ws.terminate();
+    await app.close();
+  });
+  const { port } = app.server.address() as AddressInfo;
+  const url = `ws://127.0.0.1:${port}/v1/completions/ws`;
+  const connect = async (o: WebSocket.ClientOptions = {}) => {
+    const c = await Client.connect(url, o);
+    clients.push(c);
+    return c;
+  };
+  return { engine, app, url, connect };
+}
+
+test('completion.create streams completion.chunk frames (the SSE chunk) then completion.done with usage', async (t) => {
+  const { connect } = await serve(t);
+  const c = await connect();
+  c.create('req-1', { prompt: 'A', max_tokens: 3, n: 2 });
+  const frames = await c.finished('req-1');
+  const chunk = frames[0]!;
+  assert.deepEqual(Object.keys(chunk), ['type', 'id', 'completion_id', 'object', 'created', 'model', 'system_fingerprint', 'choices']);
+  assert.deepEqual(chunk, {
+    type: 'completion.chunk',
+    id: 'req-1',
+    completion_id: 'cmpl-test',
+    object: 'text_completion',
+    created: 1_700_000_000,
+    model: MODEL,
+    system_fingerprint: chunk.system_fingerprint,
+    choices: [{ text: 'a', index: 0, logprobs: null, finish_reason: null }],
+  });
+  assert.equal(textOf(frames, 0), 'abc');
+  assert.equal(textOf(frames, 1), 'bcd');
+  const finals = frames.filter((f) => f.type === 'completion.chunk' && f.choices![0]!.finish_reason === 'length');
+  assert.equal(finals.length, 2);
+  assert.deepEqual(frames.at(-1), {
+    type: 'completion.done',
+    id: 'req-1',
+    completion_id: 'cmpl-test',
+    usage: { prompt_tokens: 1, completion_tokens: 6, total_tokens: 7 },
+  });
+});
+
+test('many ids in flight on one socket are multiplexed', async (t) => {
+  const { connect } = await serve(t, { tokenDelayMs: 5 });
+  const c = await connect();
+  c.create('x', { prompt: 'A', max_tokens: 10 });
+  c.create('y', { prompt: 'BB', max_tokens: 10, echo: true });
+  c.create('z', { prompt: ['A', 'BB'], max_tokens: 2 });
+  const [x, y, z] = await Promise.all([c.finished('x'), c.finished('y'), c.finished('z')]);
+  assert.equal(textOf(x), fakeText(1, 0, 10));
+  assert.equal(textOf(y), 'BB' + fakeText(2, 0, 10));
+  assert.equal(textOf(z, 0), fakeText(1, 0, 2));
+  assert.equal(textOf(z, 1), fakeText(2, 0, 2));
+  assert.equal(new Set([x.at(-1)!.completion_id, y.at(-1)!.completion_id, z.at(-1)!.completion_id]).size, 3);
+  // The streams really interleaved: y's first chunk came before x was done.
+  const firstY = c.frames.findIndex((f) => f.id === 'y' && f.type === 'completion.chunk');
+  const doneX = c.frames.findIndex((f) => f.id === 'x' && f.type === 'completion.done');
+  assert.ok(firstY < doneX, 'frames of different ids interleave');
+});
+
+test('completion.cancel stops the request in the engine and ends it with a cancelled done frame', async (t) => {
+  const { engine, connect } = await serve(t, { tokenDelayMs: 20 });
+  const c = await connect();
+  c.create('long', { prompt: 'A', max_tokens: 60 });
+  c.create('other', { prompt: 'A', max_tokens: 5 });
+  await c.frame((f) => f.id === 'long' && f.type === 'completion.chunk');
+  c.send({ type: 'completion.cancel', id: 'long' });
+  const frames = await c.finished('long');
+  const done = frames.at(-1)!;
+  assert.equal(done.type, 'completion.done');
+  assert.equal(done.cancelled, true);
+  assert.ok(done.usage!.completion_tokens < 60);
+  assert.ok(engine.cancelled.includes('cmpl-test-0'));
+  // The other request and the socket carry on.
+  const other = await c.finished('other');
+  assert.equal(textOf(other), 'abcde');
+  assert.ok(!engine.cancelled.includes('cmpl-test1-0'));
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(c.frames.filter((f) => f.id === 'long').length, frames.length, 'nothing after the done frame');
+});
+
+test('cancelling an unknown id is an error frame; the socket stays open', async (t) => {
+  const { connect } = await serve(t);
+  const c = await connect();
+  c.send({ type: 'completion.cancel', id: 'ghost' });
+  const err = await c.frame((f) => f.type === 'error');
+  assert.deepEqual(err, {
+    type: 'error',
+    id: 'ghost',
+    error: { message: 'No request with id `ghost` is in flight on this socket', type: 'invalid_request_error', param: 'id', code: 'request_not_found' },
+  });
+  c.create('after', { prompt: 'A', max_tokens: 1 });
+  await c.finished('after');
+});
+
+test('per-request errors are error frames with the request id and leave the socket open', async (t) => {
+  const { connect } = await serve(t, { errorOn: (r) => (r.promptTokens[0] === 66 ? { code: 'overloaded', message: 'full' } : undefined) });
+  const c = await connect();
+  c.create('bad-temp', { prompt: 'A', temperature: 5 });
+  c.create('bad-model', { prompt: 'A', model: 'gpt-4' });
+  c.create('too-long', { prompt: 'A'.repeat(60) });
+  c.create('busy', { prompt: 'B' });
+  c.create('best-of', { prompt: 'A', best_of: 2 });
+  const errors = await Promise.all(['bad-temp', 'bad-model', 'too-long', 'busy', 'best-of'].map(async (id) => (await c.finished(id)).at(-1)!));
+  assert.deepEqual(
+    errors.map((f) => [f.type, f.id, f.error!.code, f.error!.param]),
+    [
+      ['error', 'bad-temp', 'invalid_value', 'temperature'],
+      ['error', 'bad-model', 'model_not_found', 'model'],
+      ['error', 'too-long', 'context_length_exceeded', 'prompt'],
+      ['error', 'busy', 'overloaded', null],
+      ['error', 'best-of', 'unsupported_parameter', 'best_of'],
+    ],
+  );
+  assert.equal(errors[0]!.error!.message, '`temperature`: must be <= 2');
+  c.create('fine', { prompt: 'A', max_tokens: 2 });
+  assert.equal(textOf(await c.finished('fine')), 'ab');
+});
+
+test('an error after streaming began ends that id with an error frame', async (t) => {
+  const { connect } = await serve(t, { errorOn: () => ({ code: 'internal_error', message: 'secret', afterSteps: 2 }) });
+  const c = await connect();
+  c.create('e', { prompt: 'A', max_tokens: 10 });
+  const frames = await c.finished('e');
+  assert.equal(textOf(frames), 'ab');
+  assert.deepEqual(frames.at(-1)!.error, {
+    message: 'The engine failed while processing the request',
+    type: 'server_error',
+    param: null,
+    code: 'internal_error',
+  });
+});
+
+test('malformed messages get error frames (id null when unknown) and the socket stays usable', async (t) => {
+  const { connect } = await serve(t);
+  const c = await connect();
+  c.send('{not json');
+  c.send('[1,2]');
+  c.send({ type: 'completion.create', model: MODEL, prompt: 'A' });
+  c.send({ type: 'completion.create', id: 42, model: MODEL, prompt: 'A' });
+  c.send({ type: 'completion.explode', id: 'q' });
+  await waitFor(() => c.frames.length >= 5, 2000, 'five error frames');
+  assert.deepEqual(
+    c.frames.map((f) => [f.type, f.id, f.error!.code, f.error!.param]),
+    [
+      ['error', null, 'invalid_json', null],
+      ['error', null, 'invalid_value', null],
+      ['error', null, 'invalid_value', 'id'],
+      ['error', null, 'invalid_value', 'id'],
+      ['error', 'q', 'invalid_value', 'type'],
+    ],
+  );
+  assert.equal(c.frames[0]!.error!.message, 'Message is not valid JSON');
+  c.create('ok', { prompt: 'A', max_tokens: 1 });
+  assert.equal((await c.finished('ok')).at(-1)!.type, 'completion.done');
+});
+
+test('reusing an id that is still in flight is an error; the original request continues', async (t) => {
+  const { connect } = await serve(t, { tokenDelayMs: 5 });
+  const c = await connect();
+  c.create('dup', { prompt: 'A', max_tokens: 10 });
+  c.create('dup', { prompt: 'A', max_tokens: 1 });
+  const err = await c.frame((f) => f.type === 'error');
+  assert.equal(err.error!.code, 'duplicate_id');
+  await c.frame((f) => f.id === 'dup' && f.type === 'completion.done');
+  assert.equal(textOf(c.frames.filter((f) => f.id === 'dup')), fakeText(1, 0, 10));
+  // Once finished, the id can be used again.
+  c.create('dup', { prompt: 'A', max_tokens: 1 });
+  await waitFor(() => c.frames.filter((f) => f.id === 'dup' && f.type === 'completion.done').length === 2);
+});
+
+test('closing the socket cancels all of its requests in the engine, even before their first token', async (t) => {
+  const { engine, connect } = await serve(t, { firstTokenDelayMs: 5000 });
+  const c = await connect();
+  c.create('a', { prompt: 'A', max_tokens: 60 });
+  c.create('b', { prompt: 'A', max_tokens: 60, n: 2 });
+  await waitFor(() => engine.activeCount === 2, 2000, 'both running');
+  const before = Date.now();
+  c.close();
+  await waitFor(() => engine.cancelled.length === 2, 1000, 'both cancelled');
+  assert.ok(Date.now() - before < 300);
+  assert.deepEqual([...engine.cancelled].sort(), ['cmpl-test-0', 'cmpl-test1-0']);
+  await waitFor(() => engine.activeCount === 0, 1000, 'engine idle');
+});
+
+test('keep-alive: app-level ping gets pong; protocol pings keep answering clients alive and drop silent ones', async (t) => {
+  const { connect } = await serve(t, {}, {}, { wsPingIntervalMs: 40 });
+  const alive = await connect();
+  alive.send({ type: 'ping', id: 'p1' });
+  assert.deepEqual(await alive.frame((f) => f.type === 'pong'), { type: 'pong', id: 'p1' });
+  let pings = 0;
+  alive.ws.on('ping', () => pings++);
+  const silent = await connect({ autoPong: false });
+  await waitFor(() => silent.closed, 2000, 'silent client dropped');
+  assert.ok(pings >= 2, `server pinged (${pings})`);
+  assert.equal(alive.closed, false);
+  alive.create('still', { prompt: 'A', max_tokens: 1 });
+  await alive.finished('still');
+});
+
+/** Resolves once `read()` has not changed for `quietMs`; returns the settled value. */
+async function plateau(read: () => number, quietMs: number, timeoutMs: number): Promise<number> {
+  let last = read();
+  let since = Date.now();
+  await waitFor(
+    () => {
+      const now = read();
+      if (now !== last || now === 0) {
+        last = now;
+        since = Date.now();
+      }
+      return Date.now() - since >= quietMs;
+    },
+    timeoutMs,
+    'output to stop being pulled',
+  );
+  return last;
+}
+
+test('backpressure: a client that stops reading pauses its requests, and after the stall timeout is cut off', async (t) => {
+  // Each token is 20 KB of text; unbounded, this request would produce 200 MB of frames.
+  const hwm = 64 * 1024;
+  const { engine, app, connect } = await serve(t, { textRepeat: 20_000, contextLength: 100_000 }, {}, { wsHighWaterMark: hwm, stallTimeoutMs: 1500 });
+  const c = await connect();
+  const socket = (c.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  socket.pause();
+  c.create('flood', { prompt: 'A', max_tokens: 10_000 });
+  // Output stops being pulled once the OS socket buffers and the high-water mark are full ...
+  const pulled = () => engine.yielded.get('cmpl-test-0') ?? 0;
+  const atPause = await plateau(pulled, 200, 5000);
+  assert.ok(atPause < 2000, `pulled ${atPause} events of 10000`);
+  const [serverSide] = [...app.websocketServer.clients];
+  assert.ok(serverSide, 'server socket found');
+  assert.ok(serverSide.bufferedAmount > hwm, 'the pause is due to the send buffer');
+  assert.ok(serverSide.bufferedAmount <= hwm + 25_000, `server buffers at most the mark plus one frame (${serverSide.bufferedAmount})`);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(pulled(), atPause, 'no engine output is pulled while the client is not reading');
+  assert.equal(engine.cancelled.length, 0, 'a pause shorter than the stall timeout cancels nothing');
+  // ... and a client that never resumes is cut off: its request is cancelled in the engine.
+  await waitFor(() => engine.cancelled.includes('cmpl-test-0'), 3000, 'stalled request cancelled');
+  assert.equal(engine.activeCount, 0);
+  socket.resume();
+  await waitFor(() => c.closed, 3000, 'socket closed by the server');
+  assert.ok(!c.frames.some((f) => f.type === 'completion.done'), 'the flood never completed');
+});
+
+test('backpressure: a slow reader that resumes before the stall timeout gets everything', async (t) => {
+  const { engine, connect } = await serve(t, { textRepeat: 20_000, contextLength: 10_000 }, {}, { wsHighWaterMark: 64 * 1024, stallTimeoutMs: 5000 });
+  const c = await connect();
+  const socket = (c.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  socket.pause();
+  c.create('slow', { prompt: 'A', max_tokens: 1000 });
+  const paused = await plateau(() => engine.yielded.get('cmpl-test-0') ?? 0, 200, 5000);
+  assert.ok(paused < 1000, 'paused before the end');
+  socket.resume();
+  const frames = await c.finished('slow', 15_000);
+  assert.equal(frames.at(-1)!.type, 'completion.done');
+  assert.equal(frames.at(-1)!.usage!.completion_tokens, 1000);
+  assert.equal(textOf(frames).length, 1000 * 20_000);
+  assert.equal(engine.cancelled.length, 0);
+});
+
+test('the websocket requires the API key when one is set', async (t) => {
+  const { url, connect } = await serve(t, {}, { apiKey: 'sk-ws' });
+  await assert.rejects(Client.connect(url), (err: { status?: number }) => err.status === 401);
+  await assert.rejects(Client.connect(url, { headers: { authorization: 'Bearer nope' } }), (err: { status?: number }) => err.status === 401);
+  const c = await connect({ headers: { authorization: 'Bearer sk-ws' } });
+  c.create('k', { prompt: 'A', max_tokens: 1 });
+  assert.equal((await c.finished('k')).at(-1)!.type, 'completion.done');
+});
+
+test('new requests on a socket get a 503-style error frame while the server drains', async (t) => {
+  const { app, connect } = await serve(t, { tokenDelayMs: 10 });
+  const c = await connect();
+  c.create('before', { prompt: 'A', max_tokens: 20 });
+  await c.frame((f) => f.id === 'before');
+  const drained = app.drain({ timeoutMs: 3000 });
+  c.create('during', { prompt: 'A', max_tokens: 1 });
+  const err = (await c.finished('during')).at(-1)!;
+  assert.equal(err.error!.code, 'shutting_down');
+  const before = await c.finished('before');
+  assert.equal(textOf(before), fakeText(1, 0, 20));
+  await drained;
+});
+
+test('drain closes sockets with 1001 and does not wait on a client that stopped reading', async (t) => {
+  const { app, connect } = await serve(t);
+  const polite = await connect();
+  const stuck = await connect();
+  (stuck.ws as unknown as { _socket: import('node:net').Socket })._socket.pause();
+  const started = Date.now();
+  await app.drain({ timeoutMs: 200 });
+  assert.ok(Date.now() - started < 5000, `drained in ${Date.now() - started} ms`);
+  await waitFor(() => polite.closed, 1000, 'polite client closed');
+  assert.equal(polite.closeCode, 1001);
+});
