@@ -54,30 +54,8 @@ export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
       if (hijacked) recordFinished(app, request, status, reply.elapsedTime);
     };
 
-    if (!job.request.stream) {
-      try {
-        const response = await collectCompletion(job, meta);
-        finish(false);
-        return response;
-      } catch (err) {
-        if (err instanceof JobCancelledError) {
-          status = CLIENT_CLOSED;
-          reply.hijack();
-          finish(true, 'client_closed');
-          return reply;
-        }
-        const apiErr = toApiError(err);
-        if (apiErr.code === 'internal_error') request.log.error({ err: job.failure ?? err }, 'completion failed');
-        status = apiErr.statusCode;
-        finish(false, apiErr.code);
-        throw apiErr;
-      }
-    }
-
-    // Streaming: wait for every prompt's first engine event so a rejection still gets its status.
-    try {
-      await job.ready();
-    } catch (err) {
+    /** Before anything was sent: a gone client ends quietly, anything else is an OpenAI error. */
+    const failBeforeResponse = (err: unknown) => {
       if (err instanceof JobCancelledError) {
         status = CLIENT_CLOSED;
         reply.hijack();
@@ -89,6 +67,23 @@ export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
       status = apiErr.statusCode;
       finish(false, apiErr.code);
       throw apiErr;
+    };
+
+    if (!job.request.stream) {
+      try {
+        const response = await collectCompletion(job, meta);
+        finish(false);
+        return response;
+      } catch (err) {
+        return failBeforeResponse(err);
+      }
+    }
+
+    // Streaming: wait for every prompt's first engine event so a rejection still gets its status.
+    try {
+      await job.ready();
+    } catch (err) {
+      return failBeforeResponse(err);
     }
 
     reply.hijack();
