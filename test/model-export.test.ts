@@ -60,10 +60,13 @@ async function stepAndCompare(runner: ModelRunner, alloc: BlockAllocator, rows: 
   rows.forEach((row, i) => {
     feed[i].forEach((tok, j) => {
       const expected = row.ref.step(tok);
-      const got = out[i].subarray(j * V, (j + 1) * V);
+      const got = out[i].logits.subarray(j * V, (j + 1) * V);
       const err = maxAbsDiff(got, expected);
       assert.ok(err <= TOLERANCE, `row ${i} position ${row.cached + j}: max abs error ${err}`);
-      if (j === feed[i].length - 1) last.push(got);
+      if (j === feed[i].length - 1) {
+        last.push(got);
+        assert.equal(out[i].argmax, argmax(got), 'the graph\'s argmax is the row\'s largest logit');
+      }
     });
     row.tokens.push(...feed[i]);
     row.cached += feed[i].length;
@@ -228,7 +231,7 @@ test('a checkpoint the project did not make (F16, transformer. prefix, untied he
     let logits = await runner.run([{ tokens: prompt, pastLength: 0, blocks, logitsFrom: prompt.length - 1 }]);
     const got: number[] = [];
     for (let i = 0; i < 32; i++) {
-      const next = argmax(logits[0]);
+      const next = argmax(logits[0].logits);
       got.push(next);
       logits = await runner.run([{ tokens: [next], pastLength: prompt.length + i, blocks, logitsFrom: 0 }]);
     }

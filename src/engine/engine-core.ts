@@ -104,18 +104,18 @@ export class EngineCore {
     const plan = this.scheduler.schedule();
     if (plan.rows.length === 0) return this.takeEvents();
     const rows = plan.rows.map((r) => this.runnerRow(r));
-    const logits = await this.runner.run(rows);
+    const outputs = await this.runner.run(rows);
     this.scheduler.commit(plan);
     plan.rows.forEach((row, i) => {
       const state = this.requests.get(row.seq.requestId);
       if (!state || row.seq.status !== 'running') return; // cancelled while the step ran
       const first = rows[i].logitsFrom;
       if (first < row.count && state.promptLogprobs && row.seq.choice === 0 && row.start < row.seq.promptLength) {
-        this.collectPromptLogprobs(state, row, logits[i]);
+        this.collectPromptLogprobs(state, row, outputs[i].logits);
       }
       if (row.sample) {
-        const V = this.runner.vocabSize;
-        this.onLogits(state, row.seq, logits[i].subarray(logits[i].length - V));
+        const { logits, argmax } = outputs[i];
+        this.onLogits(state, row.seq, logits.subarray(logits.length - this.runner.vocabSize), argmax);
       }
     });
     this.steps++;
@@ -215,7 +215,7 @@ export class EngineCore {
   }
 
   /** The sequence's pending tokens are all cached: pick its next token (and fork choices). */
-  private onLogits(state: RequestState, seq: Sequence, row: Float32Array): void {
+  private onLogits(state: RequestState, seq: Sequence, row: Float32Array, argmax: number): void {
     const { params } = state.request;
     if (state.promptLogprobs && seq.choice === 0 && seq.outputLength === 0) this.emitPrompt(state);
     const targets = [seq];
@@ -228,17 +228,17 @@ export class EngineCore {
         if (child.status === 'running') targets.push(child);
       }
     }
-    for (const target of targets) this.sampleNext(state, target, row);
+    for (const target of targets) this.sampleNext(state, target, row, argmax);
   }
 
-  private sampleNext(state: RequestState, seq: Sequence, row: Float32Array): void {
+  private sampleNext(state: RequestState, seq: Sequence, row: Float32Array, argmax: number): void {
     const { params } = state.request;
     const choice = state.choices[seq.choice]!;
     if (seq.outputLength >= params.maxTokens) {
       this.finishChoice(state, seq.choice, 'length', choice.detok.finish());
       return;
     }
-    const res = choice.sampler.sample(row, seq.outputLength, this.scratch);
+    const res = choice.sampler.sample(row, seq.outputLength, this.scratch, argmax);
     seq.tokens.push(res.token);
     choice.sampler.observe(res.token);
     choice.cumulativeLogprob += res.logprob;

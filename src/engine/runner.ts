@@ -19,11 +19,17 @@ export interface RunnerRow {
   logitsFrom: number;
 }
 
+export interface RowOutput {
+  /** The row's logits rows ([count, vocab] flattened, a view); empty when none were asked. */
+  logits: Float32Array;
+  /** Index of the largest logit in the row's last logits row (-1 when none were asked). */
+  argmax: number;
+}
+
 export interface ModelRunner {
   readonly vocabSize: number;
   readonly pool: KvPool;
-  /** Per row, a view of its logits rows ([count, vocab] flattened); empty when none were asked. */
-  run(rows: readonly RunnerRow[]): Promise<Float32Array[]>;
+  run(rows: readonly RunnerRow[]): Promise<RowOutput[]>;
   /** Milliseconds spent inside session.run since the last call. */
   takeModelMs(): number;
   dispose(): Promise<void>;
@@ -39,8 +45,8 @@ export class OnnxRunner implements ModelRunner {
     readonly vocabSize: number,
   ) {}
 
-  async run(rows: readonly RunnerRow[]): Promise<Float32Array[]> {
-    const out: Float32Array[] = new Array(rows.length);
+  async run(rows: readonly RunnerRow[]): Promise<RowOutput[]> {
+    const out: RowOutput[] = new Array(rows.length);
     // Decode rows (one token) and prefill chunks run separately: padding 32 decode rows to a
     // 256-token chunk would multiply their matmul work by 256.
     const decode: number[] = [];
@@ -61,7 +67,7 @@ export class OnnxRunner implements ModelRunner {
     await this.session.release();
   }
 
-  private async runGroup(rows: readonly RunnerRow[], group: number[], out: Float32Array[]): Promise<void> {
+  private async runGroup(rows: readonly RunnerRow[], group: number[], out: RowOutput[]): Promise<void> {
     const B = group.length;
     let S = 0;
     let pastBlocks = 1;
@@ -98,12 +104,13 @@ export class OnnxRunner implements ModelRunner {
     this.modelMs += performance.now() - start;
 
     const logits = result.logits.data as Float32Array;
+    const argmax = result.argmax.data as BigInt64Array;
     const V = this.vocabSize;
     let row = 0;
     group.forEach((i, b) => {
       const r = rows[i];
       const n = r.tokens.length - r.logitsFrom;
-      out[i] = logits.subarray(row * V, (row + n) * V);
+      out[i] = { logits: logits.subarray(row * V, (row + n) * V), argmax: n > 0 ? Number(argmax[row + n - 1]) : -1 };
       row += n;
       for (let l = 0; l < this.pool.shape.layers; l++) {
         this.pool.writeRows(

@@ -65,14 +65,20 @@ export class SequenceSampler {
     this.seen?.add(token);
   }
 
-  /** Picks the next token from a row of raw logits (temporarily modified, restored before return). */
-  sample(logits: Float32Array, outputLength: number, scratch: SamplerScratch): SampleResult {
+  /**
+   * Picks the next token from a row of raw logits (temporarily modified, restored before return).
+   * `rawArgmax`, the row's largest logit when the caller already knows it, spares greedy
+   * decoding a pass over the vocabulary as long as no processor changed the row.
+   */
+  sample(logits: Float32Array, outputLength: number, scratch: SamplerScratch, rawArgmax = -1): SampleResult {
     const p = this.params;
     const top = p.logprobs !== null ? topLogits(logits, p.logprobs) : null;
     const lse = this.wantLogprob ? logSumExp(logits) : NaN;
 
     this.applyEdits(logits, outputLength, scratch);
-    const token = p.temperature < GREEDY_BELOW ? argmax(logits) : this.draw(logits, scratch);
+    const greedy = p.temperature < GREEDY_BELOW;
+    const token =
+      greedy && rawArgmax >= 0 && scratch.editIndex.length === 0 ? rawArgmax : greedy ? argmax(logits) : this.draw(logits, scratch);
     restoreEdits(logits, scratch);
 
     return {

@@ -15,6 +15,7 @@
 //                    float [heads, pool_blocks, block_size, head_dim]
 //   outputs
 //     logits         float [n, vocab]
+//     argmax         int64 [n]               the largest logit of each returned row
 //     new_key_{l}, new_value_{l}
 //                    float [heads, batch, seq, head_dim]
 // The pool is head-major so that gathering a row's blocks yields [heads, batch, tokens, head_dim]
@@ -113,8 +114,10 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
   const picked = g.op('Gather', [hidden, logitsIndex], { axis: 0 });
   const final = layerNorm(g, picked, weight('ln_f.weight', [E]), weight('ln_f.bias', [E]), eps);
   const head = tiedHead ? wte : weight('lm_head.weight', [V, E]);
-  const logits = g.op('Gemm', [final, head], { transB: 1 });
-  g.output(logits, 'logits', DataType.FLOAT, ['n_logits', V]);
+  const logits = g.op('Gemm', [final, head], { transB: 1 }, 'logits');
+  g.output(logits, logits, DataType.FLOAT, ['n_logits', V]);
+  // Greedy picks are the common case; a vectorized ArgMax here beats a JS loop over cold logits.
+  g.output(g.op('ArgMax', [logits], { axis: 1, keepdims: 0 }, 'argmax'), 'argmax', DataType.INT64, ['n_logits']);
 }
 
 function layerNorm(g: GraphBuilder, x: string, scale: string, bias: string, eps: number): string {
