@@ -3,7 +3,7 @@
 // memory (a zero-copy input) and returning only the small things the engine needs: logits at the
 // requested positions and the new K/V rows, which the engine writes into its pool itself.
 //
-// Contract (manifest.contractVersion 1):
+// Contract (manifest.contractVersion 2; version 1 had no argmax output):
 //   inputs
 //     input_ids      int64 [batch, seq]      new tokens, right-padded per row
 //     past_lengths   int64 [batch]           tokens already cached per row; new token i sits at
@@ -24,7 +24,7 @@
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { DataType, GraphBuilder } from './onnx-builder.js';
 
-export const CONTRACT_VERSION = 1;
+export const CONTRACT_VERSION = 2;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
 /**
