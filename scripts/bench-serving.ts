@@ -1,0 +1,30 @@
+// npm run bench -- [--url URL | --model DIR] [--concurrency 1,4,16,32] [--prompt-tokens N]
+//                  [--output-tokens N] [--requests N] [--rate R] [--transport sse|ws] [--baseline]
+//                  [--out FILE] [--svg FILE]          (--help for everything)
+// Serving benchmark through the public API; the modules are in src/bench/ (docs/benchmark.md).
+import { benchMain } from '../src/bench/bench.js';
+import { UsageError } from '../src/bench/options.js';
+import { stopAllServers } from '../src/bench/server-process.js';
+
+// Ctrl-C or a kill: stop the servers this run started before going (never leave one running).
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(signal, () => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    process.stderr.write(`\nbench: ${signal}: stopping the server(s) ...\n`);
+    stopAllServers(5000).finally(() => process.exit(130));
+  });
+}
+
+benchMain(process.argv.slice(2)).then(
+  (result) => {
+    const failed = result ? result.runs.concat(result.baseline?.runs ?? []).some((m) => m.errors > 0) : false;
+    process.exitCode = failed ? 1 : 0;
+  },
+  (err: unknown) => {
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`bench: ${message}\n`);
+    process.exitCode = err instanceof UsageError ? 2 : 1;
+  },
+);

@@ -1,0 +1,255 @@
+// The benchmark from options to result: start the server(s) (or use --url), warm up, run the
+// sweep level by level (with --baseline, the same workload on the --max-num-seqs 1 server right
+// after each level, so both sides of a ratio see the same machine weather), always stop what it
+// started, and print, chart and save the result.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { makeTinyModel, PRESETS } from '../model/tiny.js';
+import { machine, software, type Machine, type Software } from './environment.js';
+import { runLoad } from './load.js';
+import { computeMetrics, type RunMetrics } from './metrics.js';
+import { parseBenchArgs, planRuns, USAGE, type BenchOptions, type RunPlan } from './options.js';
+import { makeProgress, type RunProgress } from './progress.js';
+import { markdownTable, runBlock, runLabel, speedupLine, speedupsOf, type Speedup } from './report.js';
+import { startServer, type ServerHandle } from './server-process.js';
+import { sseTransport } from './sse-client.js';
+import { renderSvg } from './svg.js';
+import type { Transport, TransportOptions } from './transport.js';
+import { makeWorkload } from './workload.js';
+import { wsTransport } from './ws-client.js';
+
+export const BASELINE_ARGS = ['--max-num-seqs', '1'];
+
+export interface BenchIo {
+  /** The report (stdout). */
+  out(text: string): void;
+  /** Status lines (stderr). */
+  status(text: string): void;
+  progress: RunProgress;
+}
+
+export interface BenchResult {
+  benchmark: 'gpt2-serve bench-serving';
+  format_version: 1;
+  created_at: string;
+  config: {
+    target: 'url' | 'model';
+    url: string | null;
+    model_dir: string | null;
+    server_args: string[];
+    transport: 'sse' | 'ws';
+    prompt_tokens: number;
+    output_tokens: number;
+    seed: number;
+    temperature: 0;
+    ignore_eos: true;
+    baseline: boolean;
+    runs: RunPlan[];
+  };
+  /** The served model id (from /v1/models). */
+  model: string;
+  servers: Array<{ role: 'batched' | 'baseline'; url: string; started: boolean; pid: number | null; command: string[] | null }>;
+  software: Software;
+  /** load_average_end: the load averages when the sweep ended. */
+  machine: Machine & { load_average_end: number[] };
+  runs: RunMetrics[];
+  baseline: { server_args: string[]; runs: RunMetrics[] } | null;
+  speedup: Speedup[] | null;
+}
+
+interface Target {
+  role: 'batched' | 'baseline';
+  url: string;
+  server: ServerHandle | null;
+}
+
+async function ensureModel(opts: BenchOptions, io: BenchIo): Promise<string> {
+  const dir = resolve(opts.model!);
+  if (existsSync(join(dir, 'manifest.json'))) return dir;
+  if (!opts.defaultModel) {
+    throw new Error(`no exported model in ${dir} (make one: npm run model:tiny -- --out ${opts.model} --preset gpt2-small)`);
+  }
+  io.status(`creating a GPT-2-small-shaped random model in ${dir} (once, about 1 GB) ...`);
+  await makeTinyModel({ out: dir, seed: 0, shape: PRESETS['gpt2-small'] });
+  return dir;
+}
+
+async function servedModel(url: string, apiKey: string | null): Promise<string> {
+  const res = await fetch(`${url}/v1/models`, { headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {} });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`GET ${url}/v1/models: HTTP ${res.status} ${text.slice(0, 200)}`);
+  const id = (JSON.parse(text) as { data?: Array<{ id?: unknown }> }).data?.[0]?.id;
+  if (typeof id !== 'string') throw new Error(`GET ${url}/v1/models listed no model`);
+  return id;
+}
+
+function openTransport(kind: 'sse' | 'ws', options: TransportOptions): Promise<Transport> {
+  return kind === 'ws' ? wsTransport(options) : Promise.resolve(sseTransport(options));
+}
+
+/** One short request through the benchmark's own path; a failure here is a setup problem. */
+async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions): Promise<void> {
+  const [request] = makeWorkload({ seed: opts.seed + 1_000_003, requests: 1, promptTokens: opts.promptTokens, outputTokens: Math.min(4, opts.outputTokens) });
+  const transport = await openTransport(kind, options);
+  try {
+    const r = await transport.send(request!, 0);
+    if (!r.ok) {
+      const log = target.server?.logTail();
+      throw new Error(`the warm-up request to the ${target.role} server failed: ${r.error}${log ? `\nserver log (last lines):\n${log}` : ''}`);
+    }
+  } finally {
+    await transport.close();
+  }
+}
+
+export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<BenchResult> {
+  const plans = planRuns(opts);
+  const atStart = machine();
+  const targets: Target[] = [];
+  try {
+    let modelDir: string | null = null;
+    if (opts.url !== null) {
+      targets.push({ role: 'batched', url: opts.url, server: null });
+    } else {
+      modelDir = await ensureModel(opts, io);
+      const roles: Array<['batched' | 'baseline', string[]]> = [['batched', opts.serverArgs]];
+      if (opts.baseline) roles.push(['baseline', [...opts.serverArgs, ...BASELINE_ARGS]]);
+      for (const [role, args] of roles) {
+        io.status(`starting the ${role} server (${['serve', '--model', modelDir, ...args].join(' ')}) ...`);
+        const server = await startServer({ modelDir, args });
+        targets.push({ role, url: server.url, server });
+        io.status(`${role} server ready at ${server.url} (pid ${server.pid})`);
+      }
+    }
+    const model = await servedModel(targets[0]!.url, opts.apiKey);
+    const transportOptions = (t: Target): TransportOptions => ({
+      baseUrl: t.url,
+      model,
+      requestTimeoutMs: opts.requestTimeoutS * 1000,
+      ...(opts.apiKey ? { apiKey: opts.apiKey } : {}),
+    });
+    for (const t of targets) await warmUp(t, opts.transport, transportOptions(t), opts);
+
+    const runs: Record<Target['role'], RunMetrics[]> = { batched: [], baseline: [] };
+    for (const plan of plans) {
+      const requests = makeWorkload({ seed: opts.seed, requests: plan.requests, promptTokens: opts.promptTokens, outputTokens: opts.outputTokens });
+      for (const t of targets) {
+        const label = `${t.role === 'baseline' ? 'max-num-seqs 1' : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
+        const transport = await openTransport(opts.transport, transportOptions(t));
+        io.progress.start(label, requests.length);
+        let load;
+        try {
+          load = await runLoad(transport, { requests, concurrency: plan.concurrency, rate: plan.rate, seed: opts.seed }, (p) => io.progress.update(p));
+        } finally {
+          io.progress.stop();
+          await transport.close();
+        }
+        const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate });
+        runs[t.role].push(m);
+        io.out(`${runBlock(`${label} (${opts.transport.toUpperCase()})`, m)}\n`);
+      }
+      if (opts.baseline) {
+        const i = runs.batched.length - 1;
+        const [s] = speedupsOf([runs.batched[i]!], [runs.baseline[i]!]);
+        io.out(`${speedupLine(s!, runs.batched[i]!, runs.baseline[i]!)}\n`);
+      }
+    }
+
+    return {
+      benchmark: 'gpt2-serve bench-serving',
+      format_version: 1,
+      created_at: new Date().toISOString(),
+      config: {
+        target: opts.url !== null ? 'url' : 'model',
+        url: opts.url,
+        model_dir: modelDir,
+        server_args: opts.serverArgs,
+        transport: opts.transport,
+        prompt_tokens: opts.promptTokens,
+        output_tokens: opts.outputTokens,
+        seed: opts.seed,
+        temperature: 0,
+        ignore_eos: true,
+        baseline: opts.baseline,
+        runs: plans,
+      },
+      model,
+      servers: targets.map((t) => ({ role: t.role, url: t.url, started: t.server !== null, pid: t.server?.pid ?? null, command: t.server?.command ?? null })),
+      software: software(),
+      machine: { ...atStart, load_average_end: machine().load_average },
+      runs: runs.batched,
+      baseline: opts.baseline ? { server_args: [...opts.serverArgs, ...BASELINE_ARGS], runs: runs.baseline } : null,
+      speedup: opts.baseline ? speedupsOf(runs.batched, runs.baseline) : null,
+    };
+  } finally {
+    await Promise.all(targets.map((t) => t.server?.stop()));
+  }
+}
+
+/** The summary printed after the sweep: the markdown tables. */
+export function summaryText(result: BenchResult): string {
+  const parts = [
+    `## ${result.model}: ${result.config.prompt_tokens}-token prompts, ${result.config.output_tokens} output tokens, ${result.config.transport.toUpperCase()}`,
+    '',
+    result.baseline ? 'Continuous batching (server defaults):' : 'Runs:',
+    '',
+    markdownTable(result.runs, result.speedup),
+  ];
+  if (result.baseline) {
+    parts.push('', `Baseline (${result.baseline.server_args.join(' ')}):`, '', markdownTable(result.baseline.runs));
+  }
+  const m = result.machine;
+  parts.push(
+    '',
+    `Machine: ${m.cpus} x ${m.cpu_model}, ${(m.memory_bytes / 2 ** 30).toFixed(1)} GiB, ${m.os}; node ${result.software.node}, ` +
+      `onnxruntime-node ${result.software.onnxruntime_node ?? '?'}; load average ${m.load_average[0]} at the start, ${m.load_average_end[0]} at the end`,
+  );
+  return parts.join('\n');
+}
+
+export function chartOf(result: BenchResult): string {
+  const m = result.machine;
+  return renderSvg({
+    title: `gpt2-serve: ${result.model}, ${result.config.prompt_tokens}-token prompts, ${result.config.output_tokens} output tokens (${result.config.transport.toUpperCase()})`,
+    subtitle: `${m.cpus} x ${m.cpu_model}, ${(m.memory_bytes / 2 ** 30).toFixed(0)} GiB; node ${result.software.node}, onnxruntime-node ${result.software.onnxruntime_node ?? '?'}; ${result.created_at.slice(0, 10)}`,
+    batched: result.runs,
+    baseline: result.baseline?.runs ?? null,
+  });
+}
+
+/** JSON replacer: 4 decimals are plenty for milliseconds and rates. */
+function roundFloats(_key: string, v: unknown): unknown {
+  return typeof v === 'number' && !Number.isInteger(v) ? +v.toFixed(4) : v;
+}
+
+function writeFile(path: string, text: string): void {
+  mkdirSync(dirname(resolve(path)), { recursive: true });
+  writeFileSync(path, text);
+}
+
+/** The whole CLI: parse, run, print, write. Returns the result (null for --help). */
+export async function benchMain(argv: string[], io?: Partial<BenchIo>): Promise<BenchResult | null> {
+  const opts = parseBenchArgs(argv);
+  const full: BenchIo = {
+    out: io?.out ?? ((t) => process.stdout.write(`${t}\n`)),
+    status: io?.status ?? ((t) => process.stderr.write(`${t}\n`)),
+    progress: io?.progress ?? makeProgress(opts?.progress ?? 'auto'),
+  };
+  if (opts === null) {
+    full.out(USAGE);
+    return null;
+  }
+  const result = opts.from ? (JSON.parse(readFileSync(opts.from, 'utf8')) as BenchResult) : await runBenchmark(opts, full);
+  full.out(summaryText(result));
+  if (opts.out && !opts.from) {
+    writeFile(opts.out, `${JSON.stringify(result, roundFloats, 2)}\n`);
+    full.status(`wrote ${opts.out}`);
+  }
+  if (opts.svg) {
+    writeFile(opts.svg, chartOf(result));
+    full.status(`wrote ${opts.svg}`);
+  }
+  const errors = result.runs.concat(result.baseline?.runs ?? []).reduce((s, m) => s + m.errors, 0);
+  if (errors > 0) full.status(`warning: ${errors} request(s) failed; see error_samples`);
+  return result;
+}

@@ -1,0 +1,184 @@
+// The benchmark's command line: parsing, validation (errors name the flag) and help.
+import { parseArgs } from 'node:util';
+import type { ProgressMode } from './progress.js';
+import type { TransportKind } from './transport.js';
+
+export const DEFAULT_MODEL_DIR = 'models/bench-gpt2-small';
+
+export const USAGE = `Usage: npm run bench -- [--url URL | --model DIR] [options]
+       (or: node dist/scripts/bench-serving.js [options])
+
+Benchmarks the server through its public API, as a client would: streaming completions over SSE
+or the websocket, a seeded workload of random token-id prompts with ignore_eos (exact output
+lengths), at fixed concurrencies (closed loop) or Poisson arrival rates. Metrics follow vLLM's
+benchmark_serving: throughput, TTFT, TPOT, ITL and end-to-end latency (mean, median, p90, p99).
+
+Target (default: --model ${DEFAULT_MODEL_DIR}, a GPT-2-small-shaped random model made once):
+  --url URL                  a running server (e.g. http://127.0.0.1:8000)
+  --model DIR                start the server on this model folder (stopped at the end)
+  --server-arg ARG           extra flag for the started server(s), repeatable
+                             (e.g. --server-arg=--kv-cache-tokens=8192)
+  --baseline                 also start a server with --max-num-seqs 1 (no batching), run the same
+                             workload on it level by level, and print the speedup (needs --model)
+
+Workload:
+  --concurrency LIST         requests in flight, comma-separated sweep (default 1,4,16,32); with
+                             --rate it caps requests in flight instead (default: no cap)
+  --rate LIST                Poisson arrival rates in requests/s, comma-separated (open loop)
+  --requests N               requests per run (default: max(4, 2 x concurrency); 32 per rate)
+  --prompt-tokens N          prompt length in tokens (default 128)
+  --output-tokens N          output length in tokens, exact through ignore_eos (default 64)
+  --seed N                   workload seed (default 0)
+  --transport sse|ws         Server-Sent Events (default) or the websocket endpoint
+  --api-key KEY              sent as a bearer token (default: $OPENAI_API_KEY, if set)
+  --request-timeout-s S      a request unfinished after S seconds is an error (default 600)
+
+Output:
+  --out FILE                 JSON: configuration, software versions, machine, every run
+  --svg FILE                 SVG chart: throughput and p50/p99 latency against the sweep
+  --from FILE                run nothing: print the tables of a saved --out file (and chart it
+                             with --svg)
+  --progress auto|bar|lines|none   progress on stderr (default auto: a bar on a terminal)
+  -h, --help
+`;
+
+export interface BenchOptions {
+  url: string | null;
+  model: string | null;
+  /** True when --model was not given and the default model folder is used (made if missing). */
+  defaultModel: boolean;
+  serverArgs: string[];
+  baseline: boolean;
+  concurrency: number[];
+  /** Whether --concurrency was given (with --rate it is then a cap). */
+  concurrencyGiven: boolean;
+  rates: number[] | null;
+  requests: number | null;
+  promptTokens: number;
+  outputTokens: number;
+  seed: number;
+  transport: TransportKind;
+  apiKey: string | null;
+  requestTimeoutS: number;
+  out: string | null;
+  svg: string | null;
+  /** A saved result to report (and chart) instead of running. */
+  from: string | null;
+  progress: ProgressMode;
+}
+
+export class UsageError extends Error {}
+
+function intFlag(name: string, raw: string, min: number): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+function list(name: string, raw: string, parse: (s: string) => number): number[] {
+  const items = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (items.length === 0) throw new UsageError(`--${name} needs at least one value`);
+  const values = items.map(parse);
+  return [...new Set(values)];
+}
+
+/** Returns null for --help. */
+export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions | null {
+  let values: Record<string, string | boolean | string[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        url: { type: 'string' },
+        model: { type: 'string' },
+        'server-arg': { type: 'string', multiple: true },
+        baseline: { type: 'boolean' },
+        concurrency: { type: 'string' },
+        rate: { type: 'string' },
+        requests: { type: 'string' },
+        'prompt-tokens': { type: 'string' },
+        'output-tokens': { type: 'string' },
+        seed: { type: 'string' },
+        transport: { type: 'string' },
+        'api-key': { type: 'string' },
+        'request-timeout-s': { type: 'string' },
+        out: { type: 'string' },
+        svg: { type: 'string' },
+        from: { type: 'string' },
+        progress: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message} (see --help)`);
+  }
+  if (values.help) return null;
+  const str = (k: string) => values[k] as string | undefined;
+  const url = str('url') ?? null;
+  if (url !== null && str('model') !== undefined) throw new UsageError('--url and --model exclude each other');
+  if (url !== null) {
+    try {
+      const u = new URL(url);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error();
+    } catch {
+      throw new UsageError(`--url must be an http(s) URL, got ${JSON.stringify(url)}`);
+    }
+  }
+  const baseline = values.baseline === true;
+  if (baseline && url !== null) throw new UsageError('--baseline starts its own servers: use it with --model, not --url');
+  const serverArgs = (values['server-arg'] as string[] | undefined) ?? [];
+  if (serverArgs.length && url !== null) throw new UsageError('--server-arg applies to a started server, not to --url');
+  const transport = str('transport') ?? 'sse';
+  if (transport !== 'sse' && transport !== 'ws') throw new UsageError(`--transport must be sse or ws, got ${JSON.stringify(transport)}`);
+  const progress = str('progress') ?? 'auto';
+  if (!['auto', 'bar', 'lines', 'none'].includes(progress)) throw new UsageError(`--progress must be auto, bar, lines or none`);
+  const rates =
+    str('rate') === undefined
+      ? null
+      : list('rate', str('rate')!, (s) => {
+          const r = Number(s);
+          if (!(r > 0) || !Number.isFinite(r)) throw new UsageError(`--rate values must be numbers > 0, got ${JSON.stringify(s)}`);
+          return r;
+        });
+  const concurrencyRaw = str('concurrency');
+  const timeout = Number(str('request-timeout-s') ?? '600');
+  if (!(timeout > 0)) throw new UsageError('--request-timeout-s must be > 0');
+  return {
+    url: url === null ? null : url.replace(/\/+$/, '').replace(/\/v1$/, ''),
+    model: url === null ? (str('model') ?? DEFAULT_MODEL_DIR) : null,
+    defaultModel: url === null && str('model') === undefined,
+    serverArgs,
+    baseline,
+    concurrency: list('concurrency', concurrencyRaw ?? '1,4,16,32', (s) => intFlag('concurrency', s, 1)),
+    concurrencyGiven: concurrencyRaw !== undefined,
+    rates,
+    requests: str('requests') === undefined ? null : intFlag('requests', str('requests')!, 1),
+    promptTokens: intFlag('prompt-tokens', str('prompt-tokens') ?? '128', 1),
+    outputTokens: intFlag('output-tokens', str('output-tokens') ?? '64', 1),
+    seed: intFlag('seed', str('seed') ?? '0', 0),
+    transport,
+    apiKey: str('api-key') ?? env.OPENAI_API_KEY ?? null,
+    requestTimeoutS: timeout,
+    out: str('out') ?? null,
+    svg: str('svg') ?? null,
+    from: str('from') ?? null,
+    progress: progress as ProgressMode,
+  };
+}
+
+export interface RunPlan {
+  concurrency: number | null;
+  rate: number | null;
+  requests: number;
+}
+
+/** The runs of a sweep, in order. */
+export function planRuns(o: Pick<BenchOptions, 'concurrency' | 'concurrencyGiven' | 'rates' | 'requests'>): RunPlan[] {
+  if (o.rates === null) {
+    return o.concurrency.map((c) => ({ concurrency: c, rate: null, requests: o.requests ?? Math.max(4, 2 * c) }));
+  }
+  const caps: Array<number | null> = o.concurrencyGiven ? o.concurrency : [null];
+  return o.rates.flatMap((rate) => caps.map((c) => ({ concurrency: c, rate, requests: o.requests ?? Math.max(32, 2 * (c ?? 0)) })));
+}

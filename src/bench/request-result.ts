@@ -1,0 +1,101 @@
+// What one benchmark request measured, and the timer both transports use to measure it, with
+// vLLM benchmark_serving's definitions: TTFT is the time from sending to the first chunk that
+// carries text; ITL is every gap between successive text-carrying chunks (one chunk may carry
+// several tokens when the server holds back an incomplete UTF-8 sequence); end-to-end latency ends
+// when the response is complete. TPOT is derived later from these and the token count.
+import { performance } from 'node:perf_hooks';
+import type { BenchRequest } from './workload.js';
+
+export interface RequestResult {
+  index: number;
+  ok: boolean;
+  /** Why the request counts as an error (HTTP status, error event, wrong token count, ...). */
+  error?: string;
+  /** Sent, in ms since the start of the run. */
+  sentAtMs: number;
+  promptTokens: number;
+  /** completion_tokens of the streamed usage. */
+  outputTokens: number;
+  ttftMs: number;
+  e2eMs: number;
+  itlMs: number[];
+  /** Text-carrying chunks received. */
+  chunks: number;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+}
+
+export class StreamTimer {
+  private readonly start = performance.now();
+  private first = -1;
+  private last = -1;
+  readonly itl: number[] = [];
+  chunks = 0;
+  usage: Usage | null = null;
+
+  constructor(
+    private readonly request: BenchRequest,
+    private readonly runStart: number,
+  ) {}
+
+  /** A chunk with text arrived at `now` (performance.now()). */
+  textChunk(now: number): void {
+    if (this.first < 0) this.first = now;
+    else this.itl.push(now - this.last);
+    this.last = now;
+    this.chunks++;
+  }
+
+  /** The response is complete: check it and produce the result. */
+  finish(now: number): RequestResult {
+    const problem = this.check();
+    return this.result(now, problem);
+  }
+
+  fail(now: number, error: string): RequestResult {
+    return this.result(now, error);
+  }
+
+  private check(): string | undefined {
+    const u = this.usage;
+    if (!u) return 'the response carried no usage';
+    if (u.completion_tokens !== this.request.outputTokens) {
+      return `expected ${this.request.outputTokens} output tokens, got ${u.completion_tokens}`;
+    }
+    if (u.prompt_tokens !== this.request.promptIds.length) {
+      return `expected ${this.request.promptIds.length} prompt tokens, got ${u.prompt_tokens}`;
+    }
+    if (this.first < 0) return 'no text chunk arrived';
+    return undefined;
+  }
+
+  private result(now: number, error: string | undefined): RequestResult {
+    const r: RequestResult = {
+      index: this.request.index,
+      ok: error === undefined,
+      sentAtMs: this.start - this.runStart,
+      promptTokens: this.usage?.prompt_tokens ?? 0,
+      outputTokens: this.usage?.completion_tokens ?? 0,
+      ttftMs: this.first < 0 ? 0 : this.first - this.start,
+      e2eMs: now - this.start,
+      itlMs: this.itl,
+      chunks: this.chunks,
+    };
+    if (error !== undefined) r.error = error;
+    return r;
+  }
+}
+
+/** The /v1/completions body of a benchmark request (greedy, exact length through ignore_eos). */
+export function completionBody(model: string, request: BenchRequest): Record<string, unknown> {
+  return {
+    model,
+    prompt: request.promptIds,
+    max_tokens: request.outputTokens,
+    temperature: 0,
+    ignore_eos: true,
+  };
+}

@@ -1,0 +1,52 @@
+// The seeded workload: random token-id prompts of a fixed length (vLLM's "random" dataset with
+// range ratio 1) and, for rate runs, Poisson arrival times. Request i's prompt depends only on
+// (seed, i), so a run of N requests is the first N of the same stream: every concurrency level
+// and the --baseline server see the very same prompts.
+import { Rng } from '../util/rng.js';
+
+/** Token ids 0..50255: GPT-2's vocabulary without <|endoftext|> (50256). */
+export const PROMPT_VOCAB = 50256;
+
+export interface BenchRequest {
+  index: number;
+  promptIds: number[];
+  outputTokens: number;
+}
+
+export interface WorkloadSpec {
+  seed: number;
+  requests: number;
+  promptTokens: number;
+  outputTokens: number;
+  /** Exclusive upper bound of the prompt ids (default PROMPT_VOCAB). */
+  vocab?: number;
+}
+
+export function makeWorkload(spec: WorkloadSpec): BenchRequest[] {
+  const vocab = spec.vocab ?? PROMPT_VOCAB;
+  const rng = new Rng(spec.seed);
+  const out: BenchRequest[] = [];
+  for (let index = 0; index < spec.requests; index++) {
+    const promptIds = new Array<number>(spec.promptTokens);
+    for (let j = 0; j < spec.promptTokens; j++) promptIds[j] = Math.floor(rng.next() * vocab);
+    out.push({ index, promptIds, outputTokens: spec.outputTokens });
+  }
+  return out;
+}
+
+/**
+ * Send times in ms from the start of a run for a Poisson process of `rate` requests/s: the first
+ * request at 0, then exponential gaps of mean 1/rate (vLLM's gamma intervals with burstiness 1).
+ * Seeded apart from the prompts (seed + a constant), so prompts do not depend on the rate.
+ */
+export function poissonArrivals(seed: number, rate: number, count: number): number[] {
+  if (!(rate > 0)) throw new RangeError(`rate must be > 0, got ${rate}`);
+  const rng = new Rng((seed ^ 0x5eed_a771) >>> 0);
+  const times: number[] = [];
+  let t = 0;
+  for (let i = 0; i < count; i++) {
+    times.push(t);
+    t += (-Math.log(1 - rng.next()) / rate) * 1000;
+  }
+  return times;
+}

@@ -1,0 +1,317 @@
+// The serving benchmark (npm run bench): its statistics against hand-computed values, the seeded
+// workload, the chart and tables, and real short runs over SSE and the websocket against servers
+// the benchmark starts on the tiny model (and stops: no process may outlive a run).
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { test } from 'node:test';
+import { benchMain, type BenchResult } from '../src/bench/bench.js';
+import { computeMetrics, type RunMetrics } from '../src/bench/metrics.js';
+import { parseBenchArgs, planRuns, UsageError } from '../src/bench/options.js';
+import { markdownTable, speedupsOf } from '../src/bench/report.js';
+import { StreamTimer, type RequestResult } from '../src/bench/request-result.js';
+import { liveServerPids } from '../src/bench/server-process.js';
+import { SseParser } from '../src/bench/sse-client.js';
+import { percentile, summarize } from '../src/bench/stats.js';
+import { renderSvg } from '../src/bench/svg.js';
+import { makeWorkload, poissonArrivals, PROMPT_VOCAB } from '../src/bench/workload.js';
+import { tempDir, tinyModel } from './helpers/tiny-model.js';
+
+const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);
+
+test('percentiles interpolate linearly between ranks, as numpy.percentile does', () => {
+  const ten = [10, 1, 9, 2, 8, 3, 7, 4, 6, 5];
+  close(percentile(ten, 50), 5.5);
+  close(percentile(ten, 90), 9.1);
+  close(percentile(ten, 99), 9.91);
+  close(percentile(ten, 0), 1);
+  close(percentile(ten, 100), 10);
+  close(percentile([15, 20, 35, 40, 50], 40), 29);
+  close(percentile([42], 99), 42);
+  assert.throws(() => percentile([1], 101), RangeError);
+
+  const s = summarize([2, 4, 4, 4, 5, 5, 7, 9]);
+  close(s.mean, 5);
+  close(s.std, 2); // population std (numpy's default)
+  close(s.median, 4.5);
+  assert.equal(s.count, 8);
+  assert.equal(s.min, 2);
+  assert.equal(s.max, 9);
+  assert.deepEqual(summarize([]), { mean: 0, median: 0, p90: 0, p99: 0, std: 0, min: 0, max: 0, count: 0 });
+});
+
+test('the workload is seeded: same seed same prompts, runs are prefixes of one stream, ids in range', () => {
+  const a = makeWorkload({ seed: 7, requests: 5, promptTokens: 33, outputTokens: 9 });
+  const b = makeWorkload({ seed: 7, requests: 5, promptTokens: 33, outputTokens: 9 });
+  assert.deepEqual(a, b);
+  const c = makeWorkload({ seed: 8, requests: 5, promptTokens: 33, outputTokens: 9 });
+  assert.notDeepEqual(a[0]!.promptIds, c[0]!.promptIds);
+  assert.deepEqual(makeWorkload({ seed: 7, requests: 2, promptTokens: 33, outputTokens: 9 }), a.slice(0, 2));
+  for (const r of a) {
+    assert.equal(r.promptIds.length, 33);
+    assert.equal(r.outputTokens, 9);
+    for (const id of r.promptIds) assert.ok(Number.isInteger(id) && id >= 0 && id < PROMPT_VOCAB);
+  }
+  const big = makeWorkload({ seed: 0, requests: 1, promptTokens: 20000, outputTokens: 1 })[0]!.promptIds;
+  assert.ok(Math.max(...big) > 50000, 'ids cover the vocabulary');
+
+  const t1 = poissonArrivals(3, 10, 2000);
+  assert.deepEqual(t1, poissonArrivals(3, 10, 2000));
+  assert.equal(t1[0], 0);
+  for (let i = 1; i < t1.length; i++) assert.ok(t1[i]! >= t1[i - 1]!);
+  const meanGapMs = t1[t1.length - 1]! / (t1.length - 1);
+  assert.ok(meanGapMs > 90 && meanGapMs < 110, `mean gap ${meanGapMs} ms, expected about 100`);
+});
+
+function result(over: Partial<RequestResult>): RequestResult {
+  return { index: 0, ok: true, sentAtMs: 0, promptTokens: 10, outputTokens: 5, ttftMs: 100, e2eMs: 500, itlMs: [100, 100, 100, 100], chunks: 5, ...over };
+}
+
+test('run metrics follow vLLM: TPOT excludes the first token, ITL pools gaps, failures count as errors', () => {
+  const results = [
+    result({ index: 0, ttftMs: 100, e2eMs: 500, itlMs: [100, 100, 100, 100] }),
+    result({ index: 1, ttftMs: 200, e2eMs: 1000, itlMs: [400, 400] }), // 5 tokens in 3 chunks
+    result({ index: 2, ok: false, error: 'expected 5 output tokens, got 4', outputTokens: 4 }),
+  ];
+  const m = computeMetrics(results, 2000, { concurrency: 2, rate: null });
+  assert.equal(m.num_requests, 3);
+  assert.equal(m.completed, 2);
+  assert.equal(m.errors, 1);
+  assert.deepEqual(m.error_samples, ['expected 5 output tokens, got 4']);
+  assert.equal(m.total_input_tokens, 20);
+  assert.equal(m.total_output_tokens, 10);
+  close(m.duration_s, 2);
+  close(m.request_throughput, 1);
+  close(m.output_throughput, 5);
+  close(m.total_token_throughput, 15);
+  close(m.tpot_ms.mean, (100 + 200) / 2); // (500-100)/4 and (1000-200)/4
+  assert.equal(m.itl_ms.count, 6);
+  close(m.itl_ms.median, 100);
+  close(m.ttft_ms.mean, 150);
+  close(m.e2el_ms.p99, 500 + 0.99 * 500);
+});
+
+test('a response with the wrong token count is an error', () => {
+  const [req] = makeWorkload({ seed: 0, requests: 1, promptTokens: 4, outputTokens: 8 });
+  const t = new StreamTimer(req!, 0);
+  t.textChunk(1);
+  t.usage = { prompt_tokens: 4, completion_tokens: 7 };
+  const r = t.finish(2);
+  assert.equal(r.ok, false);
+  assert.match(r.error!, /expected 8 output tokens, got 7/);
+  const ok = new StreamTimer(req!, 0);
+  ok.textChunk(1);
+  ok.usage = { prompt_tokens: 4, completion_tokens: 8 };
+  assert.equal(ok.finish(2).ok, true);
+});
+
+test('the SSE parser reassembles events split across reads', () => {
+  const p = new SseParser();
+  assert.deepEqual(p.push('data: {"a"'), []);
+  assert.deepEqual(p.push(':1}\n\ndata: [DO'), ['{"a":1}']);
+  assert.deepEqual(p.push('NE]\r\n\r\n: comment\n\n'), ['[DONE]']);
+});
+
+test('options: defaults, validation naming the flag, the run plan', () => {
+  const o = parseBenchArgs([], {})!;
+  assert.deepEqual(o.concurrency, [1, 4, 16, 32]);
+  assert.equal(o.model, 'models/bench-gpt2-small');
+  assert.equal(o.defaultModel, true);
+  assert.deepEqual(
+    planRuns(o).map((r) => r.requests),
+    [4, 8, 32, 64],
+  );
+  assert.equal(parseBenchArgs(['--help']), null);
+  assert.throws(() => parseBenchArgs(['--concurrency', '0']), (e: Error) => e instanceof UsageError && /--concurrency/.test(e.message));
+  assert.throws(() => parseBenchArgs(['--url', 'http://x', '--baseline']), /--baseline/);
+  assert.throws(() => parseBenchArgs(['--transport', 'grpc']), /--transport/);
+  assert.throws(() => parseBenchArgs(['--bogus']), UsageError);
+  assert.equal(parseBenchArgs(['--url', 'http://127.0.0.1:8000/v1/'])!.url, 'http://127.0.0.1:8000');
+  const rated = parseBenchArgs(['--rate', '2,4', '--requests', '10'])!;
+  assert.deepEqual(planRuns(rated), [
+    { concurrency: null, rate: 2, requests: 10 },
+    { concurrency: null, rate: 4, requests: 10 },
+  ]);
+  assert.deepEqual(planRuns(parseBenchArgs(['--rate', '2', '--concurrency', '3'])!), [{ concurrency: 3, rate: 2, requests: 32 }]);
+});
+
+function fakeRun(concurrency: number, tput: number, p50: number, p99: number): RunMetrics {
+  const m = computeMetrics([], 1000, { concurrency, rate: null });
+  return { ...m, output_throughput: tput, e2el_ms: { ...m.e2el_ms, median: p50, p99 } };
+}
+
+/** Every tag closes, in order: enough of XML well-formedness for a hand-written SVG. */
+function assertWellFormed(svg: string): void {
+  const stack: string[] = [];
+  for (const m of svg.matchAll(/<(\/?)([a-zA-Z][\w-]*)[^>]*?(\/?)>/g)) {
+    const [, closing, name, selfClosing] = m;
+    if (selfClosing) continue;
+    if (closing) assert.equal(stack.pop(), name, `</${name}> closes <${stack.at(-1)}>`);
+    else stack.push(name!);
+  }
+  assert.deepEqual(stack, []);
+  assert.doesNotMatch(svg.replace(/&(amp|lt|gt|quot);/g, ''), /&/);
+  assert.doesNotMatch(svg, /NaN|undefined|Infinity/);
+}
+
+test('the SVG chart is well-formed and has every series, axis label and legend entry', () => {
+  const batched = [fakeRun(1, 20, 3000, 3100), fakeRun(4, 70, 3500, 3900), fakeRun(16, 180, 5000, 6000), fakeRun(32, 240, 8000, 9000)];
+  const baseline = [fakeRun(1, 19, 3100, 3200), fakeRun(4, 19, 12000, 13000), fakeRun(16, 19, 50000, 52000), fakeRun(32, 19, 99000, 101000)];
+  const svg = renderSvg({ title: 'bench <gpt2> & co', subtitle: '2 x CPU', batched, baseline });
+  assert.match(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+  assert.ok(svg.trimEnd().endsWith('</svg>'));
+  assertWellFormed(svg);
+  assert.match(svg, /bench &lt;gpt2&gt; &amp; co/);
+  for (const series of ['continuous batching', 'max-num-seqs 1', 'batching p50', 'batching p99', 'max-num-seqs 1 p50', 'max-num-seqs 1 p99']) {
+    assert.match(svg, new RegExp(`data-series="${series}"`), series);
+  }
+  assert.equal((svg.match(/<polyline /g) ?? []).length, 6);
+  for (const label of ['concurrency (requests in flight)', 'output tokens/s', 'latency (s)', 'p99 (dashed)', '(log scale)']) assert.ok(svg.includes(label), label);
+  for (const tick of ['>1<', '>4<', '>16<', '>32<']) assert.ok(svg.includes(tick), `x tick ${tick}`);
+
+  const alone = renderSvg({ title: 't', batched: batched.slice(0, 2), baseline: null });
+  assertWellFormed(alone);
+  assert.equal((alone.match(/<polyline /g) ?? []).length, 3);
+  assert.doesNotMatch(alone, /max-num-seqs/);
+
+  const table = markdownTable(batched, speedupsOf(batched, baseline));
+  const lines = table.split('\n');
+  assert.equal(lines.length, 2 + batched.length);
+  for (const l of lines) assert.equal(l.split('|').length, lines[0]!.split('|').length);
+  assert.match(lines[5]!, /12\.63x \|$/); // 240 / 19
+});
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function bench(args: string[]): Promise<{ result: BenchResult; out: string; status: string }> {
+  let out = '';
+  let status = '';
+  const result = await benchMain([...args, '--progress', 'none'], { out: (t) => (out += `${t}\n`), status: (t) => (status += `${t}\n`) });
+  assert.ok(result);
+  return { result, out, status };
+}
+
+function assertSummary(s: RunMetrics['ttft_ms'], what: string, positive = true): void {
+  for (const k of ['mean', 'median', 'p90', 'p99', 'std', 'min', 'max'] as const) {
+    assert.ok(Number.isFinite(s[k]) && s[k] >= 0, `${what}.${k} = ${s[k]}`);
+  }
+  if (positive) assert.ok(s.median > 0, `${what}.median > 0`);
+  assert.ok(s.p99 >= s.p90 && s.p90 >= s.median && s.median >= s.min && s.max >= s.p99, `${what} ordered`);
+}
+
+function assertRun(m: RunMetrics, requests: number, outputTokens: number, promptTokens: number): void {
+  assert.equal(m.num_requests, requests);
+  assert.equal(m.errors, 0, m.error_samples.join('; '));
+  assert.equal(m.completed, requests);
+  assert.equal(m.total_output_tokens, requests * outputTokens);
+  assert.equal(m.total_input_tokens, requests * promptTokens);
+  assert.ok(m.duration_s > 0);
+  assert.ok(m.request_throughput > 0 && m.output_throughput > 0 && m.total_token_throughput > m.output_throughput);
+  close(m.output_throughput, m.total_output_tokens / m.duration_s, 1e-6);
+  assertSummary(m.ttft_ms, 'ttft');
+  assertSummary(m.tpot_ms, 'tpot');
+  assertSummary(m.itl_ms, 'itl', false);
+  assertSummary(m.e2el_ms, 'e2el');
+  assert.equal(m.ttft_ms.count, requests);
+  assert.equal(m.tpot_ms.count, requests);
+  assert.ok(m.itl_ms.count > 0 && m.itl_ms.count <= requests * (outputTokens - 1));
+  assert.ok(m.e2el_ms.median >= m.ttft_ms.median);
+}
+
+function assertServersGone(result: BenchResult): void {
+  for (const s of result.servers) {
+    assert.equal(s.started, true);
+    assert.ok(s.pid !== null && s.pid > 0);
+    assert.equal(pidAlive(s.pid!), false, `server pid ${s.pid} still running`);
+  }
+  assert.deepEqual(liveServerPids(), []);
+}
+
+const SHORT = ['--concurrency', '1,2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12'];
+
+for (const transport of ['sse', 'ws'] as const) {
+  test(`a real run over ${transport.toUpperCase()} on the tiny model reports every field, then stops its server`, { timeout: 60_000 }, async (t) => {
+    const model = await tinyModel();
+    const dir = tempDir('gpt2-bench-test-');
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const out = join(dir, 'sub', 'result.json');
+    const svg = join(dir, 'chart.svg');
+    const { result, out: text } = await bench(['--model', model, ...SHORT, '--transport', transport, '--out', out, '--svg', svg]);
+
+    assert.equal(result.runs.length, 2);
+    assert.deepEqual(result.runs.map((m) => m.concurrency), [1, 2]);
+    for (const m of result.runs) assertRun(m, 4, 8, 12);
+    assert.equal(result.baseline, null);
+    assert.equal(result.speedup, null);
+    assert.equal(result.config.transport, transport);
+    assert.equal(result.model, basename(model));
+    assertServersGone(result);
+
+    const saved = JSON.parse(readFileSync(out, 'utf8')) as BenchResult;
+    assert.equal(saved.config.output_tokens, 8);
+    assert.equal(saved.config.prompt_tokens, 12);
+    assert.equal(saved.config.seed, 0);
+    assert.deepEqual(saved.config.runs, [
+      { concurrency: 1, rate: null, requests: 4 },
+      { concurrency: 2, rate: null, requests: 4 },
+    ]);
+    assert.match(saved.software.node, /^v\d+/);
+    assert.match(saved.software.onnxruntime_node ?? '', /^\d+\.\d+\.\d+/);
+    assert.equal(saved.software.package?.name, 'gpt2-serve');
+    assert.ok(saved.machine.cpus >= 1 && saved.machine.memory_bytes > 0 && saved.machine.cpu_model.length > 0);
+    assert.equal(saved.runs[1]!.total_output_tokens, 32);
+    assert.ok(existsSync(svg));
+    assertWellFormed(readFileSync(svg, 'utf8'));
+
+    assert.match(text, /Output token throughput \(tok\/s\):/);
+    assert.match(text, /\| concurrency \| requests \| errors \|/);
+
+    // --from re-reports a saved result (tables, chart) without running anything.
+    const svg2 = join(dir, 'again.svg');
+    const again = await bench(['--from', out, '--svg', svg2]);
+    assert.equal(again.result.runs[0]!.total_output_tokens, 32);
+    assert.match(again.out, /\| concurrency \| requests \| errors \|/);
+    assertWellFormed(readFileSync(svg2, 'utf8'));
+  });
+}
+
+test('--baseline runs the same workload with --max-num-seqs 1 and reports the speedup', { timeout: 60_000 }, async () => {
+  const model = await tinyModel();
+  const { result, out } = await bench(['--model', model, '--baseline', '--concurrency', '2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12']);
+  assert.equal(result.runs.length, 1);
+  assert.ok(result.baseline);
+  assert.deepEqual(result.baseline.server_args, ['--max-num-seqs', '1']);
+  assert.equal(result.baseline.runs.length, 1);
+  assertRun(result.runs[0]!, 4, 8, 12);
+  assertRun(result.baseline.runs[0]!, 4, 8, 12);
+  assert.equal(result.servers.length, 2);
+  assert.ok(result.servers[1]!.command!.join(' ').endsWith('--max-num-seqs 1'));
+  assert.ok(result.speedup);
+  assert.equal(result.speedup.length, 1);
+  assert.equal(result.speedup[0]!.concurrency, 2);
+  close(result.speedup[0]!.output_throughput_ratio, result.runs[0]!.output_throughput / result.baseline.runs[0]!.output_throughput, 1e-9);
+  assert.ok(result.speedup[0]!.output_throughput_ratio > 0);
+  assert.match(out, /speedup at concurrency 2: \d+\.\d+x output tok\/s/);
+  assert.match(out, /speedup vs max-num-seqs 1/);
+  assertServersGone(result);
+});
+
+test('a failing run (prompt longer than the context) stops the server it started', { timeout: 60_000 }, async () => {
+  const model = await tinyModel();
+  let status = '';
+  await assert.rejects(
+    benchMain(['--model', model, '--concurrency', '1', '--prompt-tokens', '2000', '--progress', 'none'], { out: () => {}, status: (t) => (status += `${t}\n`) }),
+    /warm-up request .* failed: HTTP 400 context_length_exceeded/,
+  );
+  const pid = Number(/pid (\d+)/.exec(status)?.[1]);
+  assert.ok(pid > 0, status);
+  assert.equal(pidAlive(pid), false);
+  assert.deepEqual(liveServerPids(), []);
+});
