@@ -35,6 +35,8 @@ interface ChoiceState {
 export interface StepTimings {
   /** Milliseconds inside the model runner (session.run). */
   modelMs: number;
+  /** Milliseconds in the runner: the model plus building feeds and storing new K/V. */
+  runMs: number;
   /** Milliseconds of the whole step (plan + run + sample + detokenize + events). */
   totalMs: number;
   rows: number;
@@ -50,7 +52,7 @@ export class EngineCore {
   private steps = 0;
   private promptTokensTotal = 0;
   private generatedTokensTotal = 0;
-  lastStep: StepTimings = { modelMs: 0, totalMs: 0, rows: 0, tokens: 0 };
+  lastStep: StepTimings = { modelMs: 0, runMs: 0, totalMs: 0, rows: 0, tokens: 0 };
 
   constructor(
     private readonly runner: ModelRunner,
@@ -104,7 +106,9 @@ export class EngineCore {
     const plan = this.scheduler.schedule();
     if (plan.rows.length === 0) return this.takeEvents();
     const rows = plan.rows.map((r) => this.runnerRow(r));
+    const runStart = performance.now();
     const outputs = await this.runner.run(rows);
+    const runMs = performance.now() - runStart;
     this.scheduler.commit(plan);
     plan.rows.forEach((row, i) => {
       const state = this.requests.get(row.seq.requestId);
@@ -120,7 +124,7 @@ export class EngineCore {
     });
     this.steps++;
     const tokens = plan.rows.reduce((s, r) => s + r.count, 0);
-    this.lastStep = { modelMs: this.runner.takeModelMs(), totalMs: performance.now() - start, rows: plan.rows.length, tokens };
+    this.lastStep = { modelMs: this.runner.takeModelMs(), runMs, totalMs: performance.now() - start, rows: plan.rows.length, tokens };
     return this.takeEvents();
   }
 
