@@ -180,6 +180,7 @@ async function attentionCost(runner: OnnxRunner, batch: number, past: number) {
       pastLength,
       blocks: Array.from({ length: blocksFor(pastLength + 1, bs) }, (_, k) => 1 + ((b * blocksFor(past + 1, bs) + k) % (runner.pool.shape.numBlocks - 1))),
       logitsFrom: 0,
+      fetchLogits: false,
     }));
   const time = async (pastLength: number) => {
     const rows = rowsFor(pastLength);
@@ -263,7 +264,7 @@ async function weightMatmulTimer(dir: string, manifest: Manifest, threads: numbe
  */
 async function singleStepVsMatmul(runner: OnnxRunner, matmul: () => Promise<number>, past: number) {
   const bs = runner.pool.shape.blockSize;
-  const row = { tokens: [1], pastLength: past, blocks: Array.from({ length: blocksFor(past + 1, bs) }, (_, k) => 1 + k), logitsFrom: 0 };
+  const row = { tokens: [1], pastLength: past, blocks: Array.from({ length: blocksFor(past + 1, bs) }, (_, k) => 1 + k), logitsFrom: 0, fetchLogits: true };
   const step = async () => {
     const t = performance.now();
     await runner.run([row]);

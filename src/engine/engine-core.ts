@@ -209,12 +209,14 @@ export class EngineCore {
   private runnerRow(row: ScheduledRow): RunnerRow {
     const { seq } = row;
     const state = this.requests.get(seq.requestId);
-    const wantsPrompt = state?.promptLogprobs && seq.choice === 0 && row.start < seq.promptLength && seq.outputLength === 0;
+    const wantsPrompt = !!state?.promptLogprobs && seq.choice === 0 && row.start < seq.promptLength && seq.outputLength === 0;
+    const sampler = state?.choices[seq.choice]?.sampler;
     return {
       tokens: seq.tokens.slice(row.start, row.start + row.count),
       pastLength: row.start,
       blocks: seq.blocks,
       logitsFrom: wantsPrompt ? 0 : row.sample ? row.count - 1 : row.count,
+      fetchLogits: wantsPrompt || (row.sample && (sampler?.needsLogits(seq.outputLength) ?? true)),
     };
   }
 

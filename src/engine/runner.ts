@@ -15,8 +15,10 @@ export interface RunnerRow {
   pastLength: number;
   /** The row's blocks, covering at least pastLength + tokens.length positions. */
   blocks: readonly number[];
-  /** Logits are returned for positions logitsFrom..tokens.length-1 (tokens.length: none). */
+  /** Logits are computed for positions logitsFrom..tokens.length-1 (tokens.length: none). */
   logitsFrom: number;
+  /** Copy those logits out; without it only their argmax comes back (greedy picks). */
+  fetchLogits: boolean;
 }
 
 export interface RowOutput {
@@ -35,15 +37,21 @@ export interface ModelRunner {
   dispose(): Promise<void>;
 }
 
+const NO_LOGITS = new Float32Array(0);
+
 export class OnnxRunner implements ModelRunner {
   private modelMs = 0;
+  /** Every output but the logits: ORT copies each fetched output, and logits are the big one. */
+  private readonly withoutLogits: string[];
 
   constructor(
     private readonly session: ort.InferenceSession,
     readonly pool: KvPool,
     private readonly feed: KvFeed,
     readonly vocabSize: number,
-  ) {}
+  ) {
+    this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
+  }
 
   async run(rows: readonly RunnerRow[]): Promise<RowOutput[]> {
     const out: RowOutput[] = new Array(rows.length);
@@ -100,17 +108,18 @@ export class OnnxRunner implements ModelRunner {
     this.feed.addFeeds(feeds, table, [B, pastBlocks]);
 
     const start = performance.now();
-    const result = await this.session.run(feeds);
+    const fetchLogits = group.some((i) => rows[i].fetchLogits);
+    const result = await this.session.run(feeds, fetchLogits ? this.session.outputNames : this.withoutLogits);
     this.modelMs += performance.now() - start;
 
-    const logits = result.logits.data as Float32Array;
+    const logits = fetchLogits ? (result.logits.data as Float32Array) : NO_LOGITS;
     const argmax = result.argmax.data as BigInt64Array;
     const V = this.vocabSize;
     let row = 0;
     group.forEach((i, b) => {
       const r = rows[i];
       const n = r.tokens.length - r.logitsFrom;
-      out[i] = { logits: logits.subarray(row * V, (row + n) * V), argmax: n > 0 ? Number(argmax[row + n - 1]) : -1 };
+      out[i] = { logits: fetchLogits ? logits.subarray(row * V, (row + n) * V) : NO_LOGITS, argmax: n > 0 ? Number(argmax[row + n - 1]) : -1 };
       row += n;
       for (let l = 0; l < this.pool.shape.layers; l++) {
         this.pool.writeRows(

@@ -13,7 +13,7 @@ export interface TopEntry {
 
 export interface SampleResult {
   token: number;
-  /** Raw model logprob of `token`; NaN when neither logprobs nor a cumulative score was needed. */
+  /** Raw model logprob of `token`; 0 when neither logprobs nor a cumulative score was asked for. */
   logprob: number;
   /** Raw top alternatives, best first; null unless logprobs were requested. */
   top: TopEntry[] | null;
@@ -59,6 +59,18 @@ export class SequenceSampler {
     this.wantLogprob = params.logprobs !== null || params.n > 1;
   }
 
+  /**
+   * Whether the next pick needs the logits row at all. A plain greedy pick (no logprobs, no
+   * processor that could change the row) uses the graph's argmax, so the runner need not fetch
+   * 50257 floats per row for it.
+   */
+  needsLogits(outputLength: number): boolean {
+    const p = this.params;
+    const untouched =
+      p.logitBias.length === 0 && p.presencePenalty === 0 && p.frequencyPenalty === 0 && !this.seen && outputLength >= p.minTokens;
+    return !(p.temperature < GREEDY_BELOW && !this.wantLogprob && untouched);
+  }
+
   /** Records an emitted token for the penalties. */
   observe(token: number): void {
     this.outputCounts.set(token, (this.outputCounts.get(token) ?? 0) + 1);
@@ -83,7 +95,7 @@ export class SequenceSampler {
 
     return {
       token,
-      logprob: logits[token] - lse,
+      logprob: this.wantLogprob ? logits[token] - lse : 0,
       top: top ? top.map((id) => ({ tokenId: id, logprob: logits[id] - lse })) : null,
     };
   }

@@ -84,7 +84,10 @@ export type EngineEvent =
       type: 'finish';
       choice: number;
       reason: FinishReason;
-      /** Sum of the sampled tokens' logprobs under the unmodified model distribution (for best_of). */
+      /**
+       * Sum of the sampled tokens' logprobs under the unmodified model distribution (for best_of);
+       * computed when logprobs were requested or n > 1, else 0.
+       */
       cumulativeLogprob: number;
       /** Final text flushed at finish (held-back text that turned out not to be a stop string). */
       text: string;
