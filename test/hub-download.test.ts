@@ -316,3 +316,28 @@ test('files already present with the right checksum are not fetched again', asyn
   );
   assert.ok((await readFile(path.join(dir, 'config.json'))).equals(files['config.json'].content));
 });
+
+test('npm run download end to end: a real GPT-2 checkpoint from the hub layout is downloaded and exported', async (t) => {
+  const { tinyModel } = await import('./helpers/tiny-model.js');
+  const { readManifest } = await import('../src/model/manifest.js');
+  const { execFile } = await import('node:child_process');
+  const checkpoint = path.join(await tinyModel(1), 'checkpoint');
+  const files: Record<string, FakeFile> = {};
+  for (const name of await readdir(checkpoint)) files[name] = { content: await readFile(path.join(checkpoint, name)), lfs: name.endsWith('.safetensors') };
+  const hub = await startHub(t, { files });
+  const work = await tempDir(t);
+  const out = path.join(work, 'gpt2');
+  const script = path.join(import.meta.dirname, '..', 'scripts', 'download.ts');
+  const stderr = await new Promise<string>((resolve, reject) =>
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', script, REPO, '--out', out, '--cache-dir', path.join(work, 'cache')],
+      { env: { ...process.env, HF_ENDPOINT: hub.endpoint } },
+      (err, _stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stderr)),
+    ),
+  );
+  assert.match(stderr, /exported to/);
+  const manifest = readManifest(out);
+  assert.equal(manifest.source.checkpointSha256, sha256(files['model.safetensors'].content));
+  assert.equal(manifest.numLayers, 2);
+});
