@@ -7,6 +7,7 @@ import {
   codePointLength,
   emptyLogprobs,
   makeChunk,
+  makeEnvelope,
   makeUsage,
   toOpenAILogprobs,
   type CompletionChoice,
@@ -73,15 +74,7 @@ export async function collectCompletion(job: CompletionJob, meta: ResponseMeta):
       choices.push({ text: c.text, index: p * n + rank, logprobs: c.logprobs, finish_reason: c.finishReason ?? 'length' });
     });
   });
-  return {
-    id: meta.id,
-    object: 'text_completion',
-    created: meta.created,
-    model: meta.model,
-    system_fingerprint: meta.systemFingerprint,
-    choices,
-    usage: makeUsage(job.promptTokens, job.completionTokens),
-  };
+  return { ...makeEnvelope(meta, choices), usage: makeUsage(job.promptTokens, job.completionTokens) };
 }
 
 /**

@@ -22,23 +22,20 @@ export interface CompletionUsage {
   total_tokens: number;
 }
 
-export interface CompletionResponse {
+interface CompletionEnvelope {
   id: string;
   object: 'text_completion';
   created: number;
   model: string;
   system_fingerprint: string;
   choices: CompletionChoice[];
+}
+
+export interface CompletionResponse extends CompletionEnvelope {
   usage: CompletionUsage;
 }
 
-export interface CompletionChunk {
-  id: string;
-  object: 'text_completion';
-  created: number;
-  model: string;
-  system_fingerprint: string;
-  choices: CompletionChoice[];
+export interface CompletionChunk extends CompletionEnvelope {
   /** Present (null, or the totals in the last chunk) only with `stream_options.include_usage`. */
   usage?: CompletionUsage | null;
 }
@@ -109,15 +106,13 @@ export function makeUsage(promptTokens: number, completionTokens: number): Compl
   return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
 }
 
+/** The fields a full response and every chunk of one request share. */
+export function makeEnvelope(meta: ResponseMeta, choices: CompletionChoice[]): CompletionEnvelope {
+  return { id: meta.id, object: 'text_completion', created: meta.created, model: meta.model, system_fingerprint: meta.systemFingerprint, choices };
+}
+
 export function makeChunk(meta: ResponseMeta, choices: CompletionChoice[], usage?: CompletionUsage | null): CompletionChunk {
-  const chunk: CompletionChunk = {
-    id: meta.id,
-    object: 'text_completion',
-    created: meta.created,
-    model: meta.model,
-    system_fingerprint: meta.systemFingerprint,
-    choices,
-  };
+  const chunk: CompletionChunk = makeEnvelope(meta, choices);
   if (usage !== undefined) chunk.usage = usage;
   return chunk;
 }
