@@ -307,3 +307,19 @@ test('execution providers: auto falls back to CPU with one line saying why; cuda
   assert.deepEqual(cpuLines, ['execution provider: cpu (requested)']);
   await cpu.session.release();
 });
+
+test('n larger than max_num_seqs: extra choices wait and recompute, and every choice completes', async () => {
+  await withEngine({ maxNumSeqs: 2 }, async (e) => {
+    const p = prompt(9);
+    const r = await collect(e, request(p, { maxTokens: 5, n: 4, temperature: 1.2, seed: 3 }));
+    assert.equal(r.error, null);
+    assert.equal(r.choices.length, 4);
+    for (const c of r.choices) {
+      assert.equal(c.tokens.length, 5);
+      assert.equal(c.finish, 'length');
+    }
+    const same = await collect(engine, request(p, { maxTokens: 5, n: 4, temperature: 1.2, seed: 3 }));
+    assert.deepEqual(r.choices.map((c) => c.tokens), same.choices.map((c) => c.tokens), 'same seeds, same choices as with a roomy batch');
+    assert.equal((await e.stats()).kvBlocksUsed, 0);
+  });
+});

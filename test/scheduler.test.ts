@@ -164,3 +164,21 @@ test('fork shares full blocks and copies the partial one; abort frees everything
   assert.equal(s.allocator.usedCount, 0);
   assert.equal(s.abort('r'), false, 'abort is idempotent');
 });
+
+test('forks beyond max_num_seqs wait in the queue and recompute instead of overfilling the batch', () => {
+  const s = make({ blocks: 16, blockSize: 4, maxNumSeqs: 2 });
+  const parent = seq('r', 6, 0);
+  s.add(parent);
+  runStep(s);
+  const children = [1, 2].map((c) => new Sequence('r', c, parent.tokens.slice(0, 6), 6, parent.arrival));
+  s.fork(parent, children[0]);
+  children[0].tokens.push(777); // the engine samples the fork's first token at once
+  assert.equal(s.fork(parent, children[1]), null);
+  assert.equal(s.running.length, 2);
+  assert.equal(children[1].status, 'waiting');
+  assert.equal(children[1].numComputed, 0);
+  assert.deepEqual(children[1].blocks, []);
+  s.finish(parent);
+  const plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count]), [[1, 6, 1], [2, 0, 6]]);
+});

@@ -121,13 +121,14 @@ export class Scheduler {
   /**
    * A new choice continuing from `parent`'s cached prompt: full blocks are shared, the partly
    * filled last block is copied on write. Returns the block copy the KV pool must make, or null.
-   * Without a free block the child is queued to recompute its prefill instead.
+   * Without a free block, or with the batch full (max_num_seqs), the child is queued to
+   * recompute its prefill instead.
    */
   fork(parent: Sequence, child: Sequence): { from: number; to: number } | null {
     const bs = this.config.blockSize;
     const full = Math.floor(parent.numComputed / bs);
     const partial = parent.numComputed % bs !== 0;
-    const fresh = partial ? this.allocator.allocate(1) : [];
+    const fresh = this.running.length >= this.config.maxNumSeqs ? null : partial ? this.allocator.allocate(1) : [];
     if (!fresh) {
       this.waiting.unshift(child);
       return null;
