@@ -73,7 +73,7 @@ runCli('bench:engine', async (argv) => {
   const tokenizer = await loadTokenizer(dir);
   const runEngine = async (concurrency: number) => {
     const scheduler = new Scheduler({ maxNumSeqs: N, maxNumBatchedTokens: 512, blockSize: BLOCK_SIZE }, new BlockAllocator(numBlocks));
-    const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, maxQueue: 1024 });
+    const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId });
     return driveEngine(core, scheduler, runner.pool, concurrency, promptTokens, outputTokens);
   };
   const single = await runEngine(1);
@@ -145,7 +145,7 @@ async function driveEngine(core: EngineCore, scheduler: Scheduler, pool: KvPool,
     const step = core.lastStep;
     const held = scheduler.running.reduce((s, q) => s + q.numComputed, 0);
     if (scheduler.running.length) {
-      const excess = (scheduler.usedBlocks * blockBytes - held * tokenBytes) / blockBytes / scheduler.running.length;
+      const excess = (scheduler.allocator.usedCount * blockBytes - held * tokenBytes) / blockBytes / scheduler.running.length;
       worstExcess = Math.max(worstExcess, excess);
     }
     if (step.tokens === step.rows && step.rows === concurrency) {

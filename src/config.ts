@@ -12,6 +12,11 @@ interface SettingSpec {
 }
 
 const int = (min: number) => z.coerce.number().int().min(min);
+/** "a,b , c" -> ['a', 'b', 'c']; absent -> [] */
+const csv = z
+  .string()
+  .optional()
+  .transform((v) => (v ?? '').split(',').map((x) => x.trim()).filter((x) => x.length > 0));
 
 export const SETTINGS = {
   model: {
@@ -70,11 +75,47 @@ export const SETTINGS = {
     help: 'Tokens per KV cache block',
     schema: int(1).max(1024).default(16),
   },
-  maxQueue: {
-    flag: 'max-queue',
-    env: 'GPT2_MAX_QUEUE',
-    help: 'Requests that may wait for admission; more are rejected with 429',
-    schema: int(0).default(256),
+  maxConcurrentRequests: {
+    flag: 'max-concurrent-requests',
+    env: 'GPT2_MAX_CONCURRENT_REQUESTS',
+    help: 'Completion requests (HTTP or websocket) in flight at once; more get 429 before any work is done',
+    schema: int(1).default(256),
+  },
+  maxPromptsPerRequest: {
+    flag: 'max-prompts-per-request',
+    env: 'GPT2_MAX_PROMPTS_PER_REQUEST',
+    help: 'Prompts one completion request may carry (a list of strings or of token-id lists)',
+    schema: int(1).default(64),
+  },
+  maxStepFailures: {
+    flag: 'max-step-failures',
+    env: 'GPT2_MAX_STEP_FAILURES',
+    help: 'Model steps that may fail in a row before the engine is declared dead (the process then exits 1)',
+    schema: int(1).default(3),
+  },
+  stepTimeoutMs: {
+    flag: 'step-timeout-ms',
+    env: 'GPT2_STEP_TIMEOUT_MS',
+    help: 'Work pending and no engine step finished for this long: the engine is stuck (/health 503, exit 1); 0 disables',
+    schema: int(0).default(60000),
+  },
+  stallTimeoutMs: {
+    flag: 'stall-timeout-ms',
+    env: 'GPT2_STALL_TIMEOUT_MS',
+    help: 'A client that reads nothing for this long while its stream is paused is cut off and its request cancelled',
+    schema: int(1).default(30000),
+  },
+  wsHighWaterMark: {
+    flag: 'ws-high-water-mark',
+    env: 'GPT2_WS_HIGH_WATER_MARK',
+    help: "Websocket: bytes waiting to be sent above which the socket's requests pause (resume below half)",
+    schema: int(1024).default(1024 * 1024),
+  },
+  wsPingIntervalMs: {
+    flag: 'ws-ping-interval-ms',
+    env: 'GPT2_WS_PING_INTERVAL_MS',
+    help: 'Websocket: ping every this many ms; a socket that missed the previous pong is closed (0 disables)',
+    schema: int(0).default(30000),
   },
   drainTimeoutMs: {
     flag: 'drain-timeout-ms',
@@ -85,8 +126,26 @@ export const SETTINGS = {
   maxBodyBytes: {
     flag: 'max-body-bytes',
     env: 'GPT2_MAX_BODY_BYTES',
-    help: 'Largest accepted request body (413 above it)',
-    schema: int(1024).default(4 * 1024 * 1024),
+    help: 'Largest accepted request body, 413 above it (default: 1 KiB per token of the model context, 1 MiB for GPT-2)',
+    schema: int(1024).optional(),
+  },
+  allowedOrigins: {
+    flag: 'allowed-origins',
+    env: 'GPT2_ALLOWED_ORIGINS',
+    help: 'CORS: comma-separated origins allowed to call the API from a browser, or * for any (default: CORS off)',
+    schema: csv,
+  },
+  allowedMethods: {
+    flag: 'allowed-methods',
+    env: 'GPT2_ALLOWED_METHODS',
+    help: 'CORS: comma-separated methods allowed (with --allowed-origins)',
+    schema: csv.default(['GET', 'POST', 'OPTIONS']),
+  },
+  allowedHeaders: {
+    flag: 'allowed-headers',
+    env: 'GPT2_ALLOWED_HEADERS',
+    help: "CORS: comma-separated request headers allowed (with --allowed-origins; default: whatever the browser asks for)",
+    schema: csv,
   },
   logLevel: {
     flag: 'log-level',
@@ -121,13 +180,28 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     }
     out[key] = parsed.data;
   }
-  return out as ServerConfig;
+  const config = out as ServerConfig;
+  if (config.maxNumBatchedTokens < config.maxNumSeqs) {
+    // Every running sequence decodes one token per step, so a smaller budget could starve some.
+    throw new ConfigError(
+      `--max-num-batched-tokens (${config.maxNumBatchedTokens}) must be >= --max-num-seqs (${config.maxNumSeqs}): each running sequence needs a token per step`,
+    );
+  }
+  return config;
+}
+
+/** Body limit when --max-body-bytes is not given: 1 KiB per context token (1 MiB for GPT-2's 1024). */
+export function defaultBodyLimit(contextLength: number): number {
+  // GPT-2's longest token is 128 bytes; JSON can escape a byte as 6 characters (\u00XX), so a
+  // full-context prompt of the longest tokens needs 1024 x 128 x 6 bytes = 768 KiB < 1 MiB.
+  return contextLength * 1024;
 }
 
 export function configHelp(): string {
   const rows = Object.values(SETTINGS as Record<string, SettingSpec>).map((spec) => {
     const def = spec.schema.safeParse(undefined);
-    const shown = def.success && def.data !== undefined ? ` (default: ${String(def.data)})` : '';
+    const value = def.success ? (Array.isArray(def.data) ? def.data.join(',') : def.data) : undefined;
+    const shown = value !== undefined && value !== '' ? ` (default: ${String(value)})` : '';
     return `  --${spec.flag.padEnd(24)} ${spec.help}${shown}\n  ${' '.repeat(26)} env ${spec.env}`;
   });
   return rows.join('\n');

@@ -6,7 +6,8 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { ConfigError, configHelp, loadConfig, type ServerConfig } from './config.js';
+import { ConfigError, configHelp, defaultBodyLimit, loadConfig, type ServerConfig } from './config.js';
+import { readManifest } from './model/manifest.js';
 import type { EngineClient, EngineOptions } from './engine/types.js';
 import { buildApp } from './server/app.js';
 
@@ -69,7 +70,8 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     maxNumBatchedTokens: config.maxNumBatchedTokens,
     kvCacheTokens: config.kvCacheTokens,
     blockSize: config.blockSize,
-    maxQueue: config.maxQueue,
+    maxConsecutiveStepFailures: config.maxStepFailures,
+    stepTimeoutMs: config.stepTimeoutMs,
   };
 }
 
@@ -89,12 +91,14 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     deps.startEngine ??
     (async (o: EngineOptions) => {
       const { startEngine } = await import('./engine/index.js');
-      return startEngine(o, { log: (msg: string) => logger.info(msg) });
+      return startEngine(o, (msg: string) => logger.info(msg));
     });
 
   const modelDir = await resolveModelDir(config.model, logger, makeTiny);
+  // A folder that cannot be served fails here, before listening, with what to do about it.
+  const { contextLength } = readManifest(modelDir);
   const enginePromise = start(engineOptions(config, modelDir));
-  const app = buildApp(enginePromise, config, { logger, defaultMetrics: true });
+  const app = buildApp(enginePromise, { ...config, maxBodyBytes: config.maxBodyBytes ?? defaultBodyLimit(contextLength) }, { logger, defaultMetrics: true });
   deps.onApp?.(app);
   const address = await app.listen({ host: config.host, port: config.port });
   logger.info({ address, modelDir }, 'listening; loading the model');
@@ -110,6 +114,20 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     'model loaded; serving',
   );
   return { app, engine, address };
+}
+
+/**
+ * The engine died (worker exit, repeated step failures, stuck): its requests have had their
+ * errors; answer what can still be answered, then exit 1 so that Docker or Kubernetes restarts us.
+ */
+export function exitOnEngineDeath(serving: Serving, config: ServerConfig, logger: Logger): void {
+  serving.engine.onDead((reason) => {
+    logger.fatal({ reason }, 'the inference engine died; draining, then exiting with status 1 so that a supervisor restarts the server');
+    serving.app
+      .drain({ timeoutMs: Math.min(config.drainTimeoutMs, 5000) })
+      .catch((err: unknown) => logger.error({ err }, 'drain after engine death failed'))
+      .finally(() => process.exit(1));
+  });
 }
 
 /** SIGTERM/SIGINT: drain (503 for new work, in-flight requests finish up to the timeout), exit 0. */
@@ -162,7 +180,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env,
   const logger = deps.logger ?? pino({ level: config.logLevel });
   try {
     // Signals while the model loads must drain too, so handlers go in as soon as the app exists.
-    await serve(config, { ...deps, logger, onApp: (app) => installSignalHandlers(app, config, logger) });
+    const serving = await serve(config, { ...deps, logger, onApp: (app) => installSignalHandlers(app, config, logger) });
+    exitOnEngineDeath(serving, config, logger);
   } catch (err) {
     logger.fatal({ err }, 'failed to start');
     process.exit(1);

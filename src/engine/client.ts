@@ -1,173 +1,252 @@
-// EngineClient implementations. Both route a step's event batch to per-request streams; they
-// differ only in where the loop runs: a worker thread (production: the main thread never waits
-// on a model step) or this thread (tests that want to step the engine deterministically).
-import { Worker } from 'node:worker_threads';
-import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
+// EngineClient implementations. Both route a step's event batch to per-request sinks and judge
+// liveness from heartbeats; they differ only in where the loop runs: a worker thread (production:
+// the main thread never waits on a model step or a tokenizer) or this thread (tests that want to
+// step the engine deterministically).
+//
+// Death is final: when the worker exits or errors, the engine gives up after repeated step
+// failures, or work is pending with no progress for stepTimeoutMs, every open request gets an
+// `engine_unavailable` error event, new requests get one at once, and onDead listeners run (the
+// CLI drains what can still be answered and exits non-zero so that a supervisor restarts it).
+import type { Worker } from 'node:worker_threads';
+import { InlineCodec, TokenizerThread, type TextCodec } from '../model/tokenizer-thread.js';
+import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
-import { EngineLoop, buildEngineCore } from './engine-loop.js';
-import { EventStream } from './event-stream.js';
-import type { EngineClient, EngineEvent, EngineOptions, EngineRequest, EngineStats, ModelInfo } from './types.js';
+import { EngineLoop, buildEngineCore, type EngineCommand } from './engine-loop.js';
+import { LivenessMonitor } from './liveness.js';
+import type {
+  EngineClient,
+  EngineEvent,
+  EngineHealth,
+  EngineHeartbeat,
+  EngineOptions,
+  EngineRequest,
+  EngineStats,
+  EventSink,
+  ModelInfo,
+} from './types.js';
 import type { FromWorker, ToWorker } from './worker-protocol.js';
 
 abstract class BaseEngineClient implements EngineClient {
-  private readonly streams = new Map<string, EventStream>();
+  /** The one main-thread registry of engine requests: id -> where its events go. */
+  private readonly sinks = new Map<string, EventSink>();
+  private readonly liveness: LivenessMonitor;
+  private readonly deathListeners: Array<(reason: string) => void> = [];
+  private readonly stuckTimer: NodeJS.Timeout | null = null;
+  /** shutdown() was called: the engine ending is expected, not a death. */
+  protected closing = false;
 
   constructor(
     readonly model: ModelInfo,
-    private readonly tokenizer: Tokenizer,
-  ) {}
-
-  submit(request: EngineRequest): AsyncIterable<EngineEvent> {
-    if (this.streams.has(request.id)) throw new Error(`duplicate request id ${request.id}`);
-    const stream = new EventStream(() => {
-      this.streams.delete(request.id);
-      this.sendCancel(request.id);
-    });
-    this.streams.set(request.id, stream);
-    this.sendAdd(request);
-    return stream;
-  }
-
-  cancel(id: string): void {
-    const stream = this.streams.get(id);
-    if (stream) void stream.return();
-    else this.sendCancel(id);
-  }
-
-  tokenize(text: string): number[] {
-    return this.tokenizer.encode(text);
-  }
-
-  detokenize(tokens: number[]): string {
-    return this.tokenizer.decode(tokens);
-  }
-
-  /** Ends every open stream with an error (the worker died). */
-  protected failAll(message: string): void {
-    this.dispatch([...this.streams.keys()].map((id) => [id, { type: 'error', error: { code: 'internal_error', message } }]));
-  }
-
-  protected dispatch(batch: EventBatch): void {
-    for (const [id, event] of batch) {
-      const stream = this.streams.get(id);
-      if (!stream) continue; // cancelled on this side; the engine has been told
-      stream.push(event);
-      if (event.type === 'done' || event.type === 'error') this.streams.delete(id);
+    private readonly codec: TextCodec,
+    stepTimeoutMs: number,
+  ) {
+    this.liveness = new LivenessMonitor(stepTimeoutMs);
+    if (stepTimeoutMs > 0) {
+      this.stuckTimer = setInterval(() => this.checkProgress(), Math.min(1000, Math.max(10, stepTimeoutMs / 4)));
+      this.stuckTimer.unref();
     }
   }
 
-  abstract stats(): Promise<EngineStats>;
-  abstract shutdown(options?: { drainMs?: number }): Promise<void>;
-  protected abstract sendAdd(request: EngineRequest): void;
-  protected abstract sendCancel(id: string): void;
+  submit(request: EngineRequest, sink: EventSink): void {
+    if (this.sinks.has(request.id)) throw new Error(`duplicate engine request id ${request.id}`);
+    const refusal = this.liveness.dead ? this.deathEvent() : this.closing ? SHUTTING_DOWN : null;
+    if (refusal) {
+      queueMicrotask(() => sink(refusal));
+      return;
+    }
+    this.sinks.set(request.id, sink);
+    this.command({ type: 'add', request });
+  }
+
+  cancel(id: string): void {
+    if (this.sinks.delete(id)) this.command({ type: 'cancel', id });
+  }
+
+  pause(id: string): void {
+    if (this.sinks.has(id)) this.command({ type: 'pause', id });
+  }
+
+  resume(id: string): void {
+    if (this.sinks.has(id)) this.command({ type: 'resume', id });
+  }
+
+  stats(): EngineStats {
+    return this.liveness.latestStats();
+  }
+
+  health(): EngineHealth {
+    return this.liveness.check();
+  }
+
+  onDead(listener: (reason: string) => void): void {
+    this.deathListeners.push(listener);
+  }
+
+  encode(texts: string[]): Promise<number[][]> {
+    return this.codec.encode(texts);
+  }
+
+  decode(lists: number[][]): Promise<string[]> {
+    return this.codec.decode(lists);
+  }
+
+  async shutdown(options: { drainMs?: number } = {}): Promise<void> {
+    this.closing = true;
+    if (this.stuckTimer) clearInterval(this.stuckTimer);
+    if (!this.liveness.dead) await this.stopLoop(options.drainMs ?? 0);
+    // Whatever the engine did not answer (it died while draining) hears why now.
+    this.failOpen(SHUTTING_DOWN);
+    await this.codec.close();
+  }
+
+  /** Engine output: one step's events plus the heartbeat that says the engine is alive. */
+  protected deliver(batch: EventBatch, heartbeat: EngineHeartbeat): void {
+    this.liveness.heartbeat(heartbeat);
+    for (const [id, event] of batch) {
+      const sink = this.sinks.get(id);
+      if (!sink) continue; // cancelled on this side; the engine has been told
+      if (event.type === 'done' || event.type === 'error') this.sinks.delete(id);
+      sink(event);
+    }
+  }
+
+  /** The engine is gone for good: every open request and every later one gets an error. */
+  protected die(reason: string): void {
+    if (this.liveness.dead || this.closing) return;
+    this.liveness.markDead(reason);
+    if (this.stuckTimer) clearInterval(this.stuckTimer);
+    this.failOpen(this.deathEvent());
+    void this.abandon()
+      .then(() => this.codec.close())
+      .catch(() => {});
+    for (const listener of this.deathListeners) listener(reason);
+  }
+
+  /** Posts a command to the loop (whichever thread it runs on). */
+  protected abstract post(command: ToWorker): void;
+  /** Graceful: drain for up to drainMs and stop the loop. */
+  protected abstract stopLoop(drainMs: number): Promise<void>;
+  /** After death: release what is left of the loop (terminate the worker). */
+  protected abstract abandon(): Promise<void>;
+
+  private command(command: EngineCommand): void {
+    this.liveness.commandSent();
+    this.post(command);
+  }
+
+  private checkProgress(): void {
+    const health = this.liveness.check();
+    if (health.state === 'stuck') this.die(`the engine is stuck: ${health.reason}`);
+  }
+
+  private deathEvent(): EngineEvent {
+    return { type: 'error', error: { code: 'engine_unavailable', message: `The engine is unavailable: ${this.health().reason}` } };
+  }
+
+  private failOpen(event: EngineEvent): void {
+    const open = [...this.sinks.values()];
+    this.sinks.clear();
+    for (const sink of open) sink(event);
+  }
 }
+
+const SHUTTING_DOWN: EngineEvent = {
+  type: 'error',
+  error: { code: 'shutting_down', message: 'The server shut down before the request finished.' },
+};
 
 export class InProcessEngine extends BaseEngineClient {
   private loop!: EngineLoop;
 
   static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<InProcessEngine> {
-    const { core, model } = await buildEngineCore(options, log);
-    const engine = new InProcessEngine(model, await loadTokenizer(options.modelDir));
-    engine.loop = new EngineLoop(core, (batch) => engine.dispatch(batch), log);
+    const { core, model, tokenizer } = await buildEngineCore(options, log);
+    const engine = new InProcessEngine(model, new InlineCodec(tokenizer), options.stepTimeoutMs);
+    engine.loop = new EngineLoop(core, (batch, heartbeat) => engine.deliver(batch, heartbeat), {
+      log,
+      maxConsecutiveStepFailures: options.maxConsecutiveStepFailures,
+      onFatal: (reason) => engine.die(reason),
+    });
     return engine;
   }
 
-  async stats(): Promise<EngineStats> {
-    return this.loop.stats();
+  protected post(command: ToWorker): void {
+    if (command.type !== 'shutdown') this.loop.send(command);
   }
 
-  shutdown(options: { drainMs?: number } = {}): Promise<void> {
-    return this.loop.shutdown(options.drainMs ?? 0);
+  protected stopLoop(drainMs: number): Promise<void> {
+    return this.loop.shutdown(drainMs);
   }
 
-  protected sendAdd(request: EngineRequest): void {
-    // Deferred so that a consumer always attaches before the first event, as with the worker.
-    queueMicrotask(() => this.loop.add(request));
-  }
-
-  protected sendCancel(id: string): void {
-    this.loop.cancel(id);
-  }
+  protected async abandon(): Promise<void> {}
 }
 
 export class WorkerEngine extends BaseEngineClient {
-  private nextStatsId = 0;
-  private readonly pendingStats = new Map<number, (s: EngineStats) => void>();
-  private exited: Promise<void>;
+  private readonly exited: Promise<void>;
 
   private constructor(
     model: ModelInfo,
-    tokenizer: Tokenizer,
+    codec: TokenizerThread,
     private readonly worker: Worker,
+    options: EngineOptions,
+    log: (msg: string) => void,
   ) {
-    super(model, tokenizer);
+    super(model, codec, options.stepTimeoutMs);
+    let failure = '';
     worker.on('message', (msg: FromWorker) => {
-      if (msg.type === 'events') this.dispatch(msg.batch);
-      else if (msg.type === 'stats') {
-        this.pendingStats.get(msg.id)?.(msg.stats);
-        this.pendingStats.delete(msg.id);
-      }
+      if (msg.type === 'events') this.deliver(msg.batch, msg.heartbeat);
+      else if (msg.type === 'log') log(msg.message);
+      else if (msg.type === 'fatal') this.die(msg.message);
+    });
+    worker.on('error', (err) => {
+      failure = `: ${err.message}`;
+      log(`engine worker error: ${err.stack ?? err}`);
     });
     this.exited = new Promise((resolve) =>
       worker.once('exit', (code) => {
-        this.failAll(`The engine worker exited (code ${code}).`);
+        this.die(`the engine worker exited (code ${code})${failure}`);
         resolve();
       }),
     );
   }
 
   static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<WorkerEngine> {
-    const tokenizer = await loadTokenizer(options.modelDir);
-    const worker = spawnWorker(options);
-    const model = await new Promise<ModelInfo>((resolve, reject) => {
-      const onMessage = (msg: FromWorker) => {
-        if (msg.type === 'log') log(msg.message);
-        else if (msg.type === 'ready') resolve(msg.model);
-        else if (msg.type === 'fatal') reject(new Error(msg.message));
-      };
-      worker.on('message', onMessage);
-      worker.once('error', reject);
-      worker.once('exit', (code) => reject(new Error(`engine worker exited with code ${code} during start-up`)));
-    });
-    worker.removeAllListeners('message');
-    worker.removeAllListeners('error');
-    worker.removeAllListeners('exit');
-    const engine = new WorkerEngine(model, tokenizer, worker);
-    worker.on('message', (msg: FromWorker) => msg.type === 'log' && log(msg.message));
-    worker.on('error', (err) => log(`engine worker error: ${err.stack ?? err}`));
-    return engine;
+    let engine: WorkerEngine | null = null;
+    const codecStart = TokenizerThread.start(options.modelDir, (reason) => engine?.die(reason));
+    const worker = spawnWorker(import.meta.url, 'worker', options);
+    try {
+      const [codec, model] = await Promise.all([codecStart, waitReady(worker, log)]);
+      for (const event of ['message', 'error', 'exit']) worker.removeAllListeners(event); // not Node's own listeners
+      engine = new WorkerEngine(model, codec, worker, options, log);
+      return engine;
+    } catch (err) {
+      void worker.terminate();
+      void codecStart.then((c) => c.close(), () => {});
+      throw err;
+    }
   }
 
-  stats(): Promise<EngineStats> {
-    const id = this.nextStatsId++;
-    return new Promise((resolve) => {
-      this.pendingStats.set(id, resolve);
-      this.post({ type: 'stats', id });
-    });
+  protected post(command: ToWorker): void {
+    this.worker.postMessage(command);
   }
 
-  async shutdown(options: { drainMs?: number } = {}): Promise<void> {
-    this.post({ type: 'shutdown', drainMs: options.drainMs ?? 0 });
+  protected async stopLoop(drainMs: number): Promise<void> {
+    this.post({ type: 'shutdown', drainMs });
     await this.exited;
   }
 
-  protected sendAdd(request: EngineRequest): void {
-    this.post({ type: 'add', request });
-  }
-
-  protected sendCancel(id: string): void {
-    this.post({ type: 'cancel', id });
-  }
-
-  private post(msg: ToWorker): void {
-    this.worker.postMessage(msg);
+  protected async abandon(): Promise<void> {
+    await this.worker.terminate();
   }
 }
 
-/** Built code runs worker.js; under tsx (tests, dev) the worker registers tsx before loading worker.ts. */
-function spawnWorker(options: EngineOptions): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url), { workerData: options });
-  const entry = new URL('./worker.ts', import.meta.url).href;
-  const bootstrap = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(bootstrap, { eval: true, workerData: options });
+function waitReady(worker: Worker, log: (msg: string) => void): Promise<ModelInfo> {
+  return new Promise<ModelInfo>((resolve, reject) => {
+    worker.on('message', (msg: FromWorker) => {
+      if (msg.type === 'log') log(msg.message);
+      else if (msg.type === 'ready') resolve(msg.model);
+      else if (msg.type === 'fatal') reject(new Error(msg.message));
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`engine worker exited with code ${code} during start-up`)));
+  });
 }

@@ -1,8 +1,14 @@
 // The engine loop's body, independent of threads: requests in, one model step at a time, events
 // out in one batch per step. The worker runs it; tests drive it directly.
+//
+// Requests arrive validated (the edge checks lengths, ids and limits before anything reaches the
+// engine); `add` only asserts those invariants, so a violation is a bug and ends that request
+// with an internal error instead of corrupting the batch. A model step that throws fails the
+// requests that were in it and nothing else.
 import type { Tokenizer } from '../model/tokenizer.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
-import type { ModelRunner, RunnerRow } from './runner.js';
+import { blocksFor } from './kv-cache.js';
+import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
 import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, TokenLogprob } from './types.js';
@@ -12,7 +18,6 @@ export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
 export interface EngineCoreOptions {
   contextLength: number;
   eosTokenId: number;
-  maxQueue: number;
 }
 
 /** Per-request state; sequences hold per-choice state the scheduler needs, this holds the rest. */
@@ -50,9 +55,13 @@ export class EngineCore {
   private out: EventBatch = [];
   private draining = false;
   private steps = 0;
+  private consecutiveFailedSteps = 0;
+  private stepMsTotal = 0;
   private promptTokensTotal = 0;
   private generatedTokensTotal = 0;
   lastStep: StepTimings = { modelMs: 0, runMs: 0, totalMs: 0, rows: 0, tokens: 0 };
+  /** The last exception a step caught (for the log; clients only hear a generic error). */
+  lastError: unknown = undefined;
 
   constructor(
     private readonly runner: ModelRunner,
@@ -63,13 +72,14 @@ export class EngineCore {
     this.scratch = new SamplerScratch(runner.vocabSize);
   }
 
-  /** Queues a request, or answers it at once with an error event. */
+  /** Queues a request (`accepted`), or answers it at once with an error event. */
   add(request: EngineRequest): void {
-    const error = this.validate(request);
+    const error = this.refusal(request);
     if (error) {
       this.emit(request.id, { type: 'error', error });
       return;
     }
+    this.emit(request.id, { type: 'accepted' });
     const { params, promptTokens } = request;
     const state: RequestState = {
       request,
@@ -96,50 +106,93 @@ export class EngineCore {
     this.scheduler.abort(requestId);
   }
 
-  hasWork(): boolean {
-    return this.scheduler.running.length > 0 || this.scheduler.waiting.length > 0;
+  /** The client stopped reading: the request takes no part in steps until resumed. */
+  pause(requestId: string): void {
+    if (this.requests.has(requestId)) this.scheduler.pause(requestId);
   }
 
-  /** One model step over everything schedulable. Returns the events it produced. */
+  resume(requestId: string): void {
+    if (this.requests.has(requestId)) this.scheduler.resume(requestId);
+  }
+
+  /** Whether a step would run anything (paused requests do not count). */
+  hasWork(): boolean {
+    return this.scheduler.hasWork();
+  }
+
+  /** Steps whose model run failed, in a row. */
+  get failedStepsInARow(): number {
+    return this.consecutiveFailedSteps;
+  }
+
+  /**
+   * One model step over everything schedulable. Returns the events it produced. If the model run
+   * throws, the requests of this step end with an error and the rest stay queued.
+   */
   async step(): Promise<EventBatch> {
     const start = performance.now();
     const plan = this.scheduler.schedule();
     if (plan.rows.length === 0) return this.takeEvents();
     const rows = plan.rows.map((r) => this.runnerRow(r));
     const runStart = performance.now();
-    const outputs = await this.runner.run(rows);
+    let outputs: RowOutput[];
+    try {
+      outputs = await this.runner.run(rows);
+    } catch (err) {
+      this.consecutiveFailedSteps++;
+      this.lastError = err;
+      const failed = new Set(plan.rows.map((r) => r.seq.requestId));
+      for (const id of failed) this.fail(id, { code: 'internal_error', message: `The model step failed: ${errorLine(err)}` });
+      this.recordStep({ modelMs: this.runner.takeModelMs(), runMs: performance.now() - runStart, totalMs: performance.now() - start, rows: 0, tokens: 0 });
+      return this.takeEvents();
+    }
+    this.consecutiveFailedSteps = 0;
     const runMs = performance.now() - runStart;
     this.scheduler.commit(plan);
     plan.rows.forEach((row, i) => {
       const state = this.requests.get(row.seq.requestId);
       if (!state || row.seq.status !== 'running') return; // cancelled while the step ran
-      const first = rows[i].logitsFrom;
-      if (first < row.count && state.promptLogprobs && row.seq.choice === 0 && row.start < row.seq.promptLength) {
-        this.collectPromptLogprobs(state, row, outputs[i].logits);
-      }
-      if (row.sample) {
-        const { logits, argmax } = outputs[i];
-        this.onLogits(state, row.seq, logits.subarray(logits.length - this.runner.vocabSize), argmax);
+      try {
+        const first = rows[i].logitsFrom;
+        if (first < row.count && state.promptLogprobs && row.seq.choice === 0 && row.start < row.seq.promptLength) {
+          this.collectPromptLogprobs(state, row, outputs[i].logits);
+        }
+        if (row.sample) {
+          const { logits, argmax } = outputs[i];
+          this.onLogits(state, row.seq, logits.subarray(logits.length - this.runner.vocabSize), argmax);
+        }
+      } catch (err) {
+        // A bug in sampling or detokenizing one request must not take its batch neighbours down.
+        this.lastError = err;
+        this.fail(state.request.id, { code: 'internal_error', message: `Processing the step's output failed: ${errorLine(err)}` });
       }
     });
     this.steps++;
     const tokens = plan.rows.reduce((s, r) => s + r.count, 0);
-    this.lastStep = { modelMs: this.runner.takeModelMs(), runMs, totalMs: performance.now() - start, rows: plan.rows.length, tokens };
+    this.recordStep({ modelMs: this.runner.takeModelMs(), runMs, totalMs: performance.now() - start, rows: plan.rows.length, tokens });
     return this.takeEvents();
   }
+
+  private recordStep(timings: StepTimings): void {
+    this.lastStep = timings;
+    this.stepMsTotal += timings.totalMs;
+  }
+
 
   /** Stops admitting; requests already queued or running continue. */
   startDraining(): void {
     this.draining = true;
   }
 
-  /** Ends every open request with an error (drain timeout, fatal runner error). */
+  /** Ends every open request with an error (drain timeout, the engine died). */
   abortAll(error: EngineError): EventBatch {
-    for (const id of [...this.requests.keys()]) {
-      this.cancel(id);
-      this.emit(id, { type: 'error', error });
-    }
+    for (const id of [...this.requests.keys()]) this.fail(id, error);
     return this.takeEvents();
+  }
+
+  private fail(requestId: string, error: EngineError): void {
+    this.cancel(requestId);
+    this.emit(requestId, { type: 'error', error });
   }
 
   get openRequests(): number {
@@ -158,40 +211,41 @@ export class EngineCore {
     return {
       waiting: this.scheduler.waiting.length,
       running: this.scheduler.running.length,
+      paused: this.scheduler.pausedCount,
       kvBlocksTotal: total,
       kvBlocksUsed: alloc.usedCount,
       kvUsage: alloc.usedCount / total,
       blockSize: this.scheduler.config.blockSize,
       steps: this.steps,
+      consecutiveFailedSteps: this.consecutiveFailedSteps,
+      lastStepMs: this.lastStep.totalMs,
+      stepMsTotal: this.stepMsTotal,
       preemptions: this.scheduler.preemptionCount,
       promptTokensTotal: this.promptTokensTotal,
       generatedTokensTotal: this.generatedTokensTotal,
     };
   }
 
-  private validate(request: EngineRequest): EngineError | null {
-    const { promptTokens, params } = request;
-    const ctx = this.opts.contextLength;
+  /**
+   * Why the engine cannot take this request: it is draining, or the request breaks an invariant
+   * the edge guarantees (a bug, reported as an internal error naming the broken invariant).
+   */
+  private refusal(request: EngineRequest): EngineError | null {
     if (this.draining) return { code: 'shutting_down', message: 'The server is shutting down and accepts no new requests.' };
-    if (this.requests.has(request.id)) return { code: 'invalid_request', message: `Request id ${request.id} is already in use.` };
-    if (promptTokens.length === 0) return { code: 'invalid_request', message: 'The prompt is empty: it must contain at least one token.' };
-    const bad = promptTokens.find((t) => !Number.isInteger(t) || t < 0 || t >= this.runner.vocabSize);
-    if (bad !== undefined) return { code: 'invalid_request', message: `Token id ${bad} is outside the vocabulary (0..${this.runner.vocabSize - 1}).` };
-    if (promptTokens.length + params.maxTokens > ctx) {
-      return {
-        code: 'context_length_exceeded',
-        message:
-          `This model's maximum context length is ${ctx} tokens. However, you requested ${promptTokens.length + params.maxTokens} tokens ` +
-          `(${promptTokens.length} in the prompt, ${params.maxTokens} for the completion). Please reduce the prompt or max_tokens.`,
-      };
-    }
-    const blocks = this.scheduler.allocator.numBlocks - 1;
-    if (Math.ceil((promptTokens.length + params.maxTokens) / this.scheduler.config.blockSize) > blocks) {
-      return { code: 'invalid_request', message: `The request needs more KV cache than the server has (${blocks * this.scheduler.config.blockSize} tokens).` };
-    }
-    if (this.scheduler.waiting.length >= this.opts.maxQueue) {
-      return { code: 'overloaded', message: `The server is overloaded: ${this.scheduler.waiting.length} requests are already waiting. Retry later.` };
-    }
+    const broken = this.brokenInvariant(request);
+    return broken ? { code: 'internal_error', message: `invalid engine request ${request.id}: ${broken}` } : null;
+  }
+
+  private brokenInvariant({ id, promptTokens, params }: EngineRequest): string | null {
+    if (this.requests.has(id)) return 'the id is already in use';
+    if (promptTokens.length === 0) return 'the prompt is empty';
+    const V = this.runner.vocabSize;
+    if (promptTokens.some((t) => !Number.isInteger(t) || t < 0 || t >= V)) return `a prompt token is outside 0..${V - 1}`;
+    const total = promptTokens.length + params.maxTokens;
+    if (total > this.opts.contextLength) return `${total} tokens exceed the context length ${this.opts.contextLength}`;
+    const { blockSize } = this.scheduler.config;
+    if (blocksFor(total, blockSize) > this.scheduler.allocator.numBlocks - 1) return `${total} tokens exceed the KV cache`;
+    if (params.n < 1 || params.minTokens > params.maxTokens) return 'n < 1 or min_tokens > max_tokens';
     return null;
   }
 
@@ -321,4 +375,8 @@ export class EngineCore {
   private emit(requestId: string, event: EngineEvent): void {
     this.out.push([requestId, event]);
   }
+}
+
+function errorLine(err: unknown): string {
+  return String((err as Error)?.message ?? err).split('\n')[0]!.slice(0, 300);
 }

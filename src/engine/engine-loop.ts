@@ -1,108 +1,137 @@
-// Drives an EngineCore: step while there is work, sleep while there is none, hand each step's
-// events to a sink in one batch. The same loop runs inside the worker and in-process.
-import { loadTokenizer } from '../model/tokenizer.js';
+// Drives an EngineCore: apply the inbox, step while there is work, wait while there is none, and
+// report each step's events with a heartbeat (the edge's only liveness source). The same loop
+// runs inside the worker and in-process. The core is only touched here, between steps.
+import { basename } from 'node:path';
+import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
+import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
 import { BlockAllocator } from './kv-cache.js';
-import { createOnnxRunner } from './runner.js';
+import { createRunner } from './runner-factory.js';
 import { Scheduler } from './scheduler.js';
-import type { EngineOptions, EngineRequest, EngineStats, ModelInfo } from './types.js';
-import { basename } from 'node:path';
+import type { EngineError, EngineHeartbeat, EngineOptions, EngineRequest, ModelInfo } from './types.js';
+
+/** What the client asks of the engine; each one counts as applied (see LivenessMonitor). */
+export type EngineCommand =
+  | { type: 'add'; request: EngineRequest }
+  | { type: 'cancel'; id: string }
+  | { type: 'pause'; id: string }
+  | { type: 'resume'; id: string };
+
+type Internal = { type: 'drain' } | { type: 'stop'; error: EngineError };
+
+export interface EngineLoopOptions {
+  log: (msg: string) => void;
+  /** This many failed steps in a row and the engine gives up (ends every request, onFatal). */
+  maxConsecutiveStepFailures: number;
+  onFatal: (reason: string) => void;
+}
+
+export type LoopSink = (batch: EventBatch, heartbeat: EngineHeartbeat) => void;
 
 export class EngineLoop {
-  private wake: (() => void) | null = null;
+  private readonly inbox = new AsyncQueue<EngineCommand | Internal>();
+  private applied = 0;
   private stopped = false;
   private readonly done: Promise<void>;
 
   constructor(
     readonly core: EngineCore,
-    private readonly sink: (batch: EventBatch) => void,
-    private readonly log: (msg: string) => void,
+    private readonly sink: LoopSink,
+    private readonly opts: EngineLoopOptions,
   ) {
     this.done = this.run();
   }
 
-  add(request: EngineRequest): void {
-    this.core.add(request);
-    this.flush(this.core.takeEvents()); // immediate answers: validation errors, echo
-    this.notify();
-  }
-
-  cancel(id: string): void {
-    this.core.cancel(id);
-  }
-
-  stats(): EngineStats {
-    return this.core.stats();
+  send(command: EngineCommand): void {
+    this.inbox.push(command);
   }
 
   /** Stop admitting, let open requests finish for up to drainMs, end the rest, stop the loop. */
   async shutdown(drainMs: number): Promise<void> {
-    this.core.startDraining();
+    this.inbox.push({ type: 'drain' });
     const deadline = Date.now() + drainMs;
-    while (this.core.openRequests > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    this.flush(this.core.abortAll({ code: 'shutting_down', message: 'The server shut down before the request finished.' }));
-    this.stopped = true;
-    this.notify();
+    while (!this.stopped && this.core.openRequests > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    this.inbox.push({ type: 'stop', error: { code: 'shutting_down', message: 'The server shut down before the request finished.' } });
     await this.done;
-  }
-
-  private notify(): void {
-    const w = this.wake;
-    this.wake = null;
-    w?.();
-  }
-
-  private flush(batch: EventBatch): void {
-    if (batch.length) this.sink(batch);
   }
 
   private async run(): Promise<void> {
     while (!this.stopped) {
+      for (let cmd = this.inbox.shift(); cmd && !this.stopped; cmd = this.inbox.shift()) this.apply(cmd);
+      if (this.stopped) break;
+      // Immediate answers (accepted, refusals, echo) go out before the step, not after it.
+      const answers = this.core.takeEvents();
       if (!this.core.hasWork()) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.report(answers);
+        const next = await this.inbox.next();
+        if (next.done) break;
+        this.apply(next.value);
         continue;
       }
-      try {
-        this.flush(await this.core.step());
-      } catch (err) {
-        this.log(`engine step failed: ${(err as Error).stack ?? err}`);
-        this.flush(this.core.abortAll({ code: 'internal_error', message: 'The model step failed; see the server log.' }));
+      if (answers.length) this.report(answers);
+      this.report(await this.core.step());
+      const failed = this.core.failedStepsInARow;
+      if (failed > 0) this.opts.log(`engine step failed (${failed} in a row): ${String((this.core.lastError as Error)?.stack ?? this.core.lastError)}`);
+      if (failed >= this.opts.maxConsecutiveStepFailures) {
+        this.fatal(`${failed} model steps failed in a row; the last error: ${String((this.core.lastError as Error)?.message ?? this.core.lastError).split('\n')[0]}`);
+        break;
       }
       // Let messages (new requests, cancels) in between steps even if the runner never yielded.
       await new Promise((r) => setImmediate(r));
     }
   }
+
+  private apply(cmd: EngineCommand | Internal): void {
+    switch (cmd.type) {
+      case 'drain':
+        return this.core.startDraining();
+      case 'stop':
+        this.report(this.core.abortAll(cmd.error));
+        this.stopped = true;
+        this.inbox.close();
+        return;
+    }
+    this.applied++;
+    if (cmd.type === 'add') this.core.add(cmd.request);
+    else if (cmd.type === 'cancel') this.core.cancel(cmd.id);
+    else if (cmd.type === 'pause') this.core.pause(cmd.id);
+    else this.core.resume(cmd.id);
+  }
+
+  private fatal(reason: string): void {
+    this.report(this.core.abortAll({ code: 'engine_unavailable', message: reason }));
+    this.stopped = true;
+    this.inbox.close();
+    this.opts.onFatal(reason);
+  }
+
+  private report(batch: EventBatch): void {
+    this.sink(batch, { stats: this.core.stats(), busy: !this.stopped && this.core.hasWork(), applied: this.applied });
+  }
 }
 
 /** Loads the model folder and wires runner, scheduler and core together. */
-export async function buildEngineCore(options: EngineOptions, log: (msg: string) => void): Promise<{ core: EngineCore; model: ModelInfo; provider: string }> {
+export async function buildEngineCore(
+  options: EngineOptions,
+  log: (msg: string) => void,
+): Promise<{ core: EngineCore; model: ModelInfo; tokenizer: Tokenizer }> {
   const manifest = readManifest(options.modelDir);
   const tokenizer = await loadTokenizer(options.modelDir);
   const numBlocks = Math.ceil(options.kvCacheTokens / options.blockSize) + 1; // + the null block
-  const { runner, provider } = await createOnnxRunner({
-    modelDir: options.modelDir,
-    manifest,
-    executionProvider: options.executionProvider,
-    intraOpThreads: options.intraOpThreads,
-    numBlocks,
-    blockSize: options.blockSize,
-    log,
-  });
+  const runner = await createRunner(options, { manifest, numBlocks, log });
   const scheduler = new Scheduler(
-    { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: Math.max(options.maxNumBatchedTokens, options.maxNumSeqs), blockSize: options.blockSize },
+    { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens, blockSize: options.blockSize },
     new BlockAllocator(numBlocks),
   );
-  const core = new EngineCore(runner, scheduler, tokenizer, {
-    contextLength: manifest.contextLength,
-    eosTokenId: manifest.eosTokenId,
-    maxQueue: options.maxQueue,
-  });
+  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId });
   const model: ModelInfo = {
     name: options.servedModelName ?? basename(options.modelDir),
     contextLength: manifest.contextLength,
     vocabSize: manifest.vocabSize,
     eosTokenId: manifest.eosTokenId,
+    kvCacheTokens: (numBlocks - 1) * options.blockSize,
+    maxTokenBytes: tokenizer.maxTokenBytes,
   };
-  return { core, model, provider };
+  return { core, model, tokenizer };
 }

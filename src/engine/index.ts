@@ -1,15 +1,11 @@
 // The engine's public entry: everything outside src/engine/ goes through here.
-import { InProcessEngine, WorkerEngine } from './client.js';
+import { WorkerEngine } from './client.js';
 import type { EngineClient, EngineOptions } from './types.js';
 
 export type { EngineClient, EngineOptions } from './types.js';
-export { InProcessEngine, WorkerEngine };
+export { InProcessEngine, WorkerEngine } from './client.js';
 
-/** Starts the engine in a worker thread (default) or in this thread. */
-export async function startEngine(
-  options: EngineOptions,
-  opts: { inProcess?: boolean; log?: (msg: string) => void } = {},
-): Promise<EngineClient> {
-  const log = opts.log ?? (() => {});
-  return opts.inProcess ? InProcessEngine.start(options, log) : WorkerEngine.start(options, log);
+/** Starts the engine in a worker thread, its tokenizer in another. */
+export function startEngine(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<EngineClient> {
+  return WorkerEngine.start(options, log);
 }

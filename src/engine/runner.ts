@@ -5,7 +5,7 @@ import * as ort from 'onnxruntime-node';
 import type { Manifest } from '../model/manifest.js';
 import { KvPool, NULL_BLOCK } from './kv-cache.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
-import { createSession, type ExecutionProvider } from './session.js';
+import { createSession, type ExecutionProvider } from './ort-session.js';
 import type { ExecutionProviderChoice } from './types.js';
 
 export interface RunnerRow {

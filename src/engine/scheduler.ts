@@ -11,6 +11,8 @@
 //      (prompt + what it generated so far) when memory allows;
 //   3. waiting sequences are admitted first-come-first-served while the budget, the batch size
 //      and free blocks for their whole current length allow; their prompt may be chunked.
+// A paused sequence (its client stopped reading) takes no part in steps and is the first to be
+// preempted when a running sequence or the head of the queue needs its blocks or its batch slot.
 import { BlockAllocator, blocksFor } from './kv-cache.js';
 
 export interface SchedulerConfig {
@@ -24,7 +26,8 @@ export class Sequence {
   /** Leading tokens whose K/V are in the cache. */
   numComputed = 0;
   blocks: number[] = [];
-  preemptions = 0;
+  /** Its client stopped reading: skipped by steps and admission, preempted first. */
+  paused = false;
 
   constructor(
     readonly requestId: string,
@@ -80,26 +83,47 @@ export class Scheduler {
 
     for (let i = 0; i < this.running.length && budget > 0; i++) {
       const seq = this.running[i];
+      if (seq.paused) continue;
       const count = Math.min(seq.tokens.length - seq.numComputed, budget);
       if (count <= 0) continue;
       if (!this.reserve(seq, seq.numComputed + count, rows, preempted)) break; // seq itself was preempted
+      i = this.running.indexOf(seq); // preempting paused sequences may have shifted it
       rows.push({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
       budget -= count;
     }
     budget = this.config.maxNumBatchedTokens - rows.reduce((s, r) => s + r.count, 0);
 
-    while (this.waiting.length && budget > 0 && this.running.length < this.config.maxNumSeqs) {
-      const seq = this.waiting[0];
+    for (let w = 0; w < this.waiting.length && budget > 0; ) {
+      const seq = this.waiting[w];
+      if (seq.paused) {
+        w++;
+        continue;
+      }
       if (preempted.includes(seq)) break; // not back in the same step it was evicted in
-      if (blocksFor(seq.tokens.length, this.config.blockSize) > this.allocator.freeCount) break;
+      if (!this.makeRoom(blocksFor(seq.tokens.length, this.config.blockSize), preempted)) break;
       const count = Math.min(seq.tokens.length, budget);
       seq.blocks = this.allocator.allocate(blocksFor(count, this.config.blockSize)) ?? [];
-      this.waiting.shift();
+      this.waiting.splice(this.waiting.indexOf(seq), 1);
       this.insertRunning(seq);
       rows.push({ seq, start: 0, count, sample: count === seq.tokens.length });
       budget -= count;
+      w = 0; // sequences preempted to make room went to the front of the queue
     }
     return { rows, preempted };
+  }
+
+  /** Whether a step would run anything: some unpaused sequence is running or waiting. */
+  hasWork(): boolean {
+    return this.running.some((s) => !s.paused) || this.waiting.some((s) => !s.paused);
+  }
+
+  /** Keeps the request's sequences out of steps; a paused sequence is preempted before any other. */
+  pause(requestId: string): void {
+    for (const seq of this.sequencesOf(requestId)) seq.paused = true;
+  }
+
+  resume(requestId: string): void {
+    for (const seq of this.sequencesOf(requestId)) seq.paused = false;
   }
 
   /** Records that the plan ran: its tokens' K/V are now cached. */
@@ -143,13 +167,39 @@ export class Scheduler {
 
   /** Cancels every sequence of a request; returns whether any was found. */
   abort(requestId: string): boolean {
-    const victims = [...this.running, ...this.waiting].filter((s) => s.requestId === requestId);
+    const victims = this.sequencesOf(requestId);
     for (const seq of victims) this.finish(seq);
     return victims.length > 0;
   }
 
-  get usedBlocks(): number {
-    return this.allocator.usedCount;
+  get pausedCount(): number {
+    let n = 0;
+    for (const s of this.running) if (s.paused) n++;
+    for (const s of this.waiting) if (s.paused) n++;
+    return n;
+  }
+
+  private sequencesOf(requestId: string): Sequence[] {
+    return [...this.running, ...this.waiting].filter((s) => s.requestId === requestId);
+  }
+
+  /**
+   * Admission of a sequence needing `blocks` fresh blocks and a batch slot: preempts paused
+   * sequences (newest first) until both are free; false if that is not enough.
+   */
+  private makeRoom(blocks: number, preempted: Sequence[]): boolean {
+    while (this.running.length >= this.config.maxNumSeqs || blocks > this.allocator.freeCount) {
+      const victim = this.newestPaused();
+      if (!victim) return false;
+      this.preempt(victim);
+      preempted.push(victim);
+    }
+    return true;
+  }
+
+  private newestPaused(): Sequence | undefined {
+    for (let i = this.running.length - 1; i >= 0; i--) if (this.running[i].paused) return this.running[i];
+    return undefined;
   }
 
   /** Ensures `seq` has blocks for `tokens` positions, preempting the newest sequences if needed. */
@@ -162,7 +212,7 @@ export class Scheduler {
         seq.blocks.push(...got);
         return true;
       }
-      const victim = this.running[this.running.length - 1];
+      const victim = this.newestPaused() ?? this.running[this.running.length - 1];
       this.preempt(victim);
       preempted.push(victim);
       const row = rows.findIndex((r) => r.seq === victim);
@@ -177,7 +227,6 @@ export class Scheduler {
     seq.blocks = [];
     seq.numComputed = 0;
     seq.status = 'waiting';
-    seq.preemptions++;
     this.preemptionCount++;
     this.waiting.unshift(seq);
   }

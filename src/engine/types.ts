@@ -60,11 +60,15 @@ export interface TokenLogprob {
 }
 
 /**
- * Events of one request, in order. A request yields `prompt` at most once (echo), then any
- * number of `delta` events per choice, exactly one `finish` per choice, then `done`; or an
- * `error` at any point, after which nothing follows.
+ * Events of one request, in order. A request yields `accepted` once it is queued in the engine,
+ * then `prompt` at most once (echo), then any number of `delta` events per choice, exactly one
+ * `finish` per choice, then `done`; or an `error` at any point, after which nothing follows.
  */
 export type EngineEvent =
+  | {
+      /** The engine queued the request: a streaming response may commit to 200 now. */
+      type: 'accepted';
+    }
   | {
       type: 'prompt';
       /** Prompt tokens as text pieces, with logprobs when requested. */
@@ -96,12 +100,19 @@ export type EngineEvent =
   | { type: 'done'; promptTokens: number; completionTokens: number }
   | { type: 'error'; error: EngineError };
 
+/** Receives one request's events in order; the last one is `done` or `error`. */
+export type EventSink = (event: EngineEvent) => void;
+
+/**
+ * Why the engine ended a request. The edge validates requests before they reach the engine, so
+ * an engine error is never the client's fault: it is the engine's state (draining, dead) or a bug.
+ */
 export type EngineErrorCode =
-  | 'context_length_exceeded'
-  | 'overloaded'
+  /** The engine is draining and accepts no new requests. */
   | 'shutting_down'
-  | 'invalid_request'
-  | 'cancelled'
+  /** The engine died (worker exit, repeated step failures, no progress) or is dead already. */
+  | 'engine_unavailable'
+  /** The model step that computed this request failed, or an engine invariant broke (a bug). */
   | 'internal_error';
 
 export interface EngineError {
@@ -110,19 +121,36 @@ export interface EngineError {
 }
 
 export interface EngineStats {
-  /** Requests waiting for admission. */
+  /** Requests waiting for admission (paused ones included). */
   waiting: number;
-  /** Sequences in the running batch (choices count individually). */
+  /** Sequences in the running batch (choices count individually; paused ones included). */
   running: number;
+  /** Sequences whose client stopped reading: kept out of steps until resumed. */
+  paused: number;
   kvBlocksTotal: number;
   kvBlocksUsed: number;
   /** kvBlocksUsed / kvBlocksTotal */
   kvUsage: number;
   blockSize: number;
   steps: number;
+  /** Steps whose model run failed, in a row; 0 after any step that succeeded. */
+  consecutiveFailedSteps: number;
+  /** Milliseconds the last step took, model run and everything around it. */
+  lastStepMs: number;
+  /** Milliseconds of all steps so far. */
+  stepMsTotal: number;
   preemptions: number;
   promptTokensTotal: number;
   generatedTokensTotal: number;
+}
+
+/** What the engine reports after every step and whenever it goes idle: the edge's liveness source. */
+export interface EngineHeartbeat {
+  stats: EngineStats;
+  /** The engine has schedulable work, so another step follows without any new message. */
+  busy: boolean;
+  /** Commands (add, cancel, pause, resume) applied so far, counted like the client counts them. */
+  applied: number;
 }
 
 export interface ModelInfo {
@@ -131,23 +159,69 @@ export interface ModelInfo {
   contextLength: number;
   vocabSize: number;
   eosTokenId: number;
+  /** Tokens the KV cache holds over all sequences: no single sequence can be longer. */
+  kvCacheTokens: number;
+  /**
+   * Bytes of the longest token (added tokens included). A text of L UTF-16 code units has at
+   * least L UTF-8 bytes, so it cannot encode to fewer than ceil(L / maxTokenBytes) tokens.
+   */
+  maxTokenBytes: number;
 }
 
-/** What the HTTP edge needs from an engine; in-process and worker-backed engines implement it. */
+/**
+ * ok; stuck (work pending, no heartbeat for stepTimeoutMs: a hung native call); dead (the worker
+ * exited, maxConsecutiveStepFailures steps failed in a row, or it was stuck and was given up).
+ */
+export type EngineHealthState = 'ok' | 'stuck' | 'dead';
+
+export interface EngineHealth {
+  state: EngineHealthState;
+  /** Why the state is not ok (for /health and the log). */
+  reason: string | null;
+  /** Milliseconds since the engine last reported progress (a step, or going idle). */
+  sinceLastHeartbeatMs: number;
+  consecutiveFailedSteps: number;
+}
+
+/**
+ * What the HTTP edge needs from an engine; in-process and worker-backed engines implement it.
+ * Tokenization runs off the calling thread in the worker-backed engine, so it is asynchronous.
+ */
 export interface EngineClient {
   readonly model: ModelInfo;
-  /** Yields the request's events; ending the iteration early (break/return) cancels the request. */
-  submit(request: EngineRequest): AsyncIterable<EngineEvent>;
-  /** Idempotent; unknown or finished ids are ignored. */
+  /**
+   * Starts a request; its events go to `sink` in order. Never throws for engine state: a dead or
+   * draining engine answers with an `error` event (delivered asynchronously, like every event).
+   */
+  submit(request: EngineRequest, sink: EventSink): void;
+  /** Idempotent; unknown or finished ids are ignored. No event follows a cancel. */
   cancel(id: string): void;
-  stats(): Promise<EngineStats>;
-  /** Stops admitting, lets running requests finish for up to drainMs, then cancels the rest. */
+  /** The client stopped reading: keep the request out of steps (its KV blocks may be reclaimed). */
+  pause(id: string): void;
+  resume(id: string): void;
+  /** The figures of the engine's latest heartbeat (no round trip). */
+  stats(): EngineStats;
+  /** Liveness from the heartbeat: dead, stuck (work pending, no progress), or ok. */
+  health(): EngineHealth;
+  /** Called once if the engine dies; every open request has had its `error` event by then. */
+  onDead(listener: (reason: string) => void): void;
+  /** Stops admitting, lets running requests finish for up to drainMs, then ends the rest. */
   shutdown(options?: { drainMs?: number }): Promise<void>;
-  tokenize(text: string): number[];
-  detokenize(tokens: number[]): string;
+  /** Token ids of each text (added tokens such as `<|endoftext|>` recognized). */
+  encode(texts: string[]): Promise<number[][]>;
+  /** Text of each token-id list (byte-exact, U+FFFD for broken UTF-8). */
+  decode(lists: number[][]): Promise<string[]>;
 }
 
 export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda';
+
+/** A module that builds the engine's model runner instead of ONNX Runtime (fault-injection tests). */
+export interface RunnerModuleSpec {
+  /** URL of a module exporting `createRunner(context: RunnerContext): Promise<ModelRunner>`. */
+  url: string;
+  /** Structured-clone-safe options handed to createRunner. */
+  options?: unknown;
+}
 
 export interface EngineOptions {
   /** Exported model folder (model.onnx, manifest.json, tokenizer.json, config.json). */
@@ -161,5 +235,10 @@ export interface EngineOptions {
   maxNumBatchedTokens: number;
   kvCacheTokens: number;
   blockSize: number;
-  maxQueue: number;
+  /** Consecutive failed model steps after which the engine declares itself dead. */
+  maxConsecutiveStepFailures: number;
+  /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */
+  stepTimeoutMs: number;
+  /** Replaces the ONNX Runtime runner (tests). */
+  runner?: RunnerModuleSpec;
 }

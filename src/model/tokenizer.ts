@@ -17,6 +17,8 @@ export interface Tokenizer {
   /** One more than the largest token id (vocabulary plus added tokens). */
   readonly vocabSize: number;
   readonly eosTokenId: number;
+  /** Bytes of the longest token, added tokens included: any text needs >= its UTF-8 bytes / this many tokens. */
+  readonly maxTokenBytes: number;
   /** Recognizes `<|endoftext|>` (and any other added token) in the text. */
   encode(text: string): number[];
   /** Byte-exact: concatenates token bytes, then decodes UTF-8 (U+FFFD for broken sequences). */
@@ -51,6 +53,7 @@ interface TokenizerJson {
 class ByteLevelBpeTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly eosTokenId: number;
+  readonly maxTokenBytes: number;
   private readonly bytes: Uint8Array;
   /** Token id's bytes are bytes[offsets[id], offsets[id + 1]). */
   private readonly offsets: Uint32Array;
@@ -75,6 +78,9 @@ class ByteLevelBpeTokenizer implements Tokenizer {
       total += byId.get(id)?.length ?? 0;
     }
     this.offsets[this.vocabSize] = total;
+    let longest = 1;
+    for (const b of byId.values()) longest = Math.max(longest, b.length);
+    this.maxTokenBytes = longest;
     this.bytes = new Uint8Array(total);
     for (const [id, b] of byId) this.bytes.set(b, this.offsets[id]);
     this.views = new Array(this.vocabSize);

@@ -5,12 +5,14 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
+import cors from '@fastify/cors';
 import websocket from '@fastify/websocket';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { z } from 'zod';
-import type { ServerConfig } from '../config.js';
+import { defaultBodyLimit, type ServerConfig } from '../config.js';
 import type { EngineClient } from '../engine/types.js';
 import { makeApiKeyCheck } from './auth.js';
+import { drain } from './drain.js';
 import { ServerMetrics } from './metrics.js';
 import { ApiError, toApiError } from './openai/errors.js';
 import { parseOrThrow } from './openai/zod-errors.js';
@@ -41,18 +43,15 @@ function resolveOptions(opts: AppOptions): ResolvedAppOptions {
     newId: opts.newId ?? (() => randomUUID().replace(/-/g, '')),
     clock: opts.clock ?? (() => performance.now()),
     defaultMetrics: opts.defaultMetrics ?? false,
-    healthTimeoutMs: opts.healthTimeoutMs ?? 5000,
-    stallTimeoutMs: opts.stallTimeoutMs ?? 30_000,
-    wsHighWaterMark: opts.wsHighWaterMark ?? 1024 * 1024,
-    wsPingIntervalMs: opts.wsPingIntervalMs ?? 30_000,
   };
 }
 
 /** The app-wide decorations and hooks, not encapsulated so every route plugin sees them. */
 const core = fp(
   async (app: FastifyInstance, o: { engine: EngineClient | Promise<EngineClient>; config: ServerConfig; options: ResolvedAppOptions }) => {
-    const state = new ServingState(o.engine, o.config.servedModelName);
+    const state = new ServingState(o.engine, o.config.servedModelName, o.config.maxConcurrentRequests);
     app.decorate('serving', state);
+    app.decorate('config', o.config);
     app.decorate('metrics', new ServerMetrics({ defaultMetrics: o.options.defaultMetrics }));
     app.decorate('appOptions', o.options);
     app.decorateRequest('completionStats', null);
@@ -100,42 +99,6 @@ const core = fp(
   { name: 'gpt2-serve-core', fastify: '5.x' },
 );
 
-async function drain(app: FastifyInstance, timeoutMs: number): Promise<void> {
-  const state = app.serving;
-  if (state.phase === 'ready' || state.phase === 'loading' || state.phase === 'failed') state.phase = 'draining';
-  const started = Date.now();
-  app.log.info({ inflight: state.inflightRequests, timeoutMs }, 'draining');
-  const engine = state.engine;
-  if (engine) {
-    // The engine stops admitting, lets running requests finish for up to timeoutMs, cancels the rest.
-    const shutdown = engine.shutdown({ drainMs: timeoutMs }).catch((err: unknown) => {
-      app.log.error({ err }, 'engine shutdown failed');
-    });
-    await Promise.race([shutdown, delay(timeoutMs + 5000)]);
-  }
-  const left = Math.max(0, timeoutMs - (Date.now() - started));
-  if (!(await state.waitIdle(left + 1000))) {
-    // Past the deadline: end what is left so each client hears why, then give them a moment.
-    state.cancelAll(new ApiError('shutting_down', 'The server shut down before the request finished'));
-    await state.waitIdle(1000);
-  }
-  state.phase = 'stopped';
-  if (state.inflightRequests > 0) app.server.closeAllConnections?.();
-  // Websockets get a close frame (1001 "going away"); one that does not close within a second
-  // (a client that stopped reading) is terminated rather than holding up the exit.
-  const wss = app.websocketServer;
-  for (const ws of wss.clients) ws.close(1001, 'server shutting down');
-  const wsDeadline = Date.now() + 1000;
-  while (wss.clients.size > 0 && Date.now() < wsDeadline) await delay(20);
-  for (const ws of wss.clients) ws.terminate();
-  await app.close();
-  app.log.info({ durationMs: Date.now() - started }, 'drained');
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
 export function buildApp(
   engine: EngineClient | Promise<EngineClient>,
   config: ServerConfig,
@@ -143,7 +106,8 @@ export function buildApp(
 ): FastifyInstance {
   const options = resolveOptions(opts);
   const fastifyOptions: FastifyServerOptions = {
-    bodyLimit: config.maxBodyBytes,
+    // main.ts passes the limit sized to the served model's context; 1024 is GPT-2's.
+    bodyLimit: config.maxBodyBytes ?? defaultBodyLimit(1024),
     genReqId,
     requestIdHeader: false,
     // One "request finished" line per request comes from our own hook instead of Fastify's two.
@@ -156,7 +120,16 @@ export function buildApp(
 
   // The websocket plugin first: its onRequest hook marks upgrade requests before ours may reject
   // them (401), so that it then destroys the socket of a refused upgrade.
-  app.register(websocket, { options: { maxPayload: config.maxBodyBytes } });
+  app.register(websocket, { options: { maxPayload: fastifyOptions.bodyLimit } });
+  if (config.allowedOrigins.length > 0) {
+    // Browser clients (off unless --allowed-origins is set, as in vLLM).
+    app.register(cors, {
+      origin: config.allowedOrigins.includes('*') ? '*' : config.allowedOrigins,
+      methods: config.allowedMethods,
+      ...(config.allowedHeaders.length > 0 ? { allowedHeaders: config.allowedHeaders } : {}),
+      exposedHeaders: ['x-request-id', 'retry-after'],
+    });
+  }
   app.register(core, { engine, config, options });
   const typed = app.withTypeProvider<ZodTypeProvider>();
   typed.register(completionsRoutes);

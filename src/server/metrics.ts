@@ -1,6 +1,6 @@
 // Prometheus metrics of one app, in a registry of its own (tests build many apps per process).
-// Engine-side figures (queue, running sequences, KV usage, token totals) are read from
-// engine.stats() once per scrape; latencies are observed at the edge as tokens go out.
+// Engine-side figures (queue, running sequences, KV usage, token totals, steps) are read from the
+// engine's last heartbeat once per scrape; latencies are observed at the edge as tokens go out.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineStats } from '../engine/types.js';
 
@@ -14,11 +14,16 @@ export class ServerMetrics {
   readonly e2eLatency: Histogram<'status'>;
   readonly queueLength: Gauge;
   readonly runningSequences: Gauge;
+  readonly pausedSequences: Gauge;
+  readonly inflightRequests: Gauge;
   readonly kvUsage: Gauge;
+  readonly kvBlocksUsed: Gauge;
+  readonly steps: Counter;
+  readonly stepSeconds: Counter;
   readonly promptTokens: Counter;
   readonly generationTokens: Counter;
   readonly preemptions: Counter;
-  private last: Pick<EngineStats, 'promptTokensTotal' | 'generatedTokensTotal' | 'preemptions'> | null = null;
+  private last: Pick<EngineStats, 'promptTokensTotal' | 'generatedTokensTotal' | 'preemptions' | 'steps' | 'stepMsTotal'> | null = null;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -57,9 +62,34 @@ export class ServerMetrics {
       help: 'Sequences in the engine running batch (each choice counts)',
       registers,
     });
+    this.pausedSequences = new Gauge({
+      name: `${PREFIX}num_sequences_paused`,
+      help: 'Sequences kept out of steps because their client stopped reading',
+      registers,
+    });
+    this.inflightRequests = new Gauge({
+      name: `${PREFIX}num_requests_inflight`,
+      help: 'Completion requests admitted and not yet answered (limit: --max-concurrent-requests)',
+      registers,
+    });
     this.kvUsage = new Gauge({
       name: `${PREFIX}kv_cache_usage_ratio`,
       help: 'Fraction of KV cache blocks in use (0..1)',
+      registers,
+    });
+    this.kvBlocksUsed = new Gauge({
+      name: `${PREFIX}kv_cache_blocks_used`,
+      help: 'KV cache blocks in use',
+      registers,
+    });
+    this.steps = new Counter({
+      name: `${PREFIX}engine_steps_total`,
+      help: 'Engine steps (model runs over the batch)',
+      registers,
+    });
+    this.stepSeconds = new Counter({
+      name: `${PREFIX}engine_step_seconds_total`,
+      help: 'Seconds spent in engine steps (divide its rate by the steps rate for the mean step time)',
       registers,
     });
     this.promptTokens = new Counter({
@@ -84,18 +114,24 @@ export class ServerMetrics {
   applyEngineStats(stats: EngineStats): void {
     this.queueLength.set(stats.waiting);
     this.runningSequences.set(stats.running);
+    this.pausedSequences.set(stats.paused);
     this.kvUsage.set(stats.kvUsage);
-    const prev = this.last ?? { promptTokensTotal: 0, generatedTokensTotal: 0, preemptions: 0 };
+    this.kvBlocksUsed.set(stats.kvBlocksUsed);
+    const prev = this.last ?? { promptTokensTotal: 0, generatedTokensTotal: 0, preemptions: 0, steps: 0, stepMsTotal: 0 };
     const inc = (c: Counter, now: number, before: number) => {
       if (now > before) c.inc(now - before);
     };
     inc(this.promptTokens, stats.promptTokensTotal, prev.promptTokensTotal);
     inc(this.generationTokens, stats.generatedTokensTotal, prev.generatedTokensTotal);
     inc(this.preemptions, stats.preemptions, prev.preemptions);
+    inc(this.steps, stats.steps, prev.steps);
+    if (stats.stepMsTotal > prev.stepMsTotal) this.stepSeconds.inc((stats.stepMsTotal - prev.stepMsTotal) / 1000);
     this.last = {
       promptTokensTotal: Math.max(prev.promptTokensTotal, stats.promptTokensTotal),
       generatedTokensTotal: Math.max(prev.generatedTokensTotal, stats.generatedTokensTotal),
       preemptions: Math.max(prev.preemptions, stats.preemptions),
+      steps: Math.max(prev.steps, stats.steps),
+      stepMsTotal: Math.max(prev.stepMsTotal, stats.stepMsTotal),
     };
   }
 }

@@ -1,9 +1,11 @@
-// The app's serving state: the engine (possibly still loading), the served model id, and the
-// phase that /health and the completion routes consult (loading -> ready -> draining -> stopped).
+// The app's serving state: the engine (possibly still loading), the served model id, the phase
+// that /health and the routes consult (loading -> ready -> draining -> stopped, or failed), and
+// the one registry of completions in flight, which is also admission control: a request is
+// counted before any work is done on it, and refused with 429 past --max-concurrent-requests.
 import { createHash } from 'node:crypto';
 import type { EngineClient } from '../engine/types.js';
-import type { CompletionJob } from './openai/completion-job.js';
-import { ApiError } from './openai/errors.js';
+import type { CompletionJob } from './completion/job.js';
+import { ApiError, overloadedError } from './openai/errors.js';
 
 export type Phase = 'loading' | 'ready' | 'failed' | 'draining' | 'stopped';
 
@@ -12,21 +14,19 @@ export class ServingState {
   engine: EngineClient | null = null;
   modelId = '';
   systemFingerprint = '';
-  loadError: unknown = undefined;
-  /** Completion requests (HTTP or websocket) still writing to a client. */
-  private inflight = 0;
-  private readonly jobs = new Set<CompletionJob>();
+  /** Completion requests (HTTP or websocket) admitted and not yet fully answered. */
+  private readonly inflight = new Set<CompletionJob>();
   private idleWaiters: Array<() => void> = [];
 
   constructor(
     engine: EngineClient | Promise<EngineClient>,
     private readonly servedModelName: string | undefined,
+    readonly maxConcurrentRequests: number,
   ) {
     if (isPromise(engine)) {
       engine.then(
         (e) => this.setEngine(e),
-        (err) => {
-          this.loadError = err;
+        () => {
           if (this.phase === 'loading') this.phase = 'failed';
         },
       );
@@ -52,43 +52,50 @@ export class ServingState {
     throw new ApiError('shutting_down', 'The server is shutting down');
   }
 
-  /** The engine, for new completions: refused (503) unless ready. */
+  /** The engine, for new completions: refused (503) unless ready and alive. */
   acceptNewWork(): EngineClient {
     if (this.phase === 'draining' || this.phase === 'stopped') {
       throw new ApiError('shutting_down', 'The server is shutting down and accepts no new requests');
     }
-    return this.requireEngine();
+    const engine = this.requireEngine();
+    if (engine.health().state !== 'ok') {
+      throw new ApiError('engine_unavailable', 'The inference engine is unavailable; the server is restarting');
+    }
+    return engine;
   }
 
-  beginRequest(job: CompletionJob): () => void {
-    this.inflight++;
-    this.jobs.add(job);
-    let ended = false;
+  /** Whether one more completion would be admitted (readiness). */
+  get saturated(): boolean {
+    return this.inflight.size >= this.maxConcurrentRequests;
+  }
+
+  /**
+   * Counts `job` in flight, or throws 429 when --max-concurrent-requests are. Returns the release
+   * to call once its response is fully written or abandoned (drain waits for that).
+   */
+  admit(job: CompletionJob): () => void {
+    if (this.saturated) throw overloadedError(this.maxConcurrentRequests);
+    this.inflight.add(job);
     return () => {
-      if (ended) return;
-      ended = true;
-      this.inflight--;
-      this.jobs.delete(job);
-      if (this.inflight === 0) {
-        const waiters = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const w of waiters) w();
-      }
+      if (!this.inflight.delete(job) || this.inflight.size > 0) return;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
     };
   }
 
-  /** Ends every job still in flight; their clients get `error` (used when the drain timeout passes). */
+  /** Ends every job still in flight; their clients get `error` (drain timeout, engine death). */
   cancelAll(error: ApiError): void {
-    for (const job of this.jobs) job.cancel('server shutdown', error);
+    for (const job of this.inflight) job.cancel('server shutdown', error);
   }
 
   get inflightRequests(): number {
-    return this.inflight;
+    return this.inflight.size;
   }
 
   /** Resolves when no completion is in flight, or after timeoutMs (returns false then). */
   waitIdle(timeoutMs: number): Promise<boolean> {
-    if (this.inflight === 0) return Promise.resolve(true);
+    if (this.inflight.size === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.idleWaiters = this.idleWaiters.filter((w) => w !== done);

@@ -2,8 +2,12 @@
 // (onResponse hook) and hijacked ones (SSE, websocket completions) that call it themselves.
 // Prompt text is never logged here; at info level only sizes and timings.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { CompletionJob, JobObserver } from './openai/completion-job.js';
+import type { CompletionJob, JobObserver } from './completion/job.js';
+import type { ApiError } from './openai/errors.js';
 import type { CompletionStats } from './types.js';
+
+/** Status recorded for a request whose client went away (nginx's convention). */
+export const CLIENT_CLOSED = 499;
 
 export function routeLabel(request: FastifyRequest): string {
   return request.routeOptions?.url ?? 'unmatched';
@@ -51,4 +55,9 @@ export function statsOf(job: CompletionJob, error?: string): CompletionStats {
     ttftMs: job.firstTokenAt === null ? null : Math.round((job.firstTokenAt - job.startedAt) * 10) / 10,
     ...(error ? { error } : {}),
   };
+}
+
+/** A completion that failed on the server's side: one error line with the engine's reason. */
+export function logServerFailure(log: FastifyRequest['log'], err: ApiError, extra: Record<string, unknown> = {}): void {
+  if (err.statusCode >= 500) log.error({ code: err.code, cause: err.cause, ...extra }, 'completion failed');
 }

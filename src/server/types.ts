@@ -1,5 +1,7 @@
-// Options of buildApp and the decorations it adds to Fastify's types.
+// Options of buildApp and the decorations it adds to Fastify's types. Every setting comes from
+// ServerConfig (src/config.ts); these options only pin what tests need to pin.
 import type { FastifyBaseLogger } from 'fastify';
+import type { ServerConfig } from '../config.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ServingState } from './state.js';
 
@@ -14,14 +16,6 @@ export interface AppOptions {
   clock?: () => number;
   /** Also export prom-client's process metrics (main turns this on). */
   defaultMetrics?: boolean;
-  /** /health fails (503) when engine.stats() takes longer than this. Default 5000. */
-  healthTimeoutMs?: number;
-  /** A client that reads nothing for this long while output waits is cut off. Default 30000. */
-  stallTimeoutMs?: number;
-  /** Websocket: stop pulling engine output while more than this many bytes wait to be sent. Default 1 MiB. */
-  wsHighWaterMark?: number;
-  /** Websocket: ping every this many ms; a socket that missed the previous pong is closed. Default 30000. */
-  wsPingIntervalMs?: number;
 }
 
 export type ResolvedAppOptions = Required<Omit<AppOptions, 'logger'>>;
@@ -38,6 +32,7 @@ declare module 'fastify' {
   interface FastifyInstance {
     serving: ServingState;
     metrics: ServerMetrics;
+    config: ServerConfig;
     appOptions: ResolvedAppOptions;
     /**
      * Graceful shutdown: /health and new completions answer 503 at once, in-flight requests may

@@ -1,5 +1,6 @@
 // Helpers that collect an engine request's events into a plain result.
 import type { EngineClient, EngineEvent, EngineRequest, SamplingParams } from '../../src/engine/types.js';
+import { AsyncQueue } from '../../src/util/async-queue.js';
 
 export const DEFAULT_PARAMS: SamplingParams = {
   maxTokens: 16,
@@ -42,11 +43,30 @@ export interface RunResult {
   usage: { promptTokens: number; completionTokens: number } | null;
 }
 
+/** The request's events as an async iterable; leaving the loop early cancels the request. */
+export function events(engine: EngineClient, req: EngineRequest): AsyncIterable<EngineEvent> {
+  const queue = new AsyncQueue<EngineEvent>();
+  engine.submit(req, (ev) => {
+    queue.push(ev);
+    if (ev.type === 'done' || ev.type === 'error') queue.close();
+  });
+  return {
+    [Symbol.asyncIterator]: () => ({
+      next: () => queue.next(),
+      return: async () => {
+        engine.cancel(req.id);
+        queue.clear();
+        return { value: undefined, done: true };
+      },
+    }),
+  };
+}
+
 export async function collect(engine: EngineClient, req: EngineRequest): Promise<RunResult> {
   const result: RunResult = { events: [], choices: [], prompt: null, error: null, usage: null };
   const choice = (i: number) =>
     (result.choices[i] ??= { tokens: [], text: '', finish: null, cumulativeLogprob: 0, logprobs: [] });
-  for await (const ev of engine.submit(req)) {
+  for await (const ev of events(engine, req)) {
     result.events.push(ev);
     if (ev.type === 'prompt') result.prompt = ev;
     else if (ev.type === 'delta') {

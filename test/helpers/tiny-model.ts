@@ -39,7 +39,8 @@ export function engineOptions(modelDir: string, overrides: Partial<EngineOptions
     maxNumBatchedTokens: 512,
     kvCacheTokens: 8192,
     blockSize: 16,
-    maxQueue: 64,
+    maxConsecutiveStepFailures: 3,
+    stepTimeoutMs: 60_000,
     ...overrides,
   };
 }

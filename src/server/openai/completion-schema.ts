@@ -9,9 +9,13 @@ const PROMPT_SHAPE =
 
 const tokenIds = z.array(z.number().int());
 
-/** string | string[] | number[] | number[][]; null or absent means "<|endoftext|>" (OpenAI's default). */
+/**
+ * string | string[] | number[] | number[][]; null or absent means "<|endoftext|>" (OpenAI's
+ * default). Token-id lists are never empty (OpenAI's schema: minItems 1); an empty string is
+ * allowed and, like OpenAI, generates from "<|endoftext|>".
+ */
 export const PromptSchema = z.union(
-  [z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)],
+  [z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds.min(1)).min(1)],
   { error: PROMPT_SHAPE },
 );
 

@@ -24,15 +24,17 @@ export const ERROR_TABLE = {
   unsupported_media_type: { status: 415, type: 'invalid_request_error' },
   // 426: plain GET on the websocket route.
   upgrade_required: { status: 426, type: 'invalid_request_error' },
-  // 429: the engine's admission queue is full; sent with Retry-After.
+  // 429: --max-concurrent-requests completions are in flight; sent with Retry-After.
   overloaded: { status: 429, type: 'rate_limit_error' },
   // 500: a bug or an engine failure; the message is generic, the details are logged.
   internal_error: { status: 500, type: 'server_error' },
-  // 503: not serving completions right now.
+  // 503: not serving completions right now: loading, draining, or the engine died (the process
+  // then exits so that its supervisor restarts it).
   model_loading: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
   engine_unavailable: { status: 503, type: 'server_error' },
-  cancelled: { status: 503, type: 'server_error' },
+  // 503 from /ready only: --max-concurrent-requests completions are in flight.
+  at_capacity: { status: 503, type: 'server_error' },
 } as const satisfies Record<string, { status: number; type: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
@@ -66,32 +68,26 @@ export class ApiError extends Error {
   }
 }
 
-export function isApiError(err: unknown): err is ApiError {
-  return err instanceof ApiError;
-}
-
-/** Seconds a client should wait after a 429; the engine's queue turns over quickly. */
+/** Seconds a client should wait after a 429; requests in flight turn over quickly. */
 export const RETRY_AFTER_SECONDS = 1;
 
 /** Maps an engine error event to what the client sees. Internal messages are not passed on. */
 export function fromEngineError(err: EngineError): ApiError {
-  const firstLine = String(err.message ?? '').split('\n')[0]!.slice(0, 500);
-  switch (err.code) {
-    case 'context_length_exceeded':
-      return new ApiError('context_length_exceeded', firstLine, 'prompt');
-    case 'invalid_request':
-      return new ApiError('invalid_value', firstLine, null);
-    case 'overloaded':
-      return new ApiError('overloaded', 'The server is overloaded; retry shortly', null, {
-        'retry-after': String(RETRY_AFTER_SECONDS),
-      });
-    case 'shutting_down':
-      return new ApiError('shutting_down', 'The server is shutting down');
-    case 'cancelled':
-      return new ApiError('cancelled', 'The request was cancelled by the server');
-    default:
-      return new ApiError('internal_error', 'The engine failed while processing the request');
-  }
+  const apiErr =
+    err.code === 'shutting_down'
+      ? new ApiError('shutting_down', 'The server is shutting down')
+      : err.code === 'engine_unavailable'
+        ? new ApiError('engine_unavailable', 'The inference engine is unavailable; the server is restarting')
+        : new ApiError('internal_error', 'The engine failed while processing the request');
+  apiErr.cause = err.message; // for the server log only
+  return apiErr;
+}
+
+/** The 429 of admission control. */
+export function overloadedError(limit: number): ApiError {
+  return new ApiError('overloaded', `The server is overloaded: ${limit} requests are in flight. Retry shortly`, null, {
+    'retry-after': String(RETRY_AFTER_SECONDS),
+  });
 }
 
 /** Turns anything thrown into an ApiError; unknown errors become a generic 500. */

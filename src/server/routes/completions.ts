@@ -1,40 +1,21 @@
 // POST /v1/completions: JSON, or Server-Sent Events with `stream: true`.
-import type { ServerResponse } from 'node:http';
+//
+// A request is admitted (or refused with 429) before any work, validated and tokenized off the
+// main thread, then submitted. A stream sends its 200 headers as soon as the engine has queued
+// the request, so a client sees the response start even while it waits for a batch slot.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import { startCompletion } from '../completion-start.js';
-import { collectCompletion, completionChunks } from '../openai/completion-output.js';
-import { JobCancelledError } from '../openai/completion-job.js';
+import { StallGuard } from '../completion/flow-control.js';
+import { JobCancelledError } from '../completion/job.js';
+import { collectCompletion, completionChunks } from '../completion/output.js';
+import { admitCompletion } from '../completion/start.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
 import { toApiError } from '../openai/errors.js';
 import { SSE_DONE, sseData } from '../openai/responses.js';
-import { recordFinished, statsOf } from '../telemetry.js';
-
-/** Status recorded for a request whose client went away (nginx's convention). */
-export const CLIENT_CLOSED = 499;
-
-class StalledError extends Error {}
-
-/** Waits until `res` can take more bytes; rejects if the client leaves or reads nothing for `timeoutMs`. */
-function drained(res: ServerResponse, timeoutMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error) => {
-      clearTimeout(timer);
-      res.off('drain', onDrain);
-      res.off('close', onClose);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onDrain = () => done();
-    const onClose = () => done(new JobCancelledError('client disconnected'));
-    const timer = setTimeout(() => done(new StalledError()), timeoutMs);
-    res.on('drain', onDrain);
-    res.on('close', onClose);
-  });
-}
+import { CLIENT_CLOSED, logServerFailure, recordFinished, statsOf } from '../telemetry.js';
 
 export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
   app.post('/v1/completions', { schema: { body: CompletionBodySchema } }, async (request, reply) => {
-    const { job, meta, end } = startCompletion(app, request.body);
+    const { job, end } = admitCompletion(app, request.body);
     const res = reply.raw;
     const startedAt = app.appOptions.clock();
     const onClose = () => {
@@ -63,24 +44,19 @@ export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
         return reply;
       }
       const apiErr = toApiError(err);
-      if (apiErr.code === 'internal_error') request.log.error({ err: job.failure ?? err }, 'completion failed');
+      logServerFailure(request.log, apiErr);
       status = apiErr.statusCode;
       finish(false, apiErr.code);
       throw apiErr;
     };
 
-    if (!job.request.stream) {
-      try {
-        const response = await collectCompletion(job, meta);
+    try {
+      await job.submit();
+      if (!job.request.stream) {
+        const response = await collectCompletion(job);
         finish(false);
         return response;
-      } catch (err) {
-        return failBeforeResponse(err);
       }
-    }
-
-    // Streaming: wait for every prompt's first engine event so a rejection still gets its status.
-    try {
       await job.ready();
     } catch (err) {
       return failBeforeResponse(err);
@@ -95,24 +71,31 @@ export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
       'x-accel-buffering': 'no',
     });
     let errorCode: string | undefined;
+    let stalled = false;
+    const guard = new StallGuard(app.config.stallTimeoutMs, {
+      pause: () => job.pause(),
+      resume: () => job.resume(),
+      stalled: () => {
+        stalled = true;
+        job.cancel('client stalled');
+      },
+    });
+    const onDrain = () => guard.drained();
+    res.on('drain', onDrain);
     try {
-      for await (const chunk of completionChunks(job, meta, { includeUsage: job.request.includeUsage })) {
-        if (!res.write(sseData(chunk))) await drained(res, app.appOptions.stallTimeoutMs);
+      for await (const chunk of completionChunks(job, { includeUsage: job.request.includeUsage })) {
+        if (!res.write(sseData(chunk))) guard.full();
       }
       res.write(SSE_DONE);
     } catch (err) {
       if (err instanceof JobCancelledError) {
         status = CLIENT_CLOSED;
-        errorCode = 'client_closed';
-      } else if (err instanceof StalledError) {
-        status = CLIENT_CLOSED;
-        errorCode = 'client_stalled';
-        job.cancel('client stalled');
-        res.destroy();
+        errorCode = stalled ? 'client_stalled' : 'client_closed';
+        if (stalled) res.destroy();
       } else {
         // The headers are out: the error travels as an event, then the stream ends normally.
         const apiErr = toApiError(err);
-        if (apiErr.code === 'internal_error') request.log.error({ err: job.failure ?? err }, 'completion failed');
+        logServerFailure(request.log, apiErr);
         status = apiErr.statusCode;
         errorCode = apiErr.code;
         if (!res.destroyed) {
@@ -121,6 +104,8 @@ export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
         }
       }
     } finally {
+      guard.dispose();
+      res.off('drain', onDrain);
       if (!res.destroyed) res.end();
       finish(true, errorCode);
     }

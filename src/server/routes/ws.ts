@@ -9,28 +9,29 @@
 //   {"type":"completion.done","id","completion_id","usage"}       (+ "cancelled":true after a cancel)
 //   {"type":"error","id","error":{message,type,param,code}}        (id null if unknown; socket stays open)
 //
-// Backpressure policy: engine output is pulled only while the socket's send buffer
-// (ws.bufferedAmount) is at most wsHighWaterMark; above it every request of that socket pauses
-// (the engine keeps its own bounded per-request output) until the buffer is below half the mark.
-// A socket whose buffer does not drain for stallTimeoutMs is treated as dead: all its requests are
-// cancelled in the engine and the socket is terminated. Server memory per socket is thus bounded
-// by about wsHighWaterMark plus one frame.
+// Flow control: once more than --ws-high-water-mark bytes wait to be sent (ws.bufferedAmount),
+// every request of the socket pauses in the engine and the server stops reading the socket's
+// frames (so a client that floods requests without reading cannot grow the buffer either); both
+// resume when the buffer is below half the mark. A socket that does not drain for
+// --stall-timeout-ms is dead: its requests are cancelled and it is terminated. Server memory per
+// socket is thus about the mark plus a step or two of tokens.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { RawData, WebSocket } from 'ws';
-import { startCompletion, type StartedCompletion } from '../completion-start.js';
-import { completionChunks } from '../openai/completion-output.js';
-import { type CompletionJob, JobCancelledError } from '../openai/completion-job.js';
+import { StallGuard } from '../completion/flow-control.js';
+import { type CompletionJob, JobCancelledError } from '../completion/job.js';
+import { completionChunks } from '../completion/output.js';
+import { admitCompletion, type AdmittedCompletion } from '../completion/start.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
 import { ApiError, toApiError } from '../openai/errors.js';
 import { makeUsage } from '../openai/responses.js';
 import { parseOrThrow } from '../openai/zod-errors.js';
-import { statsOf } from '../telemetry.js';
-import { CLIENT_CLOSED } from './completions.js';
+import { CLIENT_CLOSED, logServerFailure, statsOf } from '../telemetry.js';
 
 const WS_ROUTE = '/v1/completions/ws';
 const MAX_ID_LENGTH = 256;
 const OPEN = 1;
+const DRAIN_POLL_MS = 25;
 
 interface WsRequest {
   id: string;
@@ -39,18 +40,32 @@ interface WsRequest {
 }
 
 class WsSession {
-  private readonly inflight = new Map<string, WsRequest>();
+  /** This socket's requests by client id (cancel frames name them). */
+  private readonly requests = new Map<string, WsRequest>();
   private closed = false;
   private alive = true;
   private pingTimer: NodeJS.Timeout | null = null;
-  private gate: Promise<void> | null = null;
+  private drainPoll: NodeJS.Timeout | null = null;
   private completions = 0;
+  private readonly guard: StallGuard;
 
   constructor(
     private readonly app: FastifyInstance,
     private readonly socket: WebSocket,
     private readonly request: FastifyRequest,
-  ) {}
+  ) {
+    this.guard = new StallGuard(app.config.stallTimeoutMs, {
+      pause: () => {
+        for (const req of this.requests.values()) req.job.pause();
+        socket.pause();
+      },
+      resume: () => {
+        for (const req of this.requests.values()) req.job.resume();
+        socket.resume();
+      },
+      stalled: () => this.stall(),
+    });
+  }
 
   start(): void {
     const { socket } = this;
@@ -59,11 +74,12 @@ class WsSession {
       this.alive = true;
     });
     socket.on('close', (code) => this.onClose(code));
-    const interval = this.app.appOptions.wsPingIntervalMs;
+    const interval = this.app.config.wsPingIntervalMs;
     if (interval > 0) {
       this.pingTimer = setInterval(() => {
+        if (this.guard.paused) return; // the stall timeout judges a socket we stopped reading
         if (!this.alive) {
-          this.request.log.info({ wsRequests: this.inflight.size }, 'websocket missed a pong; closing it');
+          this.request.log.info({ wsRequests: this.requests.size }, 'websocket missed a pong; closing it');
           socket.terminate();
           return;
         }
@@ -75,7 +91,29 @@ class WsSession {
   }
 
   private send(frame: unknown): void {
-    if (this.socket.readyState === OPEN) this.socket.send(JSON.stringify(frame));
+    if (this.socket.readyState !== OPEN) return;
+    this.socket.send(JSON.stringify(frame));
+    if (this.socket.bufferedAmount > this.app.config.wsHighWaterMark && !this.guard.paused) {
+      this.guard.full();
+      this.watchDrain();
+    }
+  }
+
+  /** ws has no public 'drain'; a short poll of bufferedAmount stands in for it. */
+  private watchDrain(): void {
+    if (this.drainPoll) return;
+    this.drainPoll = setInterval(() => {
+      if (!this.guard.paused || this.closed) return this.stopDrainWatch();
+      if (this.socket.bufferedAmount <= this.app.config.wsHighWaterMark / 2) {
+        this.stopDrainWatch();
+        this.guard.drained();
+      }
+    }, DRAIN_POLL_MS);
+  }
+
+  private stopDrainWatch(): void {
+    if (this.drainPoll) clearInterval(this.drainPoll);
+    this.drainPoll = null;
   }
 
   private sendError(id: string | null, err: ApiError): void {
@@ -113,10 +151,7 @@ class WsSession {
       return;
     }
     if (!validId) {
-      this.sendError(
-        null,
-        new ApiError('invalid_value', `\`id\`: must be a non-empty string of at most ${MAX_ID_LENGTH} characters`, 'id'),
-      );
+      this.sendError(null, new ApiError('invalid_value', `\`id\`: must be a non-empty string of at most ${MAX_ID_LENGTH} characters`, 'id'));
       return;
     }
     if (type === 'completion.cancel') this.cancel(id);
@@ -124,7 +159,7 @@ class WsSession {
   }
 
   private cancel(id: string): void {
-    const req = this.inflight.get(id);
+    const req = this.requests.get(id);
     if (!req) {
       this.sendError(id, new ApiError('request_not_found', `No request with id \`${id}\` is in flight on this socket`, 'id'));
       return;
@@ -134,44 +169,41 @@ class WsSession {
   }
 
   private create(id: string, msg: Record<string, unknown>): void {
-    if (this.inflight.has(id)) {
+    if (this.requests.has(id)) {
       this.sendError(id, new ApiError('duplicate_id', `A request with id \`${id}\` is already in flight on this socket`, 'id'));
       return;
     }
     const startedAt = this.app.appOptions.clock();
-    let started: StartedCompletion;
+    let admitted: AdmittedCompletion;
     try {
       // The websocket always streams; `type` and `id` are not body fields and are stripped.
       const body = parseOrThrow(CompletionBodySchema, { ...msg, stream: true });
-      started = startCompletion(this.app, body, { forceStream: true });
+      admitted = admitCompletion(this.app, body, { forceStream: true });
     } catch (err) {
       const apiErr = toApiError(err);
       this.sendError(id, apiErr);
       this.record(id, apiErr.statusCode, startedAt, null, apiErr.code);
       return;
     }
-    const req: WsRequest = { id, job: started.job, cancelledByClient: false };
-    this.inflight.set(id, req);
+    const req: WsRequest = { id, job: admitted.job, cancelledByClient: false };
+    if (this.guard.paused) req.job.pause();
+    this.requests.set(id, req);
     this.completions++;
-    void this.pump(req, started, startedAt);
+    void this.pump(req, admitted.end, startedAt);
   }
 
-  private async pump(req: WsRequest, { job, meta, end }: StartedCompletion, startedAt: number): Promise<void> {
+  private async pump(req: WsRequest, end: () => void, startedAt: number): Promise<void> {
+    const { job } = req;
     let status = 200;
     let errorCode: string | undefined;
     try {
+      await job.submit();
       await job.ready();
-      for await (const chunk of completionChunks(job, meta, { includeUsage: false })) {
-        await this.writable();
+      for await (const chunk of completionChunks(job, { includeUsage: false })) {
         const { id: completionId, ...rest } = chunk;
         this.send({ type: 'completion.chunk', id: req.id, completion_id: completionId, ...rest });
       }
-      this.send({
-        type: 'completion.done',
-        id: req.id,
-        completion_id: meta.id,
-        usage: makeUsage(job.promptTokens, job.completionTokens),
-      });
+      this.send({ type: 'completion.done', id: req.id, completion_id: job.meta.id, usage: makeUsage(job.promptTokens, job.completionTokens) });
     } catch (err) {
       if (err instanceof JobCancelledError) {
         status = CLIENT_CLOSED;
@@ -180,7 +212,7 @@ class WsSession {
           this.send({
             type: 'completion.done',
             id: req.id,
-            completion_id: meta.id,
+            completion_id: job.meta.id,
             usage: makeUsage(job.promptTokens, job.completionTokens),
             cancelled: true,
           });
@@ -189,13 +221,13 @@ class WsSession {
         }
       } else {
         const apiErr = toApiError(err);
-        if (apiErr.code === 'internal_error') this.request.log.error({ err: job.failure ?? err, wsId: req.id }, 'completion failed');
+        logServerFailure(this.request.log, apiErr, { wsId: req.id });
         status = apiErr.statusCode;
         errorCode = apiErr.code;
         this.sendError(req.id, apiErr);
       }
     } finally {
-      this.inflight.delete(req.id);
+      this.requests.delete(req.id);
       end();
       this.record(req.id, status, startedAt, job, errorCode);
     }
@@ -220,56 +252,22 @@ class WsSession {
     );
   }
 
-  /** Resolves when the socket can take more output; see the backpressure policy above. */
-  private async writable(): Promise<void> {
-    if (this.closed) throw new JobCancelledError('socket closed');
-    if (this.socket.bufferedAmount <= this.app.appOptions.wsHighWaterMark) return;
-    this.gate ??= this.waitForDrain().finally(() => {
-      this.gate = null;
-    });
-    await this.gate;
-  }
-
-  private waitForDrain(): Promise<void> {
-    const { wsHighWaterMark, stallTimeoutMs, clock } = this.app.appOptions;
-    const since = clock();
-    // ws has no public 'drain'; its net.Socket has. A slow poll backs it up (and times the stall).
-    const raw = (this.socket as unknown as { _socket?: NodeJS.EventEmitter })._socket;
-    return new Promise((resolve, reject) => {
-      const settle = (err?: Error) => {
-        clearInterval(poll);
-        raw?.off('drain', check);
-        if (err) reject(err);
-        else resolve();
-      };
-      const check = () => {
-        if (this.closed) return settle(new JobCancelledError('socket closed'));
-        if (this.socket.bufferedAmount <= wsHighWaterMark / 2) return settle();
-        if (clock() - since >= stallTimeoutMs) {
-          this.stall();
-          return settle(new JobCancelledError('client stalled'));
-        }
-      };
-      const poll = setInterval(check, 25);
-      raw?.on('drain', check);
-      check();
-    });
-  }
-
   private stall(): void {
     this.request.log.warn(
-      { wsRequests: this.inflight.size, bufferedAmount: this.socket.bufferedAmount },
+      { wsRequests: this.requests.size, bufferedAmount: this.socket.bufferedAmount },
       'websocket client stopped reading; cancelling its requests and closing it',
     );
-    for (const req of this.inflight.values()) req.job.cancel('client stalled');
     this.closed = true;
+    for (const req of this.requests.values()) req.job.cancel('client stalled');
     this.socket.terminate();
   }
 
   private onClose(code: number): void {
     this.closed = true;
+    this.guard.dispose();
+    this.stopDrainWatch();
     if (this.pingTimer) clearInterval(this.pingTimer);
-    for (const req of this.inflight.values()) req.job.cancel('socket closed');
+    for (const req of this.requests.values()) req.job.cancel('socket closed');
     this.request.log.info({ code, completions: this.completions }, 'websocket closed');
   }
 }

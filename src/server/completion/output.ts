@@ -1,7 +1,7 @@
 // Turns a CompletionJob's outputs into OpenAI's shapes: the whole response (with best_of
 // selection) or the stream of chunks (SSE and websocket share it).
 // Choice indexes are prompt-major: index = promptIndex * n + j.
-import type { CompletionJob } from './completion-job.js';
+import type { CompletionJob } from './job.js';
 import {
   appendLogprobs,
   codePointLength,
@@ -14,8 +14,7 @@ import {
   type CompletionChunk,
   type CompletionLogprobs,
   type CompletionResponse,
-  type ResponseMeta,
-} from './responses.js';
+} from '../openai/responses.js';
 
 interface ChoiceAccumulator {
   text: string;
@@ -27,7 +26,7 @@ interface ChoiceAccumulator {
 }
 
 /** Runs the job to the end and builds the non-streaming response. */
-export async function collectCompletion(job: CompletionJob, meta: ResponseMeta): Promise<CompletionResponse> {
+export async function collectCompletion(job: CompletionJob): Promise<CompletionResponse> {
   const { n, bestOf, prompts, logprobs } = job.request;
   const acc: ChoiceAccumulator[][] = prompts.map(() =>
     Array.from({ length: bestOf }, () => ({
@@ -74,7 +73,7 @@ export async function collectCompletion(job: CompletionJob, meta: ResponseMeta):
       choices.push({ text: c.text, index: p * n + rank, logprobs: c.logprobs, finish_reason: c.finishReason ?? 'length' });
     });
   });
-  return { ...makeEnvelope(meta, choices), usage: makeUsage(job.promptTokens, job.completionTokens) };
+  return { ...makeEnvelope(job.meta, choices), usage: makeUsage(job.promptTokens, job.completionTokens) };
 }
 
 /**
@@ -82,12 +81,9 @@ export async function collectCompletion(job: CompletionJob, meta: ResponseMeta):
  * delta, one final chunk per choice carrying its finish_reason, then (with include_usage) a
  * usage chunk with `choices: []`. Streaming never has best_of > n (validation rejects it).
  */
-export async function* completionChunks(
-  job: CompletionJob,
-  meta: ResponseMeta,
-  options: { includeUsage: boolean },
-): AsyncGenerator<CompletionChunk, void, undefined> {
+export async function* completionChunks(job: CompletionJob, options: { includeUsage: boolean }): AsyncGenerator<CompletionChunk, void, undefined> {
   const { n, logprobs } = job.request;
+  const { meta } = job;
   const usageField = options.includeUsage ? null : undefined;
   const offsets = new Map<number, number>();
   for await (const out of job.outputs()) {

@@ -1,0 +1,105 @@
+// Text <-> token ids for the edge, off the calling thread. TextCodec is what the engine client
+// offers; TokenizerThread runs a tokenizer in a worker (production), InlineCodec in this thread
+// (the in-process engine of tests, where stepping is synchronous anyway).
+import type { Worker } from 'node:worker_threads';
+import { spawnWorker } from '../util/spawn-worker.js';
+import type { Tokenizer } from './tokenizer.js';
+
+export interface TextCodec {
+  encode(texts: string[]): Promise<number[][]>;
+  decode(lists: number[][]): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+export type CodecRequest = { id: number; op: 'encode'; texts: string[] } | { id: number; op: 'decode'; lists: number[][] };
+export type CodecReply =
+  | { type: 'ready' }
+  | { type: 'fatal'; message: string }
+  | { type: 'result'; id: number; result: number[][] | string[] }
+  | { type: 'failed'; id: number; message: string };
+
+export class InlineCodec implements TextCodec {
+  constructor(private readonly tokenizer: Tokenizer) {}
+
+  async encode(texts: string[]): Promise<number[][]> {
+    return texts.map((t) => this.tokenizer.encode(t));
+  }
+
+  async decode(lists: number[][]): Promise<string[]> {
+    return lists.map((ids) => this.tokenizer.decode(ids));
+  }
+
+  async close(): Promise<void> {}
+}
+
+interface Pending {
+  resolve: (result: never) => void;
+  reject: (err: Error) => void;
+}
+
+export class TokenizerThread implements TextCodec {
+  private nextId = 0;
+  private readonly pending = new Map<number, Pending>();
+  private closing = false;
+  private exitError: Error | null = null;
+
+  private constructor(
+    private readonly worker: Worker,
+    onExit: (reason: string) => void,
+  ) {
+    worker.on('message', (msg: CodecReply) => {
+      if (msg.type !== 'result' && msg.type !== 'failed') return;
+      const p = this.pending.get(msg.id);
+      this.pending.delete(msg.id);
+      if (msg.type === 'result') p?.resolve(msg.result as never);
+      else p?.reject(new Error(`tokenizer: ${msg.message}`));
+    });
+    // An uncaught error in the worker is followed by 'exit'; without a listener it would throw here.
+    let failure = '';
+    worker.on('error', (err) => (failure = `: ${err.message}`));
+    worker.once('exit', (code) => {
+      this.exitError = new Error(`the tokenizer worker exited (code ${code})${failure}`);
+      for (const p of this.pending.values()) p.reject(this.exitError);
+      this.pending.clear();
+      if (!this.closing) onExit(this.exitError.message);
+    });
+  }
+
+  /** Resolves once the worker has loaded `modelDir`'s tokenizer; `onExit` hears an unexpected exit. */
+  static async start(modelDir: string, onExit: (reason: string) => void): Promise<TokenizerThread> {
+    const worker = spawnWorker(import.meta.url, 'tokenizer-worker', { modelDir });
+    await new Promise<void>((resolve, reject) => {
+      const onMessage = (msg: CodecReply) => {
+        if (msg.type === 'ready') resolve();
+        else if (msg.type === 'fatal') reject(new Error(msg.message));
+      };
+      worker.on('message', onMessage);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new Error(`the tokenizer worker exited with code ${code} during start-up`)));
+    }).finally(() => {
+      for (const event of ['message', 'error', 'exit']) worker.removeAllListeners(event); // not Node's own listeners
+    });
+    return new TokenizerThread(worker, onExit);
+  }
+
+  encode(texts: string[]): Promise<number[][]> {
+    return this.call({ id: this.nextId++, op: 'encode', texts });
+  }
+
+  decode(lists: number[][]): Promise<string[]> {
+    return this.call({ id: this.nextId++, op: 'decode', lists });
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.worker.terminate();
+  }
+
+  private call<T>(req: CodecRequest): Promise<T> {
+    if (this.exitError) return Promise.reject(this.exitError);
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(req.id, { resolve: resolve as (r: never) => void, reject });
+      this.worker.postMessage(req);
+    });
+  }
+}

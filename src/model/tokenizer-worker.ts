@@ -1,0 +1,23 @@
+// Tokenizer worker entry: encodes and decodes for the edge, so a long prompt (BPE is several
+// microseconds per character) never stalls the main thread's event loop.
+import { parentPort, workerData } from 'node:worker_threads';
+import { loadTokenizer } from './tokenizer.js';
+import type { CodecReply, CodecRequest } from './tokenizer-thread.js';
+
+const port = parentPort!;
+const post = (msg: CodecReply) => port.postMessage(msg);
+
+try {
+  const tokenizer = await loadTokenizer((workerData as { modelDir: string }).modelDir);
+  port.on('message', (msg: CodecRequest) => {
+    try {
+      if (msg.op === 'encode') post({ type: 'result', id: msg.id, result: msg.texts.map((t) => tokenizer.encode(t)) });
+      else post({ type: 'result', id: msg.id, result: msg.lists.map((ids) => tokenizer.decode(ids)) });
+    } catch (err) {
+      post({ type: 'failed', id: msg.id, message: (err as Error).message });
+    }
+  });
+  post({ type: 'ready' });
+} catch (err) {
+  post({ type: 'fatal', message: (err as Error).message });
+}

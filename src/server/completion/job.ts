@@ -1,0 +1,228 @@
+// One OpenAI completion request in flight, from admission to its last output. It is registered
+// (and counted against --max-concurrent-requests) before any work is done; prepare() validates
+// and tokenizes off the main thread; start() submits one engine request per prompt, whose events
+// all land in one queue, read in order by outputs(). Cancellation is immediate: cancel() tells
+// the engine and ends outputs(). pause()/resume() are the flow control of a client that stopped
+// reading: the engine keeps the requests out of its steps, so nothing piles up here.
+import type { EngineClient, EngineEvent, FinishReason, TokenLogprob } from '../../engine/types.js';
+import { AsyncQueue } from '../../util/async-queue.js';
+import type { CompletionBody } from '../openai/completion-schema.js';
+import { ApiError, fromEngineError } from '../openai/errors.js';
+import type { ResponseMeta } from '../openai/responses.js';
+import { resolveCompletionRequest, type RequestLimits, type ValidCompletionRequest } from './request.js';
+
+export type JobOutput =
+  | { type: 'echo'; prompt: number; choice: number; text: string; logprobs: TokenLogprob[] | null }
+  | { type: 'delta'; prompt: number; choice: number; text: string; logprobs: TokenLogprob[] | null }
+  | {
+      type: 'finish';
+      prompt: number;
+      choice: number;
+      text: string;
+      reason: FinishReason;
+      cumulativeLogprob: number;
+    };
+
+/** Thrown out of ready()/outputs() once the job was cancelled (client gone, socket closed, cancel frame). */
+export class JobCancelledError extends Error {
+  constructor(readonly reason: string) {
+    super(`request cancelled: ${reason}`);
+    this.name = 'JobCancelledError';
+  }
+}
+
+export interface JobObserver {
+  /** Seconds from the job's start to its first generated token. */
+  firstToken?(seconds: number): void;
+  /** Seconds between consecutive tokens of one choice. */
+  interToken?(seconds: number): void;
+}
+
+/** One prompt's engine request. */
+interface Source {
+  engineId: string;
+  accepted: boolean;
+  /** `done` or `error` arrived (or the job cancelled it). */
+  finished: boolean;
+  generated: number;
+  completionTokens: number | null;
+  lastTokenAt: Map<number, number>;
+}
+
+export interface JobContext {
+  engine: EngineClient;
+  limits: RequestLimits;
+  meta: ResponseMeta;
+  observer?: JobObserver;
+  clock?: () => number;
+  forceStream?: boolean;
+}
+
+export class CompletionJob {
+  readonly startedAt: number;
+  readonly meta: ResponseMeta;
+  firstTokenAt: number | null = null;
+  /** Set by prepare(). */
+  request!: ValidCompletionRequest;
+  private readonly engine: EngineClient;
+  private readonly clock: () => number;
+  private readonly sources: Source[] = [];
+  private readonly events = new AsyncQueue<[prompt: number, event: EngineEvent]>();
+  private cancelReason: string | null = null;
+  private cancelError: ApiError | null = null;
+  private paused = false;
+  private acceptance: { resolve: () => void; reject: (err: Error) => void } | null = null;
+  private readonly accepted: Promise<void>;
+
+  constructor(
+    private readonly body: CompletionBody,
+    private readonly ctx: JobContext,
+  ) {
+    this.engine = ctx.engine;
+    this.meta = ctx.meta;
+    this.clock = ctx.clock ?? (() => performance.now());
+    this.startedAt = this.clock();
+    this.accepted = new Promise<void>((resolve, reject) => (this.acceptance = { resolve, reject }));
+    this.accepted.catch(() => {}); // a job that is never awaited for acceptance (JSON) must not warn
+  }
+
+  get cancelled(): boolean {
+    return this.cancelReason !== null;
+  }
+
+  get promptTokens(): number {
+    return this.request?.prompts.reduce((sum, p) => sum + p.tokens.length, 0) ?? 0;
+  }
+
+  /** Generated tokens over all choices (best_of included): the engine's count, or what arrived so far. */
+  get completionTokens(): number {
+    return this.sources.reduce((sum, s) => sum + (s.completionTokens ?? s.generated), 0);
+  }
+
+  /**
+   * Validates and tokenizes (off the main thread), then submits one engine request per prompt.
+   * Throws ApiError (400, 404) or JobCancelledError.
+   */
+  async submit(): Promise<void> {
+    const request = await resolveCompletionRequest(this.body, this.engine, this.ctx.limits, { forceStream: this.ctx.forceStream });
+    if (this.cancelReason !== null) throw this.cancelledError();
+    this.request = request;
+    const { prompts, params } = request;
+    prompts.forEach((prompt, i) => {
+      const src: Source = { engineId: `${this.meta.id}-${i}`, accepted: false, finished: false, generated: 0, completionTokens: null, lastTokenAt: new Map() };
+      this.sources.push(src);
+      this.engine.submit({ id: src.engineId, promptTokens: prompt.tokens, params: { ...params, maxTokens: prompt.maxTokens } }, (event) =>
+        this.onEvent(i, event),
+      );
+      if (this.paused) this.engine.pause(src.engineId);
+    });
+  }
+
+  /**
+   * Resolves once the engine accepted every prompt's request, so that a streaming response can
+   * commit to 200 then (and a refusal still gets its own status). Throws ApiError or JobCancelledError.
+   */
+  ready(): Promise<void> {
+    return this.accepted;
+  }
+
+  /** The merged outputs. Throws ApiError on an engine error (the other prompts are cancelled). */
+  async *outputs(): AsyncGenerator<JobOutput, void, undefined> {
+    try {
+      for (let open = this.sources.length; open > 0; ) {
+        const next = await this.events.next();
+        if (next.done) throw this.cancelledError();
+        const [p, event] = next.value;
+        const src = this.sources[p]!;
+        if (event.type === 'error') throw fromEngineError(event.error);
+        if (event.type === 'done') {
+          src.completionTokens = event.completionTokens;
+          open--;
+        } else {
+          yield* this.map(p, src, event);
+        }
+      }
+      if (this.cancelReason !== null) throw this.cancelledError();
+    } finally {
+      this.abortSources();
+    }
+  }
+
+  /**
+   * Ends the job at once: the engine drops its requests and ready()/outputs() throw `error` if
+   * given (the server ended the request and the client should hear why), else JobCancelledError.
+   */
+  cancel(reason: string, error?: ApiError): void {
+    if (this.cancelReason !== null) return;
+    this.cancelReason = reason;
+    this.cancelError = error ?? null;
+    this.abortSources();
+    this.acceptance?.reject(this.cancelledError());
+    this.events.clear();
+  }
+
+  /** The client stopped reading: the engine keeps this job's requests out of its steps. */
+  pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    for (const src of this.sources) if (!src.finished) this.engine.pause(src.engineId);
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    for (const src of this.sources) if (!src.finished) this.engine.resume(src.engineId);
+  }
+
+  private onEvent(p: number, event: EngineEvent): void {
+    const src = this.sources[p]!;
+    if (event.type === 'done' || event.type === 'error') src.finished = true;
+    if (event.type === 'error') {
+      this.acceptance?.reject(fromEngineError(event.error));
+    } else if (event.type === 'accepted') {
+      src.accepted = true;
+      if (this.sources.length === this.request.prompts.length && this.sources.every((s) => s.accepted)) this.acceptance?.resolve();
+      return;
+    }
+    this.events.push([p, event]);
+  }
+
+  private cancelledError(): Error {
+    return this.cancelError ?? new JobCancelledError(this.cancelReason ?? 'cancelled');
+  }
+
+  private *map(p: number, src: Source, ev: EngineEvent): Generator<JobOutput> {
+    const { echo, bestOf, logprobs } = this.request;
+    if (ev.type === 'prompt') {
+      if (!echo) return;
+      for (let j = 0; j < bestOf; j++) {
+        yield { type: 'echo', prompt: p, choice: j, text: this.request.prompts[p]!.text, logprobs: logprobs !== null ? ev.tokens : null };
+      }
+    } else if (ev.type === 'delta') {
+      const count = ev.tokenIds.length;
+      if (count > 0) {
+        const now = this.clock();
+        src.generated += count;
+        if (this.firstTokenAt === null) {
+          this.firstTokenAt = now;
+          this.ctx.observer?.firstToken?.((now - this.startedAt) / 1000);
+        }
+        const last = src.lastTokenAt.get(ev.choice);
+        if (last !== undefined) this.ctx.observer?.interToken?.((now - last) / 1000 / count);
+        src.lastTokenAt.set(ev.choice, now);
+      }
+      yield { type: 'delta', prompt: p, choice: ev.choice, text: ev.text, logprobs: logprobs !== null ? ev.logprobs : null };
+    } else if (ev.type === 'finish') {
+      yield { type: 'finish', prompt: p, choice: ev.choice, text: ev.text, reason: ev.reason, cumulativeLogprob: ev.cumulativeLogprob };
+    }
+  }
+
+  /** Cancels every engine request that has not ended. */
+  private abortSources(): void {
+    for (const src of this.sources) {
+      if (src.finished) continue;
+      src.finished = true;
+      this.engine.cancel(src.engineId);
+    }
+  }
+}
