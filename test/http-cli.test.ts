@@ -1,5 +1,6 @@
-// The serving CLI (src/main.ts): --help, config errors, default model resolution, and a real
-// process that drains on SIGTERM and exits 0 (engine replaced by the fake).
+// The serving CLI (src/main.ts): --help, config errors, default model resolution, and real server
+// processes (the real worker engine around the scripted runner) that drain on SIGTERM and exit
+// 0, or exit 1 when their engine dies, every admitted stream ending cleanly either way.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,7 +13,9 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { SETTINGS } from '../src/config.js';
 import { resolveModelDir } from '../src/main.js';
-import { parseSse } from './helpers/fake-engine.js';
+import type { ScriptedRunnerOptions } from './helpers/scripted-runner.js';
+import { MODEL, RUNNER_URL, parseSse } from './helpers/serving.js';
+import { tinyModel } from './helpers/tiny-model.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
@@ -50,6 +53,22 @@ test('a bad setting is one line on stderr and exit 2; so is an unknown command',
   const cmd = runMain(['launch']);
   assert.equal(cmd.status, 2);
   assert.match(cmd.stderr, /unknown command "launch"/);
+  const budget = runMain(['--max-num-seqs', '64', '--max-num-batched-tokens', '32']);
+  assert.equal(budget.status, 2);
+  assert.match(budget.stderr, /--max-num-batched-tokens \(32\) must be >= --max-num-seqs \(64\)/);
+});
+
+test('a folder that is not a model fails the start with one line saying what to do, exit 1', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'gpt2-serve-empty-'));
+  try {
+    const res = runMain(['--model', dir, '--port', '0']);
+    assert.equal(res.status, 1);
+    const fatal = res.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.level === 60);
+    assert.ok(fatal, res.stdout + res.stderr);
+    assert.match(JSON.stringify(fatal), /not an exported model folder.*npm run export/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 function captureLogger() {
@@ -101,12 +120,22 @@ test('model resolution: --model, else models/gpt2 if exported, else the tiny mod
   assert.equal(await resolveModelDir('elsewhere/m', third.logger, makeTiny), path.join(dir, 'elsewhere', 'm'));
 });
 
-test('SIGTERM: new work gets 503, the in-flight stream finishes, the process exits 0', async (t) => {
+interface ServerProcess {
+  url: URL;
+  logs: Array<Record<string, unknown>>;
+  stderr: () => string;
+  exited: Promise<number | null>;
+  kill: (signal: NodeJS.Signals) => void;
+}
+
+/** `main()` in a child process, with the real worker engine around the scripted runner. */
+async function spawnServer(t: { after: (fn: () => unknown) => void }, args: string[], runner: ScriptedRunnerOptions): Promise<ServerProcess> {
+  const modelDir = await tinyModel();
   const script = `
     import { main } from ${JSON.stringify(MAIN)};
-    import { FakeEngine } from ${JSON.stringify(path.join(ROOT, 'test', 'helpers', 'fake-engine.ts'))};
-    await main(['serve', '--host', '127.0.0.1', '--port', '0', '--model', 'unused', '--drain-timeout-ms', '10000'], process.env, {
-      startEngine: async () => new FakeEngine({ tokenDelayMs: 25 }),
+    import { WorkerEngine } from ${JSON.stringify(path.join(ROOT, 'src', 'engine', 'client.ts'))};
+    await main(['serve', '--host', '127.0.0.1', '--port', '0', '--model', ${JSON.stringify(modelDir)}, '--served-model-name', ${JSON.stringify(MODEL)}, ...${JSON.stringify(args)}], process.env, {
+      startEngine: (o) => WorkerEngine.start({ ...o, runner: { url: ${JSON.stringify(RUNNER_URL)}, options: ${JSON.stringify(runner)} } }),
     });
   `;
   const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
@@ -131,54 +160,123 @@ test('SIGTERM: new work gets 503, the in-flight stream finishes, the process exi
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += String(d)));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + 30_000;
   while (!logs.some((l) => l.msg === 'model loaded; serving')) {
     if (Date.now() > deadline || child.exitCode !== null) assert.fail(`server did not start: ${stderr}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  const address = String(logs.find((l) => l.msg === 'model loaded; serving')!.address);
-  const url = new URL(address);
+  const url = new URL(String(logs.find((l) => l.msg === 'model loaded; serving')!.address));
+  return { url, logs, stderr: () => stderr, exited, kill: (signal) => child.kill(signal) };
+}
 
-  const get = (p: string) =>
-    new Promise<number>((resolve, reject) => {
-      http.get({ host: url.hostname, port: url.port, path: p, agent: false }, (res) => {
+function get(url: URL, p: string): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    http
+      .get({ host: url.hostname, port: url.port, path: p, agent: false }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
-      }).on('error', reject);
-    });
-  assert.equal(await get('/health'), 200);
+      })
+      .on('error', reject);
+  });
+}
 
-  let firstChunk!: () => void;
-  const gotChunk = new Promise<void>((r) => (firstChunk = r));
-  const body = new Promise<string>((resolve, reject) => {
+interface StreamResult {
+  status: number;
+  events: unknown[];
+  firstChunk: Promise<void>;
+}
+
+/** Starts a streaming completion; resolves with its status and events once the response ends. */
+function streamCompletion(url: URL, body: Record<string, unknown>): { done: Promise<StreamResult>; firstChunk: Promise<void> } {
+  let first!: () => void;
+  const firstChunk = new Promise<void>((r) => (first = r));
+  const done = new Promise<StreamResult>((resolve, reject) => {
     const req = http.request(
       { host: url.hostname, port: url.port, method: 'POST', path: '/v1/completions', headers: { 'content-type': 'application/json' }, agent: false },
       (res) => {
         let text = '';
         res.on('data', (d) => {
           text += String(d);
-          firstChunk();
+          first();
         });
-        res.on('end', () => resolve(text));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, events: res.statusCode === 200 ? parseSse(text) : [JSON.parse(text)], firstChunk }));
         res.on('error', reject);
       },
     );
     req.on('error', reject);
-    req.end(JSON.stringify({ model: 'fake-gpt2', prompt: 'A', max_tokens: 40, stream: true }));
+    req.end(JSON.stringify({ model: MODEL, stream: true, ...body }));
   });
-  await gotChunk;
-  child.kill('SIGTERM');
-  await new Promise((r) => setTimeout(r, 150));
-  assert.equal(await get('/health'), 503, 'draining');
+  return { done, firstChunk };
+}
 
-  const events = parseSse(await body);
-  assert.equal(events.at(-1), '[DONE]');
-  const text = events
-    .slice(0, -1)
-    .map((e) => (e as { choices: Array<{ text: string }> }).choices[0]!.text)
-    .join('');
-  assert.equal(text.length, 40, 'the in-flight request finished');
-  assert.equal(await exited, 0, stderr);
-  assert.ok(logs.some((l) => l.msg === 'shutting down' && l.signal === 'SIGTERM'));
+type Chunk = { choices: Array<{ index: number; finish_reason: string | null }>; error?: { code: string } };
+
+/** An SSE stream that ended cleanly: every choice finished, or an error event; then [DONE]. */
+function endedCleanly(events: unknown[], choices: number): 'complete' | string {
+  assert.equal(events.at(-1), '[DONE]', 'every stream ends with [DONE]');
+  const last = events.at(-2) as Chunk;
+  if (last.error) return last.error.code;
+  const finished = new Set((events.slice(0, -1) as Chunk[]).flatMap((e) => e.choices.filter((c) => c.finish_reason).map((c) => c.index)));
+  assert.equal(finished.size, choices, 'a stream without an error event finished every choice');
+  return 'complete';
+}
+
+test('SIGTERM during 32 streams: new work gets 503, every admitted stream completes or ends with a clean error, exit 0', async (t) => {
+  const server = await spawnServer(t, ['--drain-timeout-ms', '3000'], { stepDelayMs: 15 });
+  assert.equal(await get(server.url, '/health'), 200);
+  // Half finish within the drain timeout, half cannot.
+  const streams = Array.from({ length: 32 }, (_, i) => streamCompletion(server.url, { prompt: `stream ${i}`, max_tokens: i % 2 ? 10 : 1000 }));
+  await Promise.all(streams.map((s) => s.firstChunk));
+  server.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(await get(server.url, '/health'), 503, 'draining');
+  const late = await streamCompletion(server.url, { prompt: 'late' }).done;
+  assert.equal(late.status, 503);
+  const outcomes = (await Promise.all(streams.map((s) => s.done))).map((r) => {
+    assert.equal(r.status, 200);
+    return endedCleanly(r.events, 1);
+  });
+  assert.deepEqual(
+    outcomes.map((o, i) => [i % 2 ? 'short' : 'long', o]).filter(([kind, o]) => (kind === 'short' ? o !== 'complete' : o !== 'shutting_down')),
+    [],
+    'short streams complete, long ones end with shutting_down',
+  );
+  assert.equal(await server.exited, 0, server.stderr());
+  assert.ok(server.logs.some((l) => l.msg === 'shutting down' && l.signal === 'SIGTERM'));
+});
+
+test('the engine worker exits mid-stream: streams end with an error event, new work and /health get 503 at once, the process exits 1', async (t) => {
+  const server = await spawnServer(t, [], { stepDelayMs: 10, exitAtRun: 30 });
+  const streams = Array.from({ length: 4 }, (_, i) => streamCompletion(server.url, { prompt: `s${i}`, max_tokens: 500 }));
+  await Promise.all(streams.map((s) => s.firstChunk));
+  for (const s of streams) {
+    const r = await s.done;
+    assert.equal(r.status, 200);
+    assert.equal(endedCleanly(r.events, 1), 'engine_unavailable');
+  }
+  // Dead for good: answered at once, not after a timeout.
+  const started = Date.now();
+  const [health, fresh] = await Promise.all([get(server.url, '/health').catch(() => 0), streamCompletion(server.url, { prompt: 'x' }).done.catch(() => null)]);
+  assert.ok(Date.now() - started < 1000);
+  assert.ok(health === 503 || health === 0, `health ${health}`); // 0: the process already exited
+  if (fresh) assert.equal(fresh.status, 503);
+  assert.equal(await server.exited, 1, 'a supervisor restarts a dead server');
+  const fatal = server.logs.find((l) => l.level === 60);
+  assert.match(String(fatal?.reason), /the engine worker exited \(code 3\)/);
+});
+
+test('steps failing again and again: after --max-step-failures the engine is dead and the process exits 1', async (t) => {
+  const server = await spawnServer(t, ['--max-step-failures', '3'], { failFrom: 5 });
+  const ok = await streamCompletion(server.url, { prompt: 'a', max_tokens: 4 }).done;
+  assert.equal(endedCleanly(ok.events, 1), 'complete');
+  const outcomes = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await streamCompletion(server.url, { prompt: `f${i}`, max_tokens: 4 }).done;
+    outcomes.push(r.status === 200 ? endedCleanly(r.events, 1) : `${r.status}`);
+  }
+  // Each failed step fails its own request (a 500 before the stream starts, or an error event);
+  // the third in a row kills the engine.
+  assert.deepEqual(outcomes.slice(0, 2).map((o) => ['500', 'internal_error'].includes(o)), [true, true], JSON.stringify(outcomes));
+  assert.equal(await server.exited, 1);
+  assert.match(String(server.logs.find((l) => l.level === 60)?.reason), /3 model steps failed in a row/);
 });

@@ -3,36 +3,35 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import OpenAI from 'openai';
-import { FakeEngine, fakeText, makeApp } from './helpers/fake-engine.js';
+import { MODEL, greedy, serveTest, spyOn } from './helpers/serving.js';
 
-const MODEL = 'fake-gpt2';
 const KEY = 'sk-client-test';
 
 async function serve(t: { after: (fn: () => Promise<unknown>) => void }) {
-  const engine = new FakeEngine();
-  const app = makeApp(engine, { apiKey: KEY });
+  const { app, engine } = await serveTest(t, { config: { apiKey: KEY } });
+  const spy = spyOn(engine);
   await app.listen({ host: '127.0.0.1', port: 0 });
-  t.after(() => app.close());
   const { port } = app.server.address() as AddressInfo;
   const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: KEY, maxRetries: 0 });
-  return { engine, app, client, port };
+  return { engine: spy, app, client, port };
 }
 
 test('openai client: completions.create (non-streaming)', async (t) => {
   const { client, engine } = await serve(t);
-  const completion = await client.completions.create({ model: MODEL, prompt: 'Hello', max_tokens: 5, n: 2, logprobs: 1, seed: 7 });
+  const completion = await client.completions.create({ model: MODEL, prompt: 'Hello world', max_tokens: 5, n: 2, logprobs: 1, seed: 7, temperature: 0 });
+  const { text } = await greedy('Hello world', 5);
   assert.equal(completion.object, 'text_completion');
   assert.equal(completion.model, MODEL);
   assert.match(completion.id, /^cmpl-/);
   assert.deepEqual(
     completion.choices.map((c) => [c.index, c.text, c.finish_reason]),
     [
-      [0, fakeText(5, 0, 5), 'length'],
-      [1, fakeText(5, 1, 5), 'length'],
+      [0, text, 'length'],
+      [1, text, 'length'],
     ],
   );
   assert.equal(completion.choices[0]!.logprobs?.tokens?.length, 5);
-  assert.deepEqual(completion.usage, { prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 });
+  assert.deepEqual(completion.usage, { prompt_tokens: 2, completion_tokens: 10, total_tokens: 12 });
   assert.equal(engine.submitted[0]!.params.seed, 7);
 });
 
@@ -42,6 +41,7 @@ test('openai client: completions.create streaming, with usage', async (t) => {
     model: MODEL,
     prompt: 'A',
     max_tokens: 6,
+    temperature: 0,
     stream: true,
     stream_options: { include_usage: true },
   });
@@ -57,7 +57,7 @@ test('openai client: completions.create streaming, with usage', async (t) => {
     }
     if (chunk.usage) usage = chunk.usage;
   }
-  assert.equal(text, 'abcdef');
+  assert.equal(text, (await greedy('A', 6)).text);
   assert.equal(finish, 'length');
   assert.equal(chunks, 8);
   assert.deepEqual(usage, { prompt_tokens: 1, completion_tokens: 6, total_tokens: 7 });

@@ -182,3 +182,64 @@ test('forks beyond max_num_seqs wait in the queue and recompute instead of overf
   const plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count]), [[1, 6, 1], [2, 0, 6]]);
 });
+
+test('a paused sequence takes no part in steps, keeps its blocks, and resumes where it was', () => {
+  const s = make({ blocks: 16 });
+  const a = seq('a', 5);
+  const b = seq('b', 3);
+  s.add(a);
+  s.add(b);
+  runStep(s);
+  s.pause('a');
+  assert.ok(s.hasWork(), 'b still runs');
+  let plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['b']);
+  assert.equal(a.blocks.length, 2, 'a keeps its blocks while memory allows');
+  assert.equal(s.pausedCount, 1);
+  s.pause('b');
+  assert.equal(s.hasWork(), false, 'nothing to step while everything is paused');
+  assert.equal(s.schedule().rows.length, 0);
+  s.resume('a');
+  plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.start, r.count]), [['a', 5, 1]]);
+});
+
+test('paused sequences are preempted first: for a growing sequence, and for the head of the queue', () => {
+  // 4 blocks of 4 tokens. a (3 tokens) and b (4) run a block each; b pauses.
+  const s = make({ blocks: 4 });
+  const a = seq('a', 3);
+  const b = seq('b', 4);
+  s.add(a);
+  s.add(b);
+  runStep(s);
+  s.pause('b');
+  runStep(s); // a: 5 tokens, 4 of them cached in its one block
+  const c = seq('c', 8);
+  s.add(c);
+  // a grows into a second block (1 left), c needs 2: b (paused) is preempted for it, not a.
+  let plan = runStep(s);
+  assert.deepEqual(plan.preempted.map((q) => q.requestId), ['b']);
+  assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['a', 'c']);
+  assert.equal(b.status, 'waiting');
+  assert.equal(b.blocks.length, 0, "the paused sequence's blocks went back to the pool");
+  // Resumed, b waits at the front of the queue and recomputes once memory allows.
+  s.resume('b');
+  s.finish(c);
+  plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.start]), [['a', 5], ['b', 0]]);
+});
+
+test('a paused running sequence gives up its batch slot to the head of the queue', () => {
+  const s = make({ blocks: 16, maxNumSeqs: 1 });
+  const a = seq('a', 3);
+  const b = seq('b', 3);
+  s.add(a);
+  s.add(b);
+  runStep(s);
+  assert.equal(b.status, 'waiting', 'the batch holds one sequence');
+  s.pause('a');
+  const plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['b']);
+  assert.deepEqual(plan.preempted.map((q) => q.requestId), ['a']);
+  assert.equal(s.running.length, 1);
+});

@@ -1,14 +1,12 @@
-// The websocket protocol on /v1/completions/ws: frames, multiplexing, cancel, per-request errors,
-// malformed messages, close-cancels-all, ping/pong keep-alive, backpressure, auth.
+// The websocket protocol on /v1/completions/ws, on the real engine: frames, multiplexing, cancel,
+// per-request errors, malformed messages, close-cancels-all, ping/pong keep-alive, flow control,
+// frame limits, floods, auth.
 import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import WebSocket from 'ws';
 import type { ServerConfig } from '../src/config.js';
-import type { AppOptions } from '../src/server/app.js';
-import { FakeEngine, fakeText, makeApp, waitFor, type FakeEngineOptions } from './helpers/fake-engine.js';
-
-const MODEL = 'fake-gpt2';
+import { MODEL, greedy, gpt2Tokenizer, serveTest, spyOn, waitFor, type EngineSetup } from './helpers/serving.js';
 
 type Frame = {
   type: string;
@@ -79,21 +77,16 @@ function textOf(frames: Frame[], index = 0): string {
     .join('');
 }
 
-async function serve(
-  t: { after: (fn: () => Promise<unknown>) => void },
-  options: FakeEngineOptions = {},
-  config: Partial<ServerConfig> = {},
-  opts: AppOptions = {},
-) {
-  const engine = new FakeEngine(options);
-  const app = makeApp(engine, config, opts);
-  await app.listen({ host: '127.0.0.1', port: 0 });
+async function serve(t: { after: (fn: () => Promise<unknown>) => void }, setup: EngineSetup = {}, config: Partial<ServerConfig> = {}) {
   const clients: Client[] = [];
+  // Registered first so it runs last: the app and engine close after the clients are gone.
+  const server = await serveTest(t, { ...setup, config });
   t.after(async () => {
-    // Clients first: closing the app waits for open sockets (a paused one would hold it up).
     for (const c of clients) c.ws.terminate();
-    await app.close();
   });
+  const { app, engine } = server;
+  const spy = spyOn(engine);
+  await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;
   const url = `ws://127.0.0.1:${port}/v1/completions/ws`;
   const connect = async (o: WebSocket.ClientOptions = {}) => {
@@ -101,16 +94,18 @@ async function serve(
     clients.push(c);
     return c;
   };
-  return { engine, app, url, connect };
+  return { engine, spy, app, url, connect };
 }
 
 test('completion.create streams completion.chunk frames (the SSE chunk) then completion.done with usage', async (t) => {
   const { connect } = await serve(t);
   const c = await connect();
-  c.create('req-1', { prompt: 'A', max_tokens: 3, n: 2 });
+  c.create('req-1', { prompt: 'Hello world', max_tokens: 3, n: 2, temperature: 0 });
   const frames = await c.finished('req-1');
   const chunk = frames[0]!;
   assert.deepEqual(Object.keys(chunk), ['type', 'id', 'completion_id', 'object', 'created', 'model', 'system_fingerprint', 'choices']);
+  const { ids, text } = await greedy('Hello world', 3);
+  const tok = await gpt2Tokenizer();
   assert.deepEqual(chunk, {
     type: 'completion.chunk',
     id: 'req-1',
@@ -119,31 +114,31 @@ test('completion.create streams completion.chunk frames (the SSE chunk) then com
     created: 1_700_000_000,
     model: MODEL,
     system_fingerprint: chunk.system_fingerprint,
-    choices: [{ text: 'a', index: 0, logprobs: null, finish_reason: null }],
+    choices: [{ text: tok.decode(ids.slice(0, 1)), index: 0, logprobs: null, finish_reason: null }],
   });
-  assert.equal(textOf(frames, 0), 'abc');
-  assert.equal(textOf(frames, 1), 'bcd');
+  assert.equal(textOf(frames, 0), text);
+  assert.equal(textOf(frames, 1), text);
   const finals = frames.filter((f) => f.type === 'completion.chunk' && f.choices![0]!.finish_reason === 'length');
   assert.equal(finals.length, 2);
   assert.deepEqual(frames.at(-1), {
     type: 'completion.done',
     id: 'req-1',
     completion_id: 'cmpl-test',
-    usage: { prompt_tokens: 1, completion_tokens: 6, total_tokens: 7 },
+    usage: { prompt_tokens: 2, completion_tokens: 6, total_tokens: 8 },
   });
 });
 
 test('many ids in flight on one socket are multiplexed', async (t) => {
-  const { connect } = await serve(t, { tokenDelayMs: 5 });
+  const { connect } = await serve(t, { worker: true, runner: { stepDelayMs: 3 } });
   const c = await connect();
-  c.create('x', { prompt: 'A', max_tokens: 10 });
-  c.create('y', { prompt: 'BB', max_tokens: 10, echo: true });
-  c.create('z', { prompt: ['A', 'BB'], max_tokens: 2 });
+  c.create('x', { prompt: 'A', max_tokens: 40, temperature: 0 });
+  c.create('y', { prompt: 'Hello world', max_tokens: 10, echo: true, temperature: 0 });
+  c.create('z', { prompt: ['A', 'Hello world'], max_tokens: 2, temperature: 0 });
   const [x, y, z] = await Promise.all([c.finished('x'), c.finished('y'), c.finished('z')]);
-  assert.equal(textOf(x), fakeText(1, 0, 10));
-  assert.equal(textOf(y), 'BB' + fakeText(2, 0, 10));
-  assert.equal(textOf(z, 0), fakeText(1, 0, 2));
-  assert.equal(textOf(z, 1), fakeText(2, 0, 2));
+  assert.equal(textOf(x), (await greedy('A', 40)).text);
+  assert.equal(textOf(y), 'Hello world' + (await greedy('Hello world', 10)).text);
+  assert.equal(textOf(z, 0), (await greedy('A', 2)).text);
+  assert.equal(textOf(z, 1), (await greedy('Hello world', 2)).text);
   assert.equal(new Set([x.at(-1)!.completion_id, y.at(-1)!.completion_id, z.at(-1)!.completion_id]).size, 3);
   // The streams really interleaved: y's first chunk came before x was done.
   const firstY = c.frames.findIndex((f) => f.id === 'y' && f.type === 'completion.chunk');
@@ -152,24 +147,25 @@ test('many ids in flight on one socket are multiplexed', async (t) => {
 });
 
 test('completion.cancel stops the request in the engine and ends it with a cancelled done frame', async (t) => {
-  const { engine, connect } = await serve(t, { tokenDelayMs: 20 });
+  const { spy, engine, connect } = await serve(t, { worker: true, runner: { stepDelayMs: 10 } });
   const c = await connect();
-  c.create('long', { prompt: 'A', max_tokens: 60 });
-  c.create('other', { prompt: 'A', max_tokens: 5 });
+  c.create('long', { prompt: 'A', max_tokens: 500 });
+  c.create('other', { prompt: 'A', max_tokens: 5, temperature: 0 });
   await c.frame((f) => f.id === 'long' && f.type === 'completion.chunk');
   c.send({ type: 'completion.cancel', id: 'long' });
   const frames = await c.finished('long');
   const done = frames.at(-1)!;
   assert.equal(done.type, 'completion.done');
   assert.equal(done.cancelled, true);
-  assert.ok(done.usage!.completion_tokens < 60);
-  assert.ok(engine.cancelled.includes('cmpl-test-0'));
+  assert.ok(done.usage!.completion_tokens < 500);
+  assert.ok(spy.cancelled.includes('cmpl-test-0'));
   // The other request and the socket carry on.
   const other = await c.finished('other');
-  assert.equal(textOf(other), 'abcde');
-  assert.ok(!engine.cancelled.includes('cmpl-test1-0'));
+  assert.equal(textOf(other), (await greedy('A', 5)).text);
+  assert.ok(!spy.cancelled.includes('cmpl-test1-0'));
   await new Promise((r) => setTimeout(r, 60));
   assert.equal(c.frames.filter((f) => f.id === 'long').length, frames.length, 'nothing after the done frame');
+  await waitFor(() => engine.stats().kvBlocksUsed === 0, 1000, 'memory freed');
 });
 
 test('cancelling an unknown id is an error frame; the socket stays open', async (t) => {
@@ -187,35 +183,46 @@ test('cancelling an unknown id is an error frame; the socket stays open', async 
 });
 
 test('per-request errors are error frames with the request id and leave the socket open', async (t) => {
-  const { connect } = await serve(t, { errorOn: (r) => (r.promptTokens[0] === 66 ? { code: 'overloaded', message: 'full' } : undefined) });
+  const { connect } = await serve(t, {}, { maxConcurrentRequests: 1 });
   const c = await connect();
-  c.create('bad-temp', { prompt: 'A', temperature: 5 });
-  c.create('bad-model', { prompt: 'A', model: 'gpt-4' });
-  c.create('too-long', { prompt: 'A'.repeat(60) });
+  const invalid: Array<[string, Record<string, unknown>]> = [
+    ['bad-temp', { prompt: 'A', temperature: 5 }],
+    ['bad-model', { prompt: 'A', model: 'gpt-4' }],
+    ['too-long', { prompt: Array(1020).fill(11) }],
+    ['best-of', { prompt: 'A', best_of: 2 }],
+  ];
+  const errors = [];
+  // One at a time: with a limit of 1, a request is admitted (and counted) before it is validated.
+  for (const [id, body] of invalid) {
+    c.create(id, body);
+    errors.push((await c.finished(id)).at(-1)!);
+  }
+  c.create('running', { prompt: 'A', max_tokens: 300 });
+  await c.frame((f) => f.id === 'running' && f.type === 'completion.chunk');
   c.create('busy', { prompt: 'B' });
-  c.create('best-of', { prompt: 'A', best_of: 2 });
-  const errors = await Promise.all(['bad-temp', 'bad-model', 'too-long', 'busy', 'best-of'].map(async (id) => (await c.finished(id)).at(-1)!));
+  errors.push((await c.finished('busy')).at(-1)!);
   assert.deepEqual(
     errors.map((f) => [f.type, f.id, f.error!.code, f.error!.param]),
     [
       ['error', 'bad-temp', 'invalid_value', 'temperature'],
       ['error', 'bad-model', 'model_not_found', 'model'],
       ['error', 'too-long', 'context_length_exceeded', 'prompt'],
-      ['error', 'busy', 'overloaded', null],
       ['error', 'best-of', 'unsupported_parameter', 'best_of'],
+      ['error', 'busy', 'overloaded', null],
     ],
   );
   assert.equal(errors[0]!.error!.message, '`temperature`: must be <= 2');
-  c.create('fine', { prompt: 'A', max_tokens: 2 });
-  assert.equal(textOf(await c.finished('fine')), 'ab');
+  assert.equal((await c.finished('running')).at(-1)!.type, 'completion.done');
+  c.create('fine', { prompt: 'A', max_tokens: 2, temperature: 0 });
+  assert.equal(textOf(await c.finished('fine')), (await greedy('A', 2)).text);
 });
 
 test('an error after streaming began ends that id with an error frame', async (t) => {
-  const { connect } = await serve(t, { errorOn: () => ({ code: 'internal_error', message: 'secret', afterSteps: 2 }) });
+  const { connect } = await serve(t, { runner: { failRuns: [2] } });
   const c = await connect();
-  c.create('e', { prompt: 'A', max_tokens: 10 });
+  c.create('e', { prompt: 'Hello world', max_tokens: 10, temperature: 0 });
   const frames = await c.finished('e');
-  assert.equal(textOf(frames), 'ab');
+  assert.equal(textOf(frames), (await greedy('Hello world', 2)).text);
   assert.deepEqual(frames.at(-1)!.error, {
     message: 'The engine failed while processing the request',
     type: 'server_error',
@@ -249,35 +256,33 @@ test('malformed messages get error frames (id null when unknown) and the socket 
 });
 
 test('reusing an id that is still in flight is an error; the original request continues', async (t) => {
-  const { connect } = await serve(t, { tokenDelayMs: 5 });
+  const { connect } = await serve(t, { worker: true, runner: { stepDelayMs: 5 } });
   const c = await connect();
-  c.create('dup', { prompt: 'A', max_tokens: 10 });
+  c.create('dup', { prompt: 'A', max_tokens: 10, temperature: 0 });
   c.create('dup', { prompt: 'A', max_tokens: 1 });
   const err = await c.frame((f) => f.type === 'error');
   assert.equal(err.error!.code, 'duplicate_id');
   await c.frame((f) => f.id === 'dup' && f.type === 'completion.done');
-  assert.equal(textOf(c.frames.filter((f) => f.id === 'dup')), fakeText(1, 0, 10));
+  assert.equal(textOf(c.frames.filter((f) => f.id === 'dup')), (await greedy('A', 10)).text);
   // Once finished, the id can be used again.
   c.create('dup', { prompt: 'A', max_tokens: 1 });
   await waitFor(() => c.frames.filter((f) => f.id === 'dup' && f.type === 'completion.done').length === 2);
 });
 
-test('closing the socket cancels all of its requests in the engine, even before their first token', async (t) => {
-  const { engine, connect } = await serve(t, { firstTokenDelayMs: 5000 });
+test('closing the socket cancels all of its requests in the engine, even those still queued', async (t) => {
+  const { spy, engine, connect } = await serve(t, { worker: true, runner: { stepDelayMs: 10 }, engine: { maxNumSeqs: 1 } });
   const c = await connect();
-  c.create('a', { prompt: 'A', max_tokens: 60 });
-  c.create('b', { prompt: 'A', max_tokens: 60, n: 2 });
-  await waitFor(() => engine.activeCount === 2, 2000, 'both running');
-  const before = Date.now();
+  c.create('a', { prompt: 'A', max_tokens: 500 });
+  c.create('b', { prompt: 'A', max_tokens: 500, n: 2 });
+  await waitFor(() => engine.stats().running === 1 && engine.stats().waiting === 1, 2000, 'one running, one queued');
   c.close();
-  await waitFor(() => engine.cancelled.length === 2, 1000, 'both cancelled');
-  assert.ok(Date.now() - before < 300);
-  assert.deepEqual([...engine.cancelled].sort(), ['cmpl-test-0', 'cmpl-test1-0']);
-  await waitFor(() => engine.activeCount === 0, 1000, 'engine idle');
+  await waitFor(() => spy.cancelled.length === 2, 1000, 'both cancelled');
+  assert.deepEqual([...spy.cancelled].sort(), ['cmpl-test-0', 'cmpl-test1-0']);
+  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 1000, 'engine idle');
 });
 
 test('keep-alive: app-level ping gets pong; protocol pings keep answering clients alive and drop silent ones', async (t) => {
-  const { connect } = await serve(t, {}, {}, { wsPingIntervalMs: 40 });
+  const { connect } = await serve(t, {}, { wsPingIntervalMs: 40 });
   const alive = await connect();
   alive.send({ type: 'ping', id: 'p1' });
   assert.deepEqual(await alive.frame((f) => f.type === 'pong'), { type: 'pong', id: 'p1' });
@@ -291,66 +296,74 @@ test('keep-alive: app-level ping gets pong; protocol pings keep answering client
   await alive.finished('still');
 });
 
-/** Resolves once `read()` has not changed for `quietMs`; returns the settled value. */
-async function plateau(read: () => number, quietMs: number, timeoutMs: number): Promise<number> {
-  let last = read();
-  let since = Date.now();
-  await waitFor(
-    () => {
-      const now = read();
-      if (now !== last || now === 0) {
-        last = now;
-        since = Date.now();
-      }
-      return Date.now() - since >= quietMs;
-    },
-    timeoutMs,
-    'output to stop being pulled',
-  );
-  return last;
-}
+// One 900-token prompt echoed with 20 logprobs to each of 16 choices: ~10 MB of frames before the
+// first generated token (see the SSE flow-control tests).
+const FLOOD = { prompt: Array(900).fill(11), n: 16, echo: true, logprobs: 20, max_tokens: 100, temperature: 0 };
 
-test('backpressure: a client that stops reading pauses its requests, and after the stall timeout is cut off', async (t) => {
-  // Each token is 20 KB of text; unbounded, this request would produce 200 MB of frames.
+test('flow control: a client that stops reading pauses its requests in the engine, and after the stall timeout is cut off', async (t) => {
   const hwm = 64 * 1024;
-  const { engine, app, connect } = await serve(t, { textRepeat: 20_000, contextLength: 100_000 }, {}, { wsHighWaterMark: hwm, stallTimeoutMs: 1500 });
+  const { spy, engine, app, connect } = await serve(t, { worker: true }, { wsHighWaterMark: hwm, stallTimeoutMs: 1500 });
   const c = await connect();
   const socket = (c.ws as unknown as { _socket: import('node:net').Socket })._socket;
   socket.pause();
-  c.create('flood', { prompt: 'A', max_tokens: 10_000 });
-  // Output stops being pulled once the OS socket buffers and the high-water mark are full ...
-  const pulled = () => engine.yielded.get('cmpl-test-0') ?? 0;
-  const atPause = await plateau(pulled, 200, 5000);
-  assert.ok(atPause < 2000, `pulled ${atPause} events of 10000`);
+  c.create('flood', FLOOD);
+  await waitFor(() => engine.stats().paused === 16, 15_000, 'every sequence paused in the engine');
   const [serverSide] = [...app.websocketServer.clients];
-  assert.ok(serverSide, 'server socket found');
-  assert.ok(serverSide.bufferedAmount > hwm, 'the pause is due to the send buffer');
-  assert.ok(serverSide.bufferedAmount <= hwm + 25_000, `server buffers at most the mark plus one frame (${serverSide.bufferedAmount})`);
+  assert.ok(serverSide!.bufferedAmount > hwm, 'the pause is due to the send buffer');
+  const delivered = () => spy.delivered.get('cmpl-test-0')!.length;
+  const atPause = delivered();
+  const steps = engine.stats().steps;
   await new Promise((r) => setTimeout(r, 300));
-  assert.equal(pulled(), atPause, 'no engine output is pulled while the client is not reading');
-  assert.equal(engine.cancelled.length, 0, 'a pause shorter than the stall timeout cancels nothing');
+  assert.equal(engine.stats().steps, steps, 'no step runs while the client is not reading');
+  assert.ok(delivered() - atPause <= 32, 'output after the pause is bounded by a step or two');
+  assert.equal(spy.cancelled.length, 0, 'a pause shorter than the stall timeout cancels nothing');
   // ... and a client that never resumes is cut off: its request is cancelled in the engine.
-  await waitFor(() => engine.cancelled.includes('cmpl-test-0'), 3000, 'stalled request cancelled');
-  assert.equal(engine.activeCount, 0);
+  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 3000, 'stalled request cancelled');
+  await waitFor(() => engine.stats().running === 0, 1000, 'engine idle');
+  assert.equal(engine.stats().kvBlocksUsed, 0);
   socket.resume();
   await waitFor(() => c.closed, 3000, 'socket closed by the server');
   assert.ok(!c.frames.some((f) => f.type === 'completion.done'), 'the flood never completed');
 });
 
-test('backpressure: a slow reader that resumes before the stall timeout gets everything', async (t) => {
-  const { engine, connect } = await serve(t, { textRepeat: 20_000, contextLength: 10_000 }, {}, { wsHighWaterMark: 64 * 1024, stallTimeoutMs: 5000 });
+test('flow control: a slow reader that resumes before the stall timeout gets everything', async (t) => {
+  const { spy, engine, connect } = await serve(t, { worker: true }, { wsHighWaterMark: 64 * 1024, stallTimeoutMs: 20_000 });
   const c = await connect();
   const socket = (c.ws as unknown as { _socket: import('node:net').Socket })._socket;
   socket.pause();
-  c.create('slow', { prompt: 'A', max_tokens: 1000 });
-  const paused = await plateau(() => engine.yielded.get('cmpl-test-0') ?? 0, 200, 5000);
-  assert.ok(paused < 1000, 'paused before the end');
+  c.create('slow', FLOOD);
+  await waitFor(() => engine.stats().paused === 16, 15_000, 'paused');
   socket.resume();
-  const frames = await c.finished('slow', 15_000);
+  const frames = await c.finished('slow', 30_000);
   assert.equal(frames.at(-1)!.type, 'completion.done');
-  assert.equal(frames.at(-1)!.usage!.completion_tokens, 1000);
-  assert.equal(textOf(frames).length, 1000 * 20_000);
-  assert.equal(engine.cancelled.length, 0);
+  assert.equal(frames.at(-1)!.usage!.completion_tokens, 1600);
+  const tok = await gpt2Tokenizer();
+  const want = tok.decode(FLOOD.prompt) + (await greedy(FLOOD.prompt, 100)).text;
+  for (let i = 0; i < 16; i++) assert.equal(textOf(frames, i), want);
+  assert.equal(spy.cancelled.length, 0);
+});
+
+test('a flood of completion.create frames from a client that does not read is bounded: excess is refused, reading stops', async (t) => {
+  const { spy, engine, app, connect } = await serve(t, { worker: true }, { wsHighWaterMark: 64 * 1024, maxConcurrentRequests: 8, stallTimeoutMs: 2000 });
+  const c = await connect();
+  const socket = (c.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  socket.pause();
+  for (let i = 0; i < 5000; i++) c.create(`f${i}`, { prompt: 'flood', max_tokens: 200, logprobs: 20 });
+  await waitFor(() => spy.submitted.length === 8, 5000, 'the first 8 admitted');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(spy.submitted.length, 8, 'never more than --max-concurrent-requests in flight');
+  const [serverSide] = [...app.websocketServer.clients];
+  assert.ok(serverSide!.bufferedAmount < 4 * 1024 * 1024, `the server buffers a bounded amount (${serverSide!.bufferedAmount} bytes)`);
+  await waitFor(() => c.closed || engine.stats().running === 0, 5000, 'the stalled flooder to be cut off');
+  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 2000, 'engine idle');
+});
+
+test('a frame over --max-body-bytes closes the socket with 1009', async (t) => {
+  const { connect } = await serve(t, {}, { maxBodyBytes: 4096 });
+  const c = await connect();
+  c.create('big', { prompt: 'x'.repeat(10_000) });
+  await waitFor(() => c.closed, 2000, 'socket closed');
+  assert.equal(c.closeCode, 1009);
 });
 
 test('the websocket requires the API key when one is set', async (t) => {
@@ -363,16 +376,16 @@ test('the websocket requires the API key when one is set', async (t) => {
 });
 
 test('new requests on a socket get a 503-style error frame while the server drains', async (t) => {
-  const { app, connect } = await serve(t, { tokenDelayMs: 10 });
+  const { app, connect } = await serve(t, { worker: true, runner: { stepDelayMs: 10 } });
   const c = await connect();
-  c.create('before', { prompt: 'A', max_tokens: 20 });
-  await c.frame((f) => f.id === 'before');
+  c.create('before', { prompt: 'A', max_tokens: 20, temperature: 0 });
+  await c.frame((f) => f.id === 'before' && f.type === 'completion.chunk');
   const drained = app.drain({ timeoutMs: 3000 });
   c.create('during', { prompt: 'A', max_tokens: 1 });
   const err = (await c.finished('during')).at(-1)!;
   assert.equal(err.error!.code, 'shutting_down');
   const before = await c.finished('before');
-  assert.equal(textOf(before), fakeText(1, 0, 20));
+  assert.equal(textOf(before), (await greedy('A', 20)).text);
   await drained;
 });
 

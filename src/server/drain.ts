@@ -25,7 +25,9 @@ export async function drain(app: FastifyInstance, timeoutMs: number): Promise<vo
     await state.waitIdle(1000);
   }
   state.phase = 'stopped';
-  if (state.inflightRequests > 0) app.server.closeAllConnections?.();
+  // Every response is written or abandoned by now; a keep-alive connection (or a client that
+  // never read its last bytes) must not hold the exit for Fastify's 72 s keep-alive timeout.
+  app.server.closeAllConnections?.();
   // Websockets get a close frame (1001 "going away"); one that does not close within a second
   // (a client that stopped reading) is terminated rather than holding up the exit.
   const wss = app.websocketServer;

@@ -59,6 +59,7 @@ export async function serveTest(t: After, setup: EngineSetup & { config?: Partia
   const engine = await startTestEngine(setup);
   const app = makeApp(engine, setup.config, setup.app);
   t.after(async () => {
+    app.server.closeAllConnections(); // clients a test left hanging
     await app.close();
     await engine.shutdown();
   });

@@ -84,18 +84,16 @@ export async function resolveCompletionRequest(
     if (typeof p !== 'string') checkTokenIds(p, model.vocabSize, singleIdList ? 'prompt' : `prompt[${i}]`, 'prompt');
   });
 
+  const minTokens = body.min_tokens ?? 0;
+  if (body.max_tokens !== null) checkMinTokens(minTokens, body.max_tokens ?? DEFAULT_MAX_TOKENS);
+
   const tokenized = await tokenizePrompts(raw, engine, echo);
   const prompts: ResolvedPrompt[] = tokenized.map((p, i) => ({
     ...p,
     maxTokens: checkLength(model, p.tokens.length, body.max_tokens, where(i), false),
   }));
 
-  const minTokens = body.min_tokens ?? 0;
-  for (const p of prompts) {
-    if (minTokens > p.maxTokens) {
-      throw new ApiError('invalid_value', `\`min_tokens\`: must be <= \`max_tokens\` (${p.maxTokens})`, 'min_tokens');
-    }
-  }
+  for (const p of prompts) checkMinTokens(minTokens, p.maxTokens);
 
   const topK = body.top_k ?? 0;
   return {
@@ -167,6 +165,10 @@ function checkLength(model: ModelInfo, promptTokens: number, maxTokensField: num
     );
   }
   return maxTokens;
+}
+
+function checkMinTokens(minTokens: number, maxTokens: number): void {
+  if (minTokens > maxTokens) throw new ApiError('invalid_value', `\`min_tokens\`: must be <= \`max_tokens\` (${maxTokens})`, 'min_tokens');
 }
 
 function checkTokenIds(ids: number[], vocabSize: number, field: string, param = field): void {

@@ -70,6 +70,7 @@ export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
+    res.flushHeaders(); // the client learns now that its request is queued, not at the first token
     let errorCode: string | undefined;
     let stalled = false;
     const guard = new StallGuard(app.config.stallTimeoutMs, {
