@@ -344,17 +344,32 @@ test('flow control: a slow reader that resumes before the stall timeout gets eve
 });
 
 test('a flood of completion.create frames from a client that does not read is bounded: excess is refused, reading stops', async (t) => {
-  const { spy, engine, app, connect } = await serve(t, { worker: true }, { wsHighWaterMark: 64 * 1024, maxConcurrentRequests: 8, stallTimeoutMs: 2000 });
+  const hwm = 64 * 1024;
+  const { spy, engine, app, connect } = await serve(t, { worker: true }, { wsHighWaterMark: hwm, maxConcurrentRequests: 8, stallTimeoutMs: 2000 });
   const c = await connect();
   const socket = (c.ws as unknown as { _socket: import('node:net').Socket })._socket;
   socket.pause();
-  for (let i = 0; i < 5000; i++) c.create(`f${i}`, { prompt: 'flood', max_tokens: 200, logprobs: 20 });
-  await waitFor(() => spy.submitted.length === 8, 5000, 'the first 8 admitted');
-  await new Promise((r) => setTimeout(r, 500));
-  assert.equal(spy.submitted.length, 8, 'never more than --max-concurrent-requests in flight');
-  const [serverSide] = [...app.websocketServer.clients];
-  assert.ok(serverSide!.bufferedAmount < 4 * 1024 * 1024, `the server buffers a bounded amount (${serverSide!.bufferedAmount} bytes)`);
-  await waitFor(() => c.closed || engine.stats().running === 0, 5000, 'the stalled flooder to be cut off');
+  // 40,000 requests whose refusals (~250 bytes each, 10 MB) outgrow the loopback socket buffers.
+  const sent = 40_000;
+  for (let i = 0; i < sent; i++) c.create(`f${i}`, { prompt: 'flood', max_tokens: 5 });
+  const [serverSide] = await (async () => {
+    await waitFor(() => app.websocketServer.clients.size === 1, 1000, 'server socket');
+    return [...app.websocketServer.clients];
+  })();
+  // The server stops reading once its send buffer passes the mark, so it stops producing too.
+  // (The client reads nothing, so it only learns of the close when it reads again: watch the server.)
+  let peak = 0;
+  await waitFor(
+    () => {
+      peak = Math.max(peak, serverSide!.bufferedAmount);
+      return app.websocketServer.clients.size === 0;
+    },
+    20_000,
+    'the flooder to be cut off after the stall timeout',
+  );
+  assert.ok(peak > hwm, `the send buffer passed the mark (peak ${peak})`);
+  assert.ok(peak < hwm + 512 * 1024, `and stayed within the mark plus one read batch (peak ${peak} bytes)`);
+  assert.ok(spy.submitted.length < sent / 100, `most of the flood was refused or never read (${spy.submitted.length} submitted)`);
   await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 2000, 'engine idle');
 });
 
