@@ -576,7 +576,7 @@ test('deploy/: manifests parse as YAML 1.1; kubectl apply -f deploy/ and -k depl
   }
 });
 
-test('deploy/deployment.yaml: GPU, resources, port, /health probes, read-only model volume and a grace period longer than the drain', () => {
+test('deploy/deployment.yaml: GPU, resources, port, /health and /ready probes, read-only model volume and a grace period longer than the drain', () => {
   const deployment = theObject('Deployment', 'deploy/deployment.yaml');
   const pod = deployment.spec.template.spec;
   const containers = podContainers(deployment);
@@ -591,12 +591,13 @@ test('deploy/deployment.yaml: GPU, resources, port, /health probes, read-only mo
   assert.equal(http.containerPort, DEFAULT_PORT, 'containerPort vs the server default port');
   assert.equal(config.port, DEFAULT_PORT, 'GPT2_PORT vs containerPort');
 
-  // Probes on /health at the server's port, with room for the model to load.
+  // Probes at the server's port, with room for the model to load: readiness on /ready (which also
+  // says "at capacity"), liveness and startup on /health.
   for (const kind of ['readinessProbe', 'livenessProbe', 'startupProbe']) {
     const probe = c[kind];
     if (kind === 'startupProbe' && probe === undefined) continue;
     assert.ok(probe?.httpGet, `${kind}: httpGet probe required`);
-    assert.equal(probe.httpGet.path, '/health', `${kind}: path`);
+    assert.equal(probe.httpGet.path, kind === 'readinessProbe' ? '/ready' : '/health', `${kind}: path`);
     assert.equal(resolvePort(c, probe.httpGet.port), DEFAULT_PORT, `${kind}: port`);
   }
   const startupBudget = c.startupProbe ? c.startupProbe.periodSeconds * c.startupProbe.failureThreshold : 0;
