@@ -223,6 +223,9 @@ function assertRun(m: RunMetrics, requests: number, outputTokens: number, prompt
   assert.equal(m.tpot_ms.count, requests);
   assert.ok(m.itl_ms.count > 0 && m.itl_ms.count <= requests * (outputTokens - 1));
   assert.ok(m.e2el_ms.median >= m.ttft_ms.median);
+  // /health was probed during the run, and every probe answered.
+  assert.ok(m.health_ms && m.health_ms.count > 0, 'health probes');
+  assert.equal(m.health_failures, 0);
 }
 
 function assertServersGone(result: BenchResult): void {
@@ -272,6 +275,7 @@ for (const transport of ['sse', 'ws'] as const) {
 
     assert.match(text, /Output token throughput \(tok\/s\):/);
     assert.match(text, /\| concurrency \| requests \| errors \|/);
+    assert.match(text, /\/health p50 \/ p99 \(ms\) \|/);
 
     // --from re-reports a saved result (tables, chart) without running anything.
     const svg2 = join(dir, 'again.svg');

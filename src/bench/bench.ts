@@ -7,6 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { makeTinyModel, PRESETS } from '../model/tiny.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
+import { startHealthProbe } from './health-probe.js';
 import { computeMetrics, type RunMetrics } from './metrics.js';
 import { parseBenchArgs, planRuns, USAGE, type BenchOptions, type RunPlan } from './options.js';
 import { makeProgress, type RunProgress } from './progress.js';
@@ -19,6 +20,8 @@ import { makeWorkload } from './workload.js';
 import { wsTransport } from './ws-client.js';
 
 export const BASELINE_ARGS = ['--max-num-seqs', '1'];
+/** /health is probed this often during every run (its latency is part of the report). */
+const HEALTH_PROBE_INTERVAL_MS = 100;
 
 export interface BenchIo {
   /** The report (stdout). */
@@ -137,14 +140,17 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         const label = `${t.role === 'baseline' ? 'max-num-seqs 1' : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
         const transport = await openTransport(opts.transport, transportOptions(t));
         io.progress.start(label, requests.length);
+        const probe = startHealthProbe(t.url, HEALTH_PROBE_INTERVAL_MS);
         let load;
+        let health;
         try {
           load = await runLoad(transport, { requests, concurrency: plan.concurrency, rate: plan.rate, seed: opts.seed }, (p) => io.progress.update(p));
         } finally {
+          health = await probe.stop();
           io.progress.stop();
           await transport.close();
         }
-        const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate });
+        const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate }, health);
         runs[t.role].push(m);
         io.out(`${runBlock(`${label} (${opts.transport.toUpperCase()})`, m)}\n`);
       }

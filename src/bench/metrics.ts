@@ -28,12 +28,17 @@ export interface RunMetrics {
   tpot_ms: Summary;
   itl_ms: Summary;
   e2el_ms: Summary;
+  /** GET /health latency while the run's load was on (absent in results made before it existed). */
+  health_ms?: Summary;
+  /** /health probes that failed (non-200 or no answer) during the run. */
+  health_failures?: number;
 }
 
 export function computeMetrics(
   results: readonly RequestResult[],
   durationMs: number,
   run: { concurrency: number | null; rate: number | null },
+  health?: { latenciesMs: number[]; failures: number },
 ): RunMetrics {
   const ok = results.filter((r) => r.ok);
   const failed = results.filter((r) => !r.ok);
@@ -61,5 +66,6 @@ export function computeMetrics(
     tpot_ms: summarize(tpots),
     itl_ms: summarize(itls),
     e2el_ms: summarize(ok.map((r) => r.e2eMs)),
+    ...(health ? { health_ms: summarize(health.latenciesMs), health_failures: health.failures } : {}),
   };
 }

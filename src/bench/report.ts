@@ -40,6 +40,8 @@ export function runBlock(title: string, m: RunMetrics): string {
     row('TPOT', m.tpot_ms),
     row('ITL', m.itl_ms),
     row('E2E', m.e2el_ms),
+    ...(m.health_ms ? [row('/health', m.health_ms)] : []),
+    ...(m.health_failures ? [kv('/health probes failed:', m.health_failures)] : []),
   ];
   return lines.join('\n');
 }
@@ -68,6 +70,7 @@ export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = n
     'TPOT p50 / p99 (ms)',
     'ITL p50 / p99 (ms)',
     'E2E p50 / p99 (ms)',
+    '/health p50 / p99 (ms)',
   ];
   if (speedups) header.push('speedup vs max-num-seqs 1');
   const rows = runs.map((m, i) => {
@@ -82,6 +85,7 @@ export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = n
       pair(m.tpot_ms),
       pair(m.itl_ms),
       pair(m.e2el_ms),
+      m.health_ms ? pair(m.health_ms) : '-',
     ];
     if (speedups) cells.push(speedups[i] ? `${f2(speedups[i]!.output_throughput_ratio)}x` : '-');
     return cells;
