@@ -7,14 +7,12 @@ import * as ort from 'onnxruntime-node';
 import type { KvPool } from './kv-cache.js';
 
 export interface KvFeed {
-  readonly name: string;
   /** Adds block_table and past_key_{l} / past_value_{l} to `feeds`. */
   addFeeds(feeds: Record<string, ort.Tensor>, table: BigInt64Array, dims: [number, number]): void;
 }
 
 /** CPU: the pool itself, zero-copy; tensors are built once and reused every step. */
 export class WholePoolFeed implements KvFeed {
-  readonly name = 'whole-pool';
   private readonly tensors: Record<string, ort.Tensor> = {};
 
   constructor(pool: KvPool) {
@@ -34,8 +32,6 @@ export class WholePoolFeed implements KvFeed {
 
 /** Devices without zero-copy inputs: only the blocks this batch reads, renumbered from 1. */
 export class UsedBlocksFeed implements KvFeed {
-  readonly name = 'used-blocks';
-
   constructor(private readonly pool: KvPool) {}
 
   addFeeds(feeds: Record<string, ort.Tensor>, table: BigInt64Array, dims: [number, number]): void {
