@@ -19,7 +19,9 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
 
 benchMain(process.argv.slice(2)).then(
   (result) => {
-    const failed = result ? result.runs.concat(result.baseline?.runs ?? []).some((m) => m.errors > 0) : false;
+    const runs = result ? result.runs.concat(result.baseline?.runs ?? []) : [];
+    // A failed request, a failed /health or /v1/models probe, or a huge prompt that was not refused.
+    const failed = runs.some((m) => m.errors + (m.health_failures ?? 0) + (m.models_failures ?? 0) + (m.hostile_unexpected ?? 0) > 0);
     process.exitCode = failed ? 1 : 0;
   },
   (err: unknown) => {

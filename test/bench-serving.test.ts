@@ -223,9 +223,11 @@ function assertRun(m: RunMetrics, requests: number, outputTokens: number, prompt
   assert.equal(m.tpot_ms.count, requests);
   assert.ok(m.itl_ms.count > 0 && m.itl_ms.count <= requests * (outputTokens - 1));
   assert.ok(m.e2el_ms.median >= m.ttft_ms.median);
-  // /health was probed during the run, and every probe answered.
+  // /health and /v1/models were probed during the run, and every probe answered.
   assert.ok(m.health_ms && m.health_ms.count > 0, 'health probes');
+  assert.ok(m.models_ms && m.models_ms.count > 0, 'models probes');
   assert.equal(m.health_failures, 0);
+  assert.equal(m.models_failures, 0);
 }
 
 function assertServersGone(result: BenchResult): void {
@@ -285,6 +287,16 @@ for (const transport of ['sse', 'ws'] as const) {
     assertWellFormed(readFileSync(svg2, 'utf8'));
   });
 }
+
+test('--hostile-prompt-bytes sends huge prompts during the run: every one is refused, the run is unaffected', { timeout: 60_000 }, async () => {
+  const model = await tinyModel();
+  const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '6', '--output-tokens', '32', '--prompt-tokens', '12', '--hostile-prompt-bytes', String(2 << 20)]);
+  const m = result.runs[0]!;
+  assertRun(m, 6, 32, 12);
+  assert.ok(m.hostile_refused! > 0, 'huge prompts were sent');
+  assert.equal(m.hostile_unexpected, 0, 'and every one was refused');
+  assert.match(out, /Huge prompts \(refused \/ not\):\s+\d+ \/ 0/);
+});
 
 test('--baseline runs the same workload with --max-num-seqs 1 and reports the speedup', { timeout: 60_000 }, async () => {
   const model = await tinyModel();

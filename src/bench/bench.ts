@@ -7,9 +7,9 @@ import { dirname, join, resolve } from 'node:path';
 import { makeTinyModel, PRESETS } from '../model/tiny.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
-import { startHealthProbe } from './health-probe.js';
-import { computeMetrics, type RunMetrics } from './metrics.js';
+import { computeMetrics, type RunMetrics, type RunProbes } from './metrics.js';
 import { parseBenchArgs, planRuns, USAGE, type BenchOptions, type RunPlan } from './options.js';
+import { startHostilePrompts, startProbe } from './probes.js';
 import { makeProgress, type RunProgress } from './progress.js';
 import { markdownTable, runBlock, runLabel, speedupLine, speedupsOf, type Speedup } from './report.js';
 import { startServer, type ServerHandle } from './server-process.js';
@@ -20,8 +20,8 @@ import { makeWorkload } from './workload.js';
 import { wsTransport } from './ws-client.js';
 
 export const BASELINE_ARGS = ['--max-num-seqs', '1'];
-/** /health is probed this often during every run (its latency is part of the report). */
-const HEALTH_PROBE_INTERVAL_MS = 100;
+/** /health and /v1/models are probed this often during every run (their latency is reported). */
+const PROBE_INTERVAL_MS = 100;
 
 export interface BenchIo {
   /** The report (stdout). */
@@ -140,17 +140,19 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         const label = `${t.role === 'baseline' ? 'max-num-seqs 1' : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
         const transport = await openTransport(opts.transport, transportOptions(t));
         io.progress.start(label, requests.length);
-        const probe = startHealthProbe(t.url, HEALTH_PROBE_INTERVAL_MS);
+        const health = startProbe(t.url, '/health', PROBE_INTERVAL_MS);
+        const models = startProbe(t.url, '/v1/models', PROBE_INTERVAL_MS, opts.apiKey);
+        const hostile = opts.hostilePromptBytes ? startHostilePrompts(t.url, model, opts.hostilePromptBytes, PROBE_INTERVAL_MS, opts.apiKey) : null;
         let load;
-        let health;
+        let probes: RunProbes;
         try {
           load = await runLoad(transport, { requests, concurrency: plan.concurrency, rate: plan.rate, seed: opts.seed }, (p) => io.progress.update(p));
         } finally {
-          health = await probe.stop();
+          probes = { health: await health.stop(), models: await models.stop(), hostile: (await hostile?.stop()) ?? null };
           io.progress.stop();
           await transport.close();
         }
-        const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate }, health);
+        const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate }, probes);
         runs[t.role].push(m);
         io.out(`${runBlock(`${label} (${opts.transport.toUpperCase()})`, m)}\n`);
       }
@@ -255,7 +257,10 @@ export async function benchMain(argv: string[], io?: Partial<BenchIo>): Promise<
     writeFile(opts.svg, chartOf(result));
     full.status(`wrote ${opts.svg}`);
   }
-  const errors = result.runs.concat(result.baseline?.runs ?? []).reduce((s, m) => s + m.errors, 0);
+  const all = result.runs.concat(result.baseline?.runs ?? []);
+  const errors = all.reduce((s, m) => s + m.errors, 0);
   if (errors > 0) full.status(`warning: ${errors} request(s) failed; see error_samples`);
+  const robustness = all.reduce((s, m) => s + (m.health_failures ?? 0) + (m.models_failures ?? 0) + (m.hostile_unexpected ?? 0), 0);
+  if (robustness > 0) full.status(`warning: ${robustness} probe(s) failed or huge prompt(s) not refused`);
   return result;
 }

@@ -2,6 +2,7 @@
 // throughputs over the run's duration from successful requests; TTFT, TPOT, ITL and E2E latency
 // summarized over successful requests; TPOT = (e2e - ttft) / (output tokens - 1) per request with
 // more than one output token; ITL pools every request's gaps.
+import type { HostileResult, ProbeResult } from './probes.js';
 import type { RequestResult } from './request-result.js';
 import { summarize, type Summary } from './stats.js';
 
@@ -32,13 +33,26 @@ export interface RunMetrics {
   health_ms?: Summary;
   /** /health probes that failed (non-200 or no answer) during the run. */
   health_failures?: number;
+  /** GET /v1/models latency while the run's load was on. */
+  models_ms?: Summary;
+  models_failures?: number;
+  /** With --hostile-prompt-bytes: huge prompts refused (400/413) and answered otherwise during the run. */
+  hostile_refused?: number;
+  hostile_unexpected?: number;
+}
+
+/** What the probes saw during a run (src/bench/probes.ts). */
+export interface RunProbes {
+  health: ProbeResult;
+  models: ProbeResult;
+  hostile: HostileResult | null;
 }
 
 export function computeMetrics(
   results: readonly RequestResult[],
   durationMs: number,
   run: { concurrency: number | null; rate: number | null },
-  health?: { latenciesMs: number[]; failures: number },
+  probes?: RunProbes,
 ): RunMetrics {
   const ok = results.filter((r) => r.ok);
   const failed = results.filter((r) => !r.ok);
@@ -66,6 +80,14 @@ export function computeMetrics(
     tpot_ms: summarize(tpots),
     itl_ms: summarize(itls),
     e2el_ms: summarize(ok.map((r) => r.e2eMs)),
-    ...(health ? { health_ms: summarize(health.latenciesMs), health_failures: health.failures } : {}),
+    ...(probes
+      ? {
+          health_ms: summarize(probes.health.latenciesMs),
+          health_failures: probes.health.failures,
+          models_ms: summarize(probes.models.latenciesMs),
+          models_failures: probes.models.failures,
+          ...(probes.hostile ? { hostile_refused: probes.hostile.refused, hostile_unexpected: probes.hostile.unexpected } : {}),
+        }
+      : {}),
   };
 }

@@ -32,6 +32,9 @@ Workload:
   --transport sse|ws         Server-Sent Events (default) or the websocket endpoint
   --api-key KEY              sent as a bearer token (default: $OPENAI_API_KEY, if set)
   --request-timeout-s S      a request unfinished after S seconds is an error (default 600)
+  --hostile-prompt-bytes N   during every run, also send completions with an N-byte prompt, one
+                             after another; each must be refused (400/413) while the streams and
+                             the /health and /v1/models probes carry on (e.g. 4194304)
 
 Output:
   --out FILE                 JSON: configuration, software versions, machine, every run
@@ -65,6 +68,8 @@ export interface BenchOptions {
   /** A saved result to report (and chart) instead of running. */
   from: string | null;
   progress: ProgressMode;
+  /** Size of the hostile prompts sent during every run; null: none. */
+  hostilePromptBytes: number | null;
 }
 
 export class UsageError extends Error {}
@@ -108,6 +113,7 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
         svg: { type: 'string' },
         from: { type: 'string' },
         progress: { type: 'string' },
+        'hostile-prompt-bytes': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -165,6 +171,7 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     svg: str('svg') ?? null,
     from: str('from') ?? null,
     progress: progress as ProgressMode,
+    hostilePromptBytes: str('hostile-prompt-bytes') === undefined ? null : intFlag('hostile-prompt-bytes', str('hostile-prompt-bytes')!, 1),
   };
 }
 

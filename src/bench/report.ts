@@ -41,7 +41,9 @@ export function runBlock(title: string, m: RunMetrics): string {
     row('ITL', m.itl_ms),
     row('E2E', m.e2el_ms),
     ...(m.health_ms ? [row('/health', m.health_ms)] : []),
-    ...(m.health_failures ? [kv('/health probes failed:', m.health_failures)] : []),
+    ...(m.models_ms ? [row('/models', m.models_ms)] : []),
+    ...(m.health_failures || m.models_failures ? [kv('Probes failed (/health, /models):', `${m.health_failures ?? 0}, ${m.models_failures ?? 0}`)] : []),
+    ...(m.hostile_refused !== undefined ? [kv('Huge prompts (refused / not):', `${m.hostile_refused} / ${m.hostile_unexpected}`)] : []),
   ];
   return lines.join('\n');
 }
@@ -71,6 +73,7 @@ export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = n
     'ITL p50 / p99 (ms)',
     'E2E p50 / p99 (ms)',
     '/health p50 / p99 (ms)',
+    '/v1/models p50 / p99 (ms)',
   ];
   if (speedups) header.push('speedup vs max-num-seqs 1');
   const rows = runs.map((m, i) => {
@@ -86,6 +89,7 @@ export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = n
       pair(m.itl_ms),
       pair(m.e2el_ms),
       m.health_ms ? pair(m.health_ms) : '-',
+      m.models_ms ? pair(m.models_ms) : '-',
     ];
     if (speedups) cells.push(speedups[i] ? `${f2(speedups[i]!.output_throughput_ratio)}x` : '-');
     return cells;
