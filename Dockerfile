@@ -30,17 +30,24 @@ COPY src ./src
 COPY scripts ./scripts
 RUN npm ci \
  && test -f dist/src/main.js || { echo "error: npm ci did not build dist/src/main.js" >&2; exit 1; }
-# Production dependencies only; onnxruntime-node's macOS and Windows binaries (~220 MB) go too.
+# Production dependencies only. onnxruntime-node ships binaries for every platform (~250 MB); the
+# image keeps its own platform's only (linux/x64 or linux/arm64, whichever this stage runs on).
 RUN npm prune --omit=dev \
- && rm -rf node_modules/onnxruntime-node/bin/napi-v6/darwin node_modules/onnxruntime-node/bin/napi-v6/win32 \
+ && ort=node_modules/onnxruntime-node/bin/napi-v6 \
+ && arch="$(node -p process.arch)" \
+ && test -f "$ort/linux/$arch/onnxruntime_binding.node" \
+ && find "$ort" -mindepth 1 -maxdepth 1 ! -name linux -exec rm -rf {} + \
+ && find "$ort/linux" -mindepth 1 -maxdepth 1 ! -name "$arch" -exec rm -rf {} + \
+ && test "$(ls "$ort")" = linux && test "$(ls "$ort/linux")" = "$arch" \
  && test -f dist/src/main.js \
- && test ! -e node_modules/typescript || { echo "error: npm prune --omit=dev failed" >&2; exit 1; }
+ && test ! -e node_modules/typescript || { echo "error: npm prune --omit=dev or the binary pruning failed" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 # cpu: the small CPU-only image (`docker build --target cpu`). Declared before the CUDA stages so
 # that even the legacy builder stops here without downloading the CUDA provider.
 FROM ${NODE_IMAGE} AS cpu
 ENV NODE_ENV=production \
+    ORT_DISABLE_TELEMETRY=1 \
     GPT2_MODEL=/models/gpt2 \
     GPT2_HOST=0.0.0.0 \
     GPT2_PORT=8000 \
@@ -77,6 +84,7 @@ RUN ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/in
 FROM ${CUDA_IMAGE} AS gpu
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 ENV NODE_ENV=production \
+    ORT_DISABLE_TELEMETRY=1 \
     GPT2_MODEL=/models/gpt2 \
     GPT2_HOST=0.0.0.0 \
     GPT2_PORT=8000 \

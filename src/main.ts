@@ -2,12 +2,14 @@
 // engine, listens, and drains gracefully on SIGTERM/SIGINT. Every setting has a flag and an
 // environment variable (src/config.ts); --help lists them.
 import { existsSync, realpathSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { ConfigError, configHelp, defaultBodyLimit, loadConfig, type ServerConfig } from './config.js';
-import { readManifest } from './model/manifest.js';
+import { ModelFolderError, readManifest } from './model/manifest.js';
+import { EngineStartError } from './engine/start-error.js';
 import type { EngineClient, EngineOptions } from './engine/types.js';
 import { buildApp } from './server/app.js';
 
@@ -66,6 +68,8 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     servedModelName: config.servedModelName,
     executionProvider: config.executionProvider,
     intraOpThreads: config.intraOpThreads,
+    // ONNX Runtime prints plain text to stderr; the log is JSON, so it speaks only when debugging.
+    ortLogLevel: config.logLevel === 'trace' ? 'verbose' : config.logLevel === 'debug' ? 'warning' : 'fatal',
     maxNumSeqs: config.maxNumSeqs,
     maxNumBatchedTokens: config.maxNumBatchedTokens,
     kvCacheTokens: config.kvCacheTokens,
@@ -100,7 +104,8 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
   const enginePromise = start(engineOptions(config, modelDir));
   const app = buildApp(enginePromise, { ...config, maxBodyBytes: config.maxBodyBytes ?? defaultBodyLimit(contextLength) }, { logger, defaultMetrics: true });
   deps.onApp?.(app);
-  const address = await app.listen({ host: config.host, port: config.port });
+  await app.listen({ host: config.host, port: config.port });
+  const address = listeningUrl(config.host, (app.server.address() as AddressInfo).port);
   logger.info({ address, modelDir }, 'listening; loading the model');
   let engine: EngineClient;
   try {
@@ -114,6 +119,11 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     'model loaded; serving',
   );
   return { app, engine, address };
+}
+
+/** What the server listens on, as a URL (0.0.0.0 stays 0.0.0.0: every interface, not just loopback). */
+export function listeningUrl(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
 /**
@@ -178,12 +188,19 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env,
     throw err;
   }
   const logger = deps.logger ?? pino({ level: config.logLevel });
+  // ONNX Runtime would otherwise try to upload telemetry (and print a plain-text warning into the
+  // JSON log where no CA bundle exists). Set before the engine loads the native library.
+  process.env.ORT_DISABLE_TELEMETRY ??= '1';
   try {
     // Signals while the model loads must drain too, so handlers go in as soon as the app exists.
     const serving = await serve(config, { ...deps, logger, onApp: (app) => installSignalHandlers(app, config, logger) });
     exitOnEngineDeath(serving, config, logger);
   } catch (err) {
-    logger.fatal({ err }, 'failed to start');
+    // A model folder or model that cannot be loaded is an operator's problem, not a bug: one line
+    // that says what to do, no stack.
+    if (err instanceof ModelFolderError) logger.fatal({ modelDir: err.dir, problem: err.problem }, err.message);
+    else if (err instanceof EngineStartError) logger.fatal({ modelDir: err.modelDir }, err.message);
+    else logger.fatal({ err }, 'failed to start');
     process.exit(1);
   }
 }

@@ -3,7 +3,7 @@
 // 0, or exit 1 when their engine dies, every admitted stream ending cleanly either way.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -58,14 +58,29 @@ test('a bad setting is one line on stderr and exit 2; so is an unknown command',
   assert.match(budget.stderr, /--max-num-batched-tokens \(32\) must be >= --max-num-seqs \(64\)/);
 });
 
-test('a folder that is not a model fails the start with one line saying what to do, exit 1', () => {
+test('a folder that cannot be served fails the start with one JSON line naming it, the problem and the fix; exit 1', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'gpt2-serve-empty-'));
+  const fatalOf = (res: ReturnType<typeof runMain>) => {
+    assert.equal(res.status, 1, res.stderr);
+    assert.equal(res.stderr, '', 'nothing outside the JSON log');
+    const lines = res.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const fatal = lines.filter((l) => l.level === 60);
+    assert.equal(fatal.length, 1, res.stdout);
+    assert.equal(fatal[0]!.err, undefined, 'no stack trace for an operator error');
+    return String(fatal[0]!.msg);
+  };
   try {
-    const res = runMain(['--model', dir, '--port', '0']);
-    assert.equal(res.status, 1);
-    const fatal = res.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.level === 60);
-    assert.ok(fatal, res.stdout + res.stderr);
-    assert.match(JSON.stringify(fatal), /not an exported model folder.*npm run export/);
+    assert.match(fatalOf(runMain(['--model', dir, '--port', '0'])), /cannot be served: it is not an exported model folder \(no manifest\.json\)\. Make a model folder there with `npm run download -- openai-community\/gpt2 --out .*` or `npm run export -- --checkpoint CHECKPOINT_DIR --out /);
+    // A real model folder that lost its tokenizer.json.
+    const model = path.join(dir, 'gpt2');
+    cpSync(await tinyModel(), model, { recursive: true });
+    rmSync(path.join(model, 'tokenizer.json'));
+    const msg = fatalOf(runMain(['--model', model, '--port', '0']));
+    assert.ok(msg.startsWith(`${model} cannot be served: tokenizer.json is missing.`), msg);
+    // A graph ONNX Runtime cannot load: the engine fails to start, still one line.
+    cpSync(path.join(await tinyModel(), 'tokenizer.json'), path.join(model, 'tokenizer.json'));
+    writeFileSync(path.join(model, 'model.onnx'), 'not a graph');
+    assert.match(fatalOf(runMain(['--model', model, '--port', '0'])), /^the model in .*gpt2 could not be loaded: /);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -243,6 +258,15 @@ test('SIGTERM during 32 streams: new work gets 503, every admitted stream comple
   );
   assert.equal(await server.exited, 0, server.stderr());
   assert.ok(server.logs.some((l) => l.msg === 'shutting down' && l.signal === 'SIGTERM'));
+  assert.equal(server.stderr(), '', 'every line the server printed was JSON on stdout');
+});
+
+test('the startup log names the address actually listened on (0.0.0.0 is not 127.0.0.1)', async (t) => {
+  const server = await spawnServer(t, ['--host', '0.0.0.0'], {});
+  assert.equal(server.url.hostname, '0.0.0.0');
+  assert.equal(await get(new URL(`http://127.0.0.1:${server.url.port}`), '/health'), 200);
+  server.kill('SIGTERM');
+  assert.equal(await server.exited, 0);
 });
 
 test('the engine worker exits mid-stream: streams end with an error event, new work and /health get 503 at once, the process exits 1', async (t) => {

@@ -13,6 +13,7 @@ import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
 import { EngineLoop, buildEngineCore, type EngineCommand } from './engine-loop.js';
 import { LivenessMonitor } from './liveness.js';
+import { EngineStartError } from './start-error.js';
 import type {
   EngineClient,
   EngineEvent,
@@ -159,7 +160,9 @@ export class InProcessEngine extends BaseEngineClient {
   private loop!: EngineLoop;
 
   static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<InProcessEngine> {
-    const { core, model, tokenizer } = await buildEngineCore(options, log);
+    const { core, model, tokenizer } = await buildEngineCore(options, log).catch((err: unknown) => {
+      throw new EngineStartError(options.modelDir, (err as Error).message);
+    });
     const engine = new InProcessEngine(model, new InlineCodec(tokenizer), options.stepTimeoutMs);
     engine.loop = new EngineLoop(core, (batch, heartbeat) => engine.deliver(batch, heartbeat), {
       log,
@@ -221,7 +224,7 @@ export class WorkerEngine extends BaseEngineClient {
     } catch (err) {
       void worker.terminate();
       void codecStart.then((c) => c.close(), () => {});
-      throw err;
+      throw new EngineStartError(options.modelDir, (err as Error).message);
     }
   }
 

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import type { ExecutionProviderChoice } from './types.js';
+import type { ExecutionProviderChoice, OrtLogLevel } from './types.js';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
@@ -17,6 +17,8 @@ export interface SessionResult {
 export interface SessionOptions {
   executionProvider: ExecutionProviderChoice;
   intraOpThreads: number;
+  /** ONNX Runtime's process-wide log level (default: its own, 'warning'). */
+  ortLogLevel?: OrtLogLevel;
   log: (msg: string) => void;
 }
 
@@ -27,6 +29,7 @@ export function cudaProviderPath(): string {
 }
 
 export async function createSession(modelFile: string, opts: SessionOptions): Promise<SessionResult> {
+  if (opts.ortLogLevel) ort.env.logLevel = opts.ortLogLevel;
   const base: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',

@@ -29,6 +29,7 @@ export async function createRunner(
     manifest: ctx.manifest,
     executionProvider: options.executionProvider,
     intraOpThreads: options.intraOpThreads,
+    ortLogLevel: options.ortLogLevel,
     numBlocks: ctx.numBlocks,
     blockSize: options.blockSize,
     log: ctx.log,

@@ -6,7 +6,7 @@ import type { Manifest } from '../model/manifest.js';
 import { KvPool, NULL_BLOCK } from './kv-cache.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
 import { createSession, type ExecutionProvider } from './ort-session.js';
-import type { ExecutionProviderChoice } from './types.js';
+import type { ExecutionProviderChoice, OrtLogLevel } from './types.js';
 
 export interface RunnerRow {
   /** Tokens to feed this step. */
@@ -143,6 +143,7 @@ export interface CreateRunnerOptions {
   manifest: Manifest;
   executionProvider: ExecutionProviderChoice;
   intraOpThreads: number;
+  ortLogLevel?: OrtLogLevel;
   numBlocks: number;
   blockSize: number;
   log: (msg: string) => void;

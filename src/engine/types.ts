@@ -215,6 +215,8 @@ export interface EngineClient {
 
 export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda';
 
+export type OrtLogLevel = 'verbose' | 'info' | 'warning' | 'error' | 'fatal';
+
 /** A module that builds the engine's model runner instead of ONNX Runtime (fault-injection tests). */
 export interface RunnerModuleSpec {
   /** URL of a module exporting `createRunner(context: RunnerContext): Promise<ModelRunner>`. */
@@ -231,6 +233,8 @@ export interface EngineOptions {
   executionProvider: ExecutionProviderChoice;
   /** 0 lets ONNX Runtime use one thread per core. */
   intraOpThreads: number;
+  /** ONNX Runtime's own logging (plain text on stderr): 'fatal' keeps it out of a JSON log. */
+  ortLogLevel?: OrtLogLevel;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
   kvCacheTokens: number;

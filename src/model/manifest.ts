@@ -35,31 +35,47 @@ export type Manifest = z.infer<typeof ManifestSchema>;
 
 export const KV_LAYOUT = 'per layer: past_key_{l}/past_value_{l} float32 [heads, pool_blocks, block_size, head_dim]';
 
-/** Reads and checks a model folder's manifest; the error says what to do about a bad folder. */
+/**
+ * A model folder that cannot be served. The message is one line: the folder, what is missing or
+ * wrong, and the command that makes a good folder.
+ */
+export class ModelFolderError extends Error {
+  constructor(
+    readonly dir: string,
+    readonly problem: string,
+  ) {
+    super(
+      `${dir} cannot be served: ${problem}. Make a model folder there with ` +
+        `\`npm run download -- openai-community/gpt2 --out ${dir}\` or \`npm run export -- --checkpoint CHECKPOINT_DIR --out ${dir}\``,
+    );
+    this.name = 'ModelFolderError';
+  }
+}
+
+/** Reads and checks a model folder's manifest and files; throws ModelFolderError. */
 export function readManifest(dir: string): Manifest {
   const file = join(dir, MANIFEST_FILE);
-  if (!existsSync(file)) {
-    throw new Error(`${dir} is not an exported model folder (no ${MANIFEST_FILE}); export a checkpoint with: npm run export -- --checkpoint CHECKPOINT_DIR --out ${dir}`);
-  }
+  if (!existsSync(dir)) throw new ModelFolderError(dir, 'the folder does not exist');
+  if (!existsSync(file)) throw new ModelFolderError(dir, `it is not an exported model folder (no ${MANIFEST_FILE})`);
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(file, 'utf8'));
   } catch (err) {
-    throw new Error(`${file}: not valid JSON (${(err as Error).message})`);
+    throw new ModelFolderError(dir, `${MANIFEST_FILE} is not valid JSON (${(err as Error).message})`);
   }
   const version = (raw as { contractVersion?: unknown })?.contractVersion;
   if (typeof version === 'number' && version !== CONTRACT_VERSION) {
-    throw new Error(
-      `${file}: graph contract version ${version} is not supported by this server (it speaks version ${CONTRACT_VERSION}); re-export the checkpoint with this version's exporter`,
+    throw new ModelFolderError(
+      dir,
+      `its graph contract version ${version} is not supported by this server (it speaks version ${CONTRACT_VERSION}); re-export the checkpoint with this version's exporter`,
     );
   }
   const parsed = ManifestSchema.safeParse(raw);
   if (!parsed.success) {
     const why = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
-    throw new Error(`${file}: invalid manifest (${why})`);
+    throw new ModelFolderError(dir, `${MANIFEST_FILE} is invalid (${why})`);
   }
-  for (const f of [parsed.data.graph.file, parsed.data.graph.externalData, 'tokenizer.json']) {
-    if (!existsSync(join(dir, f))) throw new Error(`${dir}: ${f} is missing; re-export the model folder`);
-  }
+  const missing = [parsed.data.graph.file, parsed.data.graph.externalData, 'tokenizer.json'].filter((f) => !existsSync(join(dir, f)));
+  if (missing.length > 0) throw new ModelFolderError(dir, `${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} missing`);
   return parsed.data;
 }
