@@ -50,8 +50,9 @@ tar -xzf "$here/payload.tar.gz" -C "$work"
 app=$work/app
 # Carried libraries only for what the machine lacks: its own libvulkan/libstdc++ come first.
 missing=
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
 for lib in libvulkan.so.1 libstdc++.so.6 libgcc_s.so.1; do
-  ldconfig -p 2>/dev/null | grep -q "$lib" || missing="$missing $lib"
+  "$ldconfig" -p 2>/dev/null | grep -q "$lib" || missing="$missing $lib"
 done
 if [ -n "$missing" ]; then
   mkdir -p "$app/lib"

@@ -7,9 +7,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { blocksFor, KvPool } from '../engine/kv-cache.js';
-import { UsedBlocksFeed, WholePoolFeed } from '../engine/kv-feed.js';
-import { OnnxRunner } from '../engine/runner.js';
-import { createSession } from '../engine/session.js';
+import { UsedBlocksFeed } from '../engine/kv-feed.js';
+import { createOnnxRunner, OnnxRunner } from '../engine/runner.js';
 import { createWebGpuSession, webgpuUnavailable } from '../engine/webgpu.js';
 import { readManifest, type Manifest } from '../model/manifest.js';
 import { makeTinyModel, PRESETS, type TinyShape } from '../model/tiny.js';
@@ -44,9 +43,9 @@ export interface BenchRow {
   streams: number;
   decodeTokensPerSecond: number;
   stepMs: number;
-  /** Per decode step: input bytes in host memory (copied to the device on WebGPU, read in place on CPU). */
+  /** Per decode step on WebGPU: input bytes copied from host memory to the device (0 on CPU, which reads them in place). */
   hostToDeviceBytes: number;
-  /** Per decode step: output bytes copied back into host memory. */
+  /** Per decode step on WebGPU: output bytes copied back into host memory (0 on CPU). */
   deviceToHostBytes: number;
 }
 
@@ -75,31 +74,24 @@ export async function runGpuCheck(opts: GpuCheckOptions): Promise<GpuCheckReport
     }
     return out;
   };
-  const tinyDir = await make('tiny', PRESETS.tiny, 1);
-  const benchDir = await make(`bench-${opts.benchShape.layers}x${opts.benchShape.heads}x${opts.benchShape.embd}`, opts.benchShape, 0);
-
+  // The tiny model first: a machine without a WebGPU adapter fails here, in seconds.
   const checks: CheckResult[] = [];
-  for (const [label, dir, prompts] of [
-    ['tiny', tinyDir, [[15496, 995, 11], [50256], Array.from({ length: 19 }, (_, i) => (i * 7919 + 13) % 50000)]],
-    ['bench', benchDir, [[15496, 995, 11, 616], Array.from({ length: 9 }, (_, i) => (i * 104729 + 7) % 50000)]],
-  ] as const) {
+  const check = async (label: string, dir: string, prompts: number[][]) => {
     opts.log(`checking WebGPU against CPU on the ${label} model (${prompts.length} streams, ${opts.checkSteps} greedy tokens) ...`);
-    checks.push(await compareProviders(label, dir, prompts.map((p) => [...p]), opts.checkSteps));
+    checks.push(await compareProviders(label, dir, prompts, opts.checkSteps));
     noteMemory();
-  }
+  };
+  await check('tiny', await make('tiny', PRESETS.tiny, 1), [[15496, 995, 11], [50256], Array.from({ length: 19 }, (_, i) => (i * 7919 + 13) % 50000)]);
+  const benchDir = await make(`bench-${opts.benchShape.layers}x${opts.benchShape.heads}x${opts.benchShape.embd}`, opts.benchShape, 0);
+  await check('bench', benchDir, [[15496, 995, 11, 616], Array.from({ length: 9 }, (_, i) => (i * 104729 + 7) % 50000)]);
 
   const manifest = readManifest(benchDir);
   const bench: BenchRow[] = [];
   for (const provider of ['cpu', 'webgpu'] as const) {
-    const session = await open(provider, join(benchDir, manifest.graph.file));
-    try {
-      for (const streams of opts.streams) {
-        opts.log(`${provider}: ${streams} streams, ${opts.promptTokens}-token prompts, ${opts.decodeSteps} decode steps ...`);
-        bench.push(await benchDecode(provider, session, manifest, streams, opts.promptTokens, opts.decodeSteps));
-        noteMemory();
-      }
-    } finally {
-      await session.release();
+    for (const streams of opts.streams) {
+      opts.log(`${provider}: ${streams} streams, ${opts.promptTokens}-token prompts, ${opts.decodeSteps} decode steps ...`);
+      bench.push(await benchDecode(provider, benchDir, manifest, streams, opts.promptTokens, opts.decodeSteps));
+      noteMemory();
     }
   }
   return {
@@ -111,19 +103,32 @@ export async function runGpuCheck(opts: GpuCheckOptions): Promise<GpuCheckReport
   };
 }
 
-async function open(provider: Provider, file: string): Promise<ort.InferenceSession> {
-  if (provider === 'cpu') return (await createSession(file, { executionProvider: 'cpu', intraOpThreads: 0, log: () => {} })).session;
+interface ProviderRunner {
+  runner: OnnxRunner;
+  /** Host bytes in and out of each session.run (WebGPU only: on CPU nothing crosses a bus). */
+  runs: Transfer[];
+  release: () => Promise<void>;
+}
+
+/**
+ * The runner as each provider uses it today: CPU reads the whole pool zero-copy; WebGPU gets the
+ * batch's blocks uploaded every step (the used-blocks feed), counted per run.
+ */
+async function openRunner(provider: Provider, dir: string, manifest: Manifest, numBlocks: number): Promise<ProviderRunner> {
+  if (provider === 'cpu') {
+    const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks, blockSize: 16, log: () => {} });
+    return { runner, runs: [], release: () => runner.dispose() };
+  }
+  let session: ort.InferenceSession;
   try {
-    return await createWebGpuSession(file);
+    session = await createWebGpuSession(join(dir, manifest.graph.file));
   } catch (err) {
     throw new Error(webgpuUnavailable(err) ?? (err as Error).message);
   }
-}
-
-/** The runner as each provider uses it today: CPU reads the whole pool zero-copy, WebGPU gets the used blocks uploaded. */
-function runnerFor(provider: Provider, session: ort.InferenceSession, manifest: Manifest, numBlocks: number): OnnxRunner {
+  const counted = countTransfers(session);
   const pool = new KvPool({ layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks, blockSize: 16 });
-  return new OnnxRunner(session, pool, provider === 'cpu' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool), manifest.vocabSize);
+  const runner = new OnnxRunner(counted.session, pool, new UsedBlocksFeed(pool), manifest.vocabSize);
+  return { runner, runs: counted.runs, release: () => session.release() };
 }
 
 async function compareProviders(label: string, dir: string, prompts: number[][], steps: number): Promise<CheckResult> {
@@ -132,15 +137,12 @@ async function compareProviders(label: string, dir: string, prompts: number[][],
   const logits: Record<Provider, Float32Array[]> = { cpu: [], webgpu: [] };
   const generated: Partial<Record<Provider, number[][]>> = {};
   for (const provider of ['cpu', 'webgpu'] as const) {
-    const session = await open(provider, join(dir, manifest.graph.file));
+    const { runner, release } = await openRunner(provider, dir, manifest, numBlocks);
     try {
-      const r = await greedyDecode(runnerFor(provider, session, manifest, numBlocks), prompts, steps, {
-        fetchLogits: true,
-        onLogits: (_s, _i, l) => logits[provider].push(l.slice()),
-      });
+      const r = await greedyDecode(runner, prompts, steps, { fetchLogits: true, onLogits: (_s, _i, l) => logits[provider].push(l.slice()) });
       generated[provider] = r.generated;
     } finally {
-      await session.release();
+      await release();
     }
   }
   let maxLogitDiff = 0;
@@ -154,27 +156,36 @@ async function compareProviders(label: string, dir: string, prompts: number[][],
   return { model: label, tokensEqual: JSON.stringify(generated.cpu) === JSON.stringify(generated.webgpu), maxLogitDiff, maxLogit };
 }
 
-async function benchDecode(provider: Provider, session: ort.InferenceSession, manifest: Manifest, streams: number, promptTokens: number, steps: number): Promise<BenchRow> {
-  const counted = countTransfers(session);
+async function benchDecode(provider: Provider, dir: string, manifest: Manifest, streams: number, promptTokens: number, steps: number): Promise<BenchRow> {
   const numBlocks = 1 + streams * blocksFor(promptTokens + steps, 16);
   const prompts = Array.from({ length: streams }, (_, s) => Array.from({ length: promptTokens }, (_, k) => (k * 7919 + s * 104729 + 11) % 50000));
-  const r = await greedyDecode(runnerFor(provider, counted.session, manifest, numBlocks), prompts, steps);
-  // Run 0 is the prefill; the first decode step pays one-off costs (shader compilation on WebGPU).
-  const decodeRuns = counted.runs.slice(2);
-  const stepMs = median(r.stepMs.slice(1));
-  return {
-    provider,
-    streams,
-    decodeTokensPerSecond: (streams * 1000) / stepMs,
-    stepMs,
-    hostToDeviceBytes: median(decodeRuns.map((x) => x.inBytes)),
-    deviceToHostBytes: median(decodeRuns.map((x) => x.outBytes)),
-  };
+  const { runner, runs, release } = await openRunner(provider, dir, manifest, numBlocks);
+  try {
+    const r = await greedyDecode(runner, prompts, steps);
+    // Run 0 is the prefill; the first decode step pays one-off costs (shader compilation on WebGPU).
+    const decodeRuns = runs.slice(2);
+    const stepMs = median(r.stepMs.slice(1));
+    return {
+      provider,
+      streams,
+      decodeTokensPerSecond: (streams * 1000) / stepMs,
+      stepMs,
+      hostToDeviceBytes: decodeRuns.length ? median(decodeRuns.map((x) => x.inBytes)) : 0,
+      deviceToHostBytes: decodeRuns.length ? median(decodeRuns.map((x) => x.outBytes)) : 0,
+    };
+  } finally {
+    await release();
+  }
+}
+
+interface Transfer {
+  inBytes: number;
+  outBytes: number;
 }
 
 /** Wraps session.run to add up the bytes of host-memory inputs and outputs of every run. */
 function countTransfers(session: ort.InferenceSession) {
-  const runs: { inBytes: number; outBytes: number }[] = [];
+  const runs: Transfer[] = [];
   const hostBytes = (values: Record<string, ort.Tensor>) =>
     Object.values(values).reduce((n, t) => n + (t.location === 'cpu' ? (t.data as ArrayBufferView).byteLength : 0), 0);
   const run = async (feeds: Record<string, ort.Tensor>, fetches?: string[]) => {
