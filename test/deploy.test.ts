@@ -504,6 +504,8 @@ test('Dockerfile: both images run as non-root in /app, on the default port, with
     const config = loadConfig([], gpt2); // throws ConfigError on a value the server would refuse
     assert.equal(config.port, DEFAULT_PORT);
     if (stage === FINAL) assert.equal(config.executionProvider, 'auto', 'the GPU image should use CUDA when present and CPU otherwise');
+    // An inference server does not phone home; ONNX Runtime's telemetry would also print plain text into the JSON log.
+    assert.equal(env.get('ORT_DISABLE_TELEMETRY'), '1', `${where}: ORT_DISABLE_TELEMETRY`);
 
     const hc = lastOf(stage, 'HEALTHCHECK');
     assert.ok(hc, `${where}: no HEALTHCHECK`);
@@ -519,6 +521,16 @@ test('Dockerfile: both images run as non-root in /app, on the default port, with
       `${where}: HEALTHCHECK must probe the server's port (${DEFAULT_PORT} or GPT2_PORT)`,
     );
   }
+});
+
+test('Dockerfile: the build keeps only its own platform\'s onnxruntime-node binaries, and checks that it did', () => {
+  const build = DOCKERFILE.stages.find((s) => s.name === 'build')!;
+  const prune = instructions(build, 'RUN').map((i) => i.args).find((a) => a.includes('npm prune --omit=dev'));
+  assert.ok(prune, 'the build stage prunes to production dependencies');
+  assert.match(prune, /arch="\$\(node -p process\.arch\)"/, 'the platform is the one the stage runs on');
+  assert.match(prune, /! -name linux -exec rm -rf/, 'other operating systems go');
+  assert.match(prune, /! -name "\$arch" -exec rm -rf/, 'other architectures go');
+  assert.match(prune, /test "\$\(ls "\$ort\/linux"\)" = "\$arch"/, 'and the step fails unless exactly this platform is left');
 });
 
 // ------------------------------------------------------------------------------------------------
