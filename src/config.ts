@@ -63,6 +63,14 @@ export const SETTINGS = {
     help: 'Token budget of one model step (decode tokens plus prefill chunks)',
     schema: int(1).default(512),
   },
+  maxStepMs: {
+    flag: 'max-step-ms',
+    env: 'GPT2_MAX_STEP_MS',
+    help:
+      "Time cap of a step that carries decoding streams, so a prefill cannot stall them: milliseconds, 'auto' " +
+      '(2x the predicted cost of the decode rows alone) or 0 (token budget only)',
+    schema: z.union([z.literal('auto'), int(0)]).default('auto'),
+  },
   kvCacheTokens: {
     flag: 'kv-cache-tokens',
     env: 'GPT2_KV_CACHE_TOKENS',

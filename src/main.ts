@@ -72,6 +72,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     ortLogLevel: config.logLevel === 'trace' ? 'verbose' : config.logLevel === 'debug' ? 'warning' : 'fatal',
     maxNumSeqs: config.maxNumSeqs,
     maxNumBatchedTokens: config.maxNumBatchedTokens,
+    maxStepMs: config.maxStepMs,
     kvCacheTokens: config.kvCacheTokens,
     blockSize: config.blockSize,
     maxConsecutiveStepFailures: config.maxStepFailures,

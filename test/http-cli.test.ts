@@ -143,13 +143,17 @@ interface ServerProcess {
   kill: (signal: NodeJS.Signals) => void;
 }
 
-/** `main()` in a child process, with the real worker engine around the scripted runner. */
+/**
+ * `main()` in a child process, with the real worker engine around the scripted runner. Start-up
+ * calibration is off (`--max-step-ms 0`, unless `args` says otherwise) so that the runner's run
+ * indexes, which faults are injected at, count requests' steps only.
+ */
 async function spawnServer(t: { after: (fn: () => unknown) => void }, args: string[], runner: ScriptedRunnerOptions): Promise<ServerProcess> {
   const modelDir = await tinyModel();
   const script = `
     import { main } from ${JSON.stringify(MAIN)};
     import { WorkerEngine } from ${JSON.stringify(path.join(ROOT, 'src', 'engine', 'client.ts'))};
-    await main(['serve', '--host', '127.0.0.1', '--port', '0', '--model', ${JSON.stringify(modelDir)}, '--served-model-name', ${JSON.stringify(MODEL)}, ...${JSON.stringify(args)}], process.env, {
+    await main(['serve', '--host', '127.0.0.1', '--port', '0', '--max-step-ms', '0', '--model', ${JSON.stringify(modelDir)}, '--served-model-name', ${JSON.stringify(MODEL)}, ...${JSON.stringify(args)}], process.env, {
       startEngine: (o) => WorkerEngine.start({ ...o, runner: { url: ${JSON.stringify(RUNNER_URL)}, options: ${JSON.stringify(runner)} } }),
     });
   `;

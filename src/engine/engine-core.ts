@@ -8,6 +8,7 @@
 import type { Tokenizer } from '../model/tokenizer.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { blocksFor } from './kv-cache.js';
+import { attendedBy, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
@@ -18,6 +19,8 @@ export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
 export interface EngineCoreOptions {
   contextLength: number;
   eosTokenId: number;
+  /** Step-cost model for time-budgeted scheduling; corrected with every step's measured time. */
+  cost?: StepCostModel;
 }
 
 /** Per-request state; sequences hold per-choice state the scheduler needs, this holds the rest. */
@@ -131,7 +134,7 @@ export class EngineCore {
    */
   async step(): Promise<EventBatch> {
     const start = performance.now();
-    const plan = this.scheduler.schedule();
+    const plan = this.scheduler.schedule(this.opts.cost);
     if (plan.rows.length === 0) return this.takeEvents();
     const rows = plan.rows.map((r) => this.runnerRow(r));
     const runStart = performance.now();
@@ -169,7 +172,9 @@ export class EngineCore {
     });
     this.steps++;
     const tokens = plan.rows.reduce((s, r) => s + r.count, 0);
-    this.recordStep({ modelMs: this.runner.takeModelMs(), runMs, totalMs: performance.now() - start, rows: plan.rows.length, tokens });
+    const totalMs = performance.now() - start;
+    this.recordStep({ modelMs: this.runner.takeModelMs(), runMs, totalMs, rows: plan.rows.length, tokens });
+    this.opts.cost?.observe({ tokens, attended: plan.rows.reduce((s, r) => s + attendedBy(r.start, r.count), 0) }, totalMs);
     return this.takeEvents();
   }
 

@@ -7,7 +7,9 @@ import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
 import { BlockAllocator } from './kv-cache.js';
+import { calibrateStepCost } from './calibrate.js';
 import { createRunner } from './runner-factory.js';
+import { StepCostModel } from './step-cost.js';
 import { Scheduler } from './scheduler.js';
 import type { EngineError, EngineHeartbeat, EngineOptions, EngineRequest, ModelInfo } from './types.js';
 
@@ -120,11 +122,19 @@ export async function buildEngineCore(
   const tokenizer = await loadTokenizer(options.modelDir);
   const numBlocks = Math.ceil(options.kvCacheTokens / options.blockSize) + 1; // + the null block
   const runner = await createRunner(options, { manifest, numBlocks, log });
+  const allocator = new BlockAllocator(numBlocks);
   const scheduler = new Scheduler(
-    { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens, blockSize: options.blockSize },
-    new BlockAllocator(numBlocks),
+    { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens, blockSize: options.blockSize, maxStepMs: options.maxStepMs },
+    allocator,
   );
-  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId });
+  let cost: StepCostModel | undefined;
+  if (options.maxStepMs !== 0) {
+    cost = new StepCostModel();
+    const samples = await calibrateStepCost(runner, allocator, { ...options, contextLength: manifest.contextLength });
+    cost.fit(samples);
+    log(`step cost calibrated on ${samples.length} timed runs: ${samples.map((s) => `${s.shape.tokens} tok ${s.ms.toFixed(0)} ms`).join(', ')}`);
+  }
+  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost });
   const model: ModelInfo = {
     name: options.servedModelName ?? basename(options.modelDir),
     contextLength: manifest.contextLength,

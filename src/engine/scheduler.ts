@@ -3,23 +3,39 @@
 // the engine runs it, then `commit()` records what was computed. Pure and synchronous, so the
 // policy is unit-tested without a model.
 //
-// Policy, per step, under a token budget:
-//   1. every running sequence, oldest first, gets its pending tokens (1 when decoding, a chunk
-//      when still prefilling), so streams keep flowing while long prompts arrive;
+// Policy, per step, under a token budget and (optionally) a time budget:
+//   1. every decoding sequence gets its one token, so streams keep flowing while prompts arrive;
 //   2. when a running sequence needs a block and none is free, the newest running sequence is
 //      preempted: its blocks are freed and it returns to the front of the queue, to be recomputed
 //      (prompt + what it generated so far) when memory allows;
-//   3. waiting sequences are admitted first-come-first-served while the budget, the batch size
-//      and free blocks for their whole current length allow; their prompt may be chunked.
+//   3. then prefill, oldest first: running sequences still prefilling, then waiting sequences,
+//      admitted first-come-first-served while the batch size and free blocks for their whole
+//      current length allow. Chunks stop where the token budget, or the step's predicted time
+//      (a StepCost model, --max-step-ms), would be exceeded: a long prompt is spread over several
+//      steps instead of stalling every stream in one. The first prompt in line always advances
+//      by at least MIN_PREFILL_CHUNK tokens per step, so nothing starves.
 // A paused sequence (its client stopped reading) takes no part in steps and is the first to be
 // preempted when a running sequence or the head of the queue needs its blocks or its batch slot.
 import { BlockAllocator, blocksFor } from './kv-cache.js';
+import { attendedBy, type StepCost, type StepShape } from './step-cost.js';
 
 export interface SchedulerConfig {
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
   blockSize: number;
+  /**
+   * Time cap of a step that carries decoding streams: milliseconds; 'auto', AUTO_STEP_FACTOR
+   * times the predicted cost of the step's decode rows alone (so a stream's worst gap stays
+   * within that factor of its usual one, on any hardware); or 0, tokens only. Steps without
+   * decoding streams keep only the token cap: no stream waits on them.
+   */
+  maxStepMs?: number | 'auto';
 }
+
+/** The first prefill in line advances at least this many tokens per step, whatever the time cap. */
+export const MIN_PREFILL_CHUNK = 32;
+/** 'auto' time cap: a step may cost this many times its decode rows alone. */
+export const AUTO_STEP_FACTOR = 2;
 
 export class Sequence {
   status: 'waiting' | 'running' | 'finished' = 'waiting';
@@ -76,24 +92,52 @@ export class Scheduler {
     this.waiting.push(seq);
   }
 
-  schedule(): StepPlan {
-    let budget = this.config.maxNumBatchedTokens;
+  /** The next step's plan; `cost` (with config.maxStepMs) caps prefill by predicted time. */
+  schedule(cost?: StepCost): StepPlan {
     const rows: ScheduledRow[] = [];
     const preempted: Sequence[] = [];
+    const shape: StepShape = { tokens: 0, attended: 0 };
+    const add = (row: ScheduledRow) => {
+      rows.push(row);
+      shape.tokens += row.count;
+      shape.attended += attendedBy(row.start, row.count);
+    };
 
-    for (let i = 0; i < this.running.length && budget > 0; i++) {
+    // 1. Decode rows: every running sequence with exactly one pending token.
+    for (let i = 0; i < this.running.length && shape.tokens < this.config.maxNumBatchedTokens; i++) {
       const seq = this.running[i];
-      if (seq.paused) continue;
-      const count = Math.min(seq.tokens.length - seq.numComputed, budget);
-      if (count <= 0) continue;
-      if (!this.reserve(seq, seq.numComputed + count, rows, preempted)) break; // seq itself was preempted
-      i = this.running.indexOf(seq); // preempting paused sequences may have shifted it
-      rows.push({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
-      budget -= count;
+      if (seq.paused || seq.tokens.length - seq.numComputed !== 1) continue;
+      if (!this.reserve(seq, seq.tokens.length, rows, preempted)) continue; // seq itself was preempted
+      i = this.running.indexOf(seq); // preempting may have shifted it
+      add({ seq, start: seq.numComputed, count: 1, sample: true });
     }
-    budget = this.config.maxNumBatchedTokens - rows.reduce((s, r) => s + r.count, 0);
+    // Decode rows a preemption removed again were subtracted from `rows`; recount the shape.
+    shape.tokens = rows.reduce((s, r) => s + r.count, 0);
+    shape.attended = rows.reduce((s, r) => s + attendedBy(r.start, r.count), 0);
+    const limitMs = this.timeLimit(cost, shape);
 
-    for (let w = 0; w < this.waiting.length && budget > 0; ) {
+    // 3. Prefill chunks, oldest first, under the token and time budgets.
+    let first = true;
+    const chunk = (start: number, pending: number): number => {
+      const byTokens = Math.min(pending, this.config.maxNumBatchedTokens - shape.tokens);
+      if (byTokens <= 0) return 0;
+      let count = byTokens;
+      if (limitMs !== null) count = largestWithin(byTokens, (c) => cost!.predictMs({ tokens: shape.tokens + c, attended: shape.attended + attendedBy(start, c) }) <= limitMs);
+      if (first) count = Math.max(count, Math.min(MIN_PREFILL_CHUNK, byTokens));
+      first = false;
+      return count;
+    };
+    for (let i = 0; i < this.running.length; i++) {
+      const seq = this.running[i];
+      const pending = seq.tokens.length - seq.numComputed;
+      if (seq.paused || pending <= 1 || rows.some((r) => r.seq === seq)) continue;
+      const count = chunk(seq.numComputed, pending);
+      if (count === 0) return { rows, preempted };
+      if (!this.reserve(seq, seq.numComputed + count, rows, preempted)) return { rows, preempted };
+      i = this.running.indexOf(seq);
+      add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
+    }
+    for (let w = 0; w < this.waiting.length; ) {
       const seq = this.waiting[w];
       if (seq.paused) {
         w++;
@@ -101,15 +145,22 @@ export class Scheduler {
       }
       if (preempted.includes(seq)) break; // not back in the same step it was evicted in
       if (!this.makeRoom(blocksFor(seq.tokens.length, this.config.blockSize), preempted)) break;
-      const count = Math.min(seq.tokens.length, budget);
+      const count = chunk(0, seq.tokens.length);
+      if (count === 0) break;
       seq.blocks = this.allocator.allocate(blocksFor(count, this.config.blockSize)) ?? [];
       this.waiting.splice(this.waiting.indexOf(seq), 1);
       this.insertRunning(seq);
-      rows.push({ seq, start: 0, count, sample: count === seq.tokens.length });
-      budget -= count;
+      add({ seq, start: 0, count, sample: count === seq.tokens.length });
       w = 0; // sequences preempted to make room went to the front of the queue
     }
     return { rows, preempted };
+  }
+
+  /** The step's time cap in ms, or null when only the token budget applies. */
+  private timeLimit(cost: StepCost | undefined, decode: StepShape): number | null {
+    const setting = this.config.maxStepMs ?? 0;
+    if (!cost || setting === 0 || decode.tokens === 0) return null;
+    return setting === 'auto' ? AUTO_STEP_FACTOR * cost.predictMs(decode) : setting;
   }
 
   /** Whether a step would run anything: some unpaused sequence is running or waiting. */
@@ -237,6 +288,18 @@ export class Scheduler {
     while (i > 0 && older(seq, this.running[i - 1])) i--;
     this.running.splice(i, 0, seq);
   }
+}
+
+/** The largest c in 0..max with fits(c), for fits monotone (true up to some c, then false). */
+function largestWithin(max: number, fits: (c: number) => boolean): number {
+  let lo = 0;
+  let hi = max;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
 
 function older(a: Sequence, b: Sequence): boolean {

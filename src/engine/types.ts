@@ -237,6 +237,8 @@ export interface EngineOptions {
   ortLogLevel?: OrtLogLevel;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
+  /** Time cap of steps with decoding streams (ms, 'auto', or 0 for tokens only); see SchedulerConfig. */
+  maxStepMs: number | 'auto';
   kvCacheTokens: number;
   blockSize: number;
   /** Consecutive failed model steps after which the engine declares itself dead. */

@@ -22,6 +22,8 @@ import type { ModelRunner, RowOutput, RunnerRow } from '../../src/engine/runner.
 export interface ScriptedRunnerOptions {
   /** Milliseconds each run blocks its thread, as session.run does. */
   stepDelayMs?: number;
+  /** Further milliseconds per token fed (a run's cost grows with its tokens, as the weight matmuls do). */
+  msPerToken?: number;
   /** These runs (0-based) throw. */
   failRuns?: number[];
   /** Every run from this one on throws. */
@@ -110,7 +112,8 @@ export class ScriptedRunner implements ModelRunner {
     const o = this.options;
     if (o.exitAtRun === run && !isMainThread) process.exit(3);
     const start = performance.now();
-    sleepSync(o.hangAtRun === run ? (o.hangMs ?? 60_000) : (o.stepDelayMs ?? 0));
+    const tokens = rows.reduce((n, r) => n + r.tokens.length, 0);
+    sleepSync(o.hangAtRun === run ? (o.hangMs ?? 60_000) : (o.stepDelayMs ?? 0) + (o.msPerToken ?? 0) * tokens);
     this.modelMs += performance.now() - start;
     if (o.failRuns?.includes(run) || (o.failFrom !== undefined && run >= o.failFrom)) {
       throw new Error(`scripted runner: injected failure at run ${run}`);

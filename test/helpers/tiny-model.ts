@@ -37,6 +37,8 @@ export function engineOptions(modelDir: string, overrides: Partial<EngineOptions
     intraOpThreads: 1,
     maxNumSeqs: 32,
     maxNumBatchedTokens: 512,
+    // Token budget only: start-up calibration would add runs (and shift scripted-runner run indexes).
+    maxStepMs: 0,
     kvCacheTokens: 8192,
     blockSize: 16,
     maxConsecutiveStepFailures: 3,

@@ -1,0 +1,54 @@
+// Timed runs at start-up that give the step-cost model its first fit: decode batches of a few
+// sizes over short and long pasts, and prefill chunks of a few lengths, run through the real
+// runner on scratch KV blocks (freed again; what they leave in the pool is overwritten before any
+// sequence reads it). About ten runs: a couple of seconds for GPT-2 small on a CPU.
+import type { BlockAllocator } from './kv-cache.js';
+import { blocksFor } from './kv-cache.js';
+import type { ModelRunner, RunnerRow } from './runner.js';
+import { MIN_PREFILL_CHUNK } from './scheduler.js';
+import { attendedBy, type StepShape } from './step-cost.js';
+
+export interface CalibrationLimits {
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  blockSize: number;
+  contextLength: number;
+}
+
+export async function calibrateStepCost(
+  runner: ModelRunner,
+  allocator: BlockAllocator,
+  limits: CalibrationLimits,
+): Promise<Array<{ shape: StepShape; ms: number }>> {
+  const { maxNumSeqs: n, maxNumBatchedTokens: budget, blockSize } = limits;
+  const longPast = Math.min(16 * blockSize, limits.contextLength - 1);
+  const decodes = [...new Set([1, Math.ceil(n / 4), n])].flatMap((rows) => [blockSize, longPast].map((past) => ({ rows, past })));
+  const chunks = [...new Set([MIN_PREFILL_CHUNK, Math.ceil(budget / 4), budget])].filter((c) => c <= Math.min(budget, limits.contextLength));
+
+  const perRow = blocksFor(Math.max(longPast + 1, ...chunks), blockSize);
+  // Distinct blocks per row when the pool has room, as real sequences have; else rows share them.
+  const distinct = allocator.freeCount >= perRow * n;
+  const blocks = Array.from({ length: distinct ? n : 1 }, () => allocator.allocate(perRow)!);
+  const blocksOf = (row: number) => blocks[distinct ? row : 0]!;
+  const samples: Array<{ shape: StepShape; ms: number }> = [];
+  const time = async (rows: RunnerRow[]): Promise<number> => {
+    const started = performance.now();
+    await runner.run(rows);
+    runner.takeModelMs();
+    return performance.now() - started;
+  };
+  try {
+    await time([{ tokens: [0], pastLength: 0, blocks: blocksOf(0), logitsFrom: 0, fetchLogits: false }]); // warm-up
+    for (const { rows, past } of decodes) {
+      const batch = Array.from({ length: rows }, (_, r) => ({ tokens: [0], pastLength: past, blocks: blocksOf(r), logitsFrom: 0, fetchLogits: false }));
+      samples.push({ shape: { tokens: rows, attended: rows * attendedBy(past, 1) }, ms: await time(batch) });
+    }
+    for (const count of chunks) {
+      const row = { tokens: new Array<number>(count).fill(0), pastLength: 0, blocks: blocksOf(0), logitsFrom: count - 1, fetchLogits: false };
+      samples.push({ shape: { tokens: count, attended: attendedBy(0, count) }, ms: await time([row]) });
+    }
+  } finally {
+    for (const b of blocks) allocator.release(b);
+  }
+  return samples;
+}

@@ -1,0 +1,117 @@
+// Planning steps by predicted time: the cost model on its own, the scheduler under a synthetic
+// cost, and the engine keeping a stream's gaps small while a long prompt arrives.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { BlockAllocator } from '../src/engine/kv-cache.js';
+import { MIN_PREFILL_CHUNK, Scheduler, Sequence } from '../src/engine/scheduler.js';
+import { StepCostModel, attendedBy, type StepCost, type StepShape } from '../src/engine/step-cost.js';
+import { events, request } from './helpers/engine-run.js';
+import { startTestEngine } from './helpers/serving.js';
+
+const truth = (s: StepShape) => 20 + 0.5 * s.tokens + 0.0001 * s.attended;
+
+test('cost model: least squares on calibration runs recovers a linear cost; online updates follow a change', () => {
+  const m = new StepCostModel();
+  assert.equal(m.ready, false);
+  const shapes: StepShape[] = [
+    { tokens: 1, attended: 17 },
+    { tokens: 8, attended: 8 * 257 },
+    { tokens: 32, attended: 32 * 257 },
+    { tokens: 32, attended: attendedBy(0, 32) },
+    { tokens: 128, attended: attendedBy(0, 128) },
+    { tokens: 512, attended: attendedBy(0, 512) },
+  ];
+  m.fit(shapes.map((shape) => ({ shape, ms: truth(shape) })));
+  for (const s of [...shapes, { tokens: 64, attended: 50_000 }]) assert.ok(Math.abs(m.predictMs(s) - truth(s)) < 0.5, `${JSON.stringify(s)}: ${m.predictMs(s)}`);
+  // The machine gets twice as slow: predictions follow within a few dozen steps.
+  for (let k = 0; k < 200; k++) {
+    const s = shapes[k % shapes.length]!;
+    m.observe(s, 2 * truth(s));
+  }
+  const s = { tokens: 100, attended: 20_000 };
+  assert.ok(Math.abs(m.predictMs(s) - 2 * truth(s)) / (2 * truth(s)) < 0.05, `${m.predictMs(s)} vs ${2 * truth(s)}`);
+});
+
+let arrival = 0;
+const seq = (id: string, len: number) => new Sequence(id, 0, Array.from({ length: len }, (_, i) => i + 1), len, arrival++);
+const exact: StepCost = { predictMs: truth };
+
+function decodingScheduler(maxStepMs: number | 'auto', streams = 8) {
+  const s = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs }, new BlockAllocator(400));
+  for (let i = 0; i < streams; i++) s.add(seq(`d${i}`, 20));
+  // Prefill them, then give each its sampled token: they now decode one token per step.
+  const plan = s.schedule();
+  s.commit(plan);
+  for (const r of plan.rows) r.seq.tokens.push(7);
+  return s;
+}
+
+test('scheduler: with streams decoding, a long prompt is spread over steps that fit the time cap', () => {
+  const s = decodingScheduler(60);
+  s.add(seq('long', 600));
+  const plan = s.schedule(exact);
+  const decode = plan.rows.filter((r) => r.count === 1);
+  const prefill = plan.rows.find((r) => r.seq.requestId === 'long')!;
+  assert.equal(decode.length, 8, 'every stream decodes');
+  const shape = { tokens: plan.rows.reduce((n, r) => n + r.count, 0), attended: plan.rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
+  assert.ok(truth(shape) <= 60, `predicted ${truth(shape)} ms`);
+  assert.ok(prefill.count > MIN_PREFILL_CHUNK && prefill.count < 600, `chunk ${prefill.count}`);
+  // One more token would not have fitted.
+  assert.ok(truth({ tokens: shape.tokens + 1, attended: shape.attended + prefill.count + 1 }) > 60);
+});
+
+test("scheduler: 'auto' caps a step at twice its decode rows' cost; without streams only the token budget applies", () => {
+  const s = decodingScheduler('auto');
+  s.add(seq('long', 600));
+  const plan = s.schedule(exact);
+  const decodeShape = { tokens: 8, attended: 8 * 21 };
+  const shape = { tokens: plan.rows.reduce((n, r) => n + r.count, 0), attended: plan.rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
+  assert.ok(truth(shape) <= 2 * truth(decodeShape) + 1e-9);
+  // Nobody streams: the prompt gets the whole token budget.
+  const idle = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs: 'auto' }, new BlockAllocator(400));
+  idle.add(seq('alone', 600));
+  assert.equal(idle.schedule(exact).rows[0]!.count, 512);
+});
+
+test('scheduler: the first prompt in line advances at least a minimum chunk even when the cap is spent; later ones wait', () => {
+  const s = decodingScheduler(1); // 1 ms: the decode rows alone exceed it
+  s.add(seq('first', 300));
+  s.add(seq('second', 300));
+  const plan = s.schedule(exact);
+  assert.deepEqual(
+    plan.rows.filter((r) => r.count > 1).map((r) => [r.seq.requestId, r.count]),
+    [['first', MIN_PREFILL_CHUNK]],
+  );
+  assert.equal(plan.rows.filter((r) => r.count === 1).length, 8, 'decode rows are never cut');
+});
+
+test('engine: with the time cap a long prompt is spread over the steps of a decoding batch; without it, one step takes it all', async (t) => {
+  // Each run costs 8 ms + 0.25 ms per token: a 900-token prefill in one step would take ~230 ms,
+  // where a decode step of the batch takes ~9 ms. (Plans are checked, not wall-clock gaps: the
+  // machine running the tests is shared.)
+  const prefillChunksWhileDecoding = async (maxStepMs: number | 'auto') => {
+    const engine = await startTestEngine({ runner: { stepDelayMs: 8, msPerToken: 0.25 }, engine: { maxStepMs, maxNumBatchedTokens: 1024 } });
+    t.after(() => engine.shutdown());
+    const scheduler = (engine as unknown as { loop: { core: { scheduler: Scheduler } } }).loop.core.scheduler;
+    const plan = scheduler.schedule.bind(scheduler);
+    const chunks: number[] = [];
+    scheduler.schedule = (cost) => {
+      const p = plan(cost);
+      const decoding = p.rows.filter((r) => r.count === 1).length;
+      for (const r of p.rows) if (r.count > 1 && decoding > 0) chunks.push(r.count);
+      return p;
+    };
+    const streams = [0, 1, 2, 3].map(async (i) => {
+      for await (const ev of events(engine, request([100 + i], { maxTokens: 200, ignoreEos: true }))) void ev;
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    for await (const ev of events(engine, request(Array(900).fill(11), { maxTokens: 1 }))) void ev;
+    await Promise.all(streams);
+    return chunks;
+  };
+  const capped = await prefillChunksWhileDecoding('auto');
+  assert.ok(capped.length >= 5, `the prompt took ${capped.length} steps beside the streams`);
+  assert.ok(Math.max(...capped) < 200, `largest chunk beside the streams: ${Math.max(...capped)} tokens`);
+  const uncapped = await prefillChunksWhileDecoding(0);
+  assert.deepEqual(uncapped, [900], 'without a time cap the whole prompt goes into one step');
+});
