@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
 import { createOnnxRunner, type ModelRunner } from '../src/engine/runner.js';
 import { exportCheckpoint } from '../src/model/export.js';
+import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
 import { readManifest } from '../src/model/manifest.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { argmax, ReferenceGpt2, type ReferenceSequence } from './helpers/reference-gpt2.js';
@@ -114,7 +115,7 @@ test('the tiny model is deterministic: same seed, same bytes; another seed diffe
     for (const f of files) assert.equal(hash(join(root, 'a', f)), hash(join(root, 'b', f)), f);
     assert.notEqual(hash(join(root, 'a', 'model.onnx.data')), hash(join(root, 'c', 'model.onnx.data')));
     const m = readManifest(join(root, 'a'));
-    assert.equal(m.contractVersion, 2);
+    assert.equal(m.contractVersion, CONTRACT_VERSION);
     assert.equal(m.numLayers, 2);
     assert.equal(m.vocabSize, 50257);
     assert.equal(m.source.checkpointSha256, hash(join(root, 'a', 'checkpoint/model.safetensors')));
@@ -130,9 +131,9 @@ test('a folder with an unknown contract version is refused with a clear message'
     for (const f of readdirSync(dir)) if (f !== 'checkpoint') copyFileSync(join(dir, f), join(copy, f));
     const manifest = JSON.parse(readFileSync(join(copy, 'manifest.json'), 'utf8'));
     writeFileSync(join(copy, 'manifest.json'), JSON.stringify({ ...manifest, contractVersion: 99 }));
-    assert.throws(() => readManifest(copy), /contract version 99 is not supported .*speaks version 2.*re-export/);
-    writeFileSync(join(copy, 'manifest.json'), JSON.stringify({ ...manifest, contractVersion: 1 }));
-    assert.throws(() => readManifest(copy), /contract version 1 is not supported/, 'a folder exported before the argmax output');
+    assert.throws(() => readManifest(copy), new RegExp(`contract version 99 is not supported .*speaks version ${CONTRACT_VERSION}.*re-export`));
+    writeFileSync(join(copy, 'manifest.json'), JSON.stringify({ ...manifest, contractVersion: 2 }));
+    assert.throws(() => readManifest(copy), /contract version 2 is not supported/, 'a folder exported before the flat-token layout');
     rmSync(join(copy, 'manifest.json'));
     assert.throws(() => readManifest(copy), /not an exported model folder.*npm run export/);
   } finally {

@@ -89,21 +89,20 @@ export class KvPool {
   }
 
   /**
-   * Copies new K/V rows from the graph's output ([heads, batch, seq, headDim]) into the pool.
-   * Token `i` of batch row `b` goes to position `pastLength + i` of that row's blocks.
+   * Copies a row's new K/V from the graph's flat outputs ([tokens, heads * headDim]) into the
+   * pool: flat token `first + i` goes to position `pastLength + i` of that row's blocks.
    */
-  writeRows(
+  writeTokens(
     layer: number,
     newKey: Float32Array,
     newValue: Float32Array,
-    batch: number,
-    seq: number,
-    row: number,
+    first: number,
     count: number,
     pastLength: number,
     blocks: readonly number[],
   ): void {
     const { heads, headDim: D, blockSize: bs, numBlocks } = this.shape;
+    const E = heads * D;
     const keys = this.keys[layer];
     const values = this.values[layer];
     for (let i = 0; i < count; i++) {
@@ -111,7 +110,7 @@ export class KvPool {
       const block = blocks[(pos / bs) | 0];
       const slot = pos % bs;
       for (let h = 0; h < heads; h++) {
-        const src = ((h * batch + row) * seq + i) * D;
+        const src = (first + i) * E + h * D;
         const dst = ((h * numBlocks + block) * bs + slot) * D;
         for (let d = 0; d < D; d++) {
           keys[dst + d] = newKey[src + d];

@@ -6,9 +6,16 @@
 import * as ort from 'onnxruntime-node';
 import type { KvPool } from './kv-cache.js';
 
+/** A block table input of the graph (one per attention group). */
+export interface BlockTableFeed {
+  name: string;
+  table: BigInt64Array;
+  dims: [number, number];
+}
+
 export interface KvFeed {
-  /** Adds block_table and past_key_{l} / past_value_{l} to `feeds`. */
-  addFeeds(feeds: Record<string, ort.Tensor>, table: BigInt64Array, dims: [number, number]): void;
+  /** Adds the block tables and past_key_{l} / past_value_{l} to `feeds`. */
+  addFeeds(feeds: Record<string, ort.Tensor>, tables: readonly BlockTableFeed[]): void;
 }
 
 /** CPU: the pool itself, zero-copy; tensors are built once and reused every step. */
@@ -24,9 +31,9 @@ export class WholePoolFeed implements KvFeed {
     }
   }
 
-  addFeeds(feeds: Record<string, ort.Tensor>, table: BigInt64Array, dims: [number, number]): void {
+  addFeeds(feeds: Record<string, ort.Tensor>, tables: readonly BlockTableFeed[]): void {
     Object.assign(feeds, this.tensors);
-    feeds.block_table = new ort.Tensor('int64', table, dims);
+    for (const t of tables) feeds[t.name] = new ort.Tensor('int64', t.table, t.dims);
   }
 }
 
@@ -34,13 +41,17 @@ export class WholePoolFeed implements KvFeed {
 export class UsedBlocksFeed implements KvFeed {
   constructor(private readonly pool: KvPool) {}
 
-  addFeeds(feeds: Record<string, ort.Tensor>, table: BigInt64Array, dims: [number, number]): void {
+  addFeeds(feeds: Record<string, ort.Tensor>, tables: readonly BlockTableFeed[]): void {
+    // One renumbering for every table, so a block two groups share is copied once.
     const remap = new Map<bigint, number>([[0n, 0]]);
-    const compactTable = new BigInt64Array(table.length);
-    for (let i = 0; i < table.length; i++) {
-      let id = remap.get(table[i]);
-      if (id === undefined) remap.set(table[i], (id = remap.size));
-      compactTable[i] = BigInt(id);
+    for (const { name, table, dims } of tables) {
+      const compact = new BigInt64Array(table.length);
+      for (let i = 0; i < table.length; i++) {
+        let id = remap.get(table[i]);
+        if (id === undefined) remap.set(table[i], (id = remap.size));
+        compact[i] = BigInt(id);
+      }
+      feeds[name] = new ort.Tensor('int64', compact, dims);
     }
     const { heads, numBlocks, blockSize, headDim, layers } = this.pool.shape;
     const used = remap.size;
@@ -58,6 +69,5 @@ export class UsedBlocksFeed implements KvFeed {
         feeds[`past_${kind}_${l}`] = new ort.Tensor('float32', dst, [heads, used, blockSize, headDim]);
       }
     }
-    feeds.block_table = new ort.Tensor('int64', compactTable, dims);
   }
 }

@@ -53,15 +53,48 @@ export class OnnxRunner implements ModelRunner {
     this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
   }
 
+  /** One session.run for the whole step: decode rows and prefill chunks together (contract v3). */
   async run(rows: readonly RunnerRow[]): Promise<RowOutput[]> {
+    const step = packStep(rows, this.pool.shape.blockSize);
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: int64(step.inputIds),
+      positions: int64(step.positions),
+      decode_token_index: int64(step.decode.tokenIndex),
+      decode_past_lengths: int64(step.decode.pastLengths),
+      prefill_token_index: int64(step.prefill.tokenIndex, [step.prefill.rows, step.prefill.chunk]),
+      prefill_lengths: int64(step.prefill.lengths),
+      prefill_past_lengths: int64(step.prefill.pastLengths),
+      unpack_index: int64(step.unpackIndex),
+      logits_index: int64(step.logitsIndex),
+    };
+    this.feed.addFeeds(feeds, [
+      { name: 'decode_block_table', table: step.decode.blockTable, dims: [step.decode.rows, step.decode.tableWidth] },
+      { name: 'prefill_block_table', table: step.prefill.blockTable, dims: [step.prefill.rows, step.prefill.tableWidth] },
+    ]);
+
+    const start = performance.now();
+    const fetchLogits = rows.some((r) => r.fetchLogits);
+    const result = await this.session.run(feeds, fetchLogits ? this.session.outputNames : this.withoutLogits);
+    this.modelMs += performance.now() - start;
+
+    const logits = fetchLogits ? (result.logits.data as Float32Array) : NO_LOGITS;
+    const argmax = result.argmax.data as BigInt64Array;
+    const V = this.vocabSize;
     const out: RowOutput[] = new Array(rows.length);
-    // Decode rows (one token) and prefill chunks run separately: padding 32 decode rows to a
-    // 256-token chunk would multiply their matmul work by 256.
-    const decode: number[] = [];
-    const prefill: number[] = [];
-    rows.forEach((r, i) => (r.tokens.length === 1 ? decode : prefill).push(i));
-    if (decode.length) await this.runGroup(rows, decode, out);
-    if (prefill.length) await this.runGroup(rows, prefill, out);
+    let logitsRow = 0;
+    rows.forEach((r, i) => {
+      const n = r.tokens.length - r.logitsFrom;
+      out[i] = {
+        logits: fetchLogits ? logits.subarray(logitsRow * V, (logitsRow + n) * V) : NO_LOGITS,
+        argmax: n > 0 ? Number(argmax[logitsRow + n - 1]) : -1,
+      };
+      logitsRow += n;
+    });
+    for (let l = 0; l < this.pool.shape.layers; l++) {
+      const keys = result[`new_key_${l}`].data as Float32Array;
+      const values = result[`new_value_${l}`].data as Float32Array;
+      rows.forEach((r, i) => this.pool.writeTokens(l, keys, values, step.firstToken[i]!, r.tokens.length, r.pastLength, r.blocks));
+    }
     return out;
   }
 
@@ -74,68 +107,98 @@ export class OnnxRunner implements ModelRunner {
   async dispose(): Promise<void> {
     await this.session.release();
   }
+}
 
-  private async runGroup(rows: readonly RunnerRow[], group: number[], out: RowOutput[]): Promise<void> {
-    const B = group.length;
-    let S = 0;
-    let pastBlocks = 1;
-    let nLogits = 0;
-    const bs = this.pool.shape.blockSize;
-    for (const i of group) {
-      const r = rows[i];
-      S = Math.max(S, r.tokens.length);
-      pastBlocks = Math.max(pastBlocks, Math.ceil(r.pastLength / bs));
-      nLogits += r.tokens.length - r.logitsFrom;
+function int64(data: BigInt64Array, dims: number[] = [data.length]): ort.Tensor {
+  return new ort.Tensor('int64', data, dims);
+}
+
+/** One attention group's feeds (see serving-graph.ts). */
+interface GroupFeeds {
+  rows: number;
+  /** Queries per row: 1 for decode rows, the longest chunk for prefill rows. */
+  chunk: number;
+  tokenIndex: BigInt64Array;
+  lengths: BigInt64Array;
+  pastLengths: BigInt64Array;
+  blockTable: BigInt64Array;
+  tableWidth: number;
+}
+
+export interface PackedStep {
+  inputIds: BigInt64Array;
+  positions: BigInt64Array;
+  decode: GroupFeeds;
+  prefill: GroupFeeds;
+  unpackIndex: BigInt64Array;
+  logitsIndex: BigInt64Array;
+  /** Flat index of each row's first token (rows in the caller's order). */
+  firstToken: number[];
+}
+
+/**
+ * Lays a step's rows out as the graph wants them: tokens flat in the caller's row order, rows of
+ * one token in the decode group, longer chunks in the prefill group (padded to the longest chunk
+ * among themselves), a dummy row in a group that would be empty.
+ */
+export function packStep(rows: readonly RunnerRow[], blockSize: number): PackedStep {
+  const T = rows.reduce((n, r) => n + r.tokens.length, 0);
+  const inputIds = new BigInt64Array(T);
+  const positions = new BigInt64Array(T);
+  const firstToken: number[] = new Array(rows.length);
+  const decodeRows: number[] = [];
+  const prefillRows: number[] = [];
+  let t = 0;
+  let nLogits = 0;
+  rows.forEach((r, i) => {
+    firstToken[i] = t;
+    for (let j = 0; j < r.tokens.length; j++, t++) {
+      inputIds[t] = BigInt(r.tokens[j]!);
+      positions[t] = BigInt(r.pastLength + j);
     }
-    const ids = new BigInt64Array(B * S);
-    const past = new BigInt64Array(B);
-    const table = new BigInt64Array(B * pastBlocks).fill(BigInt(NULL_BLOCK));
-    const logitsIndex = new BigInt64Array(Math.max(nLogits, 1));
-    let li = 0;
-    group.forEach((i, b) => {
-      const r = rows[i];
-      for (let t = 0; t < r.tokens.length; t++) ids[b * S + t] = BigInt(r.tokens[t]);
-      past[b] = BigInt(r.pastLength);
-      const used = Math.ceil(r.pastLength / bs);
-      for (let k = 0; k < used; k++) table[b * pastBlocks + k] = BigInt(r.blocks[k]);
-      for (let t = r.logitsFrom; t < r.tokens.length; t++) logitsIndex[li++] = BigInt(b * S + t);
-    });
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [B, S]),
-      past_lengths: new ort.Tensor('int64', past, [B]),
-      logits_index: new ort.Tensor('int64', logitsIndex, [logitsIndex.length]),
-    };
-    this.feed.addFeeds(feeds, table, [B, pastBlocks]);
+    (r.tokens.length === 1 ? decodeRows : prefillRows).push(i);
+    nLogits += r.tokens.length - r.logitsFrom;
+  });
+  const chunk = Math.max(1, ...prefillRows.map((i) => rows[i]!.tokens.length));
+  const decode = groupFeeds(rows, decodeRows, 1, firstToken, blockSize);
+  const prefill = groupFeeds(rows, prefillRows, chunk, firstToken, blockSize);
+  const unpackIndex = new BigInt64Array(T);
+  decodeRows.forEach((i, d) => (unpackIndex[firstToken[i]!] = BigInt(d)));
+  prefillRows.forEach((i, p) => {
+    for (let j = 0; j < rows[i]!.tokens.length; j++) unpackIndex[firstToken[i]! + j] = BigInt(decode.rows + p * chunk + j);
+  });
+  const logitsIndex = new BigInt64Array(Math.max(nLogits, 1));
+  let li = 0;
+  rows.forEach((r, i) => {
+    for (let j = r.logitsFrom; j < r.tokens.length; j++) logitsIndex[li++] = BigInt(firstToken[i]! + j);
+  });
+  return { inputIds, positions, decode, prefill, unpackIndex, logitsIndex, firstToken };
+}
 
-    const start = performance.now();
-    const fetchLogits = group.some((i) => rows[i].fetchLogits);
-    const result = await this.session.run(feeds, fetchLogits ? this.session.outputNames : this.withoutLogits);
-    this.modelMs += performance.now() - start;
-
-    const logits = fetchLogits ? (result.logits.data as Float32Array) : NO_LOGITS;
-    const argmax = result.argmax.data as BigInt64Array;
-    const V = this.vocabSize;
-    let row = 0;
-    group.forEach((i, b) => {
-      const r = rows[i];
-      const n = r.tokens.length - r.logitsFrom;
-      out[i] = { logits: fetchLogits ? logits.subarray(row * V, (row + n) * V) : NO_LOGITS, argmax: n > 0 ? Number(argmax[row + n - 1]) : -1 };
-      row += n;
-      for (let l = 0; l < this.pool.shape.layers; l++) {
-        this.pool.writeRows(
-          l,
-          result[`new_key_${l}`].data as Float32Array,
-          result[`new_value_${l}`].data as Float32Array,
-          B,
-          S,
-          b,
-          r.tokens.length,
-          r.pastLength,
-          r.blocks,
-        );
-      }
-    });
-  }
+function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number, firstToken: number[], blockSize: number): GroupFeeds {
+  // An empty group gets one dummy row: flat token 0 (every step has one), no past, the null block.
+  const n = Math.max(members.length, 1);
+  const tableWidth = Math.max(1, ...members.map((i) => Math.ceil(rows[i]!.pastLength / blockSize)));
+  const g: GroupFeeds = {
+    rows: n,
+    chunk,
+    tokenIndex: new BigInt64Array(n * chunk),
+    lengths: new BigInt64Array(n).fill(1n),
+    pastLengths: new BigInt64Array(n),
+    blockTable: new BigInt64Array(n * tableWidth).fill(BigInt(NULL_BLOCK)),
+    tableWidth,
+  };
+  members.forEach((i, m) => {
+    const r = rows[i]!;
+    const len = r.tokens.length;
+    // Padding queries repeat the row's last token; their outputs are never unpacked.
+    for (let j = 0; j < chunk; j++) g.tokenIndex[m * chunk + j] = BigInt(firstToken[i]! + Math.min(j, len - 1));
+    g.lengths[m] = BigInt(len);
+    g.pastLengths[m] = BigInt(r.pastLength);
+    const used = Math.ceil(r.pastLength / blockSize);
+    for (let k = 0; k < used; k++) g.blockTable[m * tableWidth + k] = BigInt(r.blocks[k]!);
+  });
+  return g;
 }
 
 export interface CreateRunnerOptions {
