@@ -115,3 +115,12 @@ test('engine: with the time cap a long prompt is spread over the steps of a deco
   const uncapped = await prefillChunksWhileDecoding(0);
   assert.deepEqual(uncapped, [900], 'without a time cap the whole prompt goes into one step');
 });
+
+test('start-up calibration fits any KV cache, even one smaller than its usual shapes', async (t) => {
+  const engine = await startTestEngine({ engine: { maxStepMs: 'auto', kvCacheTokens: 64, blockSize: 16 } });
+  t.after(() => engine.shutdown());
+  const r = [];
+  for await (const ev of events(engine, request([1, 2, 3], { maxTokens: 5 }))) r.push(ev.type);
+  assert.equal(r.at(-1), 'done');
+  assert.equal(engine.stats().kvBlocksUsed, 0, 'calibration gave its blocks back');
+});

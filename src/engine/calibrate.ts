@@ -21,9 +21,11 @@ export async function calibrateStepCost(
   limits: CalibrationLimits,
 ): Promise<Array<{ shape: StepShape; ms: number }>> {
   const { maxNumSeqs: n, maxNumBatchedTokens: budget, blockSize } = limits;
-  const longPast = Math.min(16 * blockSize, limits.contextLength - 1);
-  const decodes = [...new Set([1, Math.ceil(n / 4), n])].flatMap((rows) => [blockSize, longPast].map((past) => ({ rows, past })));
-  const chunks = [...new Set([MIN_PREFILL_CHUNK, Math.ceil(budget / 4), budget])].filter((c) => c <= Math.min(budget, limits.contextLength));
+  // Whatever the pool holds bounds every shape (a server may run with a tiny KV cache).
+  const room = Math.min(allocator.freeCount * blockSize, limits.contextLength);
+  const longPast = Math.min(16 * blockSize, room - 1);
+  const decodes = [...new Set([1, Math.ceil(n / 4), n])].flatMap((rows) => [...new Set([Math.min(blockSize, longPast), longPast])].map((past) => ({ rows, past })));
+  const chunks = [...new Set([MIN_PREFILL_CHUNK, Math.ceil(budget / 4), budget])].map((c) => Math.min(c, room)).filter((c, i, all) => all.indexOf(c) === i);
 
   const perRow = blocksFor(Math.max(longPast + 1, ...chunks), blockSize);
   // Distinct blocks per row when the pool has room, as real sequences have; else rows share them.
