@@ -2,7 +2,7 @@
 // processes (the real worker engine around the scripted runner) that drain on SIGTERM and exit
 // 0, or exit 1 when their engine dies, every admitted stream ending cleanly either way.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -13,8 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { SETTINGS } from '../src/config.js';
 import { resolveModelDir } from '../src/main.js';
-import type { ScriptedRunnerOptions } from './helpers/scripted-runner.js';
-import { MODEL, RUNNER_URL, parseSse } from './helpers/serving.js';
+import { spawnServer } from './helpers/server-process.js';
+import { MODEL, parseSse } from './helpers/serving.js';
 import { tinyModel } from './helpers/tiny-model.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -134,59 +134,6 @@ test('model resolution: --model, else models/gpt2 if exported, else the tiny mod
 
   assert.equal(await resolveModelDir('elsewhere/m', third.logger, makeTiny), path.join(dir, 'elsewhere', 'm'));
 });
-
-interface ServerProcess {
-  url: URL;
-  logs: Array<Record<string, unknown>>;
-  stderr: () => string;
-  exited: Promise<number | null>;
-  kill: (signal: NodeJS.Signals) => void;
-}
-
-/**
- * `main()` in a child process, with the real worker engine around the scripted runner. Start-up
- * calibration is off (`--max-step-ms 0`, unless `args` says otherwise) so that the runner's run
- * indexes, which faults are injected at, count requests' steps only.
- */
-async function spawnServer(t: { after: (fn: () => unknown) => void }, args: string[], runner: ScriptedRunnerOptions): Promise<ServerProcess> {
-  const modelDir = await tinyModel();
-  const script = `
-    import { main } from ${JSON.stringify(MAIN)};
-    import { WorkerEngine } from ${JSON.stringify(path.join(ROOT, 'src', 'engine', 'client.ts'))};
-    await main(['serve', '--host', '127.0.0.1', '--port', '0', '--max-step-ms', '0', '--model', ${JSON.stringify(modelDir)}, '--served-model-name', ${JSON.stringify(MODEL)}, ...${JSON.stringify(args)}], process.env, {
-      startEngine: (o) => WorkerEngine.start({ ...o, runner: { url: ${JSON.stringify(RUNNER_URL)}, options: ${JSON.stringify(runner)} } }),
-    });
-  `;
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  t.after(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  const logs: Array<Record<string, unknown>> = [];
-  let buf = '';
-  child.stdout.on('data', (d) => {
-    buf += String(d);
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (line.trim()) logs.push(JSON.parse(line));
-    }
-  });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += String(d)));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const deadline = Date.now() + 30_000;
-  while (!logs.some((l) => l.msg === 'model loaded; serving')) {
-    if (Date.now() > deadline || child.exitCode !== null) assert.fail(`server did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const url = new URL(String(logs.find((l) => l.msg === 'model loaded; serving')!.address));
-  return { url, logs, stderr: () => stderr, exited, kill: (signal) => child.kill(signal) };
-}
 
 function get(url: URL, p: string): Promise<number> {
   return new Promise<number>((resolve, reject) => {
