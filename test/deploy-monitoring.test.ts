@@ -1,25 +1,43 @@
-// The monitoring files against the server they watch, offline and without Prometheus or Grafana:
-// the Grafana dashboard (deploy/monitoring/grafana-dashboard.json) and the adapter rule the HPA
-// depends on. Every PromQL expression is parsed with Prometheus' grammar and may only read series
-// that src/server/metrics.ts exports.
+// The monitoring files against the server they watch, offline and without Docker, Prometheus or
+// Grafana: the Grafana dashboard (deploy/monitoring/grafana-dashboard.json), the adapter rule the
+// HPA depends on, and the Compose stack (deploy/monitoring/compose.yaml: the CPU image, Prometheus
+// and Grafana with the dashboard provisioned). Every PromQL expression is parsed with Prometheus'
+// grammar and may only read series that src/server/metrics.ts exports. test/prometheus-scrape.test.ts
+// runs the same queries against a real Prometheus scraping a real server.
 import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { test } from 'node:test';
+import { parseDocument } from 'yaml';
+import { SETTINGS } from '../src/config.js';
 import { ServerMetrics } from '../src/server/metrics.js';
 import {
   adapterQueries,
+  DASHBOARD_FILE,
   dashboardPanels,
   dashboardQueries,
   exportedSeriesNames,
   metricNames,
   readDashboard,
+  ROOT,
   type Query,
 } from './helpers/monitoring.js';
 
+const COMPOSE_FILE = 'deploy/monitoring/compose.yaml';
+const DEFAULT_PORT: number = SETTINGS.port.schema.parse(undefined);
 // Shown elsewhere on the dashboard: blocks used is the usage ratio times a constant.
 const NOT_ON_DASHBOARD = new Set(['gpt2_kv_cache_blocks_used']);
 
 // Parsed files are plain JSON-like data; the assertions check each field they use.
 type Parsed = any;
+
+/** One YAML document, read as Kubernetes and Compose read them (YAML 1.1 scalars), with no errors or warnings. */
+function readYaml(rel: string): Parsed {
+  const doc = parseDocument(readFileSync(path.join(ROOT, rel), 'utf8'), { version: '1.1' });
+  assert.deepEqual(doc.errors.map(String), [], `${rel}: YAML errors`);
+  assert.deepEqual(doc.warnings.map(String), [], `${rel}: YAML warnings`);
+  return doc.toJS();
+}
 
 function unknownMetrics(queries: Query[], exported: Set<string>): string[] {
   return queries.flatMap((q) => metricNames(q.expr).filter((n) => !exported.has(n)).map((n) => `${q.where}: ${n}`));
@@ -115,3 +133,120 @@ test('the dashboard and the adapter rule read only series the server exports', a
   ]);
   assert.throws(() => metricNames('sum(rate(gpt2_engine_steps_total[$__rate_interval])'), /syntax error/);
 });
+
+// ------------------------------------------------------------------------------------------------
+// Compose stack
+
+/** `SRC:TARGET[:ro]` volume strings and long-form mounts, as { source, target }. */
+function mounts(service: Parsed): Array<{ source: string; target: string; bind: boolean }> {
+  return ((service.volumes ?? []) as Parsed[]).map((v) => {
+    if (typeof v === 'string') {
+      const [source, target] = v.split(':');
+      return { source, target, bind: /^[./~]/.test(source) };
+    }
+    return { source: v.source, target: v.target, bind: v.type === 'bind' };
+  });
+}
+
+/** The host path of a bind mount, relative to the repository. */
+function hostPath(source: string): string {
+  return path.relative(ROOT, path.resolve(ROOT, path.dirname(COMPOSE_FILE), source));
+}
+
+function containerPorts(service: Parsed): number[] {
+  return ((service.ports ?? []) as Parsed[]).map((p) => Number(typeof p === 'string' ? p.split(':').at(-1) : p.target));
+}
+
+/** The repository file mounted at `target` (or a file inside a folder mounted above it). */
+function fileMountedAt(service: Parsed, target: string): string | undefined {
+  for (const m of mounts(service).filter((m) => m.bind)) {
+    if (m.target === target) return hostPath(m.source);
+    if (target.startsWith(`${m.target}/`)) return path.join(hostPath(m.source), path.posix.relative(m.target, target));
+  }
+  return undefined;
+}
+
+test('compose.yaml: the CPU server image, Prometheus and Grafana with pinned tags; every mounted file exists', () => {
+  assert.ok(!existsSync(path.join(ROOT, 'deploy', 'compose.yaml')), 'deploy/compose.yaml would break `kubectl apply -f deploy/`');
+  const compose = readYaml(COMPOSE_FILE);
+  const services = compose.services as Record<string, Parsed>;
+  assert.deepEqual(Object.keys(services).sort(), ['grafana', 'prometheus', 'server']);
+
+  const server = services.server;
+  assert.equal(path.resolve(ROOT, path.dirname(COMPOSE_FILE), server.build.context), ROOT, 'the server builds from the repository root');
+  assert.match(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'), new RegExp(`^FROM\\s+\\S+\\s+AS\\s+${server.build.target}\\s*$`, 'im'), `Dockerfile stage ${server.build.target}`);
+  assert.equal(server.build.target, 'cpu', 'the stack runs anywhere: the CPU image');
+  assert.deepEqual(containerPorts(server), [DEFAULT_PORT]);
+  const models = mounts(server).find((m) => m.target === '/models');
+  assert.ok(models?.bind && hostPath(models.source) === 'models', "the repository's models/ at /models (the image VOLUME)");
+  const grace = /^(\d+)s$/.exec(String(server.stop_grace_period));
+  assert.ok(grace && Number(grace[1]) * 1000 > (SETTINGS.drainTimeoutMs.schema.parse(undefined) as number), 'stop_grace_period longer than the default drain');
+
+  for (const [name, s] of Object.entries(services)) {
+    if (name === 'server') continue;
+    assert.match(String(s.image), /^[\w./-]+:v?\d+\.\d+\.\d+$/, `${name}: image pinned to an exact version`);
+  }
+  const declared = new Set(Object.keys(compose.volumes ?? {}));
+  for (const [name, s] of Object.entries(services)) {
+    for (const m of mounts(s)) {
+      if (!m.bind) {
+        assert.ok(declared.has(m.source), `${name}: named volume ${m.source} is not declared`);
+        continue;
+      }
+      const host = hostPath(m.source);
+      assert.ok(!host.startsWith('..'), `${name}: ${m.source} is outside the repository`);
+      if (host !== 'models') assert.ok(existsSync(path.join(ROOT, host)), `${name}: mounted ${host} does not exist`);
+    }
+  }
+});
+
+test('compose.yaml: Prometheus scrapes the server\'s /metrics every few seconds', () => {
+  const compose = readYaml(COMPOSE_FILE);
+  const prometheus = compose.services.prometheus;
+  const configFile = fileMountedAt(prometheus, '/etc/prometheus/prometheus.yml');
+  assert.ok(configFile, 'prometheus.yml mounted at the image\'s default config path');
+  const config = readYaml(configFile);
+  const job = (config.scrape_configs as Parsed[]).find((j) => (j.static_configs ?? []).some((s: Parsed) => s.targets.some((t: string) => t.startsWith('server:'))));
+  assert.ok(job, 'a scrape job targets the server service');
+  assert.deepEqual(job.static_configs.flatMap((s: Parsed) => s.targets), [`server:${DEFAULT_PORT}`]);
+  assert.equal(job.metrics_path ?? '/metrics', '/metrics');
+  const interval = String(job.scrape_interval ?? config.global?.scrape_interval ?? '1m');
+  assert.match(interval, /^([1-9]|1[0-5])s$/, `scrape interval ${interval}: every few seconds`);
+  // Queries in this config (rules, relabelling on names) must read exported series too: none now.
+  assert.equal(config.rule_files, undefined, 'rule files would need the metric-name check');
+});
+
+test('compose.yaml: Grafana provisions the Prometheus data source and the dashboard file', () => {
+  const compose = readYaml(COMPOSE_FILE);
+  const grafana = compose.services.grafana;
+  const dsDir = fileMountedAt(grafana, '/etc/grafana/provisioning/datasources');
+  const boardsDir = fileMountedAt(grafana, '/etc/grafana/provisioning/dashboards');
+  assert.ok(dsDir && boardsDir, 'provisioning folders mounted where Grafana reads them');
+
+  const yamlIn = (dir: string) => readdirYaml(dir).map((f) => readYaml(path.join(dir, f)));
+  const datasources = yamlIn(dsDir).flatMap((f) => f.datasources ?? []);
+  assert.equal(datasources.length, 1);
+  const ds = datasources[0];
+  assert.equal(ds.type, 'prometheus');
+  assert.equal(ds.isDefault, true, 'the default data source, which the dashboard\'s data source variable picks');
+  const promPort = containerPorts(compose.services.prometheus)[0];
+  assert.equal(ds.url, `http://prometheus:${promPort}`, 'the Prometheus service, by its compose name and port');
+  const scrapeInterval = readYaml(fileMountedAt(compose.services.prometheus, '/etc/prometheus/prometheus.yml') as string).global.scrape_interval;
+  assert.equal(ds.jsonData?.timeInterval, scrapeInterval, 'timeInterval = the scrape interval ($__rate_interval is sized from it)');
+
+  const providers = yamlIn(boardsDir).flatMap((f) => f.providers ?? []);
+  assert.equal(providers.length, 1);
+  assert.equal(providers[0].type, 'file');
+  const boardPath = providers[0].options.path as string;
+  const mounted = mounts(grafana).filter((m) => m.bind && m.target.startsWith(`${boardPath}/`));
+  assert.deepEqual(mounted.map((m) => hostPath(m.source)), [DASHBOARD_FILE], `the dashboard file mounted into ${boardPath}`);
+  assert.match(mounted[0].target, /\.json$/);
+  assert.equal(grafana.environment?.GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH, mounted[0].target, 'the dashboard is Grafana\'s home page');
+  assert.deepEqual(containerPorts(grafana), [3000]);
+});
+
+function readdirYaml(dir: string): string[] {
+  const abs = path.join(ROOT, dir);
+  assert.ok(statSync(abs).isDirectory(), `${dir} is not a folder`);
+  return readdirSync(abs).filter((f) => /\.ya?ml$/.test(f));
+}
