@@ -66,7 +66,10 @@ export async function spawnServer(
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const deadline = Date.now() + 30_000;
   while (!logs.some((l) => l.msg === 'model loaded; serving')) {
-    if (Date.now() > deadline || child.exitCode !== null) assert.fail(`server did not start: ${stderr}`);
+    if (Date.now() > deadline || child.exitCode !== null) {
+      const errors = logs.filter((l) => Number(l.level) >= 50).map((l) => JSON.stringify(l));
+      assert.fail(`server did not start: ${[...errors, stderr].join('\n')}`);
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
   const url = new URL(String(logs.find((l) => l.msg === 'model loaded; serving')!.address));
