@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import request from 'supertest';
 import type { FastifyInstance } from 'fastify';
 import { toOpenAILogprobs } from '../src/server/openai/responses.js';
+import { DEFAULT_PARAMS } from './helpers/engine-run.js';
 import { alternative, scriptedLogprob, scriptedScore, targetAfter } from './helpers/scripted-runner.js';
 import { EOS, MODEL, VOCAB, greedy, gpt2Tokenizer, serveTest, spyOn, waitFor, type EngineSetup } from './helpers/serving.js';
 import type { ServerConfig } from '../src/config.js';
@@ -44,25 +45,8 @@ test('a plain request gets the full OpenAI response with defaults (max_tokens 16
     {
       id: 'cmpl-test-0',
       promptTokens: [15496],
-      params: {
-        maxTokens: 16,
-        minTokens: 0,
-        temperature: 1,
-        topP: 1,
-        topK: 0,
-        minP: 0,
-        presencePenalty: 0,
-        frequencyPenalty: 0,
-        repetitionPenalty: 1,
-        logitBias: [],
-        seed: null,
-        logprobs: null,
-        echo: false,
-        stop: [],
-        stopTokenIds: [],
-        ignoreEos: false,
-        n: 1,
-      },
+      // The API's defaults are the engine's, but for temperature (1 in OpenAI's API).
+      params: { ...DEFAULT_PARAMS, temperature: 1 },
     },
   ]);
 });
