@@ -4,18 +4,9 @@
 // Serving benchmark through the public API; the modules are in src/bench/ (docs/benchmark.md).
 import { benchMain } from '../src/bench/bench.js';
 import { UsageError } from '../src/bench/options.js';
-import { stopAllServers } from '../src/bench/server-process.js';
+import { stopServersOnSignals } from '../src/bench/server-process.js';
 
-// Ctrl-C or a kill: stop the servers this run started before going (never leave one running).
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(signal, () => {
-    if (stopping) process.exit(130);
-    stopping = true;
-    process.stderr.write(`\nbench: ${signal}: stopping the server(s) ...\n`);
-    stopAllServers(5000).finally(() => process.exit(130));
-  });
-}
+stopServersOnSignals('bench');
 
 benchMain(process.argv.slice(2)).then(
   (result) => {

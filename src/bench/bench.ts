@@ -66,13 +66,17 @@ interface Target {
   server: ServerHandle | null;
 }
 
-async function ensureModel(opts: BenchOptions, io: BenchIo): Promise<string> {
-  const dir = resolve(opts.model!);
+/**
+ * The model folder to serve: `model` if it holds an export; the default folder is made once (a
+ * GPT-2-small-shaped random model), any other must exist. Shared with the soak test.
+ */
+export async function ensureBenchModel(model: string, isDefault: boolean, status: (text: string) => void): Promise<string> {
+  const dir = resolve(model);
   if (existsSync(join(dir, 'manifest.json'))) return dir;
-  if (!opts.defaultModel) {
-    throw new Error(`no exported model in ${dir} (make one: npm run model:tiny -- --out ${opts.model} --preset gpt2-small)`);
+  if (!isDefault) {
+    throw new Error(`no exported model in ${dir} (make one: npm run model:tiny -- --out ${model} --preset gpt2-small)`);
   }
-  io.status(`creating a GPT-2-small-shaped random model in ${dir} (once, about 1 GB) ...`);
+  status(`creating a GPT-2-small-shaped random model in ${dir} (once, about 1 GB) ...`);
   await makeTinyModel({ out: dir, seed: 0, shape: PRESETS['gpt2-small'] });
   return dir;
 }
@@ -114,7 +118,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
     if (opts.url !== null) {
       targets.push({ role: 'batched', url: opts.url, server: null });
     } else {
-      modelDir = await ensureModel(opts, io);
+      modelDir = await ensureBenchModel(opts.model!, opts.defaultModel, io.status);
       const roles: Array<['batched' | 'baseline', string[]]> = [['batched', opts.serverArgs]];
       if (opts.baseline) roles.push(['baseline', [...opts.serverArgs, ...BASELINE_ARGS]]);
       for (const [role, args] of roles) {

@@ -31,6 +31,8 @@ export interface ServerHandle {
   stop(graceMs?: number): Promise<void>;
   readonly exited: Promise<void>;
   isRunning(): boolean;
+  /** How it exited ("code 1", "signal SIGTERM"), or null while it runs. */
+  exitStatus(): string | null;
 }
 
 const live = new Set<ChildProcess>();
@@ -52,6 +54,19 @@ export function liveServerPids(): number[] {
 /** Stops every server this process started (Ctrl-C path). */
 export async function stopAllServers(graceMs = 5000): Promise<void> {
   await Promise.all([...live].map((c) => stopChild(c, graceMs)));
+}
+
+/** Ctrl-C or a kill: stop the servers this process started before going (never leave one running). */
+export function stopServersOnSignals(name: string): void {
+  let stopping = false;
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      if (stopping) process.exit(130);
+      stopping = true;
+      process.stderr.write(`\n${name}: ${signal}: stopping the server(s) ...\n`);
+      stopAllServers(5000).finally(() => process.exit(130));
+    });
+  }
 }
 
 /** A port that was free a moment ago: bind port 0 on loopback, read it, close. */
@@ -143,6 +158,7 @@ export async function startServer(opts: ServerOptions): Promise<ServerHandle> {
     stop: (graceMs = 15000) => stopChild(child, graceMs).then(() => exited),
     exited,
     isRunning: () => exitInfo === null,
+    exitStatus: () => exitInfo,
   };
   try {
     await waitHealthy(url, opts.startTimeoutMs ?? 180_000, () => exitInfo);
