@@ -29,7 +29,7 @@ function libFor(url: URL): typeof http | typeof https {
 }
 
 /** Runs `once` back to back, at most every intervalMs, until stopped. */
-function repeat(intervalMs: number, once: () => Promise<void>): { stop(): Promise<void> } {
+export function repeat(intervalMs: number, once: () => Promise<void>): { stop(): Promise<void> } {
   let stopped = false;
   const loop = (async () => {
     while (!stopped) {
