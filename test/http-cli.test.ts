@@ -7,14 +7,12 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { pino } from 'pino';
 import { SETTINGS } from '../src/config.js';
 import { resolveModelDir } from '../src/main.js';
 import { spawnServer } from './helpers/server-process.js';
-import { MODEL, parseSse } from './helpers/serving.js';
+import { MODEL, memoryLogger, parseSse } from './helpers/serving.js';
 import { tinyModel } from './helpers/tiny-model.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -86,17 +84,6 @@ test('a folder that cannot be served fails the start with one JSON line naming i
   }
 });
 
-function captureLogger() {
-  const lines: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk, _enc, cb) {
-      for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
-      cb();
-    },
-  });
-  return { lines, logger: pino({ level: 'info' }, sink) };
-}
-
 test('model resolution: --model, else models/gpt2 if exported, else the tiny model (created once, with a warning)', async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'gpt2-serve-cli-'));
   const cwd = process.cwd();
@@ -113,7 +100,7 @@ test('model resolution: --model, else models/gpt2 if exported, else the tiny mod
   };
   const tinyDir = path.join(dir, 'models', 'tiny-random-gpt2');
 
-  const first = captureLogger();
+  const first = memoryLogger();
   assert.equal(await resolveModelDir(undefined, first.logger, makeTiny), tinyDir);
   assert.deepEqual(made, [tinyDir]);
   const warn = first.lines.find((l) => l.level === 40);
@@ -121,14 +108,14 @@ test('model resolution: --model, else models/gpt2 if exported, else the tiny mod
   assert.match(String(warn.msg), /noise/);
   assert.match(String(warn.msg), /npm run download -- openai-community\/gpt2/);
 
-  const second = captureLogger();
+  const second = memoryLogger();
   assert.equal(await resolveModelDir(undefined, second.logger, makeTiny), tinyDir);
   assert.equal(made.length, 1, 'created once');
   assert.ok(second.lines.some((l) => l.level === 40));
 
   mkdirSync(path.join(dir, 'models', 'gpt2'), { recursive: true });
   writeFileSync(path.join(dir, 'models', 'gpt2', 'manifest.json'), '{}');
-  const third = captureLogger();
+  const third = memoryLogger();
   assert.equal(await resolveModelDir(undefined, third.logger, makeTiny), path.join(dir, 'models', 'gpt2'));
   assert.ok(!third.lines.some((l) => l.level === 40), 'no warning for GPT-2');
 

@@ -2,14 +2,12 @@
 // /ready, /metrics, /tokenize, /detokenize, 404/413/415, the API key, CORS, x-request-id, request
 // logging, graceful drain.
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { test } from 'node:test';
-import { pino } from 'pino';
 import request from 'supertest';
 import type { ServerConfig } from '../src/config.js';
 import type { EngineClient } from '../src/engine/types.js';
 import type { AppOptions } from '../src/server/app.js';
-import { MODEL, greedy, makeApp, parseSse, serveTest, spyOn, startTestEngine, waitFor, type EngineSetup } from './helpers/serving.js';
+import { MODEL, greedy, makeApp, memoryLogger, parseSse, serveTest, spyOn, startTestEngine, waitFor, type EngineSetup } from './helpers/serving.js';
 
 type T = { after: (fn: () => Promise<unknown>) => void };
 
@@ -269,17 +267,6 @@ test('x-request-id is honoured and echoed (also on errors and streams), or gener
     .expect(200);
   assert.equal(sse.headers['x-request-id'], 'r-sse');
 });
-
-function memoryLogger() {
-  const lines: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk, _enc, cb) {
-      for (const line of String(chunk).split('\n')) if (line) lines.push(JSON.parse(line));
-      cb();
-    },
-  });
-  return { lines, logger: pino({ level: 'info' }, sink) };
-}
 
 test('logging: one info line per finished request with id, status, tokens, TTFT, duration; never the prompt', async (t) => {
   const { lines, logger } = memoryLogger();

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import WebSocket from 'ws';
 import type { ServerConfig } from '../src/config.js';
-import { MODEL, greedy, gpt2Tokenizer, serveTest, spyOn, waitFor, type EngineSetup } from './helpers/serving.js';
+import { MODEL, greedy, gpt2Tokenizer, memoryLogger, serveTest, spyOn, waitFor, type EngineSetup } from './helpers/serving.js';
 
 type Frame = {
   type: string;
@@ -379,6 +379,25 @@ test('a frame over --max-body-bytes closes the socket with 1009', async (t) => {
   c.create('big', { prompt: 'x'.repeat(10_000) });
   await waitFor(() => c.closed, 2000, 'socket closed');
   assert.equal(c.closeCode, 1009);
+});
+
+test('a frame far over --max-body-bytes, still being sent, gets close code 1009 (not a reset) and logs no server error', async (t) => {
+  // The server refuses the frame from its header while the client is still sending it: the close
+  // frame must reach the client before the socket goes, and a client's mistake is not an error.
+  const { lines, logger } = memoryLogger();
+  const { app } = await serveTest(t, { config: { maxBodyBytes: 4096 }, app: { logger } });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = app.server.address() as AddressInfo;
+  for (let i = 0; i < 5; i++) {
+    const c = await Client.connect(`ws://127.0.0.1:${port}/v1/completions/ws`);
+    t.after(() => c.ws.terminate());
+    c.create('big', { prompt: 'x'.repeat(4 * 2 ** 20) });
+    await waitFor(() => c.closed, 5000, 'socket closed');
+    assert.equal(c.closeCode, 1009, `attempt ${i}`);
+  }
+  const errors = lines.filter((l) => (l.level as number) >= 50);
+  assert.deepEqual(errors, []);
+  assert.ok(lines.some((l) => l.msg === 'websocket closed after a protocol error by the client'));
 });
 
 test('the websocket requires the API key when one is set', async (t) => {

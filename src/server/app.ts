@@ -3,11 +3,12 @@
 // resolves /health answers 503 and completions 503 `model_loading`.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import fp from 'fastify-plugin';
 import cors from '@fastify/cors';
 import websocket from '@fastify/websocket';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import type { WebSocket } from 'ws';
 import type { z } from 'zod';
 import { defaultBodyLimit, type ServerConfig } from '../config.js';
 import type { EngineClient } from '../engine/types.js';
@@ -99,6 +100,23 @@ const core = fp(
   { name: 'gpt2-serve-core', fastify: '5.x' },
 );
 
+/**
+ * An error on an open websocket. ws reports a client's protocol error (a frame over
+ * --max-body-bytes, bad UTF-8, a bad opcode) after it has already answered it with a close frame
+ * (1009, 1007, 1002) and set its own timer to drop the socket should the client not answer:
+ * terminating here, as @fastify/websocket's default handler does, would race that frame (the
+ * client, still sending its big frame, would see a reset and code 1006), and the client's mistake
+ * is no server error. Anything else is ours: log it and drop the socket.
+ */
+function onWebsocketError(this: FastifyInstance, error: Error, socket: WebSocket, request: FastifyRequest): void {
+  if (socket.readyState === socket.CLOSING || socket.readyState === socket.CLOSED) {
+    request.log.info({ error: error.message }, 'websocket closed after a protocol error by the client');
+    return;
+  }
+  request.log.error({ err: error }, 'websocket error');
+  socket.terminate();
+}
+
 export function buildApp(
   engine: EngineClient | Promise<EngineClient>,
   config: ServerConfig,
@@ -120,7 +138,7 @@ export function buildApp(
 
   // The websocket plugin first: its onRequest hook marks upgrade requests before ours may reject
   // them (401), so that it then destroys the socket of a refused upgrade.
-  app.register(websocket, { options: { maxPayload: fastifyOptions.bodyLimit } });
+  app.register(websocket, { options: { maxPayload: fastifyOptions.bodyLimit }, errorHandler: onWebsocketError });
   if (config.allowedOrigins.length > 0) {
     // Browser clients (off unless --allowed-origins is set, as in vLLM).
     app.register(cors, {

@@ -2,7 +2,9 @@
 // with the tokenizer thread) driving the ScriptedRunner on the tiny model's manifest and real
 // GPT-2 tokenizer. Routes thus exercise the real queueing, flow control, cancellation and error
 // paths; only the model's arithmetic is scripted (see scripted-runner.ts).
+import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
+import { pino, type Logger } from 'pino';
 import { loadConfig, type ServerConfig } from '../../src/config.js';
 import { InProcessEngine, WorkerEngine } from '../../src/engine/client.js';
 import type { EngineClient, EngineEvent, EngineOptions, EngineRequest, EventSink } from '../../src/engine/types.js';
@@ -141,4 +143,16 @@ export function spyOn(engine: EngineClient): EngineSpy {
     encode: (texts: string[]) => (spy.encoded.push(...texts), real.encode(texts)),
   });
   return spy;
+}
+
+/** A logger that keeps its JSON lines, parsed, for a test to inspect. */
+export function memoryLogger(): { lines: Array<Record<string, unknown>>; logger: Logger } {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      for (const line of String(chunk).split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  return { lines, logger: pino({ level: 'info' }, sink) };
 }
