@@ -49,6 +49,7 @@ test('a short soak on the tiny model: every scenario ran, bad inputs got their 4
   check('KV blocks in use at the end');
   check('requests in flight at the end');
   check('sequences running / paused / waiting at the end');
+  check('server log lines at error level');
   check('server still running at the end');
 
   const row = (name: string) => result.rows.find((r) => r.name === name)!;

@@ -1,5 +1,5 @@
 // The benchmark's command line: parsing, validation (errors name the flag) and help.
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ProgressMode } from './progress.js';
 import type { TransportKind } from './transport.js';
 
@@ -87,40 +87,45 @@ function list(name: string, raw: string, parse: (s: string) => number): number[]
   return [...new Set(values)];
 }
 
-/** Returns null for --help. */
-export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions | null {
-  let values: Record<string, string | boolean | string[] | undefined>;
+type FlagValues = Record<string, string | boolean | string[] | undefined>;
+
+/**
+ * A tool's flags (node:util parseArgs, strict, no positionals, -h/--help added): the values, or
+ * null for --help. A bad flag is a UsageError. Shared by the benchmark and the soak test.
+ */
+export function parseToolFlags(argv: string[], options: NonNullable<ParseArgsConfig['options']>): FlagValues | null {
+  let values: FlagValues;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        url: { type: 'string' },
-        model: { type: 'string' },
-        'server-arg': { type: 'string', multiple: true },
-        baseline: { type: 'boolean' },
-        concurrency: { type: 'string' },
-        rate: { type: 'string' },
-        requests: { type: 'string' },
-        'prompt-tokens': { type: 'string' },
-        'output-tokens': { type: 'string' },
-        seed: { type: 'string' },
-        transport: { type: 'string' },
-        'api-key': { type: 'string' },
-        'request-timeout-s': { type: 'string' },
-        out: { type: 'string' },
-        svg: { type: 'string' },
-        from: { type: 'string' },
-        progress: { type: 'string' },
-        'hostile-prompt-bytes': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
+    ({ values } = parseArgs({ args: argv, strict: true, allowPositionals: false, options: { ...options, help: { type: 'boolean', short: 'h' } } }));
   } catch (err) {
     throw new UsageError(`${(err as Error).message} (see --help)`);
   }
-  if (values.help) return null;
+  return values.help ? null : values;
+}
+
+/** Returns null for --help. */
+export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions | null {
+  const values = parseToolFlags(argv, {
+    url: { type: 'string' },
+    model: { type: 'string' },
+    'server-arg': { type: 'string', multiple: true },
+    baseline: { type: 'boolean' },
+    concurrency: { type: 'string' },
+    rate: { type: 'string' },
+    requests: { type: 'string' },
+    'prompt-tokens': { type: 'string' },
+    'output-tokens': { type: 'string' },
+    seed: { type: 'string' },
+    transport: { type: 'string' },
+    'api-key': { type: 'string' },
+    'request-timeout-s': { type: 'string' },
+    out: { type: 'string' },
+    svg: { type: 'string' },
+    from: { type: 'string' },
+    progress: { type: 'string' },
+    'hostile-prompt-bytes': { type: 'string' },
+  });
+  if (values === null) return null;
   const str = (k: string) => values[k] as string | undefined;
   const url = str('url') ?? null;
   if (url !== null && str('model') !== undefined) throw new UsageError('--url and --model exclude each other');

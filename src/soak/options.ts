@@ -1,6 +1,5 @@
 // The soak test's command line: parsing, validation (errors name the flag) and help.
-import { parseArgs } from 'node:util';
-import { DEFAULT_MODEL_DIR, UsageError } from '../bench/options.js';
+import { DEFAULT_MODEL_DIR, parseToolFlags, UsageError } from '../bench/options.js';
 
 export const USAGE = `Usage: npm run soak -- [--duration S] [--model DIR] [options]
        (or: node dist/scripts/soak.js [options])
@@ -12,7 +11,8 @@ stalled readers over SSE and websockets that the server must pause and cut off, 
 that must get their 4xx. /health is polled every 100 ms throughout. At the end it waits for the
 server to go quiet, scrapes /metrics and prints requests by scenario and outcome plus the checks:
 no unexpected 5xx, every outcome one its scenario allows, KV blocks and in-flight requests back to
-0, RSS growth after warm-up under 10 %. Exits 1 when a check fails (and names it), 2 on bad usage.
+0, RSS growth after warm-up under 10 %, nothing logged at error level, the server still up. Exits 1
+when a check fails (and names it), 2 on bad usage.
 
   --duration S               seconds of traffic (default 120). RSS is first measured after warm-up:
                              past 15 % of it, once every kind of request has been answered
@@ -66,30 +66,19 @@ function num(name: string, raw: string | undefined, fallback: number, min: numbe
 
 /** Returns null for --help. */
 export function parseSoakArgs(argv: string[]): SoakOptions | null {
-  let values: Record<string, string | boolean | string[] | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        duration: { type: 'string' },
-        model: { type: 'string' },
-        concurrency: { type: 'string' },
-        seed: { type: 'string' },
-        'max-concurrent-requests': { type: 'string' },
-        'stall-timeout-ms': { type: 'string' },
-        'server-arg': { type: 'string', multiple: true },
-        'request-timeout-s': { type: 'string' },
-        json: { type: 'string' },
-        'server-log': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message} (see --help)`);
-  }
-  if (values.help) return null;
+  const values = parseToolFlags(argv, {
+    duration: { type: 'string' },
+    model: { type: 'string' },
+    concurrency: { type: 'string' },
+    seed: { type: 'string' },
+    'max-concurrent-requests': { type: 'string' },
+    'stall-timeout-ms': { type: 'string' },
+    'server-arg': { type: 'string', multiple: true },
+    'request-timeout-s': { type: 'string' },
+    json: { type: 'string' },
+    'server-log': { type: 'string' },
+  });
+  if (values === null) return null;
   const str = (k: string) => values[k] as string | undefined;
   const serverArgs = (values['server-arg'] as string[] | undefined) ?? [];
   for (const [flag, why] of Object.entries(OWNED_SERVER_FLAGS)) {

@@ -33,6 +33,8 @@ export interface VerdictInput {
   warmupS: number | null;
   /** How the server exited during the run; null: it is still running. */
   serverExit: string | null;
+  /** Lines the server logged at error level or above. */
+  serverErrorLines: number;
 }
 
 export function countRows(specs: readonly RowSpec[], records: readonly RequestRecord[]): RowCounts[] {
@@ -93,6 +95,7 @@ export function checks(v: VerdictInput): Check[] {
       mustBe: `< +${MAX_RSS_GROWTH_PCT} %`,
       ok: growth !== null && growth < MAX_RSS_GROWTH_PCT,
     },
+    { name: 'server log lines at error level', measured: String(v.serverErrorLines), mustBe: '0', ok: v.serverErrorLines === 0 },
     { name: 'server still running at the end', measured: v.serverExit === null ? 'yes' : `no (exited: ${v.serverExit})`, mustBe: 'yes', ok: v.serverExit === null },
   ];
 }

@@ -209,7 +209,7 @@ export async function runSoak(opts: SoakOptions, io: SoakIo): Promise<SoakResult
     args: serverArgs,
     onLog: (line) => {
       logFile?.write(`${line}\n`);
-      // pino levels: 50 error, 60 fatal. Warnings (a stalled client cut off) are expected.
+      // pino levels: 50 error, 60 fatal. Warnings (a stalled websocket cut off) are expected.
       if (/"level":\s*(50|60)\b/.test(line)) {
         errorLines++;
         if (errorLog.length < 20) errorLog.push(line.slice(0, 500));
@@ -257,7 +257,7 @@ export async function runSoak(opts: SoakOptions, io: SoakIo): Promise<SoakResult
 
     const rows = countRows(ROWS, records);
     const alive = server.isRunning();
-    const list = checks({ rows, healthFailures: health.failures.length, end: quiet.end, rssAfterWarmup, warmupS, serverExit: server.exitStatus() });
+    const list = checks({ rows, healthFailures: health.failures.length, end: quiet.end, rssAfterWarmup, warmupS, serverExit: server.exitStatus(), serverErrorLines: errorLines });
     const rss = sampler.samples.map((s) => s.rssBytes);
     return {
       soak: 'gpt2-serve soak',
