@@ -38,11 +38,18 @@ export interface Completion {
 }
 
 /**
- * An ordinary completion: 8-64 random prompt tokens, minTokens-32 new tokens, mostly one choice,
- * greedy or seeded sampling.
+ * New tokens of a completion read to the end, and of one its client cancels or drops after a few
+ * chunks: long enough that the cancel lands first even on the tiny model (and cut short anyway).
  */
-export function ordinaryCompletion(rng: Rng, facts: ModelFacts, minTokens = 4): Completion {
-  const maxTokens = between(rng, minTokens, 32);
+export const READ_TOKENS: readonly [number, number] = [4, 32];
+export const CANCELLED_TOKENS: readonly [number, number] = [64, 128];
+
+/**
+ * An ordinary completion: 8-64 random prompt tokens, `tokens` new ones, mostly one choice, greedy
+ * or seeded sampling.
+ */
+export function ordinaryCompletion(rng: Rng, facts: ModelFacts, tokens: readonly [number, number] = READ_TOKENS): Completion {
+  const maxTokens = between(rng, tokens[0], tokens[1]);
   const r = rng.next();
   const n = r < 0.8 ? 1 : r < 0.95 ? 2 : 3;
   const greedy = rng.next() < 0.5;

@@ -7,6 +7,7 @@ import { errorOutcome, httpErrorOutcome, statusOfCode, type Outcome, type Reques
 import {
   between,
   bodyTooLarge,
+  CANCELLED_TOKENS,
   fieldOutOfRange,
   floodCompletion,
   invalidJson,
@@ -14,6 +15,7 @@ import {
   ordinaryCompletion,
   pick,
   promptTooLong,
+  READ_TOKENS,
   tokenIdOutOfRange,
   unknownModel,
   type BadInput,
@@ -166,7 +168,7 @@ export const TASKS: readonly Task[] = [
     name: 'sse_disconnect',
     weight: 10,
     async run(ctx, rng) {
-      const c = ordinaryCompletion(rng, ctx.facts, 8);
+      const c = ordinaryCompletion(rng, ctx.facts, CANCELLED_TOKENS);
       return [judgeSse('sse_disconnect', await sseCompletion(ctx.http, c.body, { abortAfterChunks: between(rng, 0, 3) }), c.expectedTokens)];
     },
   },
@@ -198,7 +200,7 @@ export const TASKS: readonly Task[] = [
       const completions: WsCompletionPlan[] = [];
       for (let i = 0, m = between(rng, 2, 5); i < m; i++) {
         const cancel = i === 1 || (i > 1 && rng.next() < 0.4);
-        const c = ordinaryCompletion(rng, ctx.facts, cancel ? 8 : 4);
+        const c = ordinaryCompletion(rng, ctx.facts, cancel ? CANCELLED_TOKENS : READ_TOKENS);
         completions.push({
           id: `c${i}`,
           scenario: cancel ? 'ws_cancel' : 'ws_stream',
@@ -216,7 +218,7 @@ export const TASKS: readonly Task[] = [
     run(ctx, rng) {
       const completions: WsCompletionPlan[] = [];
       for (let i = 0, m = between(rng, 2, 4); i < m; i++) {
-        const c = ordinaryCompletion(rng, ctx.facts, 8);
+        const c = ordinaryCompletion(rng, ctx.facts, CANCELLED_TOKENS);
         completions.push({ id: `c${i}`, scenario: 'ws_close', body: c.body, expectedTokens: c.expectedTokens });
       }
       return runWsSocket(ctx.ws, { completions, closeAfterChunks: between(rng, 1, 4), closeHow: rng.next() < 0.5 ? 'close' : 'terminate' });
