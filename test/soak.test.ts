@@ -8,7 +8,7 @@ import { liveServerPids } from '../src/bench/server-process.js';
 import { UsageError } from '../src/bench/options.js';
 import { parseSoakArgs } from '../src/soak/options.js';
 import { floodPromptTokens } from '../src/soak/requests.js';
-import { ROWS } from '../src/soak/scenarios.js';
+import { ROWS, TASKS } from '../src/soak/scenarios.js';
 import { reportText, runSoak } from '../src/soak/soak.js';
 import { tinyModel } from './helpers/tiny-model.js';
 
@@ -30,6 +30,10 @@ test("a stalled reader's flood outgrows the socket buffers, within the context",
   assert.equal(floodPromptTokens(1024, 4 * 2 ** 20), 765);
   assert.equal(floodPromptTokens(1024, 64 * 2 ** 20), 1024 - 32);
   assert.equal(floodPromptTokens(128, 0), 96);
+});
+
+test('every row of the table is fed by some task, and every task feeds rows of the table', () => {
+  assert.deepEqual([...new Set(TASKS.flatMap((t) => t.rows))].sort(), ROWS.map((r) => r.name).sort());
 });
 
 test('a short soak on the tiny model: every scenario ran, bad inputs got their 4xx, stalled readers were cut off, nothing leaked', async () => {

@@ -15,7 +15,7 @@ no unexpected 5xx, every outcome one its scenario allows, KV blocks and in-fligh
 when a check fails (and names it), 2 on bad usage.
 
   --duration S               seconds of traffic (default 120). RSS is first measured after warm-up:
-                             past 15 % of it, once every kind of request has been answered
+                             past 15 % of it, once every kind of request has been answered twice
   --model DIR                model folder (default ${DEFAULT_MODEL_DIR}: a GPT-2-small-shaped
                              random model, made once as the serving benchmark makes it)
   --concurrency N            client loops running at once (default 16; more than

@@ -68,6 +68,8 @@ export const ROWS: readonly RowSpec[] = [
 
 export interface Task {
   name: string;
+  /** The table rows its records go to (the first takes a failure of the soak's own client). */
+  rows: readonly string[];
   /** Relative frequency in the mix. */
   weight: number;
   /** At most this many at once (a stalled reader holds batch slots and KV blocks until cut off). */
@@ -79,8 +81,8 @@ export interface Task {
 
 /**
  * A stalled reader's flood (echo and logprobs of a long prompt for 16 choices) costs the engine
- * seconds on GPT-2-small shapes, so each kind runs one at a time with this gap between: a handful
- * per two minutes, and the rest of the traffic stays meaningful.
+ * seconds on GPT-2-small shapes, so each kind runs one at a time, and after warm-up with this gap
+ * between: a handful per two minutes, and the rest of the traffic stays meaningful.
  */
 const STALL_COOLDOWN_MS = 20_000;
 
@@ -130,6 +132,7 @@ async function badHttp(ctx: SoakContext, scenario: string, bad: BadInput): Promi
 
 const http = (name: string, weight: number, make: (rng: Rng, facts: ModelFacts) => BadInput): Task => ({
   name,
+  rows: [name],
   weight,
   run: (ctx, rng) => badHttp(ctx, name, make(rng, ctx.facts)),
 });
@@ -138,6 +141,7 @@ const http = (name: string, weight: number, make: (rng: Rng, facts: ModelFacts) 
 export const TASKS: readonly Task[] = [
   {
     name: 'sse_stall',
+    rows: ['sse_stall'],
     weight: 1.5,
     maxConcurrent: 1,
     cooldownMs: STALL_COOLDOWN_MS,
@@ -148,6 +152,7 @@ export const TASKS: readonly Task[] = [
   },
   {
     name: 'ws_stall',
+    rows: ['ws_stall'],
     weight: 1.5,
     maxConcurrent: 1,
     cooldownMs: STALL_COOLDOWN_MS,
@@ -158,6 +163,7 @@ export const TASKS: readonly Task[] = [
   },
   {
     name: 'sse',
+    rows: ['sse'],
     weight: 22,
     async run(ctx, rng) {
       const c = ordinaryCompletion(rng, ctx.facts);
@@ -166,6 +172,7 @@ export const TASKS: readonly Task[] = [
   },
   {
     name: 'sse_disconnect',
+    rows: ['sse_disconnect'],
     weight: 10,
     async run(ctx, rng) {
       const c = ordinaryCompletion(rng, ctx.facts, CANCELLED_TOKENS);
@@ -174,6 +181,7 @@ export const TASKS: readonly Task[] = [
   },
   {
     name: 'json',
+    rows: ['json'],
     weight: 14,
     async run(ctx, rng) {
       const c = ordinaryCompletion(rng, ctx.facts);
@@ -195,6 +203,7 @@ export const TASKS: readonly Task[] = [
   {
     // Several completions on one socket: the first read to the end, the second cancelled, the rest either.
     name: 'ws_mux',
+    rows: ['ws_stream', 'ws_cancel'],
     weight: 14,
     run(ctx, rng) {
       const completions: WsCompletionPlan[] = [];
@@ -214,6 +223,7 @@ export const TASKS: readonly Task[] = [
   },
   {
     name: 'ws_close',
+    rows: ['ws_close'],
     weight: 6,
     run(ctx, rng) {
       const completions: WsCompletionPlan[] = [];
@@ -233,6 +243,7 @@ export const TASKS: readonly Task[] = [
   http('bad_token_ids', 3, tokenIdOutOfRange),
   {
     name: 'bad_ws_frame',
+    rows: ['bad_ws_frame'],
     weight: 2,
     async run(ctx, rng) {
       const frame = JSON.stringify({ type: 'completion.create', id: 'big', model: ctx.facts.model, prompt: 'a'.repeat(ctx.facts.maxBodyBytes + between(rng, 1, 64 * 1024)) });
@@ -244,6 +255,7 @@ export const TASKS: readonly Task[] = [
   },
   {
     name: 'bad_ws_message',
+    rows: ['bad_ws_message'],
     weight: 3,
     async run(ctx, rng) {
       const badField = pick(rng, [{ temperature: 9 }, { n: 0 }, { max_tokens: -5 }, { logprobs: 99 }]);

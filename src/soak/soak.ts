@@ -18,8 +18,10 @@ import { checks, checksTable, countRows, isFinding, outcomeTable, rssGrowthPct, 
 import { floodPromptTokens, type ModelFacts } from './requests.js';
 import { ROWS, TASKS, type SoakContext, type Task } from './scenarios.js';
 
-/** RSS is first measured no earlier than this far into the run (see measureAfterWarmup). */
+/** Warm-up lasts at least this fraction of the run (see measureAfterWarmup). */
 export const WARMUP_FRACTION = 0.15;
+/** ... and until every task has finished this many times. */
+export const WARMUP_ROUNDS = 2;
 /** How long the server may take to finish what is in flight once the traffic stopped. */
 const QUIET_TIMEOUT_MS = 30_000;
 const PROGRESS_EVERY_MS = 10_000;
@@ -72,12 +74,16 @@ export interface SoakResult {
 
 /**
  * Hands out tasks: each task once first, in table order (so that even a short run covers every
- * scenario, and the slow stalled readers overlap the rest), then by weight.
+ * scenario, and the slow stalled readers overlap the rest), then by weight. Cooldowns apply only
+ * once warm-up is over: until then the stalled readers' floods follow each other, so that the
+ * server reaches its memory high-water mark before RSS is first measured.
  */
 class Mix {
   private readonly unstarted: Task[];
   private readonly running = new Map<string, number>();
   private readonly lastEnded = new Map<string, number>();
+  private readonly finished = new Map<string, number>();
+  warm = false;
 
   constructor(
     private readonly tasks: readonly Task[],
@@ -89,7 +95,7 @@ class Mix {
   private free(t: Task): boolean {
     if (t.maxConcurrent !== undefined && (this.running.get(t.name) ?? 0) >= t.maxConcurrent) return false;
     const ended = this.lastEnded.get(t.name);
-    return t.cooldownMs === undefined || ended === undefined || performance.now() - ended >= t.cooldownMs;
+    return !this.warm || t.cooldownMs === undefined || ended === undefined || performance.now() - ended >= t.cooldownMs;
   }
 
   /** Whether some task has not been handed out yet (the run goes on until each has been). */
@@ -97,9 +103,9 @@ class Mix {
     return this.unstarted.length > 0;
   }
 
-  /** Whether every task has run to its end at least once. */
-  everyTaskFinished(): boolean {
-    return this.tasks.every((t) => this.lastEnded.has(t.name));
+  /** Whether every task has run to its end at least `times` times. */
+  everyTaskFinished(times: number): boolean {
+    return this.tasks.every((t) => (this.finished.get(t.name) ?? 0) >= times);
   }
 
   pick(rng: Rng): Task {
@@ -118,10 +124,11 @@ class Mix {
       return (await task.run(ctx, rng)).map((r) => ({ ...r, atS }));
     } catch (err) {
       // A bug in the soak's own client is a finding too, not a crash that leaves the others running.
-      return [{ scenario: task.name, outcome: 'unexpected', status: null, code: null, ms: 0, atS, detail: `soak client error: ${(err as Error).stack ?? String(err)}` }];
+      return [{ scenario: task.rows[0]!, outcome: 'unexpected', status: null, code: null, ms: 0, atS, detail: `soak client error: ${(err as Error).stack ?? String(err)}` }];
     } finally {
       this.running.set(task.name, this.running.get(task.name)! - 1);
       this.lastEnded.set(task.name, performance.now());
+      this.finished.set(task.name, (this.finished.get(task.name) ?? 0) + 1);
     }
   }
 }
@@ -150,16 +157,18 @@ function progressLine(elapsedS: number, durationS: number, records: readonly Req
 }
 
 /**
- * RSS once the server has warmed up: past WARMUP_FRACTION of the run and once every kind of
- * request has been answered at least once (the first stalled readers' floods take the longest, and
- * grow ONNX Runtime's arena for their long prompts). Null if that point never came before the deadline.
+ * RSS once the server has warmed up: past WARMUP_FRACTION of the run and once every task has
+ * finished WARMUP_ROUNDS times, the stalled readers' floods back to back meanwhile. (The floods'
+ * long prefills with logits at every position grow ONNX Runtime's arena; on GPT-2-small shapes RSS
+ * levels off after three or four of them and then stays flat.) Null if warm-up outlasts the run.
  */
 async function measureAfterWarmup(mix: Mix, sampler: MetricsSampler, start: number, deadline: number, io: SoakIo): Promise<{ rssAfterWarmup: number | null; warmupS: number | null }> {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   await sleep((deadline - start) * WARMUP_FRACTION);
-  while (!mix.everyTaskFinished() && performance.now() < deadline) await sleep(250);
-  if (!mix.everyTaskFinished()) {
-    io.status('soak: warm-up never ended (not every kind of request finished before the deadline); RSS growth is not measured');
+  while (!mix.everyTaskFinished(WARMUP_ROUNDS) && performance.now() < deadline) await sleep(250);
+  mix.warm = true;
+  if (!mix.everyTaskFinished(WARMUP_ROUNDS)) {
+    io.status(`soak: warm-up outlasted the run (not every kind of request finished ${WARMUP_ROUNDS} times); RSS growth is not measured`);
     return { rssAfterWarmup: null, warmupS: null };
   }
   const sample = await sampler.sample();
