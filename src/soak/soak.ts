@@ -3,7 +3,7 @@
 // watched, let the server go quiet, judge, print, and always stop the server.
 import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import { dirname, resolve } from 'node:path';
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { ensureBenchModel } from '../bench/bench.js';
 import { startServer } from '../bench/server-process.js';
@@ -328,13 +328,19 @@ export async function runSoak(opts: SoakOptions, io: SoakIo): Promise<SoakResult
   }
 }
 
+/** A path as the user would type it: relative to the working folder when inside it. */
+function shownPath(path: string): string {
+  const rel = relative(process.cwd(), path);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
+}
+
 /** The printed report: what ran, requests by scenario and outcome, the checks, the verdict. */
 export function reportText(r: SoakResult): string {
   const c = r.config;
   const lines = [
     `## Soak: ${c.durationS} s, ${c.concurrency} clients, seed ${c.seed}, model ${r.config.served_model}`,
     '',
-    `Server: \`serve --model ${c.model_dir} ${c.server_args.join(' ')}\` on 127.0.0.1; stalled readers are cut off after ` +
+    `Server: \`serve --model ${shownPath(c.model_dir)} ${c.server_args.join(' ')}\` on 127.0.0.1; stalled readers are cut off after ` +
       `${c.stallTimeoutMs} ms (--stall-timeout-ms), at most ${c.maxConcurrentRequests} requests in flight (429 beyond). ` +
       `A stalled reader asks for a ${c.flood_prompt_tokens}-token prompt echoed with 20 logprobs to 16 choices, more output than the loopback socket buffers hold.`,
     '',
