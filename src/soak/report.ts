@@ -28,8 +28,9 @@ export interface VerdictInput {
   healthFailures: number;
   /** Metrics once the server went quiet (null: the scrape failed). */
   end: MetricValues | null;
+  /** The most RSS the server held in warm-up. */
   rssAfterWarmup: number | null;
-  /** Seconds into the run when rssAfterWarmup was measured. */
+  /** Seconds into the run when warm-up ended. */
   warmupS: number | null;
   /** How the server exited during the run; null: it is still running. */
   serverExit: string | null;
@@ -87,11 +88,11 @@ export function checks(v: VerdictInput): Check[] {
       ok: end !== null && end.running === 0 && end.paused === 0 && end.waiting === 0,
     },
     {
-      name: 'RSS after warm-up -> end',
+      name: 'RSS: warm-up peak -> end',
       measured:
         growth === null
           ? 'not measured'
-          : `${mib(v.rssAfterWarmup!)} (at ${v.warmupS!.toFixed(0)} s) -> ${mib(end!.rssBytes)} (${growth >= 0 ? '+' : ''}${growth.toFixed(1)} %)`,
+          : `${mib(v.rssAfterWarmup!)} (warm-up: ${v.warmupS!.toFixed(0)} s) -> ${mib(end!.rssBytes)} (${growth >= 0 ? '+' : ''}${growth.toFixed(1)} %)`,
       mustBe: `< +${MAX_RSS_GROWTH_PCT} %`,
       ok: growth !== null && growth < MAX_RSS_GROWTH_PCT,
     },
