@@ -352,3 +352,29 @@ test('drain timeout: what is still running is cut off with an error event, then 
   const err = events.at(-2) as { error: { code: string } };
   assert.equal(err.error.code, 'shutting_down', JSON.stringify(err));
 });
+
+test('a body over the limit gets its 413 even when the client reads only after sending it all (no reset)', async (t) => {
+  const { app } = await setup(t, {}, { maxBodyBytes: 64 * 1024 });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = app.server.address() as import('node:net').AddressInfo;
+  const size = 4 << 20;
+  const socket = (await import('node:net')).connect(port, '127.0.0.1');
+  await new Promise((r) => socket.once('connect', r));
+  let received = '';
+  let failure: string | null = null;
+  socket.on('error', (err) => (failure = err.message));
+  // Headers first; the server answers from the Content-Length at once, before the body.
+  socket.write(`POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${size}\r\n\r\n`);
+  socket.pause(); // a client that reads its answer only once it has sent everything
+  await new Promise((r) => setTimeout(r, 200));
+  await new Promise<void>((resolve) => socket.write(Buffer.alloc(size, 0x61), () => resolve()));
+  socket.on('data', (d) => (received += d.toString('latin1')));
+  socket.resume();
+  await waitFor(() => received.includes('request_too_large') || failure !== null, 5000, 'the answer');
+  assert.equal(failure, null, 'no reset');
+  assert.match(received, /^HTTP\/1\.1 413 /);
+  // The rest of the body was read and discarded: the connection serves the next request.
+  socket.write('GET /health HTTP/1.1\r\nhost: x\r\n\r\n');
+  await waitFor(() => /HTTP\/1\.1 200 [\s\S]*"status":"ok"/.test(received), 5000, 'the next answer on the same connection');
+  socket.destroy();
+});

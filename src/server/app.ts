@@ -3,7 +3,7 @@
 // resolves /health answers 503 and completions 503 `model_loading`.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest, type FastifyServerOptions, type FastifyReply } from 'fastify';
 import fp from 'fastify-plugin';
 import cors from '@fastify/cors';
 import websocket from '@fastify/websocket';
@@ -83,6 +83,7 @@ const core = fp(
       if (apiErr.statusCode >= 500 && !(err instanceof ApiError)) {
         request.log.error({ err }, 'unhandled error');
       }
+      if (apiErr.code === 'request_too_large') lingerForTheRestOfTheBody(request.headers['content-length'], reply);
       reply.code(apiErr.statusCode).headers(apiErr.headers).send(apiErr.toBody());
     });
     app.setNotFoundHandler((request, reply) => {
@@ -116,6 +117,21 @@ function onWebsocketError(this: FastifyInstance, error: Error, socket: WebSocket
   request.log.error({ err: error }, 'websocket error');
   socket.terminate();
 }
+
+/**
+ * A body over the limit is refused before it is read, while the client may still be sending it.
+ * Closing the connection then (Fastify's choice) resets it with unread data, and a client that
+ * reads its answer only after sending loses the 413 to that reset. So, like nginx's lingering
+ * close, keep the connection and let Node read and discard the rest of the body (it does so for
+ * any unread body of a kept-alive connection), unless the client announced an absurd size.
+ */
+function lingerForTheRestOfTheBody(contentLength: string | undefined, reply: FastifyReply): void {
+  const declared = Number(contentLength);
+  if (Number.isFinite(declared) && declared <= MAX_DISCARDED_BODY_BYTES) reply.removeHeader('connection');
+}
+
+/** A refused body up to this size is read and discarded rather than reset (see above). */
+const MAX_DISCARDED_BODY_BYTES = 64 * 1024 * 1024;
 
 export function buildApp(
   engine: EngineClient | Promise<EngineClient>,
