@@ -253,3 +253,20 @@ test('SSE flow control: a slow reader that resumes before the stall timeout gets
   assert.equal(spy.cancelled.length, 0);
   assert.equal(engine.stats().kvBlocksUsed, 0);
 });
+
+test('serializeChunk is JSON.stringify, with large shared logprobs serialized once and spliced in', async () => {
+  const { serializeChunk } = await import('../src/server/openai/responses.js');
+  const big = { tokens: Array.from({ length: 100 }, (_, i) => `t${i}`), token_logprobs: Array(100).fill(-1), top_logprobs: Array(100).fill(null), text_offset: Array.from({ length: 100 }, (_, i) => i) };
+  let reads = 0;
+  const counted = new Proxy(big, { get: (o, k) => (k === 'tokens' && reads++, Reflect.get(o, k)) });
+  const chunk = (index: number, text: string) => ({ id: 'c', choices: [{ text, index, logprobs: counted, finish_reason: null }] });
+  const tricky = 'gpt2-serve:serialized-logprobs","logprobs":"gpt2-serve:serialized-logprobs';
+  for (const [i, text] of [[0, 'a'], [1, tricky], [2, '$&$1']] as const) {
+    assert.equal(serializeChunk(chunk(i, text)), JSON.stringify(chunk(i, text)));
+  }
+  const before = reads;
+  for (let i = 0; i < 10; i++) serializeChunk(chunk(i, 'x'));
+  assert.ok(reads - before <= 10, 'the big object is not walked again (only its size is checked)');
+  const small = { id: 'c', choices: [{ text: 'a', index: 0, logprobs: { tokens: ['a'], token_logprobs: [-1], top_logprobs: [{ a: -1 }], text_offset: [0] } }] };
+  assert.equal(serializeChunk(small), JSON.stringify(small));
+});

@@ -1,6 +1,7 @@
 // Turns a CompletionJob's outputs into OpenAI's shapes: the whole response (with best_of
 // selection) or the stream of chunks (SSE and websocket share it).
 // Choice indexes are prompt-major: index = promptIndex * n + j.
+import type { TokenLogprob } from '../../engine/types.js';
 import type { CompletionJob } from './job.js';
 import {
   appendLogprobs,
@@ -37,13 +38,14 @@ export async function collectCompletion(job: CompletionJob): Promise<CompletionR
       cumulativeLogprob: 0,
     })),
   );
+  const echoed = new EchoedLogprobs();
   for await (const out of job.outputs()) {
     const c = acc[out.prompt]?.[out.choice];
     if (!c) continue;
     if (out.type === 'echo') {
       c.text = out.text + c.text;
       if (c.logprobs && out.logprobs) {
-        const prompt = toOpenAILogprobs(out.logprobs, 0).logprobs;
+        const prompt = copyLogprobs(echoed.of(out.logprobs));
         appendLogprobs(prompt, c.logprobs);
         c.logprobs = prompt;
       }
@@ -86,10 +88,12 @@ export async function* completionChunks(job: CompletionJob, options: { includeUs
   const { meta } = job;
   const usageField = options.includeUsage ? null : undefined;
   const offsets = new Map<number, number>();
+  // Being one object for every choice, the echoed logprobs are serialized once (serializeChunk).
+  const echoed = new EchoedLogprobs();
   for await (const out of job.outputs()) {
     const index = out.prompt * n + out.choice;
     if (out.type === 'echo') {
-      const lp = logprobs !== null ? toOpenAILogprobs(out.logprobs ?? [], 0).logprobs : null;
+      const lp = logprobs !== null ? echoed.of(out.logprobs ?? []) : null;
       offsets.set(index, codePointLength(out.text));
       yield makeChunk(meta, [{ text: out.text, index, logprobs: lp, finish_reason: null }], usageField);
     } else if (out.type === 'delta') {
@@ -110,4 +114,19 @@ export async function* completionChunks(job: CompletionJob, options: { includeUs
   if (options.includeUsage) {
     yield makeChunk(meta, [], makeUsage(job.promptTokens, job.completionTokens));
   }
+}
+
+/** Every choice of a prompt echoes the same prompt logprobs: they are converted once per prompt. */
+class EchoedLogprobs {
+  private readonly converted = new WeakMap<TokenLogprob[], CompletionLogprobs>();
+
+  of(records: TokenLogprob[]): CompletionLogprobs {
+    let lp = this.converted.get(records);
+    if (!lp) this.converted.set(records, (lp = toOpenAILogprobs(records, 0).logprobs));
+    return lp;
+  }
+}
+
+function copyLogprobs(lp: CompletionLogprobs): CompletionLogprobs {
+  return { tokens: lp.tokens.slice(), token_logprobs: lp.token_logprobs.slice(), top_logprobs: lp.top_logprobs.slice(), text_offset: lp.text_offset.slice() };
 }

@@ -119,7 +119,34 @@ export function makeChunk(meta: ResponseMeta, choices: CompletionChoice[], usage
 
 /** One Server-Sent Event carrying a JSON payload. */
 export function sseData(payload: unknown): string {
-  return `data: ${JSON.stringify(payload)}\n\n`;
+  return `data: ${serializeChunk(payload)}\n\n`;
+}
+
+/** Logprobs with more tokens than this are serialized once and reused (echoed prompts). */
+const SHARED_LOGPROBS_TOKENS = 64;
+const serializedLogprobs = new WeakMap<object, string>();
+const PLACEHOLDER = 'gpt2-serve:serialized-logprobs';
+
+/**
+ * JSON.stringify of a chunk or response, except that a large `logprobs` object is serialized
+ * once and its text reused: with `echo`, `logprobs` and n choices, every choice's first chunk
+ * carries the same prompt logprobs (megabytes for a long prompt), which would otherwise be
+ * serialized n times on the main thread.
+ */
+export function serializeChunk(payload: unknown): string {
+  let raw: string | null = null;
+  const json = JSON.stringify(payload, (key, value: unknown) => {
+    if (key !== 'logprobs' || raw !== null || !isLarge(value)) return value;
+    raw = serializedLogprobs.get(value) ?? null;
+    if (raw === null) serializedLogprobs.set(value, (raw = JSON.stringify(value)));
+    return PLACEHOLDER;
+  });
+  // A JSON string cannot contain an unescaped quote, so `"logprobs":"<placeholder>"` is the field.
+  return raw === null ? json : json.replace(`"logprobs":"${PLACEHOLDER}"`, () => `"logprobs":${raw}`);
+}
+
+function isLarge(value: unknown): value is CompletionLogprobs {
+  return typeof value === 'object' && value !== null && ((value as CompletionLogprobs).tokens?.length ?? 0) > SHARED_LOGPROBS_TOKENS;
 }
 
 export const SSE_DONE = 'data: [DONE]\n\n';

@@ -24,7 +24,7 @@ import { completionChunks } from '../completion/output.js';
 import { admitCompletion, type AdmittedCompletion } from '../completion/start.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
 import { ApiError, toApiError } from '../openai/errors.js';
-import { makeUsage } from '../openai/responses.js';
+import { makeUsage, serializeChunk } from '../openai/responses.js';
 import { parseOrThrow } from '../openai/zod-errors.js';
 import { CLIENT_CLOSED, logServerFailure, statsOf } from '../telemetry.js';
 
@@ -92,7 +92,7 @@ class WsSession {
 
   private send(frame: unknown): void {
     if (this.socket.readyState !== OPEN) return;
-    this.socket.send(JSON.stringify(frame));
+    this.socket.send(serializeChunk(frame));
     if (this.socket.bufferedAmount > this.app.config.wsHighWaterMark && !this.guard.paused) {
       this.guard.full();
       this.watchDrain();
