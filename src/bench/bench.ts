@@ -2,8 +2,9 @@
 // sweep level by level (with --baseline, the same workload on the --max-num-seqs 1 server right
 // after each level, so both sides of a ratio see the same machine weather), always stop what it
 // started, and print, chart and save the result.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { CONTRACT_VERSION } from '../model/serving-graph.js';
 import { makeTinyModel, PRESETS } from '../model/tiny.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
@@ -72,8 +73,12 @@ interface Target {
  */
 export async function ensureBenchModel(model: string, isDefault: boolean, status: (text: string) => void): Promise<string> {
   const dir = resolve(model);
-  if (existsSync(join(dir, 'manifest.json'))) return dir;
-  if (!isDefault) {
+  if (existsSync(join(dir, 'manifest.json'))) {
+    const version = (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { contractVersion?: unknown }).contractVersion;
+    if (version === CONTRACT_VERSION || !isDefault) return dir; // a user's folder: the server says what is wrong with it
+    status(`${dir} was exported for graph contract ${String(version)}; this server speaks ${CONTRACT_VERSION}: making it again`);
+    rmSync(dir, { recursive: true, force: true });
+  } else if (!isDefault) {
     throw new Error(`no exported model in ${dir} (make one: npm run model:tiny -- --out ${model} --preset gpt2-small)`);
   }
   status(`creating a GPT-2-small-shaped random model in ${dir} (once, about 1 GB) ...`);
