@@ -7,6 +7,7 @@ import { exportCheckpoint, type ExportProgress } from './export.js';
 import { writeSafetensors } from './safetensors.js';
 import { gpt2TokenizerJsonFromGpt3Encoder } from './tokenizer.js';
 import type { Manifest } from './manifest.js';
+import type { WeightFormatOptions } from './weight-format.js';
 import { Rng } from '../util/rng.js';
 
 export interface TinyShape {
@@ -28,6 +29,8 @@ export interface MakeTinyOptions {
   seed?: number;
   shape?: Partial<TinyShape>;
   force?: boolean;
+  /** Export dtype (default fp32); the checkpoint itself is always float32. */
+  weights?: WeightFormatOptions;
   onProgress?: (p: ExportProgress) => void;
 }
 
@@ -43,7 +46,7 @@ export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
   try {
     writeRandomCheckpoint(staging, shape, opts.seed ?? 0);
     writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder()));
-    const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, onProgress: opts.onProgress });
+    const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, weights: opts.weights, onProgress: opts.onProgress });
     renameSync(staging, join(out, 'checkpoint'));
     return manifest;
   } finally {
