@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { ConfigError, configHelp, loadConfig, type ServerConfig } from './config.js';
 import type { EngineClient, EngineOptions } from './engine/types.js';
+import { describeWeights } from './model/manifest.js';
 import { buildApp } from './server/app.js';
 
 export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
@@ -106,7 +107,7 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     throw err;
   }
   logger.info(
-    { model: app.serving.modelId, contextLength: engine.model.contextLength, address },
+    { model: app.serving.modelId, contextLength: engine.model.contextLength, weights: describeWeights(engine.model.weights), address },
     'model loaded; serving',
   );
   return { app, engine, address };

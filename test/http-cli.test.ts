@@ -137,7 +137,9 @@ test('SIGTERM: new work gets 503, the in-flight stream finishes, the process exi
     if (Date.now() > deadline || child.exitCode !== null) assert.fail(`server did not start: ${stderr}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  const address = String(logs.find((l) => l.msg === 'model loaded; serving')!.address);
+  const loaded = logs.find((l) => l.msg === 'model loaded; serving')!;
+  assert.equal(loaded.weights, 'float32', 'the startup log names the weight dtype');
+  const address = String(loaded.address);
   const url = new URL(address);
 
   const get = (p: string) =>

@@ -103,6 +103,7 @@ export async function buildEngineCore(options: EngineOptions, log: (msg: string)
     contextLength: manifest.contextLength,
     vocabSize: manifest.vocabSize,
     eosTokenId: manifest.eosTokenId,
+    weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },
   };
   return { core, model, provider };
 }

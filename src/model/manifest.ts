@@ -46,6 +46,9 @@ export const ManifestSchema = z.object({
     checkpointDtype: z.string(),
     tokenizer: z.string(),
   }),
+}).refine((m) => (m.dtype === 'float32') === (m.quantization === undefined), {
+  message: 'quantization is required for int8/int4 weights and absent for float32',
+  path: ['quantization'],
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 

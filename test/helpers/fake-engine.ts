@@ -94,6 +94,7 @@ export class FakeEngine implements EngineClient {
       contextLength: options.contextLength ?? 64,
       vocabSize: 65536,
       eosTokenId: 0,
+      weights: { dtype: 'float32' },
     };
   }
 
