@@ -1,4 +1,4 @@
-// npm run bench:engine -- [--dtype fp32,int8,int4 | --model DIR] [--concurrency 32] [--prompt-tokens 128]
+// npm run bench:engine -- [--dtype fp32,int8,int4 | --model DIR[,DIR...]] [--concurrency 32] [--prompt-tokens 128]
 //                         [--output-tokens 128] [--prefill-tokens 512] [--threads 0] [--json FILE]
 // The engine's figures, each as a ratio inside one run (these machines are shared and noisy):
 //   1. aggregate decode tokens/s at N concurrent sequences vs one sequence;
@@ -80,7 +80,7 @@ runCli('bench:engine', async (argv) => {
   if (values.model && values.dtype) throw new Error('--model and --dtype exclude each other (--dtype picks the benchmark model folders)');
   const dtypes = (values.dtype ?? 'fp32').split(',');
   for (const d of dtypes) if (!(WEIGHT_DTYPES as readonly string[]).includes(d)) throw new Error(`--dtype: ${d} is not one of ${WEIGHT_DTYPES.join(', ')}`);
-  const dirs = values.model ? [resolve(values.model)] : [];
+  const dirs = values.model ? values.model.split(',').map((d) => resolve(d)) : [];
   if (!values.model) for (const d of dtypes) dirs.push(await ensureBenchModel(d as WeightDtype, log));
   const settings: Settings = {
     concurrency: Number(values.concurrency),

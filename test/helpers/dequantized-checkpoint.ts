@@ -19,6 +19,9 @@ export interface QuantizedMatrix {
   name: string;
   /** ||W - dequantized W||_F / ||W||_F, measured. */
   weightError: number;
+  bits: number;
+  /** Weights sharing one scale: the block, or the whole column (per-column int8). */
+  weightBlock: number;
   /** Values per activation quantization block: the kernel's block, or the whole row (per token). */
   activationBlock: number;
 }
@@ -49,7 +52,7 @@ export function writeDequantizedCheckpoint(checkpoint: string, out: string, plan
     return data;
   };
   const matrices: QuantizedMatrix[] = [];
-  const record = (name: string, original: Float32Array, dequantized: Float32Array, activationBlock: number) => {
+  const record = (name: string, original: Float32Array, dequantized: Float32Array, bits: number, weightBlock: number, activationBlock: number) => {
     if (matrices.some((m) => m.name === name)) return; // the tied embedding, used twice
     let diff = 0;
     let norm = 0;
@@ -57,7 +60,7 @@ export function writeDequantizedCheckpoint(checkpoint: string, out: string, plan
       diff += (original[i] - dequantized[i]) ** 2;
       norm += original[i] ** 2;
     }
-    matrices.push({ name, weightError: Math.sqrt(diff / norm), activationBlock });
+    matrices.push({ name, weightError: Math.sqrt(diff / norm), bits, weightBlock, activationBlock });
   };
   const source: WeightSource = {
     float(name) {
@@ -68,14 +71,14 @@ export function writeDequantizedCheckpoint(checkpoint: string, out: string, plan
       const original = load(name, transform);
       const dq = dequantizeBlockwise(quantizeBlockwise(original, n, k, layout, bits, blockSize), n, k, bits, blockSize); // [n, k]
       const data = layout === 'out-in' ? dq : transpose(dq, n, k);
-      record(name, original, data, blockSize);
+      record(name, original, data, bits, blockSize, blockSize);
       tensors.set(name, { shape: shapeOf(name), data: unscale(data, transform) });
       return quantizedNames(name);
     },
     perColumn(name, k, n, transform) {
       const original = load(name, transform);
       const dq = dequantizePerColumn(quantizePerColumn(original, k, n), k, n);
-      record(name, original, dq, k);
+      record(name, original, dq, 8, k, k);
       tensors.set(name, { shape: shapeOf(name), data: unscale(dq, transform) });
       return quantizedNames(name);
     },
