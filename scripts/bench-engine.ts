@@ -1,5 +1,5 @@
 // npm run bench:engine -- [--dtype fp32,int8,int4 | --model DIR[,DIR...]] [--concurrency 32] [--prompt-tokens 128]
-//                         [--output-tokens 128] [--prefill-tokens 512] [--threads 0] [--json FILE]
+//                         [--output-tokens 128] [--prefill-tokens 512] [--threads 0] [--compare-only] [--json FILE]
 // The engine's figures, each as a ratio inside one run (these machines are shared and noisy):
 //   1. aggregate decode tokens/s at N concurrent sequences vs one sequence;
 //   2. one sequence's decode step vs the model's weight MatMuls alone;
@@ -7,8 +7,8 @@
 //   4. share of step time outside the model (scheduling, sampling, detokenizing, messaging);
 //   5. KV memory allocated vs the bytes of the tokens held;
 //   6. the model step of one 512-token prompt (prefill);
-// plus peak RSS. With several dtypes, every dtype runs in turn in the same process and the
-// summary gives each one's decode and prefill speed as a ratio to the first (fp32).
+// plus peak RSS. With several dtypes (or model folders), each one's figures come in turn, then
+// their model steps are timed in interleaved rounds and compared with the first (fp32).
 // Defaults to a GPT-2-small-shaped random model (created once under models/; the quantized
 // folders are exported from the same checkpoint, so every dtype has the same weights).
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -73,6 +73,7 @@ runCli('bench:engine', async (argv) => {
       'attention-past': { type: 'string', default: '512' },
       'prefill-tokens': { type: 'string', default: '512' },
       threads: { type: 'string', default: '0' },
+      'compare-only': { type: 'boolean', default: false },
       json: { type: 'string' },
     },
   });
@@ -91,13 +92,17 @@ runCli('bench:engine', async (argv) => {
     threads: Number(values.threads),
   };
   const models: Record<string, unknown>[] = [];
-  for (const dir of dirs) {
+  for (const dir of values['compare-only'] ? [] : dirs) {
     const figures = await benchModel(dir, settings, log);
     printFigures(figures);
     models.push(figures);
   }
-  const comparison = models.length > 1 ? compareDtypes(models as unknown as ModelFigures[]) : null;
-  if (comparison) printComparison(comparison);
+  let comparison = null;
+  if (dirs.length > 1) {
+    log('comparing the models in interleaved rounds (decode of 1 and of N rows, prefill) ...');
+    comparison = await interleavedComparison(dirs, settings);
+    printComparison(comparison);
+  }
   const result = {
     machine: { cpus: cpus().length, node: process.version, onnxruntime: ort.env.versions.common },
     config: { ...settings, blockSize: BLOCK_SIZE },
@@ -116,14 +121,6 @@ interface Settings {
   attentionPast: number;
   prefillTokens: number;
   threads: number;
-}
-
-interface ModelFigures {
-  model: { dir: string; weights: string; bytes: number };
-  decodeTokensPerSecond: { single: number; batched: number; ratio: number; target: string };
-  singleDecodeStep: { stepMs: number; weightMatmulMs: number; ratio: number; engineStepMs: number; target: string };
-  prefill: { tokens: number; modelMs: number };
-  rssAfterMiB: number;
 }
 
 async function benchModel(dir: string, s: Settings, log: (m: string) => void) {
@@ -188,29 +185,75 @@ function modelBytes(dir: string, manifest: Manifest): number {
   return statSync(join(dir, manifest.graph.file)).size + statSync(join(dir, manifest.graph.externalData)).size;
 }
 
-/** Each model's speed as a ratio to the first one's (fp32 when --dtype starts with it). */
-function compareDtypes(models: ModelFigures[]) {
-  const [base] = models;
-  return models.map((m) => ({
-    weights: m.model.weights,
-    modelMiB: m.model.bytes / 2 ** 20,
-    singleDecodeTps: m.decodeTokensPerSecond.single,
-    singleDecodeVsFirst: m.decodeTokensPerSecond.single / base!.decodeTokensPerSecond.single,
-    batchedDecodeTps: m.decodeTokensPerSecond.batched,
-    batchedDecodeVsFirst: m.decodeTokensPerSecond.batched / base!.decodeTokensPerSecond.batched,
-    prefillMs: m.prefill.modelMs,
-    prefillVsFirst: base!.prefill.modelMs / m.prefill.modelMs,
-    weightMatmulMs: m.singleDecodeStep.weightMatmulMs,
+/**
+ * The models' model steps side by side: every round times each model in turn (rotating the
+ * order), so that the machine's drifting load hits every model alike; the figures are medians
+ * over rounds, as ratios to the first model. Shapes: one decode row and N decode rows at
+ * prompt + output/2 cached tokens, and one prefill chunk of --prefill-tokens.
+ */
+async function interleavedComparison(dirs: string[], s: Settings) {
+  const N = s.concurrency;
+  const past = s.promptTokens + s.outputTokens / 2;
+  const perRow = blocksFor(past + 1, BLOCK_SIZE);
+  const numBlocks = Math.max(N * perRow, blocksFor(s.prefillTokens, BLOCK_SIZE)) + 1;
+  const models = [];
+  for (const dir of dirs) {
+    const manifest = readManifest(dir);
+    const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log: () => {} });
+    for (const arr of [...runner.pool.keys, ...runner.pool.values]) arr.fill(0.01); // real pages, not the zero page
+    models.push({ dir, manifest, runner, decode1: [] as number[], decodeN: [] as number[], prefill: [] as number[] });
+  }
+  const decodeRow = (b: number) => ({ tokens: [b + 1], pastLength: past, blocks: Array.from({ length: perRow }, (_, k) => 1 + b * perRow + k), logitsFrom: 0, fetchLogits: false });
+  const one = [decodeRow(0)];
+  const many = Array.from({ length: N }, (_, b) => decodeRow(b));
+  const prefill = [{ tokens: Array.from({ length: s.prefillTokens }, (_, k) => (k * 7919) % 50000), pastLength: 0, blocks: Array.from({ length: blocksFor(s.prefillTokens, BLOCK_SIZE) }, (_, k) => 1 + k), logitsFrom: s.prefillTokens - 1, fetchLogits: false }];
+  const time = async (runner: OnnxRunner, rows: Parameters<OnnxRunner['run']>[0], runs: number) => {
+    await runner.run(rows); // warm: the other model's threads and cache lines are still around
+    runner.takeModelMs();
+    const samples: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      await runner.run(rows);
+      samples.push(runner.takeModelMs());
+    }
+    return median(samples);
+  };
+  for (let round = 0; round < 7; round++) {
+    for (let i = 0; i < models.length; i++) {
+      const m = models[(i + round) % models.length]!;
+      m.decode1.push(await time(m.runner, one, 9));
+      m.decodeN.push(await time(m.runner, many, 3));
+      m.prefill.push(await time(m.runner, prefill, 1));
+    }
+  }
+  for (const m of models) await m.runner.dispose();
+  const figures = models.map((m) => ({
+    weights: describeWeights(m.manifest),
+    modelMiB: modelBytes(m.dir, m.manifest) / 2 ** 20,
+    decode1Ms: median(m.decode1),
+    decodeNMs: median(m.decodeN),
+    prefillMs: median(m.prefill),
   }));
+  const base = figures[0]!;
+  return {
+    rows: N,
+    pastTokens: past,
+    prefillTokens: s.prefillTokens,
+    models: figures.map((f) => ({
+      ...f,
+      decode1Speedup: base.decode1Ms / f.decode1Ms,
+      decodeNSpeedup: base.decodeNMs / f.decodeNMs,
+      prefillSpeedup: base.prefillMs / f.prefillMs,
+    })),
+  };
 }
 
-function printComparison(rows: ReturnType<typeof compareDtypes>): void {
-  process.stdout.write('\n| weights | model MiB | 1-seq decode tok/s | x first | batched decode tok/s | x first | prefill ms | x first | weight MatMuls (1 row) ms |\n');
-  process.stdout.write('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n');
-  for (const r of rows) {
-    process.stdout.write(
-      `| ${r.weights} | ${r.modelMiB.toFixed(1)} | ${r.singleDecodeTps.toFixed(1)} | ${r.singleDecodeVsFirst.toFixed(2)} | ${r.batchedDecodeTps.toFixed(1)} | ${r.batchedDecodeVsFirst.toFixed(2)} | ${r.prefillMs.toFixed(1)} | ${r.prefillVsFirst.toFixed(2)} | ${r.weightMatmulMs.toFixed(2)} |\n`,
-    );
+function printComparison(c: Awaited<ReturnType<typeof interleavedComparison>>): void {
+  const out = (line: string) => process.stdout.write(`${line}\n`);
+  out(`\nModel steps, interleaved (medians of 7 rounds; decode rows at ${c.pastTokens} cached tokens; speedup against the first):`);
+  out(`| weights | model MiB | decode, 1 row (ms) | speedup | decode, ${c.rows} rows (ms) | speedup | prefill, ${c.prefillTokens} tokens (ms) | speedup |`);
+  out('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const m of c.models) {
+    out(`| ${m.weights} | ${m.modelMiB.toFixed(1)} | ${m.decode1Ms.toFixed(2)} | ${m.decode1Speedup.toFixed(2)}x | ${m.decodeNMs.toFixed(1)} | ${m.decodeNSpeedup.toFixed(2)}x | ${m.prefillMs.toFixed(1)} | ${m.prefillSpeedup.toFixed(2)}x |`);
   }
 }
 

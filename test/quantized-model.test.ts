@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import request from 'supertest';
+import { quantizeQ8_0, toHalfBits, writeGpt2Gguf } from '../src/bench/gguf.js';
 import { InProcessEngine } from '../src/engine/client.js';
 import { buildApp } from '../src/server/app.js';
 import { createOnnxRunner, type ModelRunner } from '../src/engine/runner.js';
@@ -307,3 +308,22 @@ function concat(parts: Float32Array[]): Float32Array {
 }
 
 after(() => rmSync(root, { recursive: true, force: true }));
+
+test('GGUF writer (the llama.cpp benchmark): v3 header, gpt2 metadata, every tensor listed, Q8_0 blocks of an fp16 scale and 32 int8', async () => {
+  assert.deepEqual([0, 1, 0.5, 65504, 2 ** -24, 1 / 3].map(toHalfBits), [0x0000, 0x3c00, 0x3800, 0x7bff, 0x0001, 0x3555]);
+  const block = quantizeQ8_0(Float32Array.from({ length: 32 }, (_, i) => (i - 16) / 16)); // max |x| = 1
+  assert.equal(block.length, 34);
+  assert.equal(block.readUInt16LE(0), toHalfBits(1 / 127));
+  assert.deepEqual([block.readInt8(2), block.readInt8(2 + 8), block.readInt8(2 + 16), block.readInt8(2 + 31)], [-127, -64, 0, 119]);
+
+  const path = join(root, 'tiny-q8.gguf');
+  writeGpt2Gguf(join(fp32, 'checkpoint'), path, 'Q8_0');
+  const buf = readFileSync(path);
+  assert.equal(buf.toString('latin1', 0, 4), 'GGUF');
+  assert.equal(buf.readUInt32LE(4), 3);
+  const layers = readManifest(fp32).numLayers;
+  assert.equal(Number(buf.readBigUInt64LE(8)), 2 + 12 * layers + 2, 'embeddings, 12 per layer, final norm (tied head)');
+  const keyLength = Number(buf.readBigUInt64LE(24));
+  assert.equal(buf.toString('utf8', 32, 32 + keyLength), 'general.architecture');
+  assert.ok(buf.includes('blk.1.ffn_down.weight') && buf.includes('tokenizer.ggml.merges') && buf.includes('<|endoftext|>'));
+});

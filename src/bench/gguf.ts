@@ -87,7 +87,10 @@ export function quantizeQ8_0(x: Float32Array): Buffer {
     const d = amax / 127;
     const id = d ? 1 / d : 0;
     out.writeUInt16LE(toHalfBits(d), b * 34);
-    for (let j = 0; j < QK8_0; j++) out.writeInt8(Math.round(x[b * QK8_0 + j] * id), b * 34 + 2 + j);
+    for (let j = 0; j < QK8_0; j++) {
+      const v = x[b * QK8_0 + j] * id;
+      out.writeInt8(Math.sign(v) * Math.round(Math.abs(v)), b * 34 + 2 + j); // C roundf: halves away from zero
+    }
   }
   return out;
 }

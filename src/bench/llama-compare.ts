@@ -33,6 +33,8 @@ export interface CompareRow {
   system: string;
   outputTokensPerSecond: number;
   ttftP50Ms: number;
+  /** Our server's peak resident memory (null for llama.cpp, which runs inside this process). */
+  peakRssMiB: number | null;
 }
 
 /** The slice of node-llama-cpp's API this benchmark uses. */
@@ -85,14 +87,21 @@ export async function compareWithLlama(opts: LlamaCompareOptions, io: BenchIo): 
       const result = await runBenchmark(bench, io);
       const [m] = result.runs;
       if (m!.errors) throw new Error(`${model}: ${m!.errors} request(s) failed: ${m!.error_samples.join('; ')}`);
-      rows.push({ streams, system: `ours ${result.model} (HTTP/SSE)`, outputTokensPerSecond: m!.output_throughput, ttftP50Ms: m!.ttft_ms.median });
+      const rss = result.servers[0]!.peak_rss_bytes;
+      rows.push({
+        streams,
+        system: `ours ${result.model} (HTTP/SSE)`,
+        outputTokensPerSecond: m!.output_throughput,
+        ttftP50Ms: m!.ttft_ms.median,
+        peakRssMiB: rss === null ? null : rss / 2 ** 20,
+      });
       io.status(`${rows.at(-1)!.system}, ${streams} streams: ${m!.output_throughput.toFixed(1)} tok/s`);
     }
     for (const g of ggufs) {
       const loaded = await llama.loadModel({ modelPath: g.path });
       try {
         const run = await runLlama(loaded, streams, opts);
-        rows.push({ streams, system: `llama.cpp ${g.type} (in-process)`, ...run });
+        rows.push({ streams, system: `llama.cpp ${g.type} (in-process)`, ...run, peakRssMiB: null });
         io.status(`llama.cpp ${g.type}, ${streams} streams: ${run.outputTokensPerSecond.toFixed(1)} tok/s`);
       } finally {
         await loaded.dispose();
