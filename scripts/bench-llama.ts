@@ -29,6 +29,7 @@ install it apart (Linux x64, CPU build; its optional GPU packages and install sc
   --output-tokens N      (default 64)
   --threads N            threads for both (default 2)
   --seed N               workload seed (default 0)
+  --repeat N             runs per stream count, systems alternating; the fastest of each counts (default 2)
   --json FILE            also write the rows as JSON
 `;
 
@@ -48,6 +49,7 @@ runCli('bench:llama', async (argv) => {
       'output-tokens': { type: 'string', default: '64' },
       threads: { type: 'string', default: '2' },
       seed: { type: 'string', default: '0' },
+      repeat: { type: 'string', default: '2' },
       json: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -69,6 +71,7 @@ runCli('bench:llama', async (argv) => {
       outputTokens: Number(values['output-tokens']),
       threads: Number(values.threads),
       seed: Number(values.seed),
+      repeat: Number(values.repeat),
     },
     { out: (t) => process.stderr.write(`${t}\n`), status: (t) => process.stderr.write(`${t}\n`), progress: makeProgress('none') },
   );
