@@ -133,7 +133,8 @@ async function runLlama(model: LlamaModel, streams: number, opts: LlamaCompareOp
   const perSequence = opts.promptTokens + opts.outputTokens;
   const context = await model.createContext({
     sequences: streams,
-    contextSize: Math.ceil((streams * perSequence) / 256) * 256,
+    // Per sequence: node-llama-cpp gives each sequence its own KV cells (not unified).
+    contextSize: Math.ceil(perSequence / 256) * 256,
     batchSize: 512,
     // Off, as in the figures: with it on, llama.cpp's output depends on the batch.
     flashAttention: false,
