@@ -1,13 +1,17 @@
-// npm run bench:engine -- [--model DIR] [--concurrency 32] [--prompt-tokens 128] [--output-tokens 128]
-//                         [--threads 0] [--json FILE]
+// npm run bench:engine -- [--dtype fp32,int8,int4 | --model DIR[,DIR...]] [--concurrency 32] [--prompt-tokens 128]
+//                         [--output-tokens 128] [--prefill-tokens 512] [--threads 0] [--compare-only] [--json FILE]
 // The engine's figures, each as a ratio inside one run (these machines are shared and noisy):
 //   1. aggregate decode tokens/s at N concurrent sequences vs one sequence;
 //   2. one sequence's decode step vs the model's weight MatMuls alone;
 //   3. attention over 512 cached tokens at batch N vs reading those KV bytes at memcpy speed;
 //   4. share of step time outside the model (scheduling, sampling, detokenizing, messaging);
 //   5. KV memory allocated vs the bytes of the tokens held;
-// plus peak RSS. Defaults to a GPT-2-small-shaped random model (created once under models/).
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+//   6. the model step of one 512-token prompt (prefill);
+// plus peak RSS. With several dtypes (or model folders), each one's figures come in turn, then
+// their model steps are timed in interleaved rounds and compared with the first (fp32).
+// Defaults to a GPT-2-small-shaped random model (created once under models/; the quantized
+// folders are exported from the same checkpoint, so every dtype has the same weights).
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,70 +23,140 @@ import { BlockAllocator, KvPool, blocksFor } from '../src/engine/kv-cache.js';
 import { createOnnxRunner, type OnnxRunner } from '../src/engine/runner.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import type { SamplingParams } from '../src/engine/types.js';
-import { readManifest, type Manifest } from '../src/model/manifest.js';
-import { DataType, GraphBuilder } from '../src/model/onnx-builder.js';
+import { exportCheckpoint } from '../src/model/export.js';
+import { describeWeights, readManifest, type Manifest } from '../src/model/manifest.js';
+import { DataType, GraphBuilder, type DataTypeId } from '../src/model/onnx-builder.js';
 import { loadTokenizer } from '../src/model/tokenizer.js';
-import { makeTinyModel } from '../src/model/tiny.js';
+import { makeTinyModel, PRESETS } from '../src/model/tiny.js';
+import { WEIGHT_DTYPES, weightPlan, type WeightDtype } from '../src/model/weight-format.js';
+import { quantizedNames, WeightOps, type WeightSource } from '../src/model/weight-ops.js';
 import { runCli } from './cli.js';
 import { makeReporter } from './progress.js';
 
 const BLOCK_SIZE = 16;
+const FP32_DIR = 'models/bench-gpt2-small';
+
+/** The benchmark model folder of a dtype: fp32 is made once, the others exported from its checkpoint. */
+function benchModelDir(dtype: WeightDtype): string {
+  return dtype === 'fp32' ? FP32_DIR : `${FP32_DIR}-${dtype}`;
+}
+
+async function ensureBenchModel(dtype: WeightDtype, log: (m: string) => void): Promise<string> {
+  const fp32 = resolve(FP32_DIR);
+  const dir = resolve(benchModelDir(dtype));
+  if (existsSync(join(dir, 'manifest.json'))) return dir;
+  const reporter = makeReporter();
+  try {
+    if (!existsSync(join(fp32, 'manifest.json'))) {
+      log(`creating a GPT-2-small-shaped random model in ${fp32} (once)`);
+      await makeTinyModel({ out: fp32, seed: 0, shape: PRESETS['gpt2-small'], onProgress: reporter.export });
+    }
+    if (dtype !== 'fp32') {
+      log(`exporting its checkpoint as ${dtype} to ${dir} (once)`);
+      await exportCheckpoint({ checkpoint: join(fp32, 'checkpoint'), out: dir, weights: { dtype }, onProgress: reporter.export });
+    }
+  } finally {
+    reporter.stop();
+  }
+  return dir;
+}
 
 runCli('bench:engine', async (argv) => {
   const { values } = parseArgs({
     args: argv,
     options: {
-      model: { type: 'string', default: 'models/bench-gpt2-small' },
+      model: { type: 'string' },
+      dtype: { type: 'string' },
       concurrency: { type: 'string', default: '32' },
       'prompt-tokens': { type: 'string', default: '128' },
       'output-tokens': { type: 'string', default: '128' },
       'attention-past': { type: 'string', default: '512' },
+      'prefill-tokens': { type: 'string', default: '512' },
       threads: { type: 'string', default: '0' },
+      'compare-only': { type: 'boolean', default: false },
       json: { type: 'string' },
     },
   });
-  const N = Number(values.concurrency);
-  const promptTokens = Number(values['prompt-tokens']);
-  const outputTokens = Number(values['output-tokens']);
-  const attnPast = Number(values['attention-past']);
-  const threads = Number(values.threads);
-  const dir = resolve(values.model);
-  if (!existsSync(join(dir, 'manifest.json'))) {
-    process.stderr.write(`creating a GPT-2-small-shaped random model in ${dir} (once)\n`);
-    const reporter = makeReporter();
-    await makeTinyModel({ out: dir, seed: 0, shape: { layers: 12, heads: 12, embd: 768, positions: 1024 }, onProgress: reporter.export });
-    reporter.stop();
-  }
-  const manifest = readManifest(dir);
   const log = (m: string) => process.stderr.write(`${m}\n`);
+  if (values.model && values.dtype) throw new Error('--model and --dtype exclude each other (--dtype picks the benchmark model folders)');
+  const dtypes = (values.dtype ?? 'fp32').split(',');
+  for (const d of dtypes) if (!(WEIGHT_DTYPES as readonly string[]).includes(d)) throw new Error(`--dtype: ${d} is not one of ${WEIGHT_DTYPES.join(', ')}`);
+  const dirs = values.model ? values.model.split(',').map((d) => resolve(d)) : [];
+  if (!values.model) for (const d of dtypes) dirs.push(await ensureBenchModel(d as WeightDtype, log));
+  const settings: Settings = {
+    concurrency: Number(values.concurrency),
+    promptTokens: Number(values['prompt-tokens']),
+    outputTokens: Number(values['output-tokens']),
+    attentionPast: Number(values['attention-past']),
+    prefillTokens: Number(values['prefill-tokens']),
+    threads: Number(values.threads),
+  };
+  const models: Record<string, unknown>[] = [];
+  for (const dir of values['compare-only'] ? [] : dirs) {
+    const figures = await benchModel(dir, settings, log);
+    printFigures(figures);
+    models.push(figures);
+  }
+  let comparison = null;
+  if (dirs.length > 1) {
+    log('comparing the models in interleaved rounds (decode of 1 and of N rows, prefill) ...');
+    comparison = await interleavedComparison(dirs, settings);
+    printComparison(comparison);
+  }
+  const result = {
+    machine: { cpus: cpus().length, node: process.version, onnxruntime: ort.env.versions.common },
+    config: { ...settings, blockSize: BLOCK_SIZE },
+    models,
+    comparison,
+    peakRssMiB: process.resourceUsage().maxRSS / 1024,
+  };
+  process.stdout.write(`peak RSS (whole run)    ${result.peakRssMiB.toFixed(0)} MiB\n`);
+  if (values.json) writeFileSync(values.json, JSON.stringify(result, null, 2) + '\n');
+});
 
-  const matmul = await weightMatmulTimer(dir, manifest, threads);
+interface Settings {
+  concurrency: number;
+  promptTokens: number;
+  outputTokens: number;
+  attentionPast: number;
+  prefillTokens: number;
+  threads: number;
+}
 
-  const kvTokens = Math.max(N * (promptTokens + outputTokens), N * (attnPast + 1)) + N * BLOCK_SIZE * 2;
+async function benchModel(dir: string, s: Settings, log: (m: string) => void) {
+  const manifest = readManifest(dir);
+  const N = s.concurrency;
+  log(`== ${dir}: ${describeWeights(manifest)}`);
+  const matmul = await weightMatmulTimer(dir, manifest, s.threads);
+
+  const kvTokens = Math.max(N * (s.promptTokens + s.outputTokens), N * (s.attentionPast + 1), s.prefillTokens) + N * BLOCK_SIZE * 2;
   const numBlocks = Math.ceil(kvTokens / BLOCK_SIZE) + 1;
-  const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: threads, numBlocks, blockSize: BLOCK_SIZE, log });
+  const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log });
 
   log('measuring one decode step against the weight MatMuls alone (1 row), interleaved ...');
-  const singleStep = await singleStepVsMatmul(runner, matmul.time, promptTokens + outputTokens / 2);
+  const singleStep = await singleStepVsMatmul(runner, matmul.time, s.promptTokens + s.outputTokens / 2);
   await matmul.release();
 
-  log(`measuring attention at batch ${N} over ${attnPast} cached tokens ...`);
-  const attention = await attentionCost(runner, N, attnPast);
+  log(`measuring attention at batch ${N} over ${s.attentionPast} cached tokens ...`);
+  const attention = await attentionCost(runner, N, s.attentionPast);
 
-  log(`engine: 1 sequence, then ${N} concurrent (${promptTokens}-token prompts, ${outputTokens} new tokens) ...`);
+  log(`measuring the prefill of one ${s.prefillTokens}-token prompt ...`);
+  const prefillMs = await prefillCost(runner, s.prefillTokens);
+
+  log(`engine: 1 sequence, then ${N} concurrent (${s.promptTokens}-token prompts, ${s.outputTokens} new tokens) ...`);
   const tokenizer = await loadTokenizer(dir);
   const runEngine = async (concurrency: number) => {
     const scheduler = new Scheduler({ maxNumSeqs: N, maxNumBatchedTokens: 512, blockSize: BLOCK_SIZE }, new BlockAllocator(numBlocks));
     const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId });
-    return driveEngine(core, scheduler, runner.pool, concurrency, promptTokens, outputTokens);
+    return driveEngine(core, scheduler, runner.pool, concurrency, s.promptTokens, s.outputTokens);
   };
   const single = await runEngine(1);
   const batched = await runEngine(N);
+  const rssAfterMiB = process.memoryUsage.rss() / 2 ** 20;
   await runner.dispose();
 
-  const figures = {
-    machine: { cpus: cpus().length, node: process.version, onnxruntime: ort.env.versions.common },
-    config: { model: dir, concurrency: N, promptTokens, outputTokens, attentionPast: attnPast, blockSize: BLOCK_SIZE, threads },
+  return {
+    model: { dir, weights: describeWeights(manifest), bytes: modelBytes(dir, manifest) },
     decodeTokensPerSecond: { single: single.decodeTps, batched: batched.decodeTps, ratio: batched.decodeTps / single.decodeTps, target: '>= 8' },
     singleDecodeStep: {
       stepMs: singleStep.stepMs,
@@ -92,6 +166,7 @@ runCli('bench:engine', async (argv) => {
       target: '<= 1.25',
     },
     attention: { ...attention, ratio: attention.attentionMs / attention.memcpyMs, target: '<= 2' },
+    prefill: { tokens: s.prefillTokens, modelMs: prefillMs },
     overhead: {
       share: batched.overheadShare,
       modelMs: batched.decodeModelMs,
@@ -102,11 +177,85 @@ runCli('bench:engine', async (argv) => {
       target: '<= 0.05',
     },
     kvMemory: { worstExcessBlocksPerSequence: batched.kvExcessPerSeq, target: '<= 1 block per sequence' },
-    peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    rssAfterMiB,
   };
-  printFigures(figures);
-  if (values.json) writeFileSync(values.json, JSON.stringify(figures, null, 2) + '\n');
-});
+}
+
+function modelBytes(dir: string, manifest: Manifest): number {
+  return statSync(join(dir, manifest.graph.file)).size + statSync(join(dir, manifest.graph.externalData)).size;
+}
+
+/**
+ * The models' model steps side by side: every round times each model in turn (rotating the
+ * order), so that the machine's drifting load hits every model alike; the figures are medians
+ * over rounds, as ratios to the first model. Shapes: one decode row and N decode rows at
+ * prompt + output/2 cached tokens, and one prefill chunk of --prefill-tokens.
+ */
+async function interleavedComparison(dirs: string[], s: Settings) {
+  const N = s.concurrency;
+  const past = s.promptTokens + s.outputTokens / 2;
+  const perRow = blocksFor(past + 1, BLOCK_SIZE);
+  const numBlocks = Math.max(N * perRow, blocksFor(s.prefillTokens, BLOCK_SIZE)) + 1;
+  const models = [];
+  for (const dir of dirs) {
+    const manifest = readManifest(dir);
+    const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log: () => {} });
+    for (const arr of [...runner.pool.keys, ...runner.pool.values]) arr.fill(0.01); // real pages, not the zero page
+    models.push({ dir, manifest, runner, decode1: [] as number[], decodeN: [] as number[], prefill: [] as number[] });
+  }
+  const decodeRow = (b: number) => ({ tokens: [b + 1], pastLength: past, blocks: Array.from({ length: perRow }, (_, k) => 1 + b * perRow + k), logitsFrom: 0, fetchLogits: false });
+  const one = [decodeRow(0)];
+  const many = Array.from({ length: N }, (_, b) => decodeRow(b));
+  const prefill = [{ tokens: Array.from({ length: s.prefillTokens }, (_, k) => (k * 7919) % 50000), pastLength: 0, blocks: Array.from({ length: blocksFor(s.prefillTokens, BLOCK_SIZE) }, (_, k) => 1 + k), logitsFrom: s.prefillTokens - 1, fetchLogits: false }];
+  const time = async (runner: OnnxRunner, rows: Parameters<OnnxRunner['run']>[0], runs: number) => {
+    await runner.run(rows); // warm: the other model's threads and cache lines are still around
+    runner.takeModelMs();
+    const samples: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      await runner.run(rows);
+      samples.push(runner.takeModelMs());
+    }
+    return median(samples);
+  };
+  for (let round = 0; round < 7; round++) {
+    for (let i = 0; i < models.length; i++) {
+      const m = models[(i + round) % models.length]!;
+      m.decode1.push(await time(m.runner, one, 9));
+      m.decodeN.push(await time(m.runner, many, 3));
+      m.prefill.push(await time(m.runner, prefill, 1));
+    }
+  }
+  for (const m of models) await m.runner.dispose();
+  const figures = models.map((m) => ({
+    weights: describeWeights(m.manifest),
+    modelMiB: modelBytes(m.dir, m.manifest) / 2 ** 20,
+    decode1Ms: median(m.decode1),
+    decodeNMs: median(m.decodeN),
+    prefillMs: median(m.prefill),
+  }));
+  const base = figures[0]!;
+  return {
+    rows: N,
+    pastTokens: past,
+    prefillTokens: s.prefillTokens,
+    models: figures.map((f) => ({
+      ...f,
+      decode1Speedup: base.decode1Ms / f.decode1Ms,
+      decodeNSpeedup: base.decodeNMs / f.decodeNMs,
+      prefillSpeedup: base.prefillMs / f.prefillMs,
+    })),
+  };
+}
+
+function printComparison(c: Awaited<ReturnType<typeof interleavedComparison>>): void {
+  const out = (line: string) => process.stdout.write(`${line}\n`);
+  out(`\nModel steps, interleaved (medians of 7 rounds; decode rows at ${c.pastTokens} cached tokens; speedup against the first):`);
+  out(`| weights | model MiB | decode, 1 row (ms) | speedup | decode, ${c.rows} rows (ms) | speedup | prefill, ${c.prefillTokens} tokens (ms) | speedup |`);
+  out('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const m of c.models) {
+    out(`| ${m.weights} | ${m.modelMiB.toFixed(1)} | ${m.decode1Ms.toFixed(2)} | ${m.decode1Speedup.toFixed(2)}x | ${m.decodeNMs.toFixed(1)} | ${m.decodeNSpeedup.toFixed(2)}x | ${m.prefillMs.toFixed(1)} | ${m.prefillSpeedup.toFixed(2)}x |`);
+  }
+}
 
 interface EngineRun {
   decodeTps: number;
@@ -201,6 +350,24 @@ async function attentionCost(runner: OnnxRunner, batch: number, past: number) {
   return { attentionMs: withPast - without, stepWithPastMs: withPast, stepWithoutPastMs: without, kvBytes, memcpyMs: memcpyMs(kvBytes) };
 }
 
+/** The model step of one prompt of `tokens` tokens, one chunk, only its last logits (time to first token without queueing). */
+async function prefillCost(runner: OnnxRunner, tokens: number): Promise<number> {
+  const bs = runner.pool.shape.blockSize;
+  const row = {
+    tokens: Array.from({ length: tokens }, (_, k) => (k * 7919) % 50000),
+    pastLength: 0,
+    blocks: Array.from({ length: blocksFor(tokens, bs) }, (_, k) => 1 + k),
+    logitsFrom: tokens - 1,
+    fetchLogits: true,
+  };
+  const samples: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    await runner.run([row]);
+    samples.push(runner.takeModelMs());
+  }
+  return median(samples.slice(1));
+}
+
 /** Time to copy `bytes` once between two large buffers (the memory-bandwidth floor). */
 function memcpyMs(bytes: number): number {
   const src = new Float32Array(bytes / 4).fill(1);
@@ -215,32 +382,31 @@ function memcpyMs(bytes: number): number {
 }
 
 /**
- * A session over only the model's weight MatMuls (same tensors, same external data), one row.
- * Returns a function timing one run, so that it can be interleaved with the real decode step.
+ * A session over only the model's weight MatMuls (the same ops and the same tensors, read from
+ * the model's external data), one row. Returns a function timing one run, so that it can be
+ * interleaved with the real decode step.
  */
 async function weightMatmulTimer(dir: string, manifest: Manifest, threads: number): Promise<{ time: () => Promise<number>; release: () => Promise<void> }> {
-  const { onnx } = onnxProto;
-  const model = onnx.ModelProto.decode(readFileSync(join(dir, manifest.graph.file)));
-  const inits = new Map(model.graph!.initializer!.map((t) => [t.name!, t]));
   const g = new GraphBuilder();
   const E = manifest.hiddenSize;
-  const reuse = (name: string) => {
-    const t = inits.get(name)!;
-    const ext = Object.fromEntries(t.externalData!.map((e) => [e.key, e.value]));
-    return g.externalFloat(name, t.dims!.map(Number), { location: ext.location!, offset: Number(ext.offset), length: Number(ext.length) });
-  };
+  const plan = weightPlan(
+    manifest.quantization
+      ? { dtype: manifest.dtype === 'int8' ? 'int8' : 'int4', blockSize: manifest.quantization.blockSize, int8Op: manifest.quantization.linearOp }
+      : { dtype: 'fp32' },
+  );
+  const ops = new WeightOps(g, plan, exportedWeights(g, join(dir, manifest.graph.file)));
   let h = g.input('x', DataType.FLOAT, [1, E]);
   for (let l = 0; l < manifest.numLayers; l++) {
-    const qkv = g.op('MatMul', [h, reuse(`h.${l}.attn.c_attn.weight`)]);
+    const qkv = ops.linear(h, `h.${l}.attn.c_attn`, E, 3 * E);
     const [q] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 });
-    h = g.op('MatMul', [q, reuse(`h.${l}.attn.c_proj.weight`)]);
-    h = g.op('MatMul', [g.op('MatMul', [h, reuse(`h.${l}.mlp.c_fc.weight`)]), reuse(`h.${l}.mlp.c_proj.weight`)]);
+    h = ops.linear(q, `h.${l}.attn.c_proj`, E, E);
+    h = ops.linear(ops.linear(h, `h.${l}.mlp.c_fc`, E, 4 * E), `h.${l}.mlp.c_proj`, 4 * E, E);
   }
-  g.output(g.op('Gemm', [h, reuse(manifest.tiedHead ? 'wte.weight' : 'lm_head.weight')], { transB: 1 }), 'y', DataType.FLOAT, [1, manifest.vocabSize]);
+  g.output(ops.head(h, manifest.vocabSize, E, manifest.tiedHead, 'y'), 'y', DataType.FLOAT, [1, manifest.vocabSize]);
   // Beside the real graph: ORT only reads external data from the model file's own folder.
   const file = join(dir, `.bench-matmul-${process.pid}.onnx`);
   try {
-    writeFileSync(file, g.encode({ opset: 17, producerVersion: 'bench', doc: '', metadata: {} }));
+    writeFileSync(file, g.encode({ opset: 20, producerVersion: 'bench', doc: '', metadata: {} }));
     const session = await ort.InferenceSession.create(file, {
       graphOptimizationLevel: 'all',
       ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
@@ -257,6 +423,31 @@ async function weightMatmulTimer(dir: string, manifest: Manifest, threads: numbe
   } finally {
     rmSync(file, { force: true }); // the session has loaded it
   }
+}
+
+/** A WeightSource over an exported model's initializers: each one is declared again over the same external bytes. */
+function exportedWeights(g: GraphBuilder, modelFile: string): WeightSource {
+  const { onnx } = onnxProto;
+  const model = onnx.ModelProto.decode(readFileSync(modelFile));
+  const inits = new Map(model.graph!.initializer!.map((t) => [t.name!, t]));
+  const reuse = (name: string, as = name, dims?: number[]) => {
+    const t = inits.get(name);
+    if (!t) throw new Error(`${modelFile}: no initializer ${name}`);
+    const ext = Object.fromEntries(t.externalData!.map((e) => [e.key, e.value]));
+    return g.external(as, t.dataType as DataTypeId, dims ?? t.dims!.map(Number), { location: ext.location!, offset: Number(ext.offset), length: Number(ext.length) });
+  };
+  const quantized = (name: string) => {
+    const names = quantizedNames(name);
+    reuse(names.data);
+    reuse(names.scales);
+    return names;
+  };
+  return {
+    float: (name) => reuse(name),
+    blockwise: (name) => quantized(name),
+    perColumn: (name) => quantized(name),
+    view: (of, name, dims) => reuse(of, name, dims),
+  };
 }
 
 /**

@@ -1,4 +1,4 @@
-// npm run download -- REPO_ID [--revision R] [--out DIR] [--cache-dir DIR] [--force]
+// npm run download -- REPO_ID [--revision R] [--out DIR] [--cache-dir DIR] [--dtype D] [--block-size N] [--force]
 // Fetches a GPT-2 checkpoint from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN) and exports it
 // into a serving model folder.
 import { existsSync, readdirSync } from 'node:fs';
@@ -8,6 +8,7 @@ import { downloadRepo } from '../src/model/hub-download.js';
 import { runCli } from './cli.js';
 import { makeReporter } from './progress.js';
 import { exportCheckpoint } from '../src/model/export.js';
+import { parseWeightFlags, WEIGHT_FLAGS, WEIGHT_USAGE } from './weight-options.js';
 
 const USAGE = `Usage: npm run download -- REPO_ID [options]
 
@@ -18,7 +19,7 @@ Downloads a GPT-2 safetensors checkpoint from the Hugging Face hub, then exports
   --out DIR            exported model folder (default: models/<repo name>)
   --cache-dir DIR      where downloads are kept and resumed (default: models/.hub-cache)
   --force              replace DIR if it already holds a model
-  -h, --help           show this help
+${WEIGHT_USAGE}  -h, --help           show this help
 
 Environment: HF_TOKEN (private or gated repos), HF_ENDPOINT (default https://huggingface.co).
 `;
@@ -32,6 +33,7 @@ async function main(argv: string[]): Promise<void> {
       out: { type: 'string' },
       'cache-dir': { type: 'string', default: path.join('models', '.hub-cache') },
       force: { type: 'boolean', default: false },
+      ...WEIGHT_FLAGS,
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -40,6 +42,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (positionals.length !== 1) throw new Error('expected exactly one REPO_ID, e.g. openai-community/gpt2 (see --help)');
+  const weights = parseWeightFlags(values);
   const repoId = positionals[0];
   const name = repoId.split('/').pop() ?? repoId;
   const out = values.out ?? path.join('models', name);
@@ -56,7 +59,7 @@ async function main(argv: string[]): Promise<void> {
       cacheDir: values['cache-dir'],
       onProgress: (e) => reporter.download(e),
     });
-    await exportCheckpoint({ checkpoint, out, force: values.force, onProgress: reporter.export });
+    await exportCheckpoint({ checkpoint, out, force: values.force, weights, onProgress: reporter.export });
   } finally {
     reporter.stop();
   }

@@ -1,8 +1,10 @@
 // npm run model:tiny -- --out DIR [--seed N] [--preset tiny|gpt2-small] [--layers N --heads N --embd N --positions N]
+//                        [--dtype fp32|int8|int4] [--block-size N]
 import { parseArgs } from 'node:util';
 import { makeTinyModel, PRESETS, type TinyShape } from '../src/model/tiny.js';
 import { runCli } from './cli.js';
 import { makeReporter } from './progress.js';
+import { parseWeightFlags, WEIGHT_FLAGS, WEIGHT_USAGE } from './weight-options.js';
 
 const USAGE = `Usage: npm run model:tiny -- --out DIR [options]
 
@@ -13,7 +15,7 @@ benchmarks.
   --seed N                      default 0
   --preset tiny|gpt2-small      tiny: 2 layers, 4 heads, 32 wide (default); gpt2-small: 12 x 12 x 768
   --layers N --heads N --embd N --positions N   override the preset's shape
-  --force                       replace DIR
+${WEIGHT_USAGE}  --force                       replace DIR
 `;
 
 const int = (name: string, v: string | undefined): number | undefined => {
@@ -35,6 +37,7 @@ runCli('model:tiny', async (argv) => {
       embd: { type: 'string' },
       positions: { type: 'string' },
       force: { type: 'boolean', default: false },
+      ...WEIGHT_FLAGS,
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -50,11 +53,12 @@ runCli('model:tiny', async (argv) => {
   };
   const seed = Number(values.seed);
   if (!Number.isInteger(seed) || seed < 0) throw new Error(`--seed must be a non-negative integer, got ${values.seed}`);
+  const weights = parseWeightFlags(values);
   const reporter = makeReporter();
   try {
-    await makeTinyModel({ out: values.out, seed, shape, force: values.force, onProgress: reporter.export });
+    await makeTinyModel({ out: values.out, seed, shape, force: values.force, weights, onProgress: reporter.export });
   } finally {
     reporter.stop();
   }
-  process.stderr.write(`random GPT-2 (${shape.layers}x${shape.heads}x${shape.embd}, seed ${seed}) written to ${values.out}\n`);
+  process.stderr.write(`random GPT-2 (${shape.layers}x${shape.heads}x${shape.embd}, seed ${seed}, ${weights.dtype}) written to ${values.out}\n`);
 });

@@ -11,6 +11,7 @@ import { ConfigError, configHelp, defaultBodyLimit, loadConfig, type ServerConfi
 import { ModelFolderError, readManifest } from './model/manifest.js';
 import { EngineStartError } from './engine/start-error.js';
 import type { EngineClient, EngineOptions } from './engine/types.js';
+import { describeWeights } from './model/manifest.js';
 import { buildApp } from './server/app.js';
 
 export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
@@ -116,7 +117,7 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     throw err;
   }
   logger.info(
-    { model: app.serving.modelId, contextLength: engine.model.contextLength, address },
+    { model: app.serving.modelId, contextLength: engine.model.contextLength, weights: describeWeights(engine.model.weights), address },
     'model loaded; serving',
   );
   return { app, engine, address };

@@ -234,6 +234,7 @@ function assertServersGone(result: BenchResult): void {
   for (const s of result.servers) {
     assert.equal(s.started, true);
     assert.ok(s.pid !== null && s.pid > 0);
+    if (process.platform === 'linux') assert.ok(s.peak_rss_bytes! > 2 ** 20, `peak RSS ${s.peak_rss_bytes}`);
     assert.equal(pidAlive(s.pid!), false, `server pid ${s.pid} still running`);
   }
   assert.deepEqual(liveServerPids(), []);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { InProcessEngine, WorkerEngine } from '../src/engine/client.js';
 import type { EngineClient, EngineOptions } from '../src/engine/types.js';
-import { collect, events, request } from './helpers/engine-run.js';
+import { assertBatchInvariance, collect, events, request } from './helpers/engine-run.js';
 import { argmax, ReferenceGpt2 } from './helpers/reference-gpt2.js';
 import { engineOptions, tinyModel } from './helpers/tiny-model.js';
 
@@ -44,22 +44,7 @@ test('greedy output equals the reference GPT-2, with finish reason, usage and te
 });
 
 test('batch invariance: greedy and seeded requests give the same tokens alone and in changing batches of 1..32', async () => {
-  const specs = Array.from({ length: 32 }, (_, i) => ({
-    prompt: prompt(1 + ((i * 37) % 60), i),
-    params: i % 2 === 0 ? { maxTokens: 12 + (i % 5) } : { maxTokens: 12 + (i % 5), temperature: 0.9, topP: 0.95, seed: 1000 + i },
-  }));
-  const alone: number[][] = [];
-  for (const s of specs) alone.push((await collect(engine, request(s.prompt, s.params))).choices[0].tokens);
-  // Staggered arrivals: the batch grows from 1 to 32 and shrinks as short requests finish.
-  const together = await Promise.all(
-    specs.map(async (s, i) => {
-      await new Promise((r) => setTimeout(r, i * 3));
-      return (await collect(engine, request(s.prompt, s.params))).choices[0].tokens;
-    }),
-  );
-  assert.deepEqual(together, alone);
-  const stats = await engine.stats();
-  assert.equal(stats.kvBlocksUsed, 0, 'every block is freed');
+  await assertBatchInvariance(engine);
 });
 
 test('preemption under KV pressure recomputes and loses or repeats no token', async () => {

@@ -52,7 +52,8 @@ export interface BenchResult {
   };
   /** The served model id (from /v1/models). */
   model: string;
-  servers: Array<{ role: 'batched' | 'baseline'; url: string; started: boolean; pid: number | null; command: string[] | null }>;
+  /** peak_rss_bytes: the started server's peak resident memory at the end of the sweep (Linux; null otherwise). */
+  servers: Array<{ role: 'batched' | 'baseline'; url: string; started: boolean; pid: number | null; command: string[] | null; peak_rss_bytes: number | null }>;
   software: Software;
   /** load_average_end: the load averages when the sweep ended. */
   machine: Machine & { load_average_end: number[] };
@@ -191,7 +192,14 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         runs: plans,
       },
       model,
-      servers: targets.map((t) => ({ role: t.role, url: t.url, started: t.server !== null, pid: t.server?.pid ?? null, command: t.server?.command ?? null })),
+      servers: targets.map((t) => ({
+        role: t.role,
+        url: t.url,
+        started: t.server !== null,
+        pid: t.server?.pid ?? null,
+        command: t.server?.command ?? null,
+        peak_rss_bytes: t.server ? peakRssBytes(t.server.pid) : null,
+      })),
       software: software(),
       machine: { ...atStart, load_average_end: machine().load_average },
       runs: runs.batched,
@@ -200,6 +208,16 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
     };
   } finally {
     await Promise.all(targets.map((t) => t.server?.stop()));
+  }
+}
+
+/** VmHWM of a process from /proc (null where there is no /proc or the process is gone). */
+function peakRssBytes(pid: number): number | null {
+  try {
+    const kb = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return kb ? Number(kb) * 1024 : null;
+  } catch {
+    return null;
   }
 }
 
@@ -218,6 +236,7 @@ export function summaryText(result: BenchResult): string {
   const m = result.machine;
   parts.push(
     '',
+    ...result.servers.filter((s) => typeof s.peak_rss_bytes === 'number').map((s) => `Peak RSS of the ${s.role} server: ${(s.peak_rss_bytes! / 2 ** 20).toFixed(0)} MiB`),
     `Machine: ${m.cpus} x ${m.cpu_model}, ${(m.memory_bytes / 2 ** 30).toFixed(1)} GiB, ${m.os}; node ${result.software.node}, ` +
       `onnxruntime-node ${result.software.onnxruntime_node ?? '?'}; load average ${m.load_average[0]} at the start, ${m.load_average_end[0]} at the end`,
   );

@@ -142,6 +142,7 @@ export async function buildEngineCore(
     eosTokenId: manifest.eosTokenId,
     kvCacheTokens: (numBlocks - 1) * options.blockSize,
     maxTokenBytes: tokenizer.maxTokenBytes,
+    weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },
   };
   return { core, model, tokenizer };
 }

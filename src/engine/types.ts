@@ -1,5 +1,6 @@
 // The contract between the HTTP edge and the inference engine. Everything here is plain data
 // (structured-clone safe) because it crosses a worker_threads MessagePort.
+import type { Manifest } from '../model/manifest.js';
 
 /** Fully resolved sampling settings: the edge applies defaults and validates ranges before this. */
 export interface SamplingParams {
@@ -166,6 +167,8 @@ export interface ModelInfo {
    * least L UTF-8 bytes, so it cannot encode to fewer than ceil(L / maxTokenBytes) tokens.
    */
   maxTokenBytes: number;
+  /** Weight dtype and, when quantized, how (the manifest's record). */
+  weights: Pick<Manifest, 'dtype' | 'quantization'>;
 }
 
 /**

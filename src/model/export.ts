@@ -1,16 +1,19 @@
 // Hugging Face GPT-2 checkpoint folder -> serving model folder (see models/README.md).
-// Weights stream tensor by tensor into the external data file, so peak memory is about one
-// tensor plus the runtime, and the output appears only once complete (written under a temporary
-// name, renamed at the end): a failed export never leaves a half-written model folder behind.
+// Weights stream tensor by tensor into the external data file (quantized on the way when the
+// dtype asks for it), so peak memory is about one tensor plus the runtime, and the output appears
+// only once complete (written under a temporary name, renamed at the end): a failed export never
+// leaves a half-written model folder behind.
 import { createHash } from 'node:crypto';
-import { createReadStream, statSync, existsSync, mkdirSync, openSync, closeSync, writeSync, writeFileSync, renameSync, rmSync, readdirSync, copyFileSync } from 'node:fs';
+import { createReadStream, statSync, existsSync, mkdirSync, writeFileSync, renameSync, rmSync, readdirSync, copyFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { readGpt2Config, Gpt2Weights } from './gpt2-checkpoint.js';
 import { GraphBuilder } from './onnx-builder.js';
 import { SafetensorsFile } from './safetensors.js';
 import { buildServingGraph, CONTRACT_VERSION, OPSET } from './serving-graph.js';
-import { EXPORTER_VERSION, GRAPH_DATA_FILE, GRAPH_FILE, KV_LAYOUT, MANIFEST_FILE, type Manifest } from './manifest.js';
+import { EXPORTER_VERSION, GRAPH_DATA_FILE, GRAPH_FILE, KV_LAYOUT, MANIFEST_FILE, manifestWeights, type Manifest } from './manifest.js';
 import { writeTokenizerJson } from './tokenizer.js';
+import { checkPlanFits, weightPlan, type WeightFormatOptions } from './weight-format.js';
+import { ExternalWeightWriter } from './weight-writer.js';
 
 export interface ExportProgress {
   phase: 'hash' | 'weights' | 'graph';
@@ -23,11 +26,10 @@ export interface ExportOptions {
   out: string;
   /** Replace an existing output folder. */
   force?: boolean;
+  /** Weight dtype (default fp32) and quantization block size. */
+  weights?: WeightFormatOptions;
   onProgress?: (p: ExportProgress) => void;
 }
-
-/** ORT maps external data; page-aligned offsets let it do so without copying. */
-const DATA_ALIGNMENT = 4096;
 
 export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
   const checkpoint = resolve(opts.checkpoint);
@@ -35,6 +37,8 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
   const weightsFile = join(checkpoint, 'model.safetensors');
   if (!existsSync(checkpoint)) throw new Error(`${checkpoint}: checkpoint folder does not exist`);
   const config = readGpt2Config(checkpoint);
+  const plan = weightPlan(opts.weights ?? { dtype: 'fp32' });
+  checkPlanFits(plan, config.n_embd);
   if (!existsSync(weightsFile)) {
     const hint = existsSync(join(checkpoint, 'pytorch_model.bin')) ? ' (only pytorch_model.bin is there; safetensors is required)' : '';
     throw new Error(`${weightsFile}: missing${hint}`);
@@ -54,37 +58,24 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
     await writeTokenizerJson(join(tmp, 'tokenizer.json'), { dir: checkpoint });
 
     const graph = new GraphBuilder();
-    const dataFd = openSync(join(tmp, GRAPH_DATA_FILE), 'w');
     const total = file.tensors.size;
-    let offset = 0;
     let done = 0;
+    const writer = new ExternalWeightWriter(graph, join(tmp, GRAPH_DATA_FILE), GRAPH_DATA_FILE, (name) => {
+      const data = weights.read(name);
+      opts.onProgress?.({ phase: 'weights', done: ++done, total });
+      return data;
+    });
     try {
-      buildServingGraph(
-        graph,
-        config,
-        (name, dims, transform) => {
-          const data = weights.read(name);
-          transform?.(data);
-          const pad = (DATA_ALIGNMENT - (offset % DATA_ALIGNMENT)) % DATA_ALIGNMENT;
-          if (pad) writeSync(dataFd, new Uint8Array(pad));
-          offset += pad;
-          writeSync(dataFd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-          const ref = { location: GRAPH_DATA_FILE, offset, length: data.byteLength };
-          offset += data.byteLength;
-          opts.onProgress?.({ phase: 'weights', done: ++done, total });
-          return graph.externalFloat(name, dims, ref);
-        },
-        weights.tiedHead,
-      );
+      buildServingGraph(graph, config, writer, weights.tiedHead, plan);
     } finally {
-      closeSync(dataFd);
+      writer.close();
     }
 
     const manifest: Manifest = {
       format: 'gpt2-serve-model',
       contractVersion: CONTRACT_VERSION,
       graph: { file: GRAPH_FILE, externalData: GRAPH_DATA_FILE, opset: OPSET },
-      dtype: 'float32',
+      ...manifestWeights(plan),
       kvLayout: KV_LAYOUT,
       numLayers: config.n_layer,
       numHeads: config.n_head,

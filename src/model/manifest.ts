@@ -4,17 +4,33 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { CONTRACT_VERSION } from './serving-graph.js';
+import type { WeightPlan } from './weight-format.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const GRAPH_FILE = 'model.onnx';
 export const GRAPH_DATA_FILE = 'model.onnx.data';
 export const EXPORTER_VERSION = '0.1.0';
 
+/** How quantized weights are stored and computed (absent for float32 folders). */
+const QuantizationSchema = z.object({
+  bits: z.union([z.literal(4), z.literal(8)]),
+  /** Block along the input dimension of MatMulNBits / GatherBlockQuantized weights. */
+  blockSize: z.number().int().positive(),
+  /** The op of the layers' weight matrices. */
+  linearOp: z.enum(['MatMulNBits', 'MatMulIntegerToFloat']),
+  /** How that op quantizes activations (both int8 with int32 accumulation). */
+  activations: z.enum(['int8 per block', 'int8 per token']),
+  embeddingOp: z.literal('GatherBlockQuantized'),
+  headOp: z.literal('MatMulNBits'),
+});
+
 export const ManifestSchema = z.object({
   format: z.literal('gpt2-serve-model'),
   contractVersion: z.number().int(),
   graph: z.object({ file: z.string(), externalData: z.string(), opset: z.number().int() }),
-  dtype: z.literal('float32'),
+  /** Weights; F16/BF16 checkpoints are widened to float32 or quantized from float32. */
+  dtype: z.enum(['float32', 'int8', 'int4']),
+  quantization: QuantizationSchema.optional(),
   kvLayout: z.string(),
   numLayers: z.number().int().positive(),
   numHeads: z.number().int().positive(),
@@ -30,8 +46,34 @@ export const ManifestSchema = z.object({
     checkpointDtype: z.string(),
     tokenizer: z.string(),
   }),
+}).refine((m) => (m.dtype === 'float32') === (m.quantization === undefined), {
+  message: 'quantization is required for int8/int4 weights and absent for float32',
+  path: ['quantization'],
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
+
+/** The manifest's record of a weight plan. */
+export function manifestWeights(plan: WeightPlan): Pick<Manifest, 'dtype' | 'quantization'> {
+  if (plan.dtype === 'fp32') return { dtype: 'float32' };
+  const { linear, embedding, head } = plan;
+  if (linear.op === 'Gemm' || embedding.op === 'Gather' || head.op === 'Gemm') throw new Error(`${plan.dtype}: every weight op must be quantized`);
+  return {
+    dtype: plan.dtype,
+    quantization: {
+      bits: linear.bits,
+      blockSize: plan.blockSize,
+      linearOp: linear.op,
+      activations: linear.op === 'MatMulNBits' ? 'int8 per block' : 'int8 per token',
+      embeddingOp: embedding.op,
+      headOp: head.op,
+    },
+  };
+}
+
+/** One line for logs and /v1/models: `int8 (MatMulIntegerToFloat, block 32)`. */
+export function describeWeights(m: Pick<Manifest, 'dtype' | 'quantization'>): string {
+  return m.quantization ? `${m.dtype} (${m.quantization.linearOp}, block ${m.quantization.blockSize})` : m.dtype;
+}
 
 export const KV_LAYOUT = 'per layer: past_key_{l}/past_value_{l} float32 [heads, pool_blocks, block_size, head_dim]';
 

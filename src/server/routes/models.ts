@@ -13,6 +13,7 @@ function modelCard(app: FastifyInstance, created: number) {
     owned_by: 'gpt2-serve',
     root: engine.model.name,
     max_model_len: engine.model.contextLength,
+    ...engine.model.weights,
   };
 }
 
