@@ -60,17 +60,42 @@ test('scheduler: with streams decoding, a long prompt is spread over steps that 
   assert.ok(truth({ tokens: shape.tokens + 1, attended: shape.attended + prefill.count + 1 }) > 60);
 });
 
-test("scheduler: 'auto' caps a step at twice its decode rows' cost; without streams only the token budget applies", () => {
+test("scheduler: 'auto' caps a step at twice a decode step of the batch being formed; without streams only the token budget applies", () => {
   const s = decodingScheduler('auto');
   s.add(seq('long', 600));
   const plan = s.schedule(exact);
-  const decodeShape = { tokens: 8, attended: 8 * 21 };
+  // 8 streams decode at 21 attended tokens each; with the queued prompt the batch becomes 9 rows.
+  const settled = { tokens: 9, attended: 9 * 21 };
   const shape = { tokens: plan.rows.reduce((n, r) => n + r.count, 0), attended: plan.rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
-  assert.ok(truth(shape) <= 2 * truth(decodeShape) + 1e-9);
+  assert.ok(truth(shape) <= 2 * truth(settled) + 1e-9);
+  assert.ok(truth({ tokens: shape.tokens + 1, attended: shape.attended + 600 }) > 2 * truth(settled), 'the cap is used, not undercut');
   // Nobody streams: the prompt gets the whole token budget.
   const idle = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs: 'auto' }, new BlockAllocator(400));
   idle.add(seq('alone', 600));
   assert.equal(idle.schedule(exact).rows[0]!.count, 512);
+});
+
+test("scheduler: 'auto' while a batch ramps up: one stream decoding and a queue of prompts get the cap of the full batch, not of one row", () => {
+  // A step's predicted cost and its prefill tokens, one stream decoding (21 attended tokens) and `queued` prompts waiting.
+  const stepWith = (queued: number, paused = 0) => {
+    const s = decodingScheduler('auto', 1);
+    for (let i = 0; i < paused; i++) {
+      s.add(seq(`p${i}`, 200));
+      s.pause(`p${i}`);
+    }
+    for (let i = 0; i < queued; i++) s.add(seq(`q${i}`, 200));
+    const rows = s.schedule(exact).rows;
+    const prefill = rows.filter((r) => r.count > 1).reduce((n, r) => n + r.count, 0);
+    return { prefill, ms: truth({ tokens: rows.reduce((n, r) => n + r.count, 0), attended: rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) }) };
+  };
+  const cap = (rows: number) => 2 * truth({ tokens: rows, attended: rows * 21 });
+  const alone = stepWith(1); // the batch becomes 2 rows
+  const ramping = stepWith(15); // the batch becomes 16 rows (max_num_seqs)
+  assert.ok(alone.ms <= cap(2), `${alone.ms} ms`);
+  assert.ok(ramping.ms <= cap(16) && ramping.ms > cap(2), `${ramping.ms} ms: the 16-row batch's cap, not the 2-row one's`);
+  assert.ok(ramping.prefill > alone.prefill, `${ramping.prefill} vs ${alone.prefill} tokens`);
+  // Paused sequences are not part of the batch being formed.
+  assert.deepEqual(stepWith(1, 14), alone);
 });
 
 test('scheduler: the first prompt in line advances at least a minimum chunk even when the cap is spent; later ones wait', () => {
