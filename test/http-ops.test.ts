@@ -378,3 +378,27 @@ test('a body over the limit gets its 413 even when the client reads only after s
   await waitFor(() => /HTTP\/1\.1 200 [\s\S]*"status":"ok"/.test(received), 5000, 'the next answer on the same connection');
   socket.destroy();
 });
+
+test('a body over the limit from a client that asked for Connection: close: its 413 arrives, then a clean close (no reset)', async (t) => {
+  const { app } = await setup(t, {}, { maxBodyBytes: 64 * 1024 });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = app.server.address() as import('node:net').AddressInfo;
+  const size = 4 << 20;
+  const socket = (await import('node:net')).connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await new Promise((r) => socket.once('connect', r));
+  let received = '';
+  let failure: string | null = null;
+  let ended = false;
+  socket.on('error', (err) => (failure = err.message));
+  socket.on('end', () => (ended = true));
+  socket.write(`POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${size}\r\n\r\n`);
+  socket.pause();
+  await new Promise((r) => setTimeout(r, 200));
+  await new Promise<void>((resolve) => socket.write(Buffer.alloc(size, 0x61), () => resolve()));
+  socket.on('data', (d) => (received += d.toString('latin1')));
+  socket.resume();
+  await waitFor(() => ended || failure !== null, 5000, 'the server closing its side');
+  assert.equal(failure, null, 'no reset');
+  assert.match(received, /^HTTP\/1\.1 413 [\s\S]*request_too_large/);
+  socket.destroy();
+});

@@ -83,7 +83,7 @@ const core = fp(
       if (apiErr.statusCode >= 500 && !(err instanceof ApiError)) {
         request.log.error({ err }, 'unhandled error');
       }
-      if (apiErr.code === 'request_too_large') lingerForTheRestOfTheBody(request.headers['content-length'], reply);
+      if (apiErr.code === 'request_too_large') lingerForTheRestOfTheBody(request, reply);
       reply.code(apiErr.statusCode).headers(apiErr.headers).send(apiErr.toBody());
     });
     app.setNotFoundHandler((request, reply) => {
@@ -120,14 +120,22 @@ function onWebsocketError(this: FastifyInstance, error: Error, socket: WebSocket
 
 /**
  * A body over the limit is refused before it is read, while the client may still be sending it.
- * Closing the connection then (Fastify's choice) resets it with unread data, and a client that
- * reads its answer only after sending loses the 413 to that reset. So, like nginx's lingering
- * close, keep the connection and let Node read and discard the rest of the body (it does so for
- * any unread body of a kept-alive connection), unless the client announced an absurd size.
+ * Closing the connection then (Fastify's choice, and Node's for a request that said
+ * `Connection: close`) resets it with unread data, and a client that reads its answer only after
+ * sending loses the 413 to that reset. So, like nginx's lingering close, keep the connection and
+ * let Node read and discard the rest of the body (it does so for any unread body of a kept-alive
+ * connection), unless the client announced an absurd size; a client that asked for the
+ * connection to close gets its FIN once the body is in.
  */
-function lingerForTheRestOfTheBody(contentLength: string | undefined, reply: FastifyReply): void {
-  const declared = Number(contentLength);
-  if (Number.isFinite(declared) && declared <= MAX_DISCARDED_BODY_BYTES) reply.removeHeader('connection');
+function lingerForTheRestOfTheBody(request: FastifyRequest, reply: FastifyReply): void {
+  const declared = Number(request.headers['content-length']);
+  if (!Number.isFinite(declared) || declared > MAX_DISCARDED_BODY_BYTES) return;
+  reply.removeHeader('connection');
+  reply.raw.shouldKeepAlive = true;
+  if (!/\bclose\b/i.test(request.headers.connection ?? '')) return;
+  const { raw } = request;
+  const close = () => raw.socket.end();
+  reply.raw.once('finish', () => (raw.complete ? close() : raw.once('end', close)));
 }
 
 /** A refused body up to this size is read and discarded rather than reset (see above). */
