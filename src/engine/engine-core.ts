@@ -210,6 +210,11 @@ export class EngineCore {
     return out;
   }
 
+  /** Releases the runner's session and memory (after the last step). */
+  disposeRunner(): Promise<void> {
+    return this.runner.dispose();
+  }
+
   stats(): EngineStats {
     const alloc = this.scheduler.allocator;
     const total = alloc.numBlocks - 1;

@@ -205,7 +205,9 @@ function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number
 export interface CreateRunnerOptions {
   modelDir: string;
   manifest: Manifest;
-  executionProvider: ExecutionProviderChoice;
+  executionProvider: Exclude<ExecutionProviderChoice, 'webgpu'>;
+  /** Why this provider was chosen, for its log line (runner-factory's auto). */
+  why?: string;
   intraOpThreads: number;
   ortLogLevel?: OrtLogLevel;
   numBlocks: number;
