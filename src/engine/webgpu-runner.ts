@@ -16,6 +16,7 @@ import { NULL_BLOCK, type KvStorage, type PoolShape } from './kv-cache.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import type { OrtLogLevel } from './types.js';
 import { createWebGpuSession } from './webgpu.js';
+import { concatFloat32 } from '../util/concat-float32.js';
 
 export interface WebGpuRunnerOptions {
   modelDir: string;
@@ -152,7 +153,7 @@ export class WebGpuRunner implements ModelRunner {
       });
     }
     this.lastTransfer = moved;
-    return parts.map((p) => ({ argmax: p.argmax, logits: p.logits.length === 0 ? NO_LOGITS : p.logits.length === 1 ? p.logits[0]! : concat(p.logits) }));
+    return parts.map((p) => ({ argmax: p.argmax, logits: p.logits.length === 0 ? NO_LOGITS : p.logits.length === 1 ? p.logits[0]! : concatFloat32(p.logits) }));
   }
 
   /** One session.run: every row's tokens at once. */
@@ -247,15 +248,6 @@ async function zeroPools(m: Manifest, dtype: DeviceDtype, numBlocks: number, blo
   return { session: zeros, caches };
 }
 
-function concat(parts: readonly Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 function int32(data: Int32Array, dims: number[] = [data.length]): ort.Tensor {
   return new ort.Tensor('int32', data, dims);
