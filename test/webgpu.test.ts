@@ -92,6 +92,13 @@ test('WebGPU fp32, pool on the device: greedy tokens equal the reference, logits
   // their argmax and logits.
   assert.ok(gpu.lastTransfer.up < 1024, `uploaded ${gpu.lastTransfer.up} B`);
   assert.equal(gpu.lastTransfer.down, 3 * 8 + 3 * manifest.vocabSize * 4);
+  // A 40-token chunk with every position's logits (prompt logprobs) runs as passes of 16 tokens.
+  const long = { tokens: prompt(40, 5), pastLength: 0, blocks: [13, 14, 15], logitsFrom: 0, fetchLogits: true };
+  const [fromCpu] = await cpu.run([long]);
+  const [fromGpu] = await gpu.run([long]);
+  assert.equal(fromGpu.logits.length, 40 * manifest.vocabSize);
+  assert.equal(fromGpu.argmax, fromCpu.argmax);
+  assert.ok(compareLogits([fromCpu.logits], [fromGpu.logits]).maxDiff < FP32_LOGIT_TOLERANCE);
 });
 
 test('node placement (ONNX Runtime verbose log): every node of both step graphs runs on WebGPU, none falls back to the CPU', (t) => {
