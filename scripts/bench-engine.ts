@@ -11,25 +11,25 @@
 // their model steps are timed in interleaved rounds and compared with the first (fp32).
 // Defaults to a GPT-2-small-shaped random model (created once under models/; the quantized
 // folders are exported from the same checkpoint, so every dtype has the same weights).
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MessageChannel } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import onnxProto from 'onnx-proto';
 import { EngineCore } from '../src/engine/engine-core.js';
 import { BlockAllocator, KvPool, blocksFor } from '../src/engine/kv-cache.js';
 import { createOnnxRunner, type OnnxRunner } from '../src/engine/runner.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import type { SamplingParams } from '../src/engine/types.js';
 import { exportCheckpoint } from '../src/model/export.js';
-import { describeWeights, readManifest, type Manifest } from '../src/model/manifest.js';
-import { DataType, GraphBuilder, type DataTypeId } from '../src/model/onnx-builder.js';
+import { describeWeights, manifestPlan, readManifest, type Manifest } from '../src/model/manifest.js';
+import { exportedWeights } from '../src/model/exported-weights.js';
+import { DataType, GraphBuilder } from '../src/model/onnx-builder.js';
 import { loadTokenizer } from '../src/model/tokenizer.js';
 import { makeTinyModel, PRESETS } from '../src/model/tiny.js';
-import { WEIGHT_DTYPES, weightPlan, type WeightDtype } from '../src/model/weight-format.js';
-import { quantizedNames, WeightOps, type WeightSource } from '../src/model/weight-ops.js';
+import { WEIGHT_DTYPES, type WeightDtype } from '../src/model/weight-format.js';
+import { WeightOps } from '../src/model/weight-ops.js';
 import { runCli } from './cli.js';
 import { makeReporter } from './progress.js';
 
@@ -389,12 +389,7 @@ function memcpyMs(bytes: number): number {
 async function weightMatmulTimer(dir: string, manifest: Manifest, threads: number): Promise<{ time: () => Promise<number>; release: () => Promise<void> }> {
   const g = new GraphBuilder();
   const E = manifest.hiddenSize;
-  const plan = weightPlan(
-    manifest.quantization
-      ? { dtype: manifest.dtype === 'int8' ? 'int8' : 'int4', blockSize: manifest.quantization.blockSize, int8Op: manifest.quantization.linearOp }
-      : { dtype: 'fp32' },
-  );
-  const ops = new WeightOps(g, plan, exportedWeights(g, join(dir, manifest.graph.file)));
+  const ops = new WeightOps(g, manifestPlan(manifest), exportedWeights(g, join(dir, manifest.graph.file)));
   let h = g.input('x', DataType.FLOAT, [1, E]);
   for (let l = 0; l < manifest.numLayers; l++) {
     const qkv = ops.linear(h, `h.${l}.attn.c_attn`, E, 3 * E);
@@ -423,31 +418,6 @@ async function weightMatmulTimer(dir: string, manifest: Manifest, threads: numbe
   } finally {
     rmSync(file, { force: true }); // the session has loaded it
   }
-}
-
-/** A WeightSource over an exported model's initializers: each one is declared again over the same external bytes. */
-function exportedWeights(g: GraphBuilder, modelFile: string): WeightSource {
-  const { onnx } = onnxProto;
-  const model = onnx.ModelProto.decode(readFileSync(modelFile));
-  const inits = new Map(model.graph!.initializer!.map((t) => [t.name!, t]));
-  const reuse = (name: string, as = name, dims?: number[]) => {
-    const t = inits.get(name);
-    if (!t) throw new Error(`${modelFile}: no initializer ${name}`);
-    const ext = Object.fromEntries(t.externalData!.map((e) => [e.key, e.value]));
-    return g.external(as, t.dataType as DataTypeId, dims ?? t.dims!.map(Number), { location: ext.location!, offset: Number(ext.offset), length: Number(ext.length) });
-  };
-  const quantized = (name: string) => {
-    const names = quantizedNames(name);
-    reuse(names.data);
-    reuse(names.scales);
-    return names;
-  };
-  return {
-    float: (name) => reuse(name),
-    blockwise: (name) => quantized(name),
-    perColumn: (name) => quantized(name),
-    view: (of, name, dims) => reuse(of, name, dims),
-  };
 }
 
 /**

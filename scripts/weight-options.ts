@@ -7,7 +7,8 @@ export const WEIGHT_FLAGS = {
   'int8-op': { type: 'string', default: 'MatMulIntegerToFloat' },
 } as const;
 
-export const WEIGHT_USAGE = `  --dtype fp32|int8|int4        weights (default fp32); int8/int4 are quantized per block at export
+export const WEIGHT_USAGE = `  --dtype fp32|fp16|int8|int4   weights (default fp32); fp16 halves them (the WebGPU runner computes
+                                in fp16); int8/int4 are quantized per block at export
   --block-size N                quantization block along the input dimension: 16 or 32 (default ${DEFAULT_QUANT_BLOCK_SIZE})
   --int8-op OP                  int8 layers: MatMulIntegerToFloat (default; int8 per-token activations,
                                 fastest for batches) or MatMulNBits (int8 per-block activations)

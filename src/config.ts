@@ -42,8 +42,8 @@ export const SETTINGS = {
   executionProvider: {
     flag: 'execution-provider',
     env: 'GPT2_EXECUTION_PROVIDER',
-    help: 'cpu, cuda, or auto (CUDA when available, else CPU)',
-    schema: z.enum(['auto', 'cpu', 'cuda']).default('auto'),
+    help: 'cpu, cuda, webgpu (KV cache on the device), or auto (CUDA, else WebGPU on a hardware GPU, else CPU)',
+    schema: z.enum(['auto', 'cpu', 'cuda', 'webgpu']).default('auto'),
   },
   intraOpThreads: {
     flag: 'intra-op-threads',

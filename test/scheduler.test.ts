@@ -165,6 +165,24 @@ test('fork shares full blocks and copies the partial one; abort frees everything
   assert.equal(s.abort('r'), false, 'abort is idempotent');
 });
 
+test('without a block copy (a device pool), a fork shares full blocks and recomputes the partial one as a chunk', () => {
+  const s = make({ blocks: 8, blockSize: 4 });
+  const parent = seq('r', 6, 0);
+  s.add(parent);
+  runStep(s);
+  const child = new Sequence('r', 1, parent.tokens.slice(0, 6), 6, parent.arrival);
+  assert.equal(s.fork(parent, child, false), null);
+  assert.deepEqual(child.blocks, [parent.blocks[0]]);
+  assert.equal(child.numComputed, 4);
+  child.tokens.push(777); // the engine samples the fork's first token at once
+  const plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count, r.sample]), [[0, 6, 1, true], [1, 4, 3, true]]);
+  assert.equal(child.blocks.length, 2);
+  assert.notEqual(child.blocks[1], parent.blocks[1], 'the child writes its own copy of the partial block');
+  assert.equal(s.abort('r'), true);
+  assert.equal(s.allocator.usedCount, 0);
+});
+
 test('forks beyond max_num_seqs wait in the queue and recompute instead of overfilling the batch', () => {
   const s = make({ blocks: 16, blockSize: 4, maxNumSeqs: 2 });
   const parent = seq('r', 6, 0);

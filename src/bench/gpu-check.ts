@@ -1,20 +1,21 @@
 // The self-contained GPU check (scripts/gpu-check.sh builds the folder, scripts/gpu-check.ts is
 // its entry): on a machine with a GPU driver and nothing else, make the models on the spot, check
-// the WebGPU provider's greedy output against the CPU provider, then time decode steps at several
-// stream counts on both and count the bytes each step moves between host and device.
+// the WebGPU runner (KV pool on the device) against the CPU provider, then time decode steps at
+// several stream counts on both and report the bytes each step moves between host and device.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { blocksFor, KvPool } from '../engine/kv-cache.js';
-import { UsedBlocksFeed } from '../engine/kv-feed.js';
-import { createOnnxRunner, OnnxRunner } from '../engine/runner.js';
-import { createWebGpuSession, webgpuUnavailable } from '../engine/webgpu.js';
+import { createOnnxRunner, type ModelRunner } from '../engine/runner.js';
+import { WebGpuRunner, type StepTransfer } from '../engine/webgpu-runner.js';
+import { webgpuUnavailable } from '../engine/webgpu.js';
 import { readManifest, type Manifest } from '../model/manifest.js';
 import { makeTinyModel, PRESETS, type TinyShape } from '../model/tiny.js';
+import { compareLogits, FP32_LOGIT_TOLERANCE, fp16LogitTolerance } from '../model/webgpu-graph.js';
 import { greedyDecode } from './runner-decode.js';
 
-export type Provider = 'cpu' | 'webgpu';
+/** CPU provider (host pool), or the WebGPU runner's fp16 (production) or fp32 step graph. */
+export type Variant = 'cpu' | 'webgpu-fp16' | 'webgpu-fp32';
 
 export interface GpuCheckOptions {
   /** Where the generated models go (about 1 GB for the GPT-2-small shape). */
@@ -33,13 +34,17 @@ export interface GpuCheckOptions {
 
 export interface CheckResult {
   model: string;
+  variant: Exclude<Variant, 'cpu'>;
   tokensEqual: boolean;
   maxLogitDiff: number;
   maxLogit: number;
+  /** Largest logit difference allowed: fp32 float error, or fp16's precision (webgpu-graph.ts). */
+  tolerance: number;
+  pass: boolean;
 }
 
 export interface BenchRow {
-  provider: Provider;
+  provider: Variant;
   streams: number;
   decodeTokensPerSecond: number;
   stepMs: number;
@@ -47,11 +52,14 @@ export interface BenchRow {
   hostToDeviceBytes: number;
   /** Per decode step on WebGPU: output bytes copied back into host memory (0 on CPU). */
   deviceToHostBytes: number;
+  /** The KV pool's bytes on the device (0 on CPU). */
+  devicePoolBytes: number;
 }
 
 export interface GpuCheckReport {
   checks: CheckResult[];
   bench: BenchRow[];
+  /** fp32 KV bytes per cached token (the CPU pool; the fp16 device pool holds half). */
   kvBytesPerToken: number;
   gpuMemoryMiB: { before: number | null; peakSeen: number | null };
   seconds: number;
@@ -76,21 +84,24 @@ export async function runGpuCheck(opts: GpuCheckOptions): Promise<GpuCheckReport
   };
   // The tiny model first: a machine without a WebGPU adapter fails here, in seconds.
   const checks: CheckResult[] = [];
-  const check = async (label: string, dir: string, prompts: number[][]) => {
-    opts.log(`checking WebGPU against CPU on the ${label} model (${prompts.length} streams, ${opts.checkSteps} greedy tokens) ...`);
-    checks.push(await compareProviders(label, dir, prompts, opts.checkSteps));
+  const check = async (label: string, dir: string, variant: Exclude<Variant, 'cpu'>, prompts: number[][]) => {
+    opts.log(`checking WebGPU ${variant.slice(7)} against CPU on the ${label} model (${prompts.length} streams, ${opts.checkSteps} greedy tokens) ...`);
+    checks.push(await compareProviders(label, dir, variant, prompts, opts.checkSteps));
     noteMemory();
   };
-  await check('tiny', await make('tiny', PRESETS.tiny, 1), [[15496, 995, 11], [50256], Array.from({ length: 19 }, (_, i) => (i * 7919 + 13) % 50000)]);
+  const tiny = await make('tiny', PRESETS.tiny, 1);
+  const tinyPrompts = [[15496, 995, 11], [50256], Array.from({ length: 19 }, (_, i) => (i * 7919 + 13) % 50000)];
+  await check('tiny', tiny, 'webgpu-fp32', tinyPrompts);
+  await check('tiny', tiny, 'webgpu-fp16', tinyPrompts);
   const benchDir = await make(`bench-${opts.benchShape.layers}x${opts.benchShape.heads}x${opts.benchShape.embd}`, opts.benchShape, 0);
-  await check('bench', benchDir, [[15496, 995, 11, 616], Array.from({ length: 9 }, (_, i) => (i * 104729 + 7) % 50000)]);
+  await check('bench', benchDir, 'webgpu-fp16', [[15496, 995, 11, 616], Array.from({ length: 9 }, (_, i) => (i * 104729 + 7) % 50000)]);
 
   const manifest = readManifest(benchDir);
   const bench: BenchRow[] = [];
-  for (const provider of ['cpu', 'webgpu'] as const) {
+  for (const variant of ['cpu', 'webgpu-fp16'] as const) {
     for (const streams of opts.streams) {
-      opts.log(`${provider}: ${streams} streams, ${opts.promptTokens}-token prompts, ${opts.decodeSteps} decode steps ...`);
-      bench.push(await benchDecode(provider, benchDir, manifest, streams, opts.promptTokens, opts.decodeSteps));
+      opts.log(`${variant}: ${streams} streams, ${opts.promptTokens}-token prompts, ${opts.decodeSteps} decode steps ...`);
+      bench.push(await benchDecode(variant, benchDir, manifest, streams, opts.promptTokens, opts.decodeSteps));
       noteMemory();
     }
   }
@@ -104,99 +115,73 @@ export async function runGpuCheck(opts: GpuCheckOptions): Promise<GpuCheckReport
 }
 
 interface ProviderRunner {
-  runner: OnnxRunner;
-  /** Host bytes in and out of each session.run (WebGPU only: on CPU nothing crosses a bus). */
-  runs: Transfer[];
-  release: () => Promise<void>;
+  runner: ModelRunner;
+  /** What the last step moved between host and device (WebGPU; on CPU nothing crosses a bus). */
+  transfer: () => StepTransfer;
+  /** Bytes of the KV pool on the device (WebGPU). */
+  poolBytes: number;
 }
 
 /**
- * The runner as each provider uses it today: CPU reads the whole pool zero-copy; WebGPU gets the
- * batch's blocks uploaded every step (the used-blocks feed), counted per run.
+ * The runner as each provider serves: CPU reads the host pool zero-copy; WebGPU keeps the pool
+ * on the device (fp16: PagedAttention updates it in place; fp32: ScatterND, fed back).
  */
-async function openRunner(provider: Provider, dir: string, manifest: Manifest, numBlocks: number): Promise<ProviderRunner> {
-  if (provider === 'cpu') {
+async function openRunner(variant: Variant, dir: string, manifest: Manifest, numBlocks: number): Promise<ProviderRunner> {
+  if (variant === 'cpu') {
     const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks, blockSize: 16, log: () => {} });
-    return { runner, runs: [], release: () => runner.dispose() };
+    return { runner, transfer: () => ({ up: 0, down: 0 }), poolBytes: 0 };
   }
-  let session: ort.InferenceSession;
   try {
-    session = await createWebGpuSession(join(dir, manifest.graph.file));
+    const runner = await WebGpuRunner.create({ modelDir: dir, manifest, dtype: variant === 'webgpu-fp16' ? 'fp16' : 'fp32', numBlocks, blockSize: 16 });
+    return { runner, transfer: () => runner.lastTransfer, poolBytes: runner.poolBytes };
   } catch (err) {
     throw new Error(webgpuUnavailable(err) ?? (err as Error).message);
   }
-  const counted = countTransfers(session);
-  const pool = new KvPool({ layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks, blockSize: 16 });
-  const runner = new OnnxRunner(counted.session, pool, new UsedBlocksFeed(pool), manifest.vocabSize);
-  return { runner, runs: counted.runs, release: () => session.release() };
 }
 
-async function compareProviders(label: string, dir: string, prompts: number[][], steps: number): Promise<CheckResult> {
+async function compareProviders(label: string, dir: string, variant: Exclude<Variant, 'cpu'>, prompts: number[][], steps: number): Promise<CheckResult> {
   const manifest = readManifest(dir);
   const numBlocks = 1 + prompts.reduce((n, p) => n + blocksFor(p.length + steps, 16), 0);
-  const logits: Record<Provider, Float32Array[]> = { cpu: [], webgpu: [] };
-  const generated: Partial<Record<Provider, number[][]>> = {};
-  for (const provider of ['cpu', 'webgpu'] as const) {
-    const { runner, release } = await openRunner(provider, dir, manifest, numBlocks);
+  const logits = { cpu: [] as Float32Array[], gpu: [] as Float32Array[] };
+  const generated: { cpu?: number[][]; gpu?: number[][] } = {};
+  for (const side of ['cpu', 'gpu'] as const) {
+    const { runner } = await openRunner(side === 'cpu' ? 'cpu' : variant, dir, manifest, numBlocks);
     try {
-      const r = await greedyDecode(runner, prompts, steps, { fetchLogits: true, onLogits: (_s, _i, l) => logits[provider].push(l.slice()) });
-      generated[provider] = r.generated;
+      const r = await greedyDecode(runner, prompts, steps, { fetchLogits: true, onLogits: (_s, _i, l) => logits[side].push(l.slice()) });
+      generated[side] = r.generated;
     } finally {
-      await release();
+      await runner.dispose();
     }
   }
-  let maxLogitDiff = 0;
-  let maxLogit = 0;
-  logits.cpu.forEach((c, i) =>
-    c.forEach((v, j) => {
-      maxLogitDiff = Math.max(maxLogitDiff, Math.abs(v - logits.webgpu[i][j]));
-      maxLogit = Math.max(maxLogit, Math.abs(v));
-    }),
-  );
-  return { model: label, tokensEqual: JSON.stringify(generated.cpu) === JSON.stringify(generated.webgpu), maxLogitDiff, maxLogit };
+  const d = compareLogits(logits.cpu, logits.gpu);
+  const tolerance = variant === 'webgpu-fp16' ? fp16LogitTolerance(d.maxLogit, manifest.numLayers) : FP32_LOGIT_TOLERANCE;
+  // fp16 may flip a greedy pick where the two best logits are closer than its tolerance (and
+  // then the streams part); fp32 must pick the same tokens.
+  const tokensEqual = JSON.stringify(generated.cpu) === JSON.stringify(generated.gpu);
+  return { model: label, variant, tokensEqual, maxLogitDiff: d.maxDiff, maxLogit: d.maxLogit, tolerance, pass: d.maxDiff <= tolerance && (tokensEqual || variant === 'webgpu-fp16') };
 }
 
-async function benchDecode(provider: Provider, dir: string, manifest: Manifest, streams: number, promptTokens: number, steps: number): Promise<BenchRow> {
+async function benchDecode(variant: Variant, dir: string, manifest: Manifest, streams: number, promptTokens: number, steps: number): Promise<BenchRow> {
   const numBlocks = 1 + streams * blocksFor(promptTokens + steps, 16);
   const prompts = Array.from({ length: streams }, (_, s) => Array.from({ length: promptTokens }, (_, k) => (k * 7919 + s * 104729 + 11) % 50000));
-  const { runner, runs, release } = await openRunner(provider, dir, manifest, numBlocks);
+  const { runner, transfer, poolBytes } = await openRunner(variant, dir, manifest, numBlocks);
   try {
     const r = await greedyDecode(runner, prompts, steps);
-    // Run 0 is the prefill; the first decode step pays one-off costs (shader compilation on WebGPU).
-    const decodeRuns = runs.slice(2);
+    // The first decode step pays one-off costs (shader compilation on WebGPU).
     const stepMs = median(r.stepMs.slice(1));
+    const moved = transfer(); // the last decode step's: every decode step has the same shape
     return {
-      provider,
+      provider: variant,
       streams,
       decodeTokensPerSecond: (streams * 1000) / stepMs,
       stepMs,
-      hostToDeviceBytes: decodeRuns.length ? median(decodeRuns.map((x) => x.inBytes)) : 0,
-      deviceToHostBytes: decodeRuns.length ? median(decodeRuns.map((x) => x.outBytes)) : 0,
+      hostToDeviceBytes: moved.up,
+      deviceToHostBytes: moved.down,
+      devicePoolBytes: poolBytes,
     };
   } finally {
-    await release();
+    await runner.dispose();
   }
-}
-
-interface Transfer {
-  inBytes: number;
-  outBytes: number;
-}
-
-/** Wraps session.run to add up the bytes of host-memory inputs and outputs of every run. */
-function countTransfers(session: ort.InferenceSession) {
-  const runs: Transfer[] = [];
-  const hostBytes = (values: Record<string, ort.Tensor>) =>
-    Object.values(values).reduce((n, t) => n + (t.location === 'cpu' ? (t.data as ArrayBufferView).byteLength : 0), 0);
-  const run = async (feeds: Record<string, ort.Tensor>, fetches?: string[]) => {
-    const out = await session.run(feeds, fetches ?? session.outputNames);
-    runs.push({ inBytes: hostBytes(feeds), outBytes: hostBytes(out) });
-    return out;
-  };
-  const counted = new Proxy(session, {
-    get: (target, prop) => (prop === 'run' ? run : Reflect.get(target, prop, target)),
-  });
-  return { session: counted, runs };
 }
 
 /** Device memory in use on GPU 0 from nvidia-smi, where there is one. */
@@ -216,19 +201,21 @@ function median(xs: number[]): number {
 }
 
 export function formatReport(r: GpuCheckReport): string {
-  const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+  const bytes = (b: number) => (b < 1024 ? `${b} B` : b < 2 ** 20 ? `${(b / 1024).toFixed(1)} KiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
   const lines = ['', 'WebGPU vs CPU (greedy tokens, logits):'];
   for (const c of r.checks) {
-    lines.push(`  ${c.model.padEnd(6)} tokens ${c.tokensEqual ? 'equal' : 'DIFFER'}, max |logit diff| ${c.maxLogitDiff.toExponential(2)} (largest |logit| ${c.maxLogit.toFixed(1)})`);
-  }
-  lines.push('', `decode (KV cache ${r.kvBytesPerToken} bytes per token):`, '  provider streams  tok/s     step ms   host->device/step  device->host/step');
-  for (const b of r.bench) {
-    const moved = b.provider === 'cpu' ? ['in place', 'in place'] : [mib(b.hostToDeviceBytes), mib(b.deviceToHostBytes)];
     lines.push(
-      `  ${b.provider.padEnd(8)} ${String(b.streams).padStart(7)}  ${b.decodeTokensPerSecond.toFixed(1).padStart(8)}  ${b.stepMs.toFixed(1).padStart(8)}   ${moved[0].padStart(15)}  ${moved[1].padStart(17)}`,
+      `  ${c.model.padEnd(6)} ${c.variant.padEnd(12)} ${c.pass ? 'pass' : 'FAIL'}: tokens ${c.tokensEqual ? 'equal' : 'differ'}, max |logit diff| ${c.maxLogitDiff.toExponential(2)} (tolerance ${c.tolerance.toExponential(1)}, largest |logit| ${c.maxLogit.toFixed(1)})`,
     );
   }
-  lines.push('  (webgpu runs today\'s graph: the batch\'s KV blocks go up and its new K/V rows come back every step)');
+  lines.push('', `decode (KV cache ${r.kvBytesPerToken} bytes per token in fp32, half in fp16):`, '  provider      streams     tok/s   step ms  host->device/step  device->host/step  KV pool on device');
+  for (const b of r.bench) {
+    const moved = b.provider === 'cpu' ? ['in place', 'in place', '-'] : [bytes(b.hostToDeviceBytes), bytes(b.deviceToHostBytes), bytes(b.devicePoolBytes)];
+    lines.push(
+      `  ${b.provider.padEnd(12)} ${String(b.streams).padStart(7)}  ${b.decodeTokensPerSecond.toFixed(1).padStart(8)}  ${b.stepMs.toFixed(1).padStart(8)}  ${moved[0].padStart(17)}  ${moved[1].padStart(17)}  ${moved[2].padStart(17)}`,
+    );
+  }
+  lines.push("  (webgpu-fp16: the pool stays on the device; per step only ids, positions, lengths and block tables go up, the rows' argmax comes down)");
   const mem = r.gpuMemoryMiB;
   lines.push('', `GPU memory used (nvidia-smi): ${mem.before === null ? 'n/a' : `${mem.before} MiB before, ${mem.peakSeen} MiB highest seen`}`, `total ${r.seconds.toFixed(0)} s`);
   return lines.join('\n');

@@ -210,6 +210,11 @@ export class EngineCore {
     return out;
   }
 
+  /** Releases the runner's session and memory (after the last step). */
+  disposeRunner(): Promise<void> {
+    return this.runner.dispose();
+  }
+
   stats(): EngineStats {
     const alloc = this.scheduler.allocator;
     const total = alloc.numBlocks - 1;
@@ -288,8 +293,9 @@ export class EngineCore {
       for (let c = 1; c < params.n; c++) {
         const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival);
         state.choices[c] = this.newChoice(state, child);
-        const copy = this.scheduler.fork(seq, child);
-        if (copy) this.runner.pool.copyBlock(copy.from, copy.to);
+        const { pool } = this.runner;
+        const copy = this.scheduler.fork(seq, child, pool.copyBlock !== undefined);
+        if (copy) pool.copyBlock!(copy.from, copy.to);
         if (child.status === 'running') targets.push(child);
       }
     }

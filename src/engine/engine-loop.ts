@@ -56,6 +56,8 @@ export class EngineLoop {
     while (!this.stopped && this.core.openRequests > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.inbox.push({ type: 'stop', error: { code: 'shutting_down', message: 'The server shut down before the request finished.' } });
     await this.done;
+    // Device-resident pools (WebGPU) are freed only by dispose, and must be before the session is.
+    await this.core.disposeRunner();
   }
 
   private async run(): Promise<void> {

@@ -65,11 +65,21 @@ export interface PoolShape {
 }
 
 /**
+ * What the engine needs of a runner's KV storage, wherever it lives: its shape, and a block copy
+ * for copy-on-write where the storage can make one synchronously. Device-resident pools cannot
+ * (no op copies a block in place), and the scheduler recomputes a fork's partly filled block.
+ */
+export interface KvStorage {
+  readonly shape: PoolShape;
+  copyBlock?(from: number, to: number): void;
+}
+
+/**
  * Per layer, a key and a value array laid out [heads, numBlocks, blockSize, headDim]. Allocated
  * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
  * follows the blocks actually used.
  */
-export class KvPool {
+export class KvPool implements KvStorage {
   readonly keys: Float32Array[] = [];
   readonly values: Float32Array[] = [];
   readonly blockFloats: number;

@@ -1,6 +1,7 @@
-// Creates the ONNX Runtime session on the chosen execution provider. `auto` prefers CUDA and
-// falls back to CPU with one log line saying why; a CPU-only machine never touches CUDA code
-// beyond a file-existence check.
+// Creates the ONNX Runtime session for the CPU or CUDA provider (the host-pool runner). `auto`
+// here prefers CUDA and falls back to CPU with one log line saying why; a CPU-only machine never
+// touches CUDA code beyond a file-existence check. The engine's full `auto` order (CUDA, then
+// WebGPU, then CPU) is in runner-factory.ts.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -15,11 +16,14 @@ export interface SessionResult {
 }
 
 export interface SessionOptions {
-  executionProvider: ExecutionProviderChoice;
+  /** `webgpu` is not this module's: runner-factory.ts builds the WebGPU runner. */
+  executionProvider: Exclude<ExecutionProviderChoice, 'webgpu'>;
   intraOpThreads: number;
   /** ONNX Runtime's process-wide log level (default: its own, 'warning'). */
   ortLogLevel?: OrtLogLevel;
   log: (msg: string) => void;
+  /** Why an explicit `cpu` or `cuda` was chosen, for the log line (default: requested). */
+  why?: string;
 }
 
 /** The CUDA provider is a separate download (design.md); without it, asking for CUDA cannot work. */
@@ -41,7 +45,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     opts.log(`execution provider: cpu (${why})`);
     return { session: await ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
   };
-  if (opts.executionProvider === 'cpu') return cpu('requested');
+  if (opts.executionProvider === 'cpu') return cpu(opts.why ?? 'requested');
   const cudaLib = cudaProviderPath();
   if (!existsSync(cudaLib)) {
     const why = `the CUDA provider library is not installed (${cudaLib}; install with ONNXRUNTIME_NODE_INSTALL=cuda12)`;
@@ -50,7 +54,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
   }
   try {
     const session = await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
-    opts.log(`execution provider: cuda (device 0, ${opts.executionProvider === 'auto' ? 'auto' : 'requested'})`);
+    opts.log(`execution provider: cuda (device 0, ${opts.why ?? (opts.executionProvider === 'auto' ? 'auto' : 'requested')})`);
     return { session, provider: 'cuda' };
   } catch (err) {
     if (opts.executionProvider === 'cuda') throw new Error(`--execution-provider cuda: ${(err as Error).message}`);

@@ -1,8 +1,14 @@
-// Which ModelRunner the engine drives: ONNX Runtime, or a module named in EngineOptions.runner
-// (a deterministic runner with injected faults, for tests that need the real engine around it).
+// Which ModelRunner the engine drives: ONNX Runtime on the chosen execution provider, or a module
+// named in EngineOptions.runner (a deterministic runner with injected faults, for tests that need
+// the real engine around it). `auto` prefers CUDA, then WebGPU on a hardware GPU, then CPU, and
+// logs one line saying which and why.
+import { existsSync } from 'node:fs';
 import type { Manifest } from '../model/manifest.js';
-import { createOnnxRunner, type ModelRunner } from './runner.js';
+import { cudaProviderPath } from './ort-session.js';
+import { createOnnxRunner, type CreateRunnerOptions, type ModelRunner } from './runner.js';
 import type { EngineOptions } from './types.js';
+import { WebGpuRunner, deviceDtypeFor } from './webgpu-runner.js';
+import { gpuDeviceNodes, softwareAdapterInUse } from './webgpu.js';
 
 /** What a runner module's `createRunner` receives. */
 export interface RunnerContext {
@@ -24,15 +30,70 @@ export async function createRunner(
     if (typeof mod.createRunner !== 'function') throw new Error(`${options.runner.url} does not export createRunner`);
     return mod.createRunner({ ...ctx, blockSize: options.blockSize, options: options.runner.options });
   }
-  const { runner } = await createOnnxRunner({
-    modelDir: options.modelDir,
-    manifest: ctx.manifest,
-    executionProvider: options.executionProvider,
-    intraOpThreads: options.intraOpThreads,
-    ortLogLevel: options.ortLogLevel,
-    numBlocks: ctx.numBlocks,
-    blockSize: options.blockSize,
-    log: ctx.log,
-  });
-  return runner;
+  const host = (executionProvider: CreateRunnerOptions['executionProvider'], why?: string) =>
+    createOnnxRunner({
+      modelDir: options.modelDir,
+      manifest: ctx.manifest,
+      executionProvider,
+      why,
+      intraOpThreads: options.intraOpThreads,
+      ortLogLevel: options.ortLogLevel,
+      numBlocks: ctx.numBlocks,
+      blockSize: options.blockSize,
+      log: ctx.log,
+    }).then((r) => r.runner);
+  const webgpu = () =>
+    WebGpuRunner.create({
+      modelDir: options.modelDir,
+      manifest: ctx.manifest,
+      dtype: deviceDtypeFor(ctx.manifest),
+      numBlocks: ctx.numBlocks,
+      blockSize: options.blockSize,
+      ortLogLevel: options.ortLogLevel,
+    });
+  const webgpuLine = (runner: WebGpuRunner, why: string) =>
+    `execution provider: webgpu (${why}; ${runner.dtype} step graph, KV pool of ${(runner.poolBytes / 2 ** 20).toFixed(1)} MiB on the device)`;
+
+  const choice = options.executionProvider;
+  if (choice === 'cpu' || choice === 'cuda') return host(choice);
+  if (choice === 'webgpu') {
+    const runner = await webgpu();
+    ctx.log(webgpuLine(runner, softwareAdapterInUse() ? 'requested; a software Vulkan adapter (lavapipe): slower than the CPU provider' : 'requested'));
+    return runner;
+  }
+
+  const passed: string[] = [];
+  const cudaLib = cudaProviderPath();
+  if (existsSync(cudaLib)) {
+    try {
+      return await host('cuda', 'auto');
+    } catch (err) {
+      passed.push(`the CUDA session failed: ${firstLine(err)}`);
+    }
+  } else {
+    passed.push('no CUDA provider library');
+  }
+  // Without a GPU device node any adapter Dawn finds is a software one: skip WebGPU without
+  // creating a device (that alone starts lavapipe's threads and costs seconds).
+  const nodes = gpuDeviceNodes();
+  if (nodes.length === 0) {
+    passed.push('no GPU device node for WebGPU (/dev/nvidia*, /dev/dri/renderD*)');
+  } else {
+    try {
+      const runner = await webgpu();
+      if (!softwareAdapterInUse()) {
+        ctx.log(webgpuLine(runner, `auto: ${[...passed, `GPU device ${nodes.join(', ')}`].join('; ')}`));
+        return runner;
+      }
+      await runner.dispose();
+      passed.push('WebGPU found only a software Vulkan adapter (lavapipe), slower than the CPU provider');
+    } catch (err) {
+      passed.push(`WebGPU failed: ${firstLine(err)}`);
+    }
+  }
+  return host('cpu', `auto: ${passed.join('; ')}`);
+}
+
+function firstLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
 }

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Manifest } from '../model/manifest.js';
-import { KvPool, NULL_BLOCK } from './kv-cache.js';
+import { KvPool, NULL_BLOCK, type KvStorage } from './kv-cache.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
 import { createSession, type ExecutionProvider } from './ort-session.js';
 import type { ExecutionProviderChoice, OrtLogLevel } from './types.js';
@@ -30,7 +30,8 @@ export interface RowOutput {
 
 export interface ModelRunner {
   readonly vocabSize: number;
-  readonly pool: KvPool;
+  /** The KV storage the rows' blocks index (host memory, or the device's). */
+  readonly pool: KvStorage;
   run(rows: readonly RunnerRow[]): Promise<RowOutput[]>;
   /** Milliseconds spent inside session.run since the last call. */
   takeModelMs(): number;
@@ -204,7 +205,9 @@ function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number
 export interface CreateRunnerOptions {
   modelDir: string;
   manifest: Manifest;
-  executionProvider: ExecutionProviderChoice;
+  executionProvider: Exclude<ExecutionProviderChoice, 'webgpu'>;
+  /** Why this provider was chosen, for its log line (runner-factory's auto). */
+  why?: string;
   intraOpThreads: number;
   ortLogLevel?: OrtLogLevel;
   numBlocks: number;

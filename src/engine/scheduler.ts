@@ -211,14 +211,16 @@ export class Scheduler {
   /**
    * A new choice continuing from `parent`'s cached prompt: full blocks are shared, the partly
    * filled last block is copied on write. Returns the block copy the KV pool must make, or null.
-   * Without a free block, or with the batch full (max_num_seqs), the child is queued to
-   * recompute its prefill instead.
+   * Without `canCopy` (a device-resident pool, which has no block copy) the child instead
+   * recomputes the partly filled block's tokens (fewer than a block) as a prefill chunk in its
+   * next step. Without a free block, or with the batch full (max_num_seqs), the child is queued
+   * to recompute its prefill instead.
    */
-  fork(parent: Sequence, child: Sequence): { from: number; to: number } | null {
+  fork(parent: Sequence, child: Sequence, canCopy = true): { from: number; to: number } | null {
     const bs = this.config.blockSize;
     const full = Math.floor(parent.numComputed / bs);
-    const partial = parent.numComputed % bs !== 0;
-    const fresh = this.running.length >= this.config.maxNumSeqs ? null : partial ? this.allocator.allocate(1) : [];
+    const copy = canCopy && parent.numComputed % bs !== 0;
+    const fresh = this.running.length >= this.config.maxNumSeqs ? null : copy ? this.allocator.allocate(1) : [];
     if (!fresh) {
       this.waiting.unshift(child);
       return null;
@@ -226,9 +228,9 @@ export class Scheduler {
     const shared = parent.blocks.slice(0, full);
     this.allocator.share(shared);
     child.blocks = [...shared, ...fresh];
-    child.numComputed = parent.numComputed;
+    child.numComputed = canCopy ? parent.numComputed : full * bs;
     this.insertRunning(child);
-    return partial ? { from: parent.blocks[full], to: fresh[0] } : null;
+    return copy ? { from: parent.blocks[full], to: fresh[0] } : null;
   }
 
   /** Cancels every sequence of a request; returns whether any was found. */

@@ -216,7 +216,7 @@ export interface EngineClient {
   decode(lists: number[][]): Promise<string[]>;
 }
 
-export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda';
+export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';
 
 export type OrtLogLevel = 'verbose' | 'info' | 'warning' | 'error' | 'fatal';
 

@@ -5,6 +5,7 @@
 // token agrees, overall and where the reference is not near a tie.
 import { createOnnxRunner, type OnnxRunner } from '../engine/runner.js';
 import { readManifest } from '../model/manifest.js';
+import { concatFloat32 } from '../util/concat-float32.js';
 import { Rng } from '../util/rng.js';
 
 export interface QualityOptions {
@@ -163,7 +164,7 @@ export async function evaluateQuality(opts: QualityOptions): Promise<QualityRepo
       // model's chunks are compared against them as they come.
       const refLogits: Float32Array[] = [];
       await teacherForce(reference, seq, (_start, logits) => refLogits.push(logits.slice()));
-      const ref = concat(refLogits);
+      const ref = concatFloat32(refLogits);
       await teacherForce(model, seq, (start, logits) => {
         for (let i = 0; i < logits.length / V; i++) acc.add(ref.subarray((start + i) * V, (start + i + 1) * V), logits.subarray(i * V, (i + 1) * V));
       });
@@ -175,12 +176,3 @@ export async function evaluateQuality(opts: QualityOptions): Promise<QualityRepo
   return acc.report();
 }
 
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}

@@ -64,7 +64,7 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
       const data = weights.read(name);
       opts.onProgress?.({ phase: 'weights', done: ++done, total });
       return data;
-    });
+    }, plan.dtype === 'fp16');
     try {
       buildServingGraph(graph, config, writer, weights.tiedHead, plan);
     } finally {

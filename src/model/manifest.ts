@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { CONTRACT_VERSION } from './serving-graph.js';
-import type { WeightPlan } from './weight-format.js';
+import { weightPlan, type WeightPlan } from './weight-format.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const GRAPH_FILE = 'model.onnx';
@@ -28,8 +28,8 @@ export const ManifestSchema = z.object({
   format: z.literal('gpt2-serve-model'),
   contractVersion: z.number().int(),
   graph: z.object({ file: z.string(), externalData: z.string(), opset: z.number().int() }),
-  /** Weights; F16/BF16 checkpoints are widened to float32 or quantized from float32. */
-  dtype: z.enum(['float32', 'int8', 'int4']),
+  /** Weights; F16/BF16 checkpoints are widened to float32 (or rounded to float16, or quantized). */
+  dtype: z.enum(['float32', 'float16', 'int8', 'int4']),
   quantization: QuantizationSchema.optional(),
   kvLayout: z.string(),
   numLayers: z.number().int().positive(),
@@ -46,8 +46,8 @@ export const ManifestSchema = z.object({
     checkpointDtype: z.string(),
     tokenizer: z.string(),
   }),
-}).refine((m) => (m.dtype === 'float32') === (m.quantization === undefined), {
-  message: 'quantization is required for int8/int4 weights and absent for float32',
+}).refine((m) => (m.dtype === 'float32' || m.dtype === 'float16') === (m.quantization === undefined), {
+  message: 'quantization is required for int8/int4 weights and absent for float32/float16',
   path: ['quantization'],
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
@@ -55,6 +55,7 @@ export type Manifest = z.infer<typeof ManifestSchema>;
 /** The manifest's record of a weight plan. */
 export function manifestWeights(plan: WeightPlan): Pick<Manifest, 'dtype' | 'quantization'> {
   if (plan.dtype === 'fp32') return { dtype: 'float32' };
+  if (plan.dtype === 'fp16') return { dtype: 'float16' };
   const { linear, embedding, head } = plan;
   if (linear.op === 'Gemm' || embedding.op === 'Gather' || head.op === 'Gemm') throw new Error(`${plan.dtype}: every weight op must be quantized`);
   return {
@@ -68,6 +69,12 @@ export function manifestWeights(plan: WeightPlan): Pick<Manifest, 'dtype' | 'qua
       headOp: head.op,
     },
   };
+}
+
+/** The weight plan a folder was exported with (the inverse of manifestWeights). */
+export function manifestPlan(m: Pick<Manifest, 'dtype' | 'quantization'>): WeightPlan {
+  if (!m.quantization) return weightPlan({ dtype: m.dtype === 'float16' ? 'fp16' : 'fp32' });
+  return weightPlan({ dtype: m.dtype === 'int8' ? 'int8' : 'int4', blockSize: m.quantization.blockSize, int8Op: m.quantization.linearOp });
 }
 
 /** One line for logs and /v1/models: `int8 (MatMulIntegerToFloat, block 32)`. */

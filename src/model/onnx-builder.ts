@@ -12,6 +12,8 @@ export const DataType = {
   BOOL: onnx.TensorProto.DataType.BOOL,
   UINT8: onnx.TensorProto.DataType.UINT8,
   INT8: onnx.TensorProto.DataType.INT8,
+  INT32: onnx.TensorProto.DataType.INT32,
+  FLOAT16: onnx.TensorProto.DataType.FLOAT16,
 } as const;
 export type DataTypeId = (typeof DataType)[keyof typeof DataType];
 
@@ -84,6 +86,12 @@ export class GraphBuilder {
     return this.cached(`f32:${dims}:${values}`, (name) =>
       onnx.TensorProto.create({ name, dataType: DataType.FLOAT, dims, floatData: values }),
     );
+  }
+
+  /** A scalar zero of any numeric type (a fill value for Expand). */
+  constZero(dataType: DataTypeId): string {
+    const bytes = dataType === DataType.FLOAT16 ? 2 : dataType === DataType.INT64 ? 8 : dataType === DataType.UINT8 || dataType === DataType.INT8 || dataType === DataType.BOOL ? 1 : 4;
+    return this.cached(`zero:${dataType}`, (name) => onnx.TensorProto.create({ name, dataType, dims: [], rawData: new Uint8Array(bytes) }));
   }
 
   constUint8(values: number[], dims: number[] = [values.length]): string {

@@ -3,7 +3,7 @@
 // plan from here, so "int8" means one thing everywhere.
 import type { QuantBits } from './quantize.js';
 
-export const WEIGHT_DTYPES = ['fp32', 'int8', 'int4'] as const;
+export const WEIGHT_DTYPES = ['fp32', 'fp16', 'int8', 'int4'] as const;
 export type WeightDtype = (typeof WEIGHT_DTYPES)[number];
 
 export const DEFAULT_QUANT_BLOCK_SIZE = 32;
@@ -51,7 +51,9 @@ export interface WeightFormatOptions {
 
 export function weightPlan(opts: WeightFormatOptions): WeightPlan {
   const blockSize = opts.blockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
-  if (opts.dtype === 'fp32') return { dtype: 'fp32', blockSize, linear: { op: 'Gemm' }, embedding: { op: 'Gather' }, head: { op: 'Gemm' } };
+  // fp16 stores every float tensor as float16: the GPU graphs compute in it, the CPU graph widens
+  // the weights to float32 once at load (ONNX Runtime folds the Cast into a float32 initializer).
+  if (opts.dtype === 'fp32' || opts.dtype === 'fp16') return { dtype: opts.dtype, blockSize, linear: { op: 'Gemm' }, embedding: { op: 'Gather' }, head: { op: 'Gemm' } };
   if (!BATCH_INVARIANT_BLOCK_SIZES.includes(blockSize)) {
     throw new Error(
       `--block-size ${blockSize}: use ${BATCH_INVARIANT_BLOCK_SIZES.join(' or ')} (ONNX Runtime's quantized kernels compute a row differently alone and in a batch at larger blocks, which would make outputs depend on the batch)`,

@@ -1,7 +1,8 @@
 // The exporter's WeightSource: reads each checkpoint tensor when the graph asks for it, encodes it
-// (float32, or quantized per the graph's request) and appends it to the external data file, so
-// only one tensor is in memory at a time.
+// (float32 or float16, or quantized per the graph's request) and appends it to the external data
+// file, so only one tensor is in memory at a time.
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { Float16Array } from '@petamoriken/float16';
 import { DataType, type DataTypeId, type ExternalTensorRef, type GraphBuilder } from './onnx-builder.js';
 import { blockCount, quantizeBlockwise, quantizePerColumn, type QuantBits, type SourceLayout } from './quantize.js';
 import { quantizedNames, type QuantizedRef, type WeightSource } from './weight-ops.js';
@@ -16,18 +17,27 @@ export class ExternalWeightWriter implements WeightSource {
   private offset = 0;
   private readonly refs = new Map<string, ExternalTensorRef>();
 
-  /** `read` returns a checkpoint tensor as float32 by its prefix-free name. */
+  /**
+   * `read` returns a checkpoint tensor as float32 by its prefix-free name. With `float16`, float
+   * tensors are stored as float16 under their own name and the graph reads them through a Cast
+   * to float32, which ONNX Runtime folds into a float32 initializer when the session loads.
+   */
   constructor(
     private readonly graph: GraphBuilder,
     path: string,
     private readonly location: string,
     private readonly read: (name: string) => Float32Array,
+    private readonly float16 = false,
   ) {
     this.fd = openSync(path, 'w');
   }
 
   float(name: string, dims: number[], transform?: Transform): string {
-    return this.put(name, DataType.FLOAT, dims, this.load(name, transform));
+    const data = this.load(name, transform);
+    if (!this.float16) return this.put(name, DataType.FLOAT, dims, data);
+    const half = new Float16Array(data);
+    const stored = this.put(name, DataType.FLOAT16, dims, new Uint16Array(half.buffer, half.byteOffset, half.length));
+    return this.graph.op('Cast', [stored], { to: DataType.FLOAT });
   }
 
   blockwise(name: string, n: number, k: number, layout: SourceLayout, bits: QuantBits, blockSize: number, transform?: Transform): QuantizedRef {
