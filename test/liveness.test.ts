@@ -48,6 +48,18 @@ test('liveness: a command the engine never applied counts as pending work (a han
   assert.equal(m.check().state, 'ok');
 });
 
+test('liveness: an engine idle for longer than the timeout is not stuck when work arrives, only if that work then waits the timeout', () => {
+  const { m, advance } = monitor(1000);
+  m.heartbeat(beat(false, 0));
+  advance(60_000); // idle a minute, far past the timeout
+  m.commandSent(); // a request arrives; the engine has not answered yet
+  assert.equal(m.check().state, 'ok', 'the wait starts when the work arrived, not at the last heartbeat');
+  advance(999);
+  m.commandSent(); // more work while the first is still unanswered does not restart the wait
+  advance(2);
+  assert.equal(m.check().state, 'stuck');
+});
+
 test('liveness: death is final and keeps its first reason; 0 disables the stuck check', () => {
   const { m, advance } = monitor(0);
   m.heartbeat(beat(true, 0));

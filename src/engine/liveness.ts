@@ -2,11 +2,13 @@
 // after every step and whenever it goes idle, so /health never waits on the engine's thread (a
 // step can take a second). Pure bookkeeping with an injected clock, unit-tested on its own.
 //
-// Stuck means work is pending and nothing was heard for stepTimeoutMs. Work is pending when the
-// last heartbeat said busy, or when commands were sent that the engine has not applied yet (both
-// sides count commands in order over one channel, so `sent > applied` is exact). A busy engine
-// that keeps reporting steps is never stuck, however long its queue: liveness must not kill a
-// loaded server.
+// Stuck means work has been pending for stepTimeoutMs with nothing heard meanwhile. Work is
+// pending when the last heartbeat said busy, or when commands were sent that the engine has not
+// applied yet (both sides count commands in order over one channel, so `sent > applied` is
+// exact). The wait is counted from the later of the last heartbeat and the moment work became
+// pending: an engine idle for longer than the timeout is not stuck the instant a request arrives.
+// A busy engine that keeps reporting steps is never stuck, however long its queue: liveness must
+// not kill a loaded server.
 import type { EngineHealth, EngineHeartbeat, EngineStats } from './types.js';
 
 export const EMPTY_STATS: EngineStats = {
@@ -30,6 +32,8 @@ export class LivenessMonitor {
   private stats: EngineStats = EMPTY_STATS;
   private busy = false;
   private lastHeardAt: number;
+  /** When work last became pending on an idle engine (a command sent with nothing outstanding). */
+  private pendingSince = -Infinity;
   private sent = 0;
   private applied = 0;
   private deadReason: string | null = null;
@@ -44,7 +48,12 @@ export class LivenessMonitor {
 
   /** A command (add, cancel, pause, resume) went to the engine. */
   commandSent(): void {
+    if (!this.pending) this.pendingSince = this.clock();
     this.sent++;
+  }
+
+  private get pending(): boolean {
+    return this.busy || this.sent > this.applied;
   }
 
   heartbeat(hb: EngineHeartbeat): void {
@@ -71,9 +80,9 @@ export class LivenessMonitor {
     const since = this.clock() - this.lastHeardAt;
     const base = { sinceLastHeartbeatMs: Math.round(since), consecutiveFailedSteps: this.stats.consecutiveFailedSteps };
     if (this.deadReason !== null) return { state: 'dead', reason: this.deadReason, ...base };
-    const pending = this.busy || this.sent > this.applied;
-    if (pending && this.stepTimeoutMs > 0 && since > this.stepTimeoutMs) {
-      return { state: 'stuck', reason: `work is pending and the engine reported no progress for ${Math.round(since)} ms`, ...base };
+    const waited = this.clock() - Math.max(this.lastHeardAt, this.pendingSince);
+    if (this.pending && this.stepTimeoutMs > 0 && waited > this.stepTimeoutMs) {
+      return { state: 'stuck', reason: `work is pending and the engine reported no progress for ${Math.round(waited)} ms`, ...base };
     }
     return { state: 'ok', reason: null, ...base };
   }
