@@ -218,7 +218,10 @@ export interface CreateRunnerOptions {
 }
 
 export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ runner: OnnxRunner; provider: ExecutionProvider }> {
-  const { session, provider } = await createSession(join(opts.modelDir, opts.manifest.graph.file), opts);
+  const { session, provider } = await createSession(join(opts.modelDir, opts.manifest.graph.file), {
+    ...opts,
+    externalData: join(opts.modelDir, opts.manifest.graph.externalData),
+  });
   const pool = new KvPool({
     layers: opts.manifest.numLayers,
     heads: opts.manifest.numHeads,
