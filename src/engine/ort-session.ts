@@ -42,6 +42,15 @@ function inMemoryWeights(file: string | undefined): ort.InferenceSession.Session
   return { externalData: [{ path: basename(file), data: readFileSync(file) }] };
 }
 
+/** ONNX Runtime may use in-memory weights in place: they live as long as their session. */
+const weightsOfSession = new WeakMap<ort.InferenceSession, unknown>();
+
+async function open(modelFile: string, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
+  const session = await ort.InferenceSession.create(modelFile, options);
+  if (options.externalData) weightsOfSession.set(session, options.externalData);
+  return session;
+}
+
 /** The CUDA provider is a separate download (design.md); without it, asking for CUDA cannot work. */
 export function cudaProviderPath(): string {
   const pkg = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
@@ -60,7 +69,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
   };
   const cpu = async (why: string): Promise<SessionResult> => {
     opts.log(`execution provider: cpu (${why})`);
-    return { session: await ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
+    return { session: await open(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
   };
   if (opts.executionProvider === 'cpu') return cpu(opts.why ?? 'requested');
   const cudaLib = cudaProviderPath();
@@ -70,7 +79,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     return cpu(`auto: ${why}`);
   }
   try {
-    const session = await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
+    const session = await open(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
     opts.log(`execution provider: cuda (device 0, ${opts.why ?? (opts.executionProvider === 'auto' ? 'auto' : 'requested')})`);
     return { session, provider: 'cuda' };
   } catch (err) {

@@ -161,8 +161,9 @@ export class Scheduler {
    * sequence decoding (up to max_num_seqs), at the current rows' mean attended length. Scaling
    * the 'auto' cap by it rather than by the rows decoding now matters while a batch ramps up:
    * with 1 stream decoding and 31 prompts queued, twice a 1-row step would admit the queue
-   * MIN_PREFILL_CHUNK tokens at a time (measured: TTFT p50 2.1x the token-budget policy's at 32
-   * streams of 512-token prompts), while the streams' usual gap is about to be a 32-row step's.
+   * MIN_PREFILL_CHUNK tokens at a time, while the streams' usual gap is about to be a 32-row
+   * step's. (It did not bring 512-token prompts' TTFT back to the token-budget policy's: see
+   * README, Performance.)
    */
   private settledDecode(decode: StepShape): StepShape {
     if (decode.tokens === 0) return decode;
