@@ -68,7 +68,8 @@ export const SETTINGS = {
     env: 'GPT2_MAX_STEP_MS',
     help:
       "Time cap of a step that carries decoding streams, so a prefill cannot stall them: milliseconds, 'auto' " +
-      '(2x the predicted cost of a decode step of every running and queued sequence, up to max-num-seqs) or 0 (token budget only)',
+      '(2x the predicted cost of a decode step of every running and queued sequence, up to max-num-seqs; more when prompts are most ' +
+      "of the requests' work, so that prefill keeps its share) or 0 (token budget only)",
     schema: z.union([z.literal('auto'), int(0)]).default('auto'),
   },
   kvCacheTokens: {

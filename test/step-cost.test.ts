@@ -32,13 +32,30 @@ test('cost model: least squares on calibration runs recovers a linear cost; onli
   assert.ok(Math.abs(m.predictMs(s) - 2 * truth(s)) / (2 * truth(s)) < 0.05, `${m.predictMs(s)} vs ${2 * truth(s)}`);
 });
 
+test('cost model: a fit on cold calibration runs never predicts that more tokens cost less', () => {
+  // Start-up runs timed on a server as they were before each shape was run twice: the first run of
+  // a shape faults in its KV pages (32 rows at 256 cached tokens: 2066 ms, ~120 ms warm). The
+  // unconstrained least-squares fit on them predicted 0 ms for a 512-token prefill.
+  const cold: Array<[number, number, number]> = [
+    [1, 17, 32], [1, 257, 97], [8, 136, 108], [8, 2056, 510], [32, 544, 321], [32, 8224, 2066],
+    [32, attendedBy(0, 32), 71], [128, attendedBy(0, 128), 194], [512, attendedBy(0, 512), 1154],
+  ];
+  const m = new StepCostModel();
+  m.fit(cold.map(([tokens, attended, ms]) => ({ shape: { tokens, attended }, ms })));
+  const one = m.predictMs({ tokens: 1, attended: 17 });
+  for (const shape of [{ tokens: 512, attended: 16_641 }, { tokens: 400, attended: 14_000 }, { tokens: 32, attended: 4_800 }]) {
+    assert.ok(m.predictMs(shape) >= one, `${JSON.stringify(shape)}: ${m.predictMs(shape)} ms < one row's ${one} ms`);
+  }
+});
+
 let arrival = 0;
-const seq = (id: string, len: number) => new Sequence(id, 0, Array.from({ length: len }, (_, i) => i + 1), len, arrival++);
+const seq = (id: string, len: number, maxOutput = Infinity) =>
+  new Sequence(id, 0, Array.from({ length: len }, (_, i) => i + 1), len, arrival++, maxOutput);
 const exact: StepCost = { predictMs: truth };
 
-function decodingScheduler(maxStepMs: number | 'auto', streams = 8) {
+function decodingScheduler(maxStepMs: number | 'auto', streams = 8, maxOutput = Infinity) {
   const s = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs }, new BlockAllocator(400));
-  for (let i = 0; i < streams; i++) s.add(seq(`d${i}`, 20));
+  for (let i = 0; i < streams; i++) s.add(seq(`d${i}`, 20, maxOutput));
   // Prefill them, then give each its sampled token: they now decode one token per step.
   const plan = s.schedule();
   s.commit(plan);
@@ -96,6 +113,31 @@ test("scheduler: 'auto' while a batch ramps up: one stream decoding and a queue 
   assert.ok(ramping.prefill > alone.prefill, `${ramping.prefill} vs ${alone.prefill} tokens`);
   // Paused sequences are not part of the batch being formed.
   assert.deepEqual(stepWith(1, 14), alone);
+});
+
+test("scheduler: 'auto' gives prefill at least the prompts' share of the work the requests bring, so a prompt-heavy load does not queue up", () => {
+  const planned = (streamTokens: number) => {
+    const s = decodingScheduler('auto', 8, streamTokens);
+    s.add(seq('long', 600, 16));
+    const rows = s.schedule(exact).rows;
+    const shape = { tokens: rows.reduce((n, r) => n + r.count, 0), attended: rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
+    return { ms: truth(shape), prefill: rows.find((r) => r.seq.requestId === 'long')!.count, shape };
+  };
+  const settled = { tokens: 9, attended: 9 * 21 };
+  const decodeMs = truth(settled);
+  // Streams that may run on for 10,000 tokens each: prompts are a sliver of the work; 2x applies.
+  const long = planned(10_000);
+  assert.ok(long.ms <= 2 * decodeMs + 1e-9 && long.ms > 1.9 * decodeMs, `${long.ms} ms vs decode ${decodeMs} ms`);
+  // Streams of at most 5 tokens (20-token prompts) and a 600-token prompt for 16: prompts are most
+  // of the work (8 x 20 + 600 tokens against 8 x 5 + 16 decode rows, each 1/9 of a 9-row step).
+  const short = planned(5);
+  const promptMs = truth({ tokens: 8 * 20 + 600, attended: 8 * attendedBy(0, 20) + attendedBy(0, 600) }) - truth({ tokens: 0, attended: 0 });
+  const decodeWorkMs = ((8 * 5 + 16) * decodeMs) / 9;
+  const cap = decodeMs / (1 - promptMs / (promptMs + decodeWorkMs));
+  assert.ok(cap > 2 * decodeMs, 'the share-based cap is the larger one here');
+  assert.ok(short.ms <= cap + 1e-9, `${short.ms} ms vs cap ${cap} ms`);
+  assert.ok(truth({ tokens: short.shape.tokens + 1, attended: short.shape.attended + short.prefill + 1 }) > cap, 'the cap is used, not undercut');
+  assert.ok(short.prefill > long.prefill, `${short.prefill} vs ${long.prefill} tokens`);
 });
 
 test('scheduler: the first prompt in line advances at least a minimum chunk even when the cap is spent; later ones wait', () => {

@@ -94,7 +94,7 @@ export class EngineCore {
     this.requests.set(request.id, state);
     this.promptTokensTotal += promptTokens.length;
     if (params.echo && !state.promptLogprobs) this.emitPrompt(state);
-    const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++);
+    const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++, params.maxTokens);
     state.choices[0] = this.newChoice(state, seq);
     if (params.maxTokens === 0 && !state.promptLogprobs) {
       for (let c = 0; c < params.n; c++) this.finishChoice(state, c, 'length', '');
@@ -291,7 +291,7 @@ export class EngineCore {
     const targets = [seq];
     if (seq.choice === 0 && seq.outputLength === 0 && state.choices.filter(Boolean).length < params.n) {
       for (let c = 1; c < params.n; c++) {
-        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival);
+        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival, params.maxTokens);
         state.choices[c] = this.newChoice(state, child);
         const { pool } = this.runner;
         const copy = this.scheduler.fork(seq, child, pool.copyBlock !== undefined);

@@ -50,13 +50,14 @@ export class StepCostModel implements StepCost {
   }
 
   predictMs(shape: StepShape): number {
-    const x = features(shape);
-    let y = 0;
-    for (let i = 0; i < N; i++) y += this.w[i]! * x[i]!;
-    return Math.max(0, y);
+    return Math.max(0, dot(this.w, features(shape)));
   }
 
-  /** Ordinary least squares over the calibration runs (a ridge term keeps it defined for few of them). */
+  /**
+   * Least squares over the calibration runs with every weight >= 0 (a ridge term keeps it defined
+   * for few of them). A step's cost cannot fall as it gets more tokens or keys; an unconstrained
+   * fit on noisy runs can have it do so and then predict ~0 ms for a long prefill.
+   */
   fit(samples: ReadonlyArray<{ shape: StepShape; ms: number }>): void {
     const a = new Float64Array(N * N);
     const b = new Float64Array(N);
@@ -68,13 +69,8 @@ export class StepCostModel implements StepCost {
       }
     }
     for (let i = 0; i < N; i++) a[i * N + i] += 1e-6;
-    const inv = invert3(a);
-    for (let i = 0; i < N; i++) {
-      let s = 0;
-      for (let j = 0; j < N; j++) s += inv[i * N + j]! * b[j]!;
-      this.w[i] = s;
-    }
-    this.p.set(inv);
+    this.w.set(nonNegativeLeastSquares(a, b));
+    this.p.set(invert(a, N));
     this.samples += samples.length;
   }
 
@@ -83,41 +79,70 @@ export class StepCostModel implements StepCost {
     const x = features(shape);
     const px = this.px.fill(0);
     for (let i = 0; i < N; i++) for (let j = 0; j < N; j++) px[i] += this.p[i * N + j]! * x[j]!;
-    let denom = this.forgetting;
-    for (let i = 0; i < N; i++) denom += x[i]! * px[i]!;
-    const err = ms - this.predictRaw(x);
+    const denom = this.forgetting + dot(x, px);
+    const err = ms - dot(this.w, x);
     for (let i = 0; i < N; i++) this.w[i] += (px[i]! / denom) * err;
     for (let i = 0; i < N; i++) {
       for (let j = 0; j < N; j++) this.p[i * N + j] = (this.p[i * N + j]! - (px[i]! * px[j]!) / denom) / this.forgetting;
     }
     this.samples++;
   }
-
-  private predictRaw(x: readonly number[]): number {
-    let y = 0;
-    for (let i = 0; i < N; i++) y += this.w[i]! * x[i]!;
-    return y;
-  }
 }
 
-/** Inverse of a symmetric positive definite 3 x 3 matrix (adjugate over determinant). */
-function invert3(m: Float64Array): Float64Array {
-  const [a, b, c, d, e, f, g, h, i] = m as unknown as number[];
-  const A = e! * i! - f! * h!;
-  const B = -(d! * i! - f! * g!);
-  const C = d! * h! - e! * g!;
-  const det = a! * A + b! * B + c! * C;
-  const out = new Float64Array([
-    A,
-    -(b! * i! - c! * h!),
-    b! * f! - c! * e!,
-    B,
-    a! * i! - c! * g!,
-    -(a! * f! - c! * d!),
-    C,
-    -(a! * h! - b! * g!),
-    a! * e! - b! * d!,
-  ]);
-  for (let k = 0; k < 9; k++) out[k] /= det;
+function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
+  return s;
+}
+
+/**
+ * argmin |Xw - y|^2 over w >= 0, from the normal equations A = X'X, b = X'y: with three unknowns
+ * every set of free weights can be tried (the others held at 0); the best feasible one wins.
+ */
+function nonNegativeLeastSquares(a: Float64Array, b: Float64Array): Float64Array {
+  let best = new Float64Array(N);
+  let bestLoss = 0; // w = 0
+  for (let mask = 1; mask < 1 << N; mask++) {
+    const free = [...Array(N).keys()].filter((i) => mask & (1 << i));
+    const k = free.length;
+    const sub = new Float64Array(k * k);
+    for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) sub[i * k + j] = a[free[i]! * N + free[j]!]!;
+    const inv = invert(sub, k);
+    const w = new Float64Array(N);
+    for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) w[free[i]!] += inv[i * k + j]! * b[free[j]!]!;
+    if (w.some((v) => v < 0)) continue;
+    // |Xw - y|^2 = w'Aw - 2 w'b + const
+    const aw = new Float64Array(N);
+    for (let i = 0; i < N; i++) for (let j = 0; j < N; j++) aw[i] += a[i * N + j]! * w[j]!;
+    const loss = dot(w, aw) - 2 * dot(w, b);
+    if (loss < bestLoss) {
+      best = w;
+      bestLoss = loss;
+    }
+  }
+  return best;
+}
+
+/** Inverse of a symmetric positive definite n x n matrix (Gauss-Jordan; n <= 3 here). */
+function invert(m: Float64Array, n: number): Float64Array {
+  const a = Float64Array.from(m);
+  const out = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) out[i * n + i] = 1;
+  for (let c = 0; c < n; c++) {
+    const pivot = a[c * n + c]!;
+    for (let j = 0; j < n; j++) {
+      a[c * n + j] /= pivot;
+      out[c * n + j] /= pivot;
+    }
+    for (let r = 0; r < n; r++) {
+      if (r === c) continue;
+      const f = a[r * n + c]!;
+      if (f === 0) continue;
+      for (let j = 0; j < n; j++) {
+        a[r * n + j] -= f * a[c * n + j]!;
+        out[r * n + j] -= f * out[c * n + j]!;
+      }
+    }
+  }
   return out;
 }
