@@ -34,7 +34,7 @@ test('cost model: least squares on calibration runs recovers a linear cost; onli
 
 test('cost model: a fit on cold calibration runs never predicts that more tokens cost less', () => {
   // Start-up runs timed on a server as they were before each shape was run twice: the first run of
-  // a shape faults in its KV pages (32 rows at 256 cached tokens: 2066 ms, ~120 ms warm). The
+  // a shape faults in its KV pages (32 rows at 256 cached tokens: 2066 ms, ~190 ms warm). The
   // unconstrained least-squares fit on them predicted 0 ms for a 512-token prefill.
   const cold: Array<[number, number, number]> = [
     [1, 17, 32], [1, 257, 97], [8, 136, 108], [8, 2056, 510], [32, 544, 321], [32, 8224, 2066],
@@ -162,10 +162,12 @@ test('engine: with the time cap a long prompt is spread over the steps of a deco
     const scheduler = (engine as unknown as { loop: { core: { scheduler: Scheduler } } }).loop.core.scheduler;
     const plan = scheduler.schedule.bind(scheduler);
     const chunks: number[] = [];
+    const maxOutputs = new Set<number>();
     scheduler.schedule = (cost) => {
       const p = plan(cost);
       const decoding = p.rows.filter((r) => r.count === 1).length;
       for (const r of p.rows) if (r.count > 1 && decoding > 0) chunks.push(r.count);
+      for (const r of p.rows) maxOutputs.add(r.seq.maxOutput);
       return p;
     };
     const streams = [0, 1, 2, 3].map(async (i) => {
@@ -174,6 +176,7 @@ test('engine: with the time cap a long prompt is spread over the steps of a deco
     await new Promise((r) => setTimeout(r, 100));
     for await (const ev of events(engine, request(Array(900).fill(11), { maxTokens: 1 }))) void ev;
     await Promise.all(streams);
+    assert.deepEqual([...maxOutputs].sort((a, b) => a - b), [1, 200], "the scheduler sees each request's max_tokens as its decode work");
     return chunks;
   };
   const capped = await prefillChunksWhileDecoding('auto');

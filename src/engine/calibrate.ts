@@ -35,8 +35,8 @@ export async function calibrateStepCost(
   const samples: Array<{ shape: StepShape; ms: number }> = [];
   // The first run of a shape pays for what serving pays once: its KV blocks' pages faulted in for
   // the first time, ONNX Runtime's arena grown. Measured: a 32-row decode at 256 cached tokens took
-  // 2066 ms the first time against ~120 ms in serving, and a fit on such runs predicted 0 ms for a
-  // 512-token prefill. The faster of two runs is what a step of that shape costs.
+  // 2142 ms the first time and 186 ms the second, and a fit on such first runs predicted 0 ms for
+  // a 512-token prefill. The faster of two runs is what a step of that shape costs.
   const time = async (rows: RunnerRow[]): Promise<number> => {
     let best = Infinity;
     for (let i = 0; i < 2; i++) {
