@@ -203,8 +203,11 @@ export class Scheduler {
     for (const queue of [this.running, this.waiting]) {
       for (const s of queue) {
         if (s.paused) continue;
-        prompts.tokens += s.promptLength;
-        prompts.attended += attendedBy(0, s.promptLength);
+        if (s.choice === 0) {
+          // A request's other choices share its prompt's KV blocks.
+          prompts.tokens += s.promptLength;
+          prompts.attended += attendedBy(0, s.promptLength);
+        }
         decodeTokens += s.maxOutput;
       }
     }
