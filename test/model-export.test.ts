@@ -8,8 +8,10 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
-import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
-import { createOnnxRunner, type ModelRunner } from '../src/engine/runner.js';
+import * as ort from 'onnxruntime-node';
+import { BlockAllocator, blocksFor, KvPool } from '../src/engine/kv-cache.js';
+import { WholePoolFeed } from '../src/engine/kv-feed.js';
+import { createOnnxRunner, OnnxRunner, type ModelRunner } from '../src/engine/runner.js';
 import { exportCheckpoint } from '../src/model/export.js';
 import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
 import { readManifest } from '../src/model/manifest.js';
@@ -103,6 +105,27 @@ for (const feed of ['whole-pool', 'used-blocks'] as const) {
     await runner.dispose();
   });
 }
+
+test('ONNX Runtime copies in-memory weights when it creates a session: the buffer may be overwritten and dropped after', async () => {
+  // src/engine/ort-session.ts lets the weights buffer go once the session exists; were ONNX
+  // Runtime to read it in place, overwriting it with NaNs would change the logits.
+  const dir = await tinyModel(3);
+  const manifest = readManifest(dir);
+  const weights = readFileSync(join(dir, manifest.graph.externalData));
+  const session = await ort.InferenceSession.create(join(dir, manifest.graph.file), {
+    graphOptimizationLevel: 'all',
+    externalData: [{ path: manifest.graph.externalData, data: weights }],
+  });
+  weights.fill(0xff);
+  const pool = new KvPool({ layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks: 4, blockSize: 4 });
+  const copied = new OnnxRunner(session, pool, new WholePoolFeed(pool), manifest.vocabSize);
+  const reference = await runnerFor(dir, 'whole-pool', 4, 4);
+  const rows = [{ tokens: [5, 9, 2, 7, 1], pastLength: 0, blocks: [1, 2], logitsFrom: 4, fetchLogits: true }];
+  const [got] = await copied.run(rows);
+  const [want] = await reference.run(rows);
+  assert.ok(got!.logits.every((v) => Number.isFinite(v)));
+  assert.deepEqual(Array.from(got!.logits), Array.from(want!.logits));
+});
 
 test('the tiny model is deterministic: same seed, same bytes; another seed differs', async () => {
   const root = tempDir();

@@ -35,20 +35,14 @@ export interface SessionOptions {
  * file mapping kept being dropped and read back while the model ran: 32-row decode steps of
  * GPT-2 small took 159-584 ms (medians by context length) reading weights through the mapping,
  * against 106-150 ms with the same folder on tmpfs, back to back. Files too big for one Buffer
- * (over buffer.constants.MAX_LENGTH) keep the mapping.
+ * (over buffer.constants.MAX_LENGTH) keep the mapping. ONNX Runtime copies the weights while it
+ * creates the session, so the buffer is garbage once the session exists (test/model-export.test.ts
+ * overwrites it and checks the logits); holding it held the file's size twice (480 MB for GPT-2
+ * small).
  */
 function inMemoryWeights(file: string | undefined): ort.InferenceSession.SessionOptions {
   if (!file || !existsSync(file) || statSync(file).size > bufferConstants.MAX_LENGTH) return {};
   return { externalData: [{ path: basename(file), data: readFileSync(file) }] };
-}
-
-/** ONNX Runtime may use in-memory weights in place: they live as long as their session. */
-const weightsOfSession = new WeakMap<ort.InferenceSession, unknown>();
-
-async function open(modelFile: string, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
-  const session = await ort.InferenceSession.create(modelFile, options);
-  if (options.externalData) weightsOfSession.set(session, options.externalData);
-  return session;
 }
 
 /** The CUDA provider is a separate download (design.md); without it, asking for CUDA cannot work. */
@@ -69,7 +63,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
   };
   const cpu = async (why: string): Promise<SessionResult> => {
     opts.log(`execution provider: cpu (${why})`);
-    return { session: await open(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
+    return { session: await ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
   };
   if (opts.executionProvider === 'cpu') return cpu(opts.why ?? 'requested');
   const cudaLib = cudaProviderPath();
@@ -79,7 +73,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     return cpu(`auto: ${why}`);
   }
   try {
-    const session = await open(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
+    const session = await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
     opts.log(`execution provider: cuda (device 0, ${opts.why ?? (opts.executionProvider === 'auto' ? 'auto' : 'requested')})`);
     return { session, provider: 'cuda' };
   } catch (err) {
