@@ -148,12 +148,18 @@ test('a sequence that cannot get a block preempts itself when it is the newest',
   assert.equal(s.preemptionCount, 1);
 });
 
-test('fork shares full blocks and copies the partial one; abort frees everything', () => {
-  const s = make({ blocks: 8, blockSize: 4 });
+/** A 6-token prompt prefilled in one step, and `n` more choices of it not yet forked. */
+function prefilledParent(opts: Parameters<typeof make>[0], n: number) {
+  const s = make(opts);
   const parent = seq('r', 6, 0);
   s.add(parent);
   runStep(s);
-  const child = new Sequence('r', 1, parent.tokens.slice(0, 6), 6, parent.arrival);
+  const children = Array.from({ length: n }, (_, c) => new Sequence('r', c + 1, parent.tokens.slice(0, 6), 6, parent.arrival));
+  return { s, parent, children: children as [Sequence, ...Sequence[]] };
+}
+
+test('fork shares full blocks and copies the partial one; abort frees everything', () => {
+  const { s, parent, children: [child] } = prefilledParent({ blocks: 8, blockSize: 4 }, 1);
   const copy = s.fork(parent, child);
   assert.deepEqual(copy, { from: parent.blocks[1], to: child.blocks[1] });
   assert.equal(child.blocks[0], parent.blocks[0]);
@@ -166,11 +172,7 @@ test('fork shares full blocks and copies the partial one; abort frees everything
 });
 
 test('without a block copy (a device pool), a fork shares full blocks and recomputes the partial one as a chunk', () => {
-  const s = make({ blocks: 8, blockSize: 4 });
-  const parent = seq('r', 6, 0);
-  s.add(parent);
-  runStep(s);
-  const child = new Sequence('r', 1, parent.tokens.slice(0, 6), 6, parent.arrival);
+  const { s, parent, children: [child] } = prefilledParent({ blocks: 8, blockSize: 4 }, 1);
   assert.equal(s.fork(parent, child, false), null);
   assert.deepEqual(child.blocks, [parent.blocks[0]]);
   assert.equal(child.numComputed, 4);
@@ -184,11 +186,7 @@ test('without a block copy (a device pool), a fork shares full blocks and recomp
 });
 
 test('forks beyond max_num_seqs wait in the queue and recompute instead of overfilling the batch', () => {
-  const s = make({ blocks: 16, blockSize: 4, maxNumSeqs: 2 });
-  const parent = seq('r', 6, 0);
-  s.add(parent);
-  runStep(s);
-  const children = [1, 2].map((c) => new Sequence('r', c, parent.tokens.slice(0, 6), 6, parent.arrival));
+  const { s, parent, children } = prefilledParent({ blocks: 16, blockSize: 4, maxNumSeqs: 2 }, 2);
   s.fork(parent, children[0]);
   children[0].tokens.push(777); // the engine samples the fork's first token at once
   assert.equal(s.fork(parent, children[1]), null);

@@ -248,7 +248,6 @@ async function zeroPools(m: Manifest, dtype: DeviceDtype, numBlocks: number, blo
   return { session: zeros, caches };
 }
 
-
 function int32(data: Int32Array, dims: number[] = [data.length]): ort.Tensor {
   return new ort.Tensor('int32', data, dims);
 }
