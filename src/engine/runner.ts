@@ -60,14 +60,14 @@ export class OnnxRunner implements ModelRunner {
     const feeds: Record<string, ort.Tensor> = {
       input_ids: int64(step.inputIds),
       positions: int64(step.positions),
-      decode_token_index: int64(step.decode.tokenIndex),
-      decode_past_lengths: int64(step.decode.pastLengths),
-      prefill_token_index: int64(step.prefill.tokenIndex, [step.prefill.rows, step.prefill.chunk]),
-      prefill_lengths: int64(step.prefill.lengths),
-      prefill_past_lengths: int64(step.prefill.pastLengths),
       unpack_index: int64(step.unpackIndex),
       logits_index: int64(step.logitsIndex),
     };
+    for (const [name, group] of [['decode', step.decode], ['prefill', step.prefill]] as const) {
+      feeds[`${name}_token_index`] = int64(group.tokenIndex, [group.rows, group.chunk]);
+      feeds[`${name}_new_tokens`] = int64(group.newTokens);
+      feeds[`${name}_new_slots`] = int64(group.newSlots, [group.newTokens.length, 2]);
+    }
     this.feed.addFeeds(feeds, [
       { name: 'decode_block_table', table: step.decode.blockTable, dims: [step.decode.rows, step.decode.tableWidth] },
       { name: 'prefill_block_table', table: step.prefill.blockTable, dims: [step.prefill.rows, step.prefill.tableWidth] },
@@ -120,10 +120,12 @@ interface GroupFeeds {
   /** Queries per row: 1 for decode rows, the longest chunk for prefill rows. */
   chunk: number;
   tokenIndex: BigInt64Array;
-  lengths: BigInt64Array;
-  pastLengths: BigInt64Array;
+  /** Blocks of each row's past and new tokens, padded with the null block. */
   blockTable: BigInt64Array;
   tableWidth: number;
+  /** Flat indexes of the group's new tokens, and their (row, position) pairs. */
+  newTokens: BigInt64Array;
+  newSlots: BigInt64Array;
 }
 
 export interface PackedStep {
@@ -177,27 +179,36 @@ export function packStep(rows: readonly RunnerRow[], blockSize: number): PackedS
 }
 
 function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number, firstToken: number[], blockSize: number): GroupFeeds {
-  // An empty group gets one dummy row: flat token 0 (every step has one), no past, the null block.
+  // An empty group gets one dummy row: flat token 0 (every step has one) at position 0 of the
+  // null block. Its K/V land only in the step's gathered copy of the null block, never the pool.
   const n = Math.max(members.length, 1);
-  const tableWidth = Math.max(1, ...members.map((i) => Math.ceil(rows[i]!.pastLength / blockSize)));
+  const span = (i: number) => rows[i]!.pastLength + rows[i]!.tokens.length;
+  // Key slots are padded to a multiple of the block size (a multiple of 16, see config.ts): the
+  // attention kernels then take every real key down the same vector path however long the row is.
+  const tableWidth = Math.max(1, ...members.map((i) => Math.ceil(span(i) / blockSize)));
+  const newCount = members.length === 0 ? 1 : members.reduce((sum, i) => sum + rows[i]!.tokens.length, 0);
   const g: GroupFeeds = {
     rows: n,
     chunk,
     tokenIndex: new BigInt64Array(n * chunk),
-    lengths: new BigInt64Array(n).fill(1n),
-    pastLengths: new BigInt64Array(n),
     blockTable: new BigInt64Array(n * tableWidth).fill(BigInt(NULL_BLOCK)),
     tableWidth,
+    newTokens: new BigInt64Array(newCount),
+    newSlots: new BigInt64Array(newCount * 2),
   };
+  let t = 0;
   members.forEach((i, m) => {
     const r = rows[i]!;
     const len = r.tokens.length;
     // Padding queries repeat the row's last token; their outputs are never unpacked.
     for (let j = 0; j < chunk; j++) g.tokenIndex[m * chunk + j] = BigInt(firstToken[i]! + Math.min(j, len - 1));
-    g.lengths[m] = BigInt(len);
-    g.pastLengths[m] = BigInt(r.pastLength);
-    const used = Math.ceil(r.pastLength / blockSize);
+    const used = Math.ceil(span(i) / blockSize);
     for (let k = 0; k < used; k++) g.blockTable[m * tableWidth + k] = BigInt(r.blocks[k]!);
+    for (let j = 0; j < len; j++, t++) {
+      g.newTokens[t] = BigInt(firstToken[i]! + j);
+      g.newSlots[2 * t] = BigInt(m);
+      g.newSlots[2 * t + 1] = BigInt(r.pastLength + j);
+    }
   });
   return g;
 }

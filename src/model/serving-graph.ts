@@ -6,22 +6,29 @@
 //
 // Tokens are flat ("varlen"): every weight matmul runs on exactly the step's T new tokens, with no
 // padding, and one run carries the whole step. Only attention needs rows, and it runs in two
-// groups: decode rows (one query each, over their own past) and prefill rows (a chunk each,
-// padded to the longest chunk among prefill rows only, causal), each row reading its own blocks.
+// groups: decode rows (one query each) and prefill rows (a chunk each, padded to the longest chunk
+// among prefill rows only), each row reading its own blocks.
 //
-// Contract (manifest.contractVersion 3; 2 had a [batch, seq] layout and one run per row shape):
+// Exact under any schedule: a token's K/V and logits are bit-identical however its prompt was
+// chunked and whatever shares the step. Each row gathers its blocks (past and new positions), the
+// step's new K/V are scattered into that copy at their positions, and every query attends over
+// keys laid out by position with one causal softmax and one weighted sum, as a one-row product
+// (see groupAttention). The weight matmuls compute each row independently of the others.
+//
+// Contract (manifest.contractVersion 4; 3 attended over [past | chunk] with two sums, 2 had a
+// [batch, seq] layout and one run per row shape):
 //   inputs
 //     input_ids            int64 [T]          new tokens of every row, concatenated
 //     positions            int64 [T]          each token's position in its sequence
-//     decode_token_index   int64 [Bd]         flat index of each decode row's token
-//     decode_past_lengths  int64 [Bd]         tokens cached per decode row
-//     decode_block_table   int64 [Bd, nbd]    pool blocks of each decode row's past, in order;
-//                                             entries past the row's length point at block 0
+//     decode_token_index   int64 [Bd, 1]      flat index of each decode row's token
+//     decode_block_table   int64 [Bd, nbd]    pool blocks of each decode row's past and new
+//                                             token, in order; padded with block 0
+//     decode_new_tokens    int64 [nd]         flat indexes of the decode rows' new tokens
+//     decode_new_slots     int64 [nd, 2]      (row, position) of each of them
 //     prefill_token_index  int64 [Bp, Sp]     flat indexes of each prefill row's tokens, padded
-//                                             (with any valid index) to the longest chunk
-//     prefill_lengths      int64 [Bp]         tokens of each prefill row's chunk
-//     prefill_past_lengths int64 [Bp]         tokens cached per prefill row before its chunk
-//     prefill_block_table  int64 [Bp, nbp]    as decode_block_table
+//                                             (with the row's last token) to the longest chunk
+//     prefill_block_table, prefill_new_tokens, prefill_new_slots
+//                                             as for decode rows
 //     unpack_index         int64 [T]          flat token t's attention output is row
 //                                             unpack_index[t] of [decode outputs (Bd);
 //                                             prefill outputs (Bp x Sp, row-major)]
@@ -33,16 +40,16 @@
 //     argmax               int64 [n]          the largest logit of each returned row
 //     new_key_{l}, new_value_{l}
 //                          float [T, heads * head_dim]   K/V of the step's tokens, flat
-// A group with no rows gets one dummy row (token 0, no past, length 1, the null block) whose
-// output nothing unpacks: zero-size tensors are never fed. The pool is head-major so that
-// gathering a row's blocks yields [heads, rows, tokens, head_dim] with a free reshape: no
-// Transpose ever copies the cache. Block size is not baked in; it is the pool's shape.
+// A group with no rows gets one dummy row (token 0 at position 0 of block 0) whose output nothing
+// unpacks: zero-size tensors are never fed, and its K/V only reach the step's gathered copy. The
+// pool is head-major so that gathering a row's blocks yields [heads, rows, tokens, head_dim]
+// with a free reshape. Block size is not baked in; it is the pool's shape.
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { DataType, GraphBuilder } from './onnx-builder.js';
 import type { WeightPlan } from './weight-format.js';
 import { WeightOps, type WeightSource } from './weight-ops.js';
 
-export const CONTRACT_VERSION = 3;
+export const CONTRACT_VERSION = 4;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
 export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: WeightSource, tiedHead: boolean, plan: WeightPlan): void {
@@ -54,17 +61,14 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
 
   const inputIds = g.input('input_ids', DataType.INT64, ['tokens']);
   const positions = g.input('positions', DataType.INT64, ['tokens']);
-  const decode: AttentionGroup = {
-    tokenIndex: g.input('decode_token_index', DataType.INT64, ['decode_rows']),
-    pastLengths: g.input('decode_past_lengths', DataType.INT64, ['decode_rows']),
-    blockTable: g.input('decode_block_table', DataType.INT64, ['decode_rows', 'decode_blocks']),
-  };
-  const prefill: AttentionGroup & { lengths: string } = {
-    tokenIndex: g.input('prefill_token_index', DataType.INT64, ['prefill_rows', 'chunk']),
-    lengths: g.input('prefill_lengths', DataType.INT64, ['prefill_rows']),
-    pastLengths: g.input('prefill_past_lengths', DataType.INT64, ['prefill_rows']),
-    blockTable: g.input('prefill_block_table', DataType.INT64, ['prefill_rows', 'prefill_blocks']),
-  };
+  const group = (name: string, queries: string): AttentionGroup => ({
+    tokenIndex: g.input(`${name}_token_index`, DataType.INT64, [`${name}_rows`, queries]),
+    blockTable: g.input(`${name}_block_table`, DataType.INT64, [`${name}_rows`, `${name}_blocks`]),
+    newTokens: g.input(`${name}_new_tokens`, DataType.INT64, [`${name}_new`]),
+    newSlots: g.input(`${name}_new_slots`, DataType.INT64, [`${name}_new`, 2]),
+  });
+  const decode = group('decode', 'one');
+  const prefill = group('prefill', 'chunk');
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
 
@@ -74,9 +78,8 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
 
   // Masks shared by all layers (0 where a key is visible, -inf where not).
   const blockSize = g.op('Shape', ['past_key_0'], { start: 2, end: 3 });
-  const decodePastBias = pastMask(g, decode, blockSize); // [Bd, 1, past]
-  const prefillPastBias = pastMask(g, prefill, blockSize); // [Bp, 1, past]
-  const prefillNewBias = chunkMask(g, prefill); // [Bp, Sp, Sp]
+  const decodeMask = causalMask(g, decode, positions, blockSize);
+  const prefillMask = causalMask(g, prefill, positions, blockSize);
   const scale = 1 / Math.sqrt(D);
 
   for (let l = 0; l < L; l++) {
@@ -93,8 +96,8 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
     g.output(k, k, DataType.FLOAT, ['tokens', E]);
     g.output(v, v, DataType.FLOAT, ['tokens', E]);
     const heads = { H, D, E };
-    const decodeOut = groupAttention(g, heads, { q, k, v }, decode, decodePastBias, null, pool); // [Bd, E]
-    const prefillOut = groupAttention(g, heads, { q, k, v }, prefill, prefillPastBias, prefillNewBias, pool); // [Bp * Sp, E]
+    const decodeOut = groupAttention(g, heads, { q, k, v }, decode, decodeMask, pool); // [Bd, E]
+    const prefillOut = groupAttention(g, heads, { q, k, v }, prefill, prefillMask, pool); // [Bp * Sp, E]
     const merged = g.op('Gather', [g.op('Concat', [decodeOut, prefillOut], { axis: 0 }), unpackIndex], { axis: 0 }); // [T, E]
     const attnOut = ops.linear(merged, `${h}attn.c_proj`, E, E);
     hidden = g.op('Add', [hidden, attnOut]);
@@ -116,66 +119,69 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
 
 /** The rows of one attention group: which flat tokens they are, and where their past lives. */
 interface AttentionGroup {
-  /** [rows] (decode: one token each) or [rows, chunk] (prefill). */
+  /** [rows, S]: each row's queries as flat token indexes (S = 1 for decode rows). */
   tokenIndex: string;
-  pastLengths: string;
+  /** [rows, blocks]: blocks covering each row's past and its new tokens. */
   blockTable: string;
-}
-
-/** Past-key bias [rows, 1, past]: key p is visible when p < past_lengths[row]. */
-function pastMask(g: GraphBuilder, group: AttentionGroup, blockSize: string): string {
-  const pastTokens = g.op('Mul', [g.op('Shape', [group.blockTable], { start: 1, end: 2 }), blockSize]);
-  const range = g.op('Range', [g.constInt64([0], []), g.op('Squeeze', [pastTokens]), g.constInt64([1], [])]);
-  const visible = g.op('Less', [g.op('Unsqueeze', [range, g.constInt64([0])]), g.op('Unsqueeze', [group.pastLengths, g.constInt64([1])])]);
-  return g.op('Unsqueeze', [g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]), g.constInt64([1])]);
+  /** [n]: flat indexes of the group's new tokens (no padding). */
+  newTokens: string;
+  /** [n, 2]: (row, position) of each new token. */
+  newSlots: string;
 }
 
 /**
- * New-key bias of prefill rows [rows, chunk, chunk]: query i sees chunk key j when j <= i and j
- * is inside the row's chunk. A padding query (i >= length) still sees key 0, so no row of the
- * softmax is all -inf.
+ * Key bias [rows, S, 1, keys]: query j of a row (at position positions[tokenIndex[row, j]]) sees
+ * key p when p <= its position. Keys sit at their own position (the chunk's new keys are
+ * scattered into the gathered past), so one causal rule covers past and chunk alike.
  */
-function chunkMask(g: GraphBuilder, group: AttentionGroup & { lengths: string }): string {
-  const chunk = g.op('Shape', [group.tokenIndex], { start: 1, end: 2 });
-  const range = g.op('Range', [g.constInt64([0], []), g.op('Squeeze', [chunk]), g.constInt64([1], [])]);
-  const causal = g.op('LessOrEqual', [g.op('Unsqueeze', [range, g.constInt64([0])]), g.op('Unsqueeze', [range, g.constInt64([1])])]); // [S, S]
-  const inChunk = g.op('Less', [g.op('Unsqueeze', [range, g.constInt64([0, 1])]), g.op('Unsqueeze', [group.lengths, g.constInt64([1, 2])])]); // [B, 1, S]
-  return g.op('Where', [g.op('And', [causal, inChunk]), g.constFloat([0], []), g.constFloat([-Infinity], [])]);
+function causalMask(g: GraphBuilder, group: AttentionGroup, positions: string, blockSize: string): string {
+  const keys = g.op('Mul', [g.op('Shape', [group.blockTable], { start: 1, end: 2 }), blockSize]);
+  const range = g.op('Range', [g.constInt64([0], []), g.op('Squeeze', [keys]), g.constInt64([1], [])]); // [keys]
+  const queryPos = g.op('Unsqueeze', [g.op('Gather', [positions, group.tokenIndex], { axis: 0 }), g.constInt64([-1, -2])]); // [rows, S, 1, 1]
+  const visible = g.op('LessOrEqual', [range, queryPos]); // [rows, S, 1, keys]
+  return g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]);
 }
 
 /**
- * Attention of one group of rows: their queries against their own past (gathered from the pool
- * by their block table) and their own new keys (causal for chunks; a decode row's one new key is
- * always visible). Returns [rows * queries per row, E], row-major.
+ * Attention of one group of rows. The row's past is gathered from the pool by its block table,
+ * which covers the chunk's positions too, and the chunk's new K/V are scattered into that copy at
+ * their positions: every query then attends over keys laid out by position, with one softmax and
+ * one weighted sum. Each query is its own matrix-vector product (the S axis is a broadcast batch
+ * axis), so a token's arithmetic is the same whether it came alone (decode), in any chunk of a
+ * prompt, or beside any other rows: ONNX Runtime's CPU GEMM picks its kernel and its summation
+ * blocking by the product's shape, and a one-row product has one path whose per-element order
+ * depends only on the key's position (see docs/design.md, "Exact under any schedule").
+ * Returns [rows * queries per row, E], row-major.
  */
 function groupAttention(
   g: GraphBuilder,
   { H, D, E }: { H: number; D: number; E: number },
   flat: { q: string; k: string; v: string },
   group: AttentionGroup,
-  pastBias: string,
-  newBias: string | null,
+  mask: string,
   pool: { key: string; value: string },
 ): string {
-  // [rows(, chunk)] flat indexes -> [rows, S, H, D] -> [H, rows, S, D]
   const rows = g.op('Shape', [group.tokenIndex], { start: 0, end: 1 });
-  const perRow = newBias === null ? g.constInt64([1]) : g.op('Shape', [group.tokenIndex], { start: 1, end: 2 });
-  const headsShape = g.op('Concat', [rows, perRow, g.constInt64([H, D])], { axis: 0 });
-  const toHeads = (t: string) => g.op('Transpose', [g.op('Reshape', [g.op('Gather', [t, group.tokenIndex], { axis: 0 }), headsShape])], { perm: [2, 0, 1, 3] });
-  const q = toHeads(flat.q);
-  const k = toHeads(flat.k);
-  const v = toHeads(flat.v);
-  // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, blocks, bs, D] -> [H, rows, T, D]
-  const kPast = g.op('Reshape', [g.op('Gather', [pool.key, group.blockTable], { axis: 1 }), g.constInt64([0, 0, -1, D])]);
-  const vPast = g.op('Reshape', [g.op('Gather', [pool.value, group.blockTable], { axis: 1 }), g.constInt64([0, 0, -1, D])]);
-  const scoresPast = g.op('Add', [g.op('MatMul', [q, g.op('Transpose', [kPast], { perm: [0, 1, 3, 2] })]), pastBias]);
-  const scoresNewRaw = g.op('MatMul', [q, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);
-  const scoresNew = newBias === null ? scoresNewRaw : g.op('Add', [scoresNewRaw, newBias]);
-  const pastLen = g.op('Shape', [kPast], { start: 2, end: 3 });
-  const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
-  const [probsPast, probsNew] = g.opN('Split', [probs, g.op('Concat', [pastLen, perRow], { axis: 0 })], 2, { axis: -1 });
-  const attn = g.op('Add', [g.op('MatMul', [probsPast, vPast]), g.op('MatMul', [probsNew, v])]); // [H, rows, S, D]
-  return g.op('Reshape', [g.op('Transpose', [attn], { perm: [1, 2, 0, 3] }), g.constInt64([-1, E])]);
+  const perRow = g.op('Shape', [group.tokenIndex], { start: 1, end: 2 });
+  // [rows, S] flat indexes -> [rows, S, H, D] -> [H, rows, S, 1, D]
+  const qShape = g.op('Concat', [rows, perRow, g.constInt64([H, D])], { axis: 0 });
+  const q = g.op('Unsqueeze', [g.op('Transpose', [g.op('Reshape', [g.op('Gather', [flat.q, group.tokenIndex], { axis: 0 }), qShape])], { perm: [2, 0, 1, 3] }), g.constInt64([3])]);
+  // ScatterND indices [H, n, 3] = (head, row, position) for the group's n new tokens.
+  const n = g.op('Shape', [group.newTokens], { start: 0, end: 1 });
+  const heads = g.op('Expand', [g.op('Reshape', [g.op('Range', [g.constInt64([0], []), g.constInt64([H], []), g.constInt64([1], [])]), g.constInt64([H, 1, 1])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([1])], { axis: 0 })]);
+  const slots = g.op('Expand', [g.op('Unsqueeze', [group.newSlots, g.constInt64([0])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([2])], { axis: 0 })]);
+  const scatterIndex = g.op('Concat', [heads, slots], { axis: 2 });
+  const full = (pooled: string, fresh: string) => {
+    // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, blocks * bs, D], then the new rows
+    const past = g.op('Reshape', [g.op('Gather', [pooled, group.blockTable], { axis: 1 }), g.constInt64([0, 0, -1, D])]);
+    const updates = g.op('Transpose', [g.op('Reshape', [g.op('Gather', [fresh, group.newTokens], { axis: 0 }), g.constInt64([-1, H, D])])], { perm: [1, 0, 2] }); // [H, n, D]
+    return g.op('Unsqueeze', [g.op('ScatterND', [past, scatterIndex, updates]), g.constInt64([2])]); // [H, rows, 1, keys, D]
+  };
+  const keys = full(pool.key, flat.k);
+  const values = full(pool.value, flat.v);
+  const scores = g.op('Add', [g.op('MatMul', [q, g.op('Transpose', [keys], { perm: [0, 1, 2, 4, 3] })]), mask]); // [H, rows, S, 1, keys]
+  const attn = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), values]); // [H, rows, S, 1, D]
+  return g.op('Reshape', [g.op('Transpose', [attn], { perm: [1, 2, 3, 0, 4] }), g.constInt64([-1, E])]);
 }
 
 function layerNorm(g: GraphBuilder, x: string, scale: string, bias: string, eps: number): string {
