@@ -9,6 +9,8 @@ interface SettingSpec {
   env: string;
   help: string;
   schema: z.ZodType;
+  /** An on/off setting: `--flag` and `--no-flag` on the command line, true/false in the env. */
+  switch?: true;
 }
 
 const int = (min: number) => z.coerce.number().int().min(min);
@@ -17,6 +19,13 @@ const csv = z
   .string()
   .optional()
   .transform((v) => (v ?? '').split(',').map((x) => x.trim()).filter((x) => x.length > 0));
+
+/** An on/off setting's values: a CLI switch gives a boolean, the environment a word. */
+const onOff = (byDefault: boolean) =>
+  z
+    .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'on', 'off', 'yes', 'no'])])
+    .transform((v) => v === true || v === 'true' || v === '1' || v === 'on' || v === 'yes')
+    .default(byDefault);
 
 export const SETTINGS = {
   model: {
@@ -83,6 +92,13 @@ export const SETTINGS = {
     env: 'GPT2_BLOCK_SIZE',
     help: 'Tokens per KV cache block',
     schema: int(1).max(1024).default(16),
+  },
+  prefixCaching: {
+    flag: 'prefix-caching',
+    env: 'GPT2_PREFIX_CACHING',
+    help: 'Automatic prefix caching: full KV blocks stay cached (LRU) and prompts that start with them skip their prefill; --no-prefix-caching turns it off',
+    schema: onOff(true),
+    switch: true,
   },
   maxConcurrentRequests: {
     flag: 'max-concurrent-requests',
@@ -171,8 +187,11 @@ export class ConfigError extends Error {}
 
 /** Resolves flags over environment over defaults; throws ConfigError naming the bad setting. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
-  const options: Record<string, { type: 'string' }> = {};
-  for (const spec of Object.values(SETTINGS)) options[spec.flag] = { type: 'string' };
+  const options: Record<string, { type: 'string' | 'boolean' }> = {};
+  for (const spec of Object.values(SETTINGS) as SettingSpec[]) {
+    options[spec.flag] = { type: spec.switch ? 'boolean' : 'string' };
+    if (spec.switch) options[`no-${spec.flag}`] = { type: 'boolean' };
+  }
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }));
@@ -181,7 +200,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   const out: Record<string, unknown> = {};
   for (const [key, spec] of Object.entries(SETTINGS) as Array<[string, SettingSpec]>) {
-    const raw = values[spec.flag] ?? env[spec.env];
+    const raw = values[`no-${spec.flag}`] ? false : (values[spec.flag] ?? env[spec.env]);
     const parsed = spec.schema.safeParse(raw === '' ? undefined : raw);
     if (!parsed.success) {
       const why = parsed.error.issues.map((i) => i.message).join('; ');

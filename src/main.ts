@@ -76,6 +76,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     maxStepMs: config.maxStepMs,
     kvCacheTokens: config.kvCacheTokens,
     blockSize: config.blockSize,
+    prefixCaching: config.prefixCaching,
     maxConsecutiveStepFailures: config.maxStepFailures,
     stepTimeoutMs: config.stepTimeoutMs,
   };

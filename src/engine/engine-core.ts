@@ -94,7 +94,7 @@ export class EngineCore {
     this.requests.set(request.id, state);
     this.promptTokensTotal += promptTokens.length;
     if (params.echo && !state.promptLogprobs) this.emitPrompt(state);
-    const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++, params.maxTokens);
+    const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++, params.maxTokens, !state.promptLogprobs);
     state.choices[0] = this.newChoice(state, seq);
     if (params.maxTokens === 0 && !state.promptLogprobs) {
       for (let c = 0; c < params.n; c++) this.finishChoice(state, c, 'length', '');
@@ -231,6 +231,8 @@ export class EngineCore {
       lastStepMs: this.lastStep.totalMs,
       stepMsTotal: this.stepMsTotal,
       preemptions: this.scheduler.preemptionCount,
+      prefixCacheQueries: this.scheduler.prefixCacheQueries,
+      prefixCacheHits: this.scheduler.prefixCacheHits,
       promptTokensTotal: this.promptTokensTotal,
       generatedTokensTotal: this.generatedTokensTotal,
     };
@@ -347,6 +349,7 @@ export class EngineCore {
         type: 'done',
         promptTokens: state.request.promptTokens.length,
         completionTokens: state.completionTokens,
+        cachedTokens: state.choices[0]?.seq.cachedTokens ?? 0,
       });
       this.requests.delete(state.request.id);
     }

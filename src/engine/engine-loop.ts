@@ -124,7 +124,7 @@ export async function buildEngineCore(
   const tokenizer = await loadTokenizer(options.modelDir);
   const numBlocks = Math.ceil(options.kvCacheTokens / options.blockSize) + 1; // + the null block
   const runner = await createRunner(options, { manifest, numBlocks, log });
-  const allocator = new BlockAllocator(numBlocks);
+  const allocator = new BlockAllocator(numBlocks, options.prefixCaching);
   const scheduler = new Scheduler(
     { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens, blockSize: options.blockSize, maxStepMs: options.maxStepMs },
     allocator,

@@ -3,33 +3,75 @@
 //
 // Block 0 is reserved as the null block: block tables are padded with it and it is never written,
 // so the graph can gather padding without bounds checks.
+//
+// Automatic prefix caching (vLLM's APC): a full block is named by a hash of its tokens and of
+// everything before it (the parent block's hash), so equal names mean equal K/V (the graph
+// computes a token's K/V bit-identically however its prompt was chunked). A block whose last
+// reader lets go keeps its contents and its name, on an LRU list, until the pool needs the room;
+// a sequence whose prompt starts with named blocks takes them instead of recomputing them.
+import { createHash } from 'node:crypto';
 
 export const NULL_BLOCK = 0;
+
+/** The name of a full block: a digest of the parent block's name and the block's token ids. */
+export type BlockHash = string;
+
+export function blockHash(parent: BlockHash | null, tokens: ArrayLike<number>): BlockHash {
+  const h = createHash('sha256');
+  if (parent !== null) h.update(parent, 'base64');
+  h.update(new Uint8Array(Int32Array.from(tokens).buffer));
+  return h.digest('base64');
+}
 
 export class BlockAllocator {
   private readonly free: number[] = [];
   private readonly refs: Uint16Array;
+  /** Named (cached) blocks, by name, whether in use or not. */
+  private readonly byHash = new Map<BlockHash, number>();
+  private readonly hashOf = new Map<number, BlockHash>();
+  /** Named blocks nobody reads, least recently released first: reusable until evicted. */
+  private readonly evictable = new Set<number>();
 
-  /** `numBlocks` includes the null block, so `numBlocks - 1` are allocatable. */
-  constructor(readonly numBlocks: number) {
+  /**
+   * `numBlocks` includes the null block, so `numBlocks - 1` are allocatable. Without
+   * `prefixCaching`, blocks are never named and a released block is free at once.
+   */
+  constructor(
+    readonly numBlocks: number,
+    readonly prefixCaching = false,
+  ) {
     if (numBlocks < 2) throw new Error('the KV cache needs at least one block besides the null block');
     this.refs = new Uint16Array(numBlocks);
     // Highest ids at the bottom of the stack so low ids are handed out first (tidier tables in tests).
     for (let b = numBlocks - 1; b >= 1; b--) this.free.push(b);
   }
 
+  /** Blocks an allocation can take: free ones and cached ones nobody reads. */
   get freeCount(): number {
-    return this.free.length;
+    return this.free.length + this.evictable.size;
   }
 
+  /** Blocks some sequence reads. */
   get usedCount(): number {
-    return this.numBlocks - 1 - this.free.length;
+    return this.numBlocks - 1 - this.freeCount;
   }
 
-  /** Takes `n` fresh blocks, or returns null (and takes none) when fewer are free. */
+  /** Cached blocks nobody reads (counted free: an allocation evicts them). */
+  get cachedIdleCount(): number {
+    return this.evictable.size;
+  }
+
+  /** Takes `n` fresh blocks, or returns null (and takes none) when fewer are available. */
   allocate(n: number): number[] | null {
-    if (n > this.free.length) return null;
-    const out = this.free.splice(this.free.length - n, n).reverse();
+    if (n > this.freeCount) return null;
+    const out = this.free.splice(Math.max(0, this.free.length - n), n).reverse();
+    for (const b of this.evictable) {
+      if (out.length === n) break;
+      this.evictable.delete(b);
+      this.byHash.delete(this.hashOf.get(b)!);
+      this.hashOf.delete(b);
+      out.push(b);
+    }
     for (const b of out) this.refs[b] = 1;
     return out;
   }
@@ -46,8 +88,36 @@ export class BlockAllocator {
   release(blocks: readonly number[]): void {
     for (const b of blocks) {
       if (b === NULL_BLOCK || this.refs[b] === 0) throw new Error(`double free of KV block ${b}`);
-      if (--this.refs[b] === 0) this.free.push(b);
+      if (--this.refs[b] > 0) continue;
+      if (this.hashOf.has(b)) this.evictable.add(b);
+      else this.free.push(b);
     }
+  }
+
+  /** How many of `hashes`, from the first on, name cached blocks. */
+  cachedPrefix(hashes: readonly BlockHash[]): number {
+    let n = 0;
+    while (n < hashes.length && this.byHash.has(hashes[n]!)) n++;
+    return n;
+  }
+
+  /** Takes the cached blocks named by `hashes` (all cached, see cachedPrefix) for a new reader. */
+  acquireCached(hashes: readonly BlockHash[]): number[] {
+    return hashes.map((h) => {
+      const b = this.byHash.get(h)!;
+      if (this.refs[b]++ === 0) this.evictable.delete(b);
+      return b;
+    });
+  }
+
+  /**
+   * Names a block its reader has just filled. A name already held by another block (two
+   * sequences computed the same prefix at once) stays with that one; this block stays unnamed.
+   */
+  register(block: number, hash: BlockHash): void {
+    if (!this.prefixCaching || this.byHash.has(hash) || this.hashOf.has(block)) return;
+    this.byHash.set(hash, block);
+    this.hashOf.set(block, hash);
   }
 }
 

@@ -18,6 +18,8 @@ export const EMPTY_STATS: EngineStats = {
   kvBlocksTotal: 0,
   kvBlocksUsed: 0,
   kvUsage: 0,
+  prefixCacheQueries: 0,
+  prefixCacheHits: 0,
   blockSize: 0,
   steps: 0,
   consecutiveFailedSteps: 0,

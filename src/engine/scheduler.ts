@@ -17,7 +17,7 @@
 //      always advances by at least MIN_PREFILL_CHUNK tokens per step, so nothing starves.
 // A paused sequence (its client stopped reading) takes no part in steps and is the first to be
 // preempted when a running sequence or the head of the queue needs its blocks or its batch slot.
-import { BlockAllocator, blocksFor } from './kv-cache.js';
+import { BlockAllocator, blockHash, blocksFor, type BlockHash } from './kv-cache.js';
 import { attendedBy, type StepCost, type StepShape } from './step-cost.js';
 
 export interface SchedulerConfig {
@@ -46,6 +46,12 @@ export class Sequence {
   blocks: number[] = [];
   /** Its client stopped reading: skipped by steps and admission, preempted first. */
   paused = false;
+  /** Leading blocks already offered to the prefix cache (named, or taken from it). */
+  registered = 0;
+  /** Prompt tokens the last admission found in the prefix cache. */
+  cachedTokens = 0;
+  /** Names of its full blocks so far (memo: its tokens only ever grow). */
+  private readonly hashes: BlockHash[] = [];
 
   constructor(
     readonly requestId: string,
@@ -57,10 +63,20 @@ export class Sequence {
     readonly arrival: number,
     /** Most tokens it may generate (max_tokens): what 'auto' counts as its decode work. */
     readonly maxOutput = Infinity,
+    /** False when every prompt position's logits are wanted (echo with logprobs): all are computed. */
+    readonly usesPrefixCache = true,
   ) {}
 
   get outputLength(): number {
     return this.tokens.length - this.promptLength;
+  }
+
+  /** The prefix-cache names of its first `count` blocks (each must be full of known tokens). */
+  blockHashes(count: number, blockSize: number): readonly BlockHash[] {
+    for (let i = this.hashes.length; i < count; i++) {
+      this.hashes.push(blockHash(i === 0 ? null : this.hashes[i - 1]!, this.tokens.slice(i * blockSize, (i + 1) * blockSize)));
+    }
+    return this.hashes.length === count ? this.hashes : this.hashes.slice(0, count);
   }
 }
 
@@ -85,6 +101,9 @@ export class Scheduler {
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
   preemptionCount = 0;
+  /** Tokens admissions looked up in the prefix cache, and those found (vLLM's queries / hits). */
+  prefixCacheQueries = 0;
+  prefixCacheHits = 0;
 
   constructor(
     readonly config: SchedulerConfig,
@@ -148,13 +167,28 @@ export class Scheduler {
         continue;
       }
       if (preempted.includes(seq)) break; // not back in the same step it was evicted in
-      if (!this.makeRoom(blocksFor(seq.tokens.length, this.config.blockSize), preempted)) break;
-      const count = chunk(0, seq.tokens.length);
-      if (count === 0) break;
-      seq.blocks = this.allocator.allocate(blocksFor(count, this.config.blockSize)) ?? [];
+      const cached = this.takeCachedPrefix(seq);
+      const rollback = () => {
+        this.allocator.release(seq.blocks);
+        seq.blocks = [];
+        seq.numComputed = 0;
+        seq.registered = 0;
+      };
+      if (!this.makeRoom(blocksFor(seq.tokens.length, this.config.blockSize) - cached, preempted)) {
+        rollback();
+        break;
+      }
+      const count = chunk(seq.numComputed, seq.tokens.length - seq.numComputed);
+      if (count === 0) {
+        rollback();
+        break;
+      }
+      seq.blocks.push(...(this.allocator.allocate(blocksFor(seq.numComputed + count, this.config.blockSize) - cached) ?? []));
+      this.prefixCacheQueries += seq.tokens.length;
+      this.prefixCacheHits += seq.numComputed;
       this.waiting.splice(this.waiting.indexOf(seq), 1);
       this.insertRunning(seq);
-      add({ seq, start: 0, count, sample: count === seq.tokens.length });
+      add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
       w = 0; // sequences preempted to make room went to the front of the queue
     }
     return { rows, preempted };
@@ -231,9 +265,36 @@ export class Scheduler {
     for (const seq of this.sequencesOf(requestId)) seq.paused = false;
   }
 
-  /** Records that the plan ran: its tokens' K/V are now cached. */
+  /** Records that the plan ran: its tokens' K/V are now cached, and full blocks get their names. */
   commit(plan: StepPlan): void {
-    for (const row of plan.rows) if (row.seq.status === 'running') row.seq.numComputed = row.start + row.count;
+    const bs = this.config.blockSize;
+    for (const { seq, start, count } of plan.rows) {
+      if (seq.status !== 'running') continue;
+      seq.numComputed = start + count;
+      if (!this.allocator.prefixCaching) continue;
+      const full = Math.floor(seq.numComputed / bs);
+      if (full <= seq.registered) continue;
+      const hashes = seq.blockHashes(full, bs);
+      for (let i = seq.registered; i < full; i++) this.allocator.register(seq.blocks[i]!, hashes[i]!);
+      seq.registered = full;
+    }
+  }
+
+  /**
+   * Admission's prefix-cache lookup: the sequence takes the cached blocks its tokens start with,
+   * and starts computing after them. At least its last token is always computed, for the logits
+   * that pick the next one. Returns the number of blocks taken.
+   */
+  private takeCachedPrefix(seq: Sequence): number {
+    if (!this.allocator.prefixCaching || !seq.usesPrefixCache) return 0;
+    const bs = this.config.blockSize;
+    const hashes = seq.blockHashes(Math.floor((seq.tokens.length - 1) / bs), bs);
+    const hit = this.allocator.cachedPrefix(hashes);
+    seq.blocks = this.allocator.acquireCached(hashes.slice(0, hit));
+    seq.numComputed = hit * bs;
+    seq.registered = hit;
+    if (seq.choice === 0 && seq.outputLength === 0) seq.cachedTokens = hit * bs;
+    return hit;
   }
 
   /** Frees a sequence for good (finished or cancelled). */
@@ -333,6 +394,7 @@ export class Scheduler {
     this.allocator.release(seq.blocks);
     seq.blocks = [];
     seq.numComputed = 0;
+    seq.registered = 0;
     seq.status = 'waiting';
     this.preemptionCount++;
     this.waiting.unshift(seq);

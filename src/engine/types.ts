@@ -98,7 +98,8 @@ export type EngineEvent =
       text: string;
       completionTokens: number;
     }
-  | { type: 'done'; promptTokens: number; completionTokens: number }
+  /** cachedTokens: prompt tokens whose K/V came from the prefix cache (OpenAI's usage.prompt_tokens_details.cached_tokens). */
+  | { type: 'done'; promptTokens: number; completionTokens: number; cachedTokens: number }
   | { type: 'error'; error: EngineError };
 
 /** Receives one request's events in order; the last one is `done` or `error`. */
@@ -143,6 +144,9 @@ export interface EngineStats {
   preemptions: number;
   promptTokensTotal: number;
   generatedTokensTotal: number;
+  /** Tokens admissions looked up in the prefix cache, and those found there. */
+  prefixCacheQueries: number;
+  prefixCacheHits: number;
 }
 
 /** What the engine reports after every step and whenever it goes idle: the edge's liveness source. */
@@ -244,6 +248,8 @@ export interface EngineOptions {
   maxStepMs: number | 'auto';
   kvCacheTokens: number;
   blockSize: number;
+  /** Automatic prefix caching: full KV blocks are kept, named by their tokens, and reused. */
+  prefixCaching: boolean;
   /** Consecutive failed model steps after which the engine declares itself dead. */
   maxConsecutiveStepFailures: number;
   /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */

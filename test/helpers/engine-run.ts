@@ -42,6 +42,8 @@ export interface RunResult {
   prompt: Extract<EngineEvent, { type: 'prompt' }> | null;
   error: Extract<EngineEvent, { type: 'error' }>['error'] | null;
   usage: { promptTokens: number; completionTokens: number } | null;
+  /** Prompt tokens served from the prefix cache (from `done`). */
+  cachedTokens: number;
 }
 
 /** The request's events as an async iterable; leaving the loop early cancels the request. */
@@ -64,7 +66,7 @@ export function events(engine: EngineClient, req: EngineRequest): AsyncIterable<
 }
 
 export async function collect(engine: EngineClient, req: EngineRequest): Promise<RunResult> {
-  const result: RunResult = { events: [], choices: [], prompt: null, error: null, usage: null };
+  const result: RunResult = { events: [], choices: [], prompt: null, error: null, usage: null, cachedTokens: 0 };
   const choice = (i: number) =>
     (result.choices[i] ??= { tokens: [], text: '', finish: null, cumulativeLogprob: 0, logprobs: [] });
   for await (const ev of events(engine, req)) {
@@ -80,7 +82,10 @@ export async function collect(engine: EngineClient, req: EngineRequest): Promise
       c.text += ev.text;
       c.finish = ev.reason;
       c.cumulativeLogprob = ev.cumulativeLogprob;
-    } else if (ev.type === 'done') result.usage = { promptTokens: ev.promptTokens, completionTokens: ev.completionTokens };
+    } else if (ev.type === 'done') {
+      result.usage = { promptTokens: ev.promptTokens, completionTokens: ev.completionTokens };
+      result.cachedTokens = ev.cachedTokens;
+    }
     else if (ev.type === 'error') result.error = ev.error;
   }
   return result;

@@ -41,6 +41,7 @@ export function engineOptions(modelDir: string, overrides: Partial<EngineOptions
     maxStepMs: 0,
     kvCacheTokens: 8192,
     blockSize: 16,
+    prefixCaching: true,
     maxConsecutiveStepFailures: 3,
     stepTimeoutMs: 60_000,
     ...overrides,

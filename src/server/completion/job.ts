@@ -46,6 +46,8 @@ interface Source {
   finished: boolean;
   generated: number;
   completionTokens: number | null;
+  /** Prompt tokens the prefix cache served (from `done`). */
+  cachedTokens: number;
   lastTokenAt: Map<number, number>;
 }
 
@@ -94,6 +96,11 @@ export class CompletionJob {
     return this.request?.prompts.reduce((sum, p) => sum + p.tokens.length, 0) ?? 0;
   }
 
+  /** Prompt tokens served from the prefix cache, over all prompts. */
+  get cachedTokens(): number {
+    return this.sources.reduce((sum, s) => sum + s.cachedTokens, 0);
+  }
+
   /** Generated tokens over all choices (best_of included): the engine's count, or what arrived so far. */
   get completionTokens(): number {
     return this.sources.reduce((sum, s) => sum + (s.completionTokens ?? s.generated), 0);
@@ -109,7 +116,7 @@ export class CompletionJob {
     this.request = request;
     const { prompts, params } = request;
     prompts.forEach((prompt, i) => {
-      const src: Source = { engineId: `${this.meta.id}-${i}`, accepted: false, finished: false, generated: 0, completionTokens: null, lastTokenAt: new Map() };
+      const src: Source = { engineId: `${this.meta.id}-${i}`, accepted: false, finished: false, generated: 0, completionTokens: null, cachedTokens: 0, lastTokenAt: new Map() };
       this.sources.push(src);
       this.engine.submit({ id: src.engineId, promptTokens: prompt.tokens, params: { ...params, maxTokens: prompt.maxTokens } }, (event) =>
         this.onEvent(i, event),
@@ -137,6 +144,7 @@ export class CompletionJob {
         if (event.type === 'error') throw fromEngineError(event.error);
         if (event.type === 'done') {
           src.completionTokens = event.completionTokens;
+          src.cachedTokens = event.cachedTokens;
           open--;
         } else {
           yield* this.map(p, src, event);

@@ -75,7 +75,7 @@ export async function collectCompletion(job: CompletionJob): Promise<CompletionR
       choices.push({ text: c.text, index: p * n + rank, logprobs: c.logprobs, finish_reason: c.finishReason ?? 'length' });
     });
   });
-  return { ...makeEnvelope(job.meta, choices), usage: makeUsage(job.promptTokens, job.completionTokens) };
+  return { ...makeEnvelope(job.meta, choices), usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens) };
 }
 
 /**
@@ -112,7 +112,7 @@ export async function* completionChunks(job: CompletionJob, options: { includeUs
     }
   }
   if (options.includeUsage) {
-    yield makeChunk(meta, [], makeUsage(job.promptTokens, job.completionTokens));
+    yield makeChunk(meta, [], makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens));
   }
 }
 

@@ -20,6 +20,8 @@ export interface CompletionUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Present when some prompt tokens' K/V came from the prefix cache. */
+  prompt_tokens_details?: { cached_tokens: number };
 }
 
 interface CompletionEnvelope {
@@ -102,8 +104,10 @@ export function appendLogprobs(into: CompletionLogprobs, more: CompletionLogprob
   into.text_offset.push(...more.text_offset);
 }
 
-export function makeUsage(promptTokens: number, completionTokens: number): CompletionUsage {
-  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+export function makeUsage(promptTokens: number, completionTokens: number, cachedTokens = 0): CompletionUsage {
+  const usage: CompletionUsage = { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  if (cachedTokens > 0) usage.prompt_tokens_details = { cached_tokens: cachedTokens };
+  return usage;
 }
 
 /** The fields a full response and every chunk of one request share. */

@@ -203,7 +203,7 @@ class WsSession {
         const { id: completionId, ...rest } = chunk;
         this.send({ type: 'completion.chunk', id: req.id, completion_id: completionId, ...rest });
       }
-      this.send({ type: 'completion.done', id: req.id, completion_id: job.meta.id, usage: makeUsage(job.promptTokens, job.completionTokens) });
+      this.send({ type: 'completion.done', id: req.id, completion_id: job.meta.id, usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens) });
     } catch (err) {
       if (err instanceof JobCancelledError) {
         status = CLIENT_CLOSED;
@@ -213,7 +213,7 @@ class WsSession {
             type: 'completion.done',
             id: req.id,
             completion_id: job.meta.id,
-            usage: makeUsage(job.promptTokens, job.completionTokens),
+            usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens),
             cancelled: true,
           });
         } else {

@@ -1,0 +1,156 @@
+// Automatic prefix caching: the allocator's named blocks and LRU, the scheduler's admission
+// taking cached blocks, and through the real engine: output with a cache hit is bit-identical
+// to output without one (logprobs compared with Object.is), under the production defaults.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { InProcessEngine } from '../src/engine/client.js';
+import { BlockAllocator, blockHash } from '../src/engine/kv-cache.js';
+import { Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
+import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
+import { collect, request, type RunResult } from './helpers/engine-run.js';
+import { engineOptions, tinyModel } from './helpers/tiny-model.js';
+
+const BS = 4;
+let arrival = 0;
+const seq = (id: string, tokens: number[], usesPrefixCache = true) =>
+  new Sequence(id, 0, [...tokens], tokens.length, arrival++, Infinity, usesPrefixCache);
+const scheduler = (blocks: number, prefixCaching = true) =>
+  new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: BS }, new BlockAllocator(blocks + 1, prefixCaching));
+
+/** Simulates the runner: commit, then every sampled row gets one new token. */
+function runStep(s: Scheduler): StepPlan {
+  const plan = s.schedule();
+  s.commit(plan);
+  for (const row of plan.rows) if (row.sample) row.seq.tokens.push(1000 + row.seq.outputLength);
+  return plan;
+}
+
+test('block names chain: equal tokens after equal prefixes are equal names, anything else differs', () => {
+  const a = blockHash(null, [1, 2, 3, 4]);
+  assert.equal(blockHash(null, [1, 2, 3, 4]), a);
+  assert.notEqual(blockHash(null, [1, 2, 3, 5]), a);
+  assert.equal(blockHash(a, [5, 6, 7, 8]), blockHash(blockHash(null, [1, 2, 3, 4]), [5, 6, 7, 8]));
+  assert.notEqual(blockHash(a, [5, 6, 7, 8]), blockHash(blockHash(null, [9, 2, 3, 4]), [5, 6, 7, 8]), 'a block is named by everything before it');
+});
+
+test('allocator: a named block outlives its readers until an allocation needs it, least recently released first', () => {
+  const a = new BlockAllocator(5, true);
+  const [b1, b2, b3] = a.allocate(3)!;
+  a.register(b1!, 'h1');
+  a.register(b2!, 'h2');
+  a.release([b1!, b2!, b3!]);
+  assert.equal(a.freeCount, 4, 'idle cached blocks count as free');
+  assert.equal(a.cachedIdleCount, 2);
+  assert.equal(a.cachedPrefix(['h1', 'h2', 'h3']), 2);
+  assert.equal(a.cachedPrefix(['h2']), 1);
+  assert.deepEqual(a.acquireCached(['h1']), [b1]);
+  assert.equal(a.refCount(b1!), 1);
+  assert.equal(a.freeCount, 3);
+  // Two free blocks (b3 and the never-used one), then b2 (idle cached) is evicted; b1 is read.
+  const got = a.allocate(3)!;
+  assert.ok(got.includes(b2!));
+  assert.equal(a.cachedPrefix(['h2']), 0, 'an evicted block loses its name');
+  assert.equal(a.cachedPrefix(['h1']), 1);
+  assert.equal(a.allocate(1), null);
+  a.register(got[0]!, 'h1');
+  assert.equal(a.cachedPrefix(['h1']), 1, 'a name already taken stays with its block');
+  a.release([b1!]);
+  a.release(got);
+  assert.equal(a.freeCount, 4);
+});
+
+test('allocator without prefix caching: nothing is named, released blocks are free at once', () => {
+  const a = new BlockAllocator(3, false);
+  const [b] = a.allocate(1)!;
+  a.register(b!, 'h');
+  a.release([b!]);
+  assert.equal(a.cachedPrefix(['h']), 0);
+  assert.equal(a.cachedIdleCount, 0);
+});
+
+test('scheduler: a prompt that starts with cached blocks takes them and prefills only the rest', () => {
+  const s = scheduler(16);
+  const prompt = Array.from({ length: 10 }, (_, i) => i + 1);
+  const first = seq('a', prompt);
+  s.add(first);
+  runStep(s);
+  const second = seq('b', [...prompt.slice(0, 9), 99]);
+  s.add(second);
+  const plan = runStep(s);
+  const row = plan.rows.find((r) => r.seq === second)!;
+  assert.deepEqual([row.start, row.count], [8, 2], 'two full blocks (8 tokens) came from the cache');
+  assert.deepEqual(second.blocks.slice(0, 2), first.blocks.slice(0, 2), 'the same blocks, shared');
+  assert.equal(second.cachedTokens, 8);
+  assert.deepEqual([s.prefixCacheQueries, s.prefixCacheHits], [20, 8]);
+  // An identical prompt still computes its last token (its logits pick the next one).
+  const third = seq('c', prompt.slice(0, 8));
+  s.add(third);
+  assert.deepEqual(runStep(s).rows.filter((r) => r.seq === third).map((r) => [r.start, r.count]), [[4, 4]]);
+});
+
+test('scheduler: blocks of a finished or preempted sequence are found again; off, or for prompt logprobs, nothing is looked up', () => {
+  const s = scheduler(16);
+  const prompt = Array.from({ length: 9 }, (_, i) => i + 1);
+  const a = seq('a', prompt);
+  s.add(a);
+  for (let i = 0; i < 4; i++) runStep(s); // 9 prompt + 3 generated tokens: 3 full blocks named
+  s.finish(a);
+  assert.equal(s.allocator.usedCount, 0);
+  const again = seq('again', a.tokens);
+  s.add(again);
+  assert.deepEqual(runStep(s).rows.map((r) => [r.start, r.count]), [[12, 1]], 'prompt and generated blocks both hit (12 of its 13 tokens)');
+  const noLookup = seq('echo', prompt, false);
+  s.add(noLookup);
+  assert.deepEqual(runStep(s).rows.filter((r) => r.seq === noLookup).map((r) => r.start), [0]);
+
+  const off = scheduler(16, false);
+  const x = seq('x', prompt);
+  off.add(x);
+  runStep(off);
+  off.finish(x);
+  const y = seq('y', prompt);
+  off.add(y);
+  assert.deepEqual(runStep(off).rows.map((r) => r.start), [0]);
+  assert.equal(off.prefixCacheHits, 0);
+});
+
+// Through the real engine, production defaults ('auto' step cap, ONNX Runtime's default threads).
+let withCache: EngineClient;
+let withoutCache: EngineClient;
+const production = (dir: string, prefixCaching: boolean): EngineOptions => engineOptions(dir, { maxStepMs: 'auto', intraOpThreads: 0, prefixCaching });
+const longPrompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729 + 13) % 50000);
+
+before(async () => {
+  const dir = await tinyModel(1);
+  withCache = await InProcessEngine.start(production(dir, true));
+  withoutCache = await InProcessEngine.start(production(dir, false));
+});
+after(async () => {
+  await withCache.shutdown();
+  await withoutCache.shutdown();
+});
+
+const logprobBits = (r: RunResult) => r.choices.map((c) => c.logprobs.map((l) => [l.tokenId, l.logprob, l.top.map((t) => [t.tokenId, t.logprob])]));
+
+test('engine: output with a prefix-cache hit is bit-identical to output without one (greedy, seeded, penalties; logprobs by Object.is)', async () => {
+  const shared = longPrompt(150, 1);
+  const params: Array<Partial<SamplingParams>> = [
+    { maxTokens: 24, logprobs: 3 },
+    { maxTokens: 24, logprobs: 3, temperature: 0.9, topP: 0.95, seed: 7, presencePenalty: 0.5, frequencyPenalty: 0.3 },
+    { maxTokens: 24, logprobs: 2, temperature: 1, seed: 11, repetitionPenalty: 1.3, n: 2 },
+  ];
+  for (const [i, p] of params.entries()) {
+    const prompt = [...shared, ...longPrompt(20 + i * 7, 100 + i)];
+    const cold = await collect(withoutCache, request(prompt, p));
+    await collect(withCache, request(shared.concat(prompt.slice(150, 155)), { maxTokens: 1 })); // warms the shared blocks
+    const warm = await collect(withCache, request(prompt, p));
+    assert.ok(warm.cachedTokens >= 144, `the shared prefix was served from the cache (${warm.cachedTokens} tokens)`);
+    assert.equal(cold.cachedTokens, 0);
+    assert.deepEqual(warm.choices.map((c) => c.tokens), cold.choices.map((c) => c.tokens));
+    assert.deepEqual(logprobBits(warm), logprobBits(cold));
+    assert.deepEqual(warm.choices.map((c) => c.cumulativeLogprob), cold.choices.map((c) => c.cumulativeLogprob));
+  }
+  const stats = await withCache.stats();
+  assert.ok(stats.prefixCacheHits > 0 && stats.prefixCacheHits <= stats.prefixCacheQueries);
+  assert.equal(stats.kvBlocksUsed, 0, 'idle cached blocks are not counted as used');
+});
