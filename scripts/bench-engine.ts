@@ -11,7 +11,7 @@
 // their model steps are timed in interleaved rounds and compared with the first (fp32).
 // Defaults to a GPT-2-small-shaped random model (created once under models/; the quantized
 // folders are exported from the same checkpoint, so every dtype has the same weights).
-import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,6 +30,7 @@ import { loadTokenizer } from '../src/model/tokenizer.js';
 import { makeTinyModel, PRESETS } from '../src/model/tiny.js';
 import { WEIGHT_DTYPES, type WeightDtype } from '../src/model/weight-format.js';
 import { WeightOps } from '../src/model/weight-ops.js';
+import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
 import { runCli } from './cli.js';
 import { makeReporter } from './progress.js';
 
@@ -41,10 +42,20 @@ function benchModelDir(dtype: WeightDtype): string {
   return dtype === 'fp32' ? FP32_DIR : `${FP32_DIR}-${dtype}`;
 }
 
+function contractOf(dir: string): unknown {
+  return (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { contractVersion?: unknown }).contractVersion;
+}
+
 async function ensureBenchModel(dtype: WeightDtype, log: (m: string) => void): Promise<string> {
   const fp32 = resolve(FP32_DIR);
   const dir = resolve(benchModelDir(dtype));
-  if (existsSync(join(dir, 'manifest.json'))) return dir;
+  if (existsSync(join(dir, 'manifest.json'))) {
+    if (contractOf(dir) === CONTRACT_VERSION) return dir;
+    log(`${dir} was exported for another graph contract: exporting it again`);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  // The fp32 folder's checkpoint is where the others come from: made again (same seed) if stale.
+  if (existsSync(join(fp32, 'manifest.json')) && contractOf(fp32) !== CONTRACT_VERSION) rmSync(fp32, { recursive: true, force: true });
   const reporter = makeReporter();
   try {
     if (!existsSync(join(fp32, 'manifest.json'))) {
