@@ -14,7 +14,7 @@ import { liveServerPids } from '../src/bench/server-process.js';
 import { SseParser } from '../src/bench/sse-client.js';
 import { percentile, summarize } from '../src/bench/stats.js';
 import { renderSvg } from '../src/bench/svg.js';
-import { makeWorkload, poissonArrivals, PROMPT_VOCAB } from '../src/bench/workload.js';
+import { makeWorkload, poissonArrivals, PROMPT_VOCAB, runSeed } from '../src/bench/workload.js';
 import { tempDir, tinyModel } from './helpers/tiny-model.js';
 
 const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);
@@ -38,6 +38,21 @@ test('percentiles interpolate linearly between ranks, as numpy.percentile does',
   assert.equal(s.min, 2);
   assert.equal(s.max, 9);
   assert.deepEqual(summarize([]), { mean: 0, median: 0, p90: 0, p99: 0, std: 0, min: 0, max: 0, count: 0 });
+});
+
+test('shared-prefix workload: every prompt starts with the same tokens, then its own; runs of a sweep draw distinct prompts', () => {
+  const w = makeWorkload({ seed: 3, requests: 4, promptTokens: 10, outputTokens: 2, sharedPrefixTokens: 40 });
+  for (const r of w) {
+    assert.equal(r.promptIds.length, 50);
+    assert.deepEqual(r.promptIds.slice(0, 40), w[0]!.promptIds.slice(0, 40));
+  }
+  assert.notDeepEqual(w[1]!.promptIds.slice(40), w[0]!.promptIds.slice(40));
+  assert.deepEqual(makeWorkload({ seed: 3, requests: 4, promptTokens: 10, outputTokens: 2 }).map((r) => r.promptIds), w.map((r) => r.promptIds.slice(40)), 'the own tokens are the plain workload');
+  // A server with prefix caching must not find a previous run's prompts in its cache.
+  const first = makeWorkload({ seed: runSeed(0, 0), requests: 4, promptTokens: 16, outputTokens: 1 });
+  const second = makeWorkload({ seed: runSeed(0, 1), requests: 8, promptTokens: 16, outputTokens: 1 });
+  const seen = new Set(first.map((r) => r.promptIds.slice(0, 16).join()));
+  assert.ok(second.every((r) => !seen.has(r.promptIds.slice(0, 16).join())));
 });
 
 test('the workload is seeded: same seed same prompts, runs are prefixes of one stream, ids in range', () => {

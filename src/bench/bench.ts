@@ -17,7 +17,7 @@ import { startServer, type ServerHandle } from './server-process.js';
 import { sseTransport } from './sse-client.js';
 import { renderSvg } from './svg.js';
 import type { Transport, TransportOptions } from './transport.js';
-import { makeWorkload } from './workload.js';
+import { makeWorkload, runSeed } from './workload.js';
 import { wsTransport } from './ws-client.js';
 
 export const BASELINE_ARGS = ['--max-num-seqs', '1'];
@@ -43,6 +43,8 @@ export interface BenchResult {
     server_args: string[];
     transport: 'sse' | 'ws';
     prompt_tokens: number;
+    /** Absent in files written before the prefix-caching workload. */
+    shared_prefix_tokens?: number;
     output_tokens: number;
     seed: number;
     temperature: 0;
@@ -144,8 +146,14 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
     for (const t of targets) await warmUp(t, opts.transport, transportOptions(t), opts);
 
     const runs: Record<Target['role'], RunMetrics[]> = { batched: [], baseline: [] };
-    for (const plan of plans) {
-      const requests = makeWorkload({ seed: opts.seed, requests: plan.requests, promptTokens: opts.promptTokens, outputTokens: opts.outputTokens });
+    for (const [run, plan] of plans.entries()) {
+      const requests = makeWorkload({
+        seed: runSeed(opts.seed, run),
+        requests: plan.requests,
+        promptTokens: opts.promptTokens,
+        outputTokens: opts.outputTokens,
+        sharedPrefixTokens: opts.sharedPrefixTokens,
+      });
       for (const t of targets) {
         const label = `${t.role === 'baseline' ? 'max-num-seqs 1' : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
         const transport = await openTransport(opts.transport, transportOptions(t));
@@ -184,6 +192,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         server_args: opts.serverArgs,
         transport: opts.transport,
         prompt_tokens: opts.promptTokens,
+        shared_prefix_tokens: opts.sharedPrefixTokens,
         output_tokens: opts.outputTokens,
         seed: opts.seed,
         temperature: 0,
@@ -224,7 +233,7 @@ function peakRssBytes(pid: number): number | null {
 /** The summary printed after the sweep: the markdown tables. */
 export function summaryText(result: BenchResult): string {
   const parts = [
-    `## ${result.model}: ${result.config.prompt_tokens}-token prompts, ${result.config.output_tokens} output tokens, ${result.config.transport.toUpperCase()}`,
+    `## ${result.model}: ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens, ${result.config.transport.toUpperCase()}`,
     '',
     result.baseline ? 'Continuous batching (server defaults):' : 'Runs:',
     '',
@@ -246,7 +255,7 @@ export function summaryText(result: BenchResult): string {
 export function chartOf(result: BenchResult): string {
   const m = result.machine;
   return renderSvg({
-    title: `gpt2-serve: ${result.model}, ${result.config.prompt_tokens}-token prompts, ${result.config.output_tokens} output tokens (${result.config.transport.toUpperCase()})`,
+    title: `gpt2-serve: ${result.model}, ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens (${result.config.transport.toUpperCase()})`,
     subtitle: `${m.cpus} x ${m.cpu_model}, ${(m.memory_bytes / 2 ** 30).toFixed(0)} GiB; node ${result.software.node}, onnxruntime-node ${result.software.onnxruntime_node ?? '?'}; ${result.created_at.slice(0, 10)}`,
     batched: result.runs,
     baseline: result.baseline?.runs ?? null,
@@ -291,4 +300,10 @@ export async function benchMain(argv: string[], io?: Partial<BenchIo>): Promise<
   const robustness = all.reduce((s, m) => s + (m.health_failures ?? 0) + (m.models_failures ?? 0) + (m.hostile_unexpected ?? 0), 0);
   if (robustness > 0) full.status(`warning: ${robustness} probe(s) failed or huge prompt(s) not refused`);
   return result;
+}
+
+/** "128-token prompts", or "1024+64-token prompts (shared prefix + own)". */
+function promptLabel(config: { prompt_tokens: number; shared_prefix_tokens?: number }): string {
+  const shared = config.shared_prefix_tokens ?? 0;
+  return shared > 0 ? `${shared}+${config.prompt_tokens}-token prompts (shared prefix + own)` : `${config.prompt_tokens}-token prompts`;
 }

@@ -28,6 +28,8 @@ Workload:
   --requests N               requests per run (default: max(4, 2 x concurrency); 32 per rate)
   --prompt-tokens N          prompt length in tokens (default 128)
   --output-tokens N          output length in tokens, exact through ignore_eos (default 64)
+  --shared-prefix-tokens N   every prompt starts with the same N tokens, then its own
+                             --prompt-tokens (default 0; measures prefix caching)
   --seed N                   workload seed (default 0)
   --transport sse|ws         Server-Sent Events (default) or the websocket endpoint
   --api-key KEY              sent as a bearer token (default: $OPENAI_API_KEY, if set)
@@ -58,6 +60,8 @@ export interface BenchOptions {
   rates: number[] | null;
   requests: number | null;
   promptTokens: number;
+  /** Tokens every prompt starts with (the prefix-caching workload). */
+  sharedPrefixTokens: number;
   outputTokens: number;
   seed: number;
   transport: TransportKind;
@@ -115,6 +119,7 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     requests: { type: 'string' },
     'prompt-tokens': { type: 'string' },
     'output-tokens': { type: 'string' },
+    'shared-prefix-tokens': { type: 'string' },
     seed: { type: 'string' },
     transport: { type: 'string' },
     'api-key': { type: 'string' },
@@ -168,6 +173,7 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     requests: str('requests') === undefined ? null : intFlag('requests', str('requests')!, 1),
     promptTokens: intFlag('prompt-tokens', str('prompt-tokens') ?? '128', 1),
     outputTokens: intFlag('output-tokens', str('output-tokens') ?? '64', 1),
+    sharedPrefixTokens: intFlag('shared-prefix-tokens', str('shared-prefix-tokens') ?? '0', 0),
     seed: intFlag('seed', str('seed') ?? '0', 0),
     transport,
     apiKey: str('api-key') ?? env.OPENAI_API_KEY ?? null,

@@ -1,7 +1,9 @@
 // The seeded workload: random token-id prompts of a fixed length (vLLM's "random" dataset with
 // range ratio 1) and, for rate runs, Poisson arrival times. Request i's prompt depends only on
-// (seed, i), so a run of N requests is the first N of the same stream: every concurrency level
-// and the --baseline server see the very same prompts.
+// (seed, i), so a run of N requests is the first N of the same stream, and a --baseline server
+// sees the very same prompts. Runs of a sweep take distinct seeds (runSeed): a server with
+// prefix caching would otherwise find the previous run's prompts in its cache. With
+// sharedPrefixTokens, every prompt starts with the same tokens (one per seed) before its own.
 import { Rng } from '../util/rng.js';
 
 /** Token ids 0..50255: GPT-2's vocabulary without <|endoftext|> (50256). */
@@ -20,16 +22,23 @@ export interface WorkloadSpec {
   outputTokens: number;
   /** Exclusive upper bound of the prompt ids (default PROMPT_VOCAB). */
   vocab?: number;
+  /** Tokens every prompt starts with (default 0), before its own promptTokens. */
+  sharedPrefixTokens?: number;
+}
+
+/** The workload seed of the sweep's `run`-th run (0-based). */
+export function runSeed(seed: number, run: number): number {
+  return (seed + run * 1_000_033) >>> 0;
 }
 
 export function makeWorkload(spec: WorkloadSpec): BenchRequest[] {
   const vocab = spec.vocab ?? PROMPT_VOCAB;
+  const draw = (rng: Rng, n: number) => Array.from({ length: n }, () => Math.floor(rng.next() * vocab));
+  const prefix = draw(new Rng((spec.seed ^ 0x5a4ed) >>> 0), spec.sharedPrefixTokens ?? 0);
   const rng = new Rng(spec.seed);
   const out: BenchRequest[] = [];
   for (let index = 0; index < spec.requests; index++) {
-    const promptIds = new Array<number>(spec.promptTokens);
-    for (let j = 0; j < spec.promptTokens; j++) promptIds[j] = Math.floor(rng.next() * vocab);
-    out.push({ index, promptIds, outputTokens: spec.outputTokens });
+    out.push({ index, promptIds: [...prefix, ...draw(rng, spec.promptTokens)], outputTokens: spec.outputTokens });
   }
   return out;
 }
