@@ -63,11 +63,10 @@ export class OnnxRunner implements ModelRunner {
       unpack_index: int64(step.unpackIndex),
       logits_index: int64(step.logitsIndex),
     };
-    for (const [name, group] of [['decode', step.decode], ['prefill', step.prefill]] as const) {
-      feeds[`${name}_token_index`] = int64(group.tokenIndex, [group.rows, group.chunk]);
-      feeds[`${name}_new_tokens`] = int64(group.newTokens);
-      feeds[`${name}_new_slots`] = int64(group.newSlots, [group.newTokens.length, 2]);
-    }
+    feeds.decode_token_index = int64(step.decode.tokenIndex, [step.decode.rows, 1]);
+    feeds.prefill_token_index = int64(step.prefill.tokenIndex, [step.prefill.rows, step.prefill.chunk]);
+    feeds.prefill_new_tokens = int64(step.prefill.newTokens);
+    feeds.prefill_new_slots = int64(step.prefill.newSlots, [step.prefill.newTokens.length, 2]);
     this.feed.addFeeds(feeds, [
       { name: 'decode_block_table', table: step.decode.blockTable, dims: [step.decode.rows, step.decode.tableWidth] },
       { name: 'prefill_block_table', table: step.prefill.blockTable, dims: [step.prefill.rows, step.prefill.tableWidth] },
@@ -120,10 +119,10 @@ interface GroupFeeds {
   /** Queries per row: 1 for decode rows, the longest chunk for prefill rows. */
   chunk: number;
   tokenIndex: BigInt64Array;
-  /** Blocks of each row's past and new tokens, padded with the null block. */
+  /** Blocks of the keys each row's queries attend to besides their own, padded with the null block. */
   blockTable: BigInt64Array;
   tableWidth: number;
-  /** Flat indexes of the group's new tokens, and their (row, position) pairs. */
+  /** Prefill: flat indexes of the chunks' tokens, and their (row, position) pairs. */
   newTokens: BigInt64Array;
   newSlots: BigInt64Array;
 }
@@ -163,8 +162,8 @@ export function packStep(rows: readonly RunnerRow[], blockSize: number): PackedS
     nLogits += r.tokens.length - r.logitsFrom;
   });
   const chunk = Math.max(1, ...prefillRows.map((i) => rows[i]!.tokens.length));
-  const decode = groupFeeds(rows, decodeRows, 1, firstToken, blockSize);
-  const prefill = groupFeeds(rows, prefillRows, chunk, firstToken, blockSize);
+  const decode = groupFeeds(rows, decodeRows, 1, firstToken, blockSize, false);
+  const prefill = groupFeeds(rows, prefillRows, chunk, firstToken, blockSize, true);
   const unpackIndex = new BigInt64Array(T);
   decodeRows.forEach((i, d) => (unpackIndex[firstToken[i]!] = BigInt(d)));
   prefillRows.forEach((i, p) => {
@@ -178,15 +177,17 @@ export function packStep(rows: readonly RunnerRow[], blockSize: number): PackedS
   return { inputIds, positions, decode, prefill, unpackIndex, logitsIndex, firstToken };
 }
 
-function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number, firstToken: number[], blockSize: number): GroupFeeds {
+/** `chunks`: the prefill group, whose rows' tokens are also keys of their later tokens (scattered into their gathered past). */
+function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number, firstToken: number[], blockSize: number, chunks: boolean): GroupFeeds {
   // An empty group gets one dummy row: flat token 0 (every step has one) at position 0 of the
   // null block. Its K/V land only in the step's gathered copy of the null block, never the pool.
   const n = Math.max(members.length, 1);
-  const span = (i: number) => rows[i]!.pastLength + rows[i]!.tokens.length;
+  // A decode row attends to its past (and its own key apart); a chunk also to its own tokens.
+  const span = (i: number) => rows[i]!.pastLength + (chunks ? rows[i]!.tokens.length : 0);
   // Key slots are padded to a multiple of the block size (a multiple of 16, see config.ts): the
   // attention kernels then take every real key down the same vector path however long the row is.
   const tableWidth = Math.max(1, ...members.map((i) => Math.ceil(span(i) / blockSize)));
-  const newCount = members.length === 0 ? 1 : members.reduce((sum, i) => sum + rows[i]!.tokens.length, 0);
+  const newCount = !chunks || members.length === 0 ? 1 : members.reduce((sum, i) => sum + rows[i]!.tokens.length, 0);
   const g: GroupFeeds = {
     rows: n,
     chunk,
@@ -204,7 +205,7 @@ function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number
     for (let j = 0; j < chunk; j++) g.tokenIndex[m * chunk + j] = BigInt(firstToken[i]! + Math.min(j, len - 1));
     const used = Math.ceil(span(i) / blockSize);
     for (let k = 0; k < used; k++) g.blockTable[m * tableWidth + k] = BigInt(r.blocks[k]!);
-    for (let j = 0; j < len; j++, t++) {
+    for (let j = 0; j < len && chunks; j++, t++) {
       g.newTokens[t] = BigInt(firstToken[i]! + j);
       g.newSlots[2 * t] = BigInt(m);
       g.newSlots[2 * t + 1] = BigInt(r.pastLength + j);

@@ -64,11 +64,16 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
   const group = (name: string, queries: string): AttentionGroup => ({
     tokenIndex: g.input(`${name}_token_index`, DataType.INT64, [`${name}_rows`, queries]),
     blockTable: g.input(`${name}_block_table`, DataType.INT64, [`${name}_rows`, `${name}_blocks`]),
-    newTokens: g.input(`${name}_new_tokens`, DataType.INT64, [`${name}_new`]),
-    newSlots: g.input(`${name}_new_slots`, DataType.INT64, [`${name}_new`, 2]),
   });
   const decode = group('decode', 'one');
-  const prefill = group('prefill', 'chunk');
+  // A decode row's only new key is its query's own: nothing to scatter into its gathered past.
+  const prefill: AttentionGroup = {
+    ...group('prefill', 'chunk'),
+    scatter: scatterInto(g, H, D, {
+      tokens: g.input('prefill_new_tokens', DataType.INT64, ['prefill_new']),
+      slots: g.input('prefill_new_slots', DataType.INT64, ['prefill_new', 2]),
+    }),
+  };
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
 
@@ -121,37 +126,35 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
 interface AttentionGroup {
   /** [rows, S]: each row's queries as flat token indexes (S = 1 for decode rows). */
   tokenIndex: string;
-  /** [rows, blocks]: blocks covering each row's past and its new tokens. */
+  /** [rows, blocks]: blocks covering the keys before each row's last query. */
   blockTable: string;
-  /** [n]: flat indexes of the group's new tokens (no padding). */
-  newTokens: string;
-  /** [n, 2]: (row, position) of each new token. */
-  newSlots: string;
+  /** Prefill only: puts the chunk's new K or V rows into a gathered copy of its past (scatterInto). */
+  scatter?: (gathered: string, fresh: string) => string;
 }
 
 /**
  * Key bias [rows, S, 1, keys]: query j of a row (at position positions[tokenIndex[row, j]]) sees
- * key p when p <= its position. Keys sit at their own position (the chunk's new keys are
- * scattered into the gathered past), so one causal rule covers past and chunk alike.
+ * gathered key p when p < its position; its own key is a separate term (see groupAttention).
+ * Keys sit at their own position, so one rule covers past and chunk alike.
  */
 function causalMask(g: GraphBuilder, group: AttentionGroup, positions: string, blockSize: string): string {
   const keys = g.op('Mul', [g.op('Shape', [group.blockTable], { start: 1, end: 2 }), blockSize]);
   const range = g.op('Range', [g.constInt64([0], []), g.op('Squeeze', [keys]), g.constInt64([1], [])]); // [keys]
   const queryPos = g.op('Unsqueeze', [g.op('Gather', [positions, group.tokenIndex], { axis: 0 }), g.constInt64([-1, -2])]); // [rows, S, 1, 1]
-  const visible = g.op('LessOrEqual', [range, queryPos]); // [rows, S, 1, keys]
+  const visible = g.op('Less', [range, queryPos]); // [rows, S, 1, keys]
   return g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]);
 }
 
 /**
- * Attention of one group of rows. The row's past is gathered from the pool by its block table,
- * which covers the chunk's positions too, and the chunk's new K/V are scattered into that copy at
- * their positions: every query then attends over keys laid out by position, with one softmax and
- * one weighted sum. Each query is its own matrix-vector product (the S axis is a broadcast batch
- * axis), so a token's arithmetic is the same whether it came alone (decode), in any chunk of a
- * prompt, or beside any other rows: ONNX Runtime's CPU GEMM picks its kernel and its summation
- * blocking by the product's shape, and a one-row product has one path whose per-element order
- * depends only on the key's position (see docs/design.md, "Exact under any schedule").
- * Returns [rows * queries per row, E], row-major.
+ * Attention of one group of rows, computed the same way for every query whatever its row's
+ * chunk: the keys before the query, in position order, then the query's own key as one more
+ * term. The row's earlier keys are gathered from the pool by its block table; a prefill chunk's
+ * own new K/V are scattered into that copy at their positions (decode rows have none). Scores
+ * are [earlier keys | own key] under one softmax; the weighted sum is the earlier keys' product
+ * plus the own key's term. Each query is its own matrix-vector product (the S axis is a
+ * broadcast batch axis): ONNX Runtime's CPU GEMM picks its kernel and summation blocking by the
+ * product's shape, and a one-row product has one path whose per-element order depends only on
+ * the key's position (docs/design.md, "Exact under any schedule"). Returns [rows * S, E].
  */
 function groupAttention(
   g: GraphBuilder,
@@ -164,24 +167,41 @@ function groupAttention(
   const rows = g.op('Shape', [group.tokenIndex], { start: 0, end: 1 });
   const perRow = g.op('Shape', [group.tokenIndex], { start: 1, end: 2 });
   // [rows, S] flat indexes -> [rows, S, H, D] -> [H, rows, S, 1, D]
-  const qShape = g.op('Concat', [rows, perRow, g.constInt64([H, D])], { axis: 0 });
-  const q = g.op('Unsqueeze', [g.op('Transpose', [g.op('Reshape', [g.op('Gather', [flat.q, group.tokenIndex], { axis: 0 }), qShape])], { perm: [2, 0, 1, 3] }), g.constInt64([3])]);
-  // ScatterND indices [H, n, 3] = (head, row, position) for the group's n new tokens.
-  const n = g.op('Shape', [group.newTokens], { start: 0, end: 1 });
-  const heads = g.op('Expand', [g.op('Reshape', [g.op('Range', [g.constInt64([0], []), g.constInt64([H], []), g.constInt64([1], [])]), g.constInt64([H, 1, 1])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([1])], { axis: 0 })]);
-  const slots = g.op('Expand', [g.op('Unsqueeze', [group.newSlots, g.constInt64([0])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([2])], { axis: 0 })]);
-  const scatterIndex = g.op('Concat', [heads, slots], { axis: 2 });
-  const full = (pooled: string, fresh: string) => {
-    // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, blocks * bs, D], then the new rows
+  const perQuery = g.op('Concat', [rows, perRow, g.constInt64([H, D])], { axis: 0 });
+  const queries = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [g.op('Reshape', [g.op('Gather', [t, group.tokenIndex], { axis: 0 }), perQuery])], { perm: [2, 0, 1, 3] }), g.constInt64([3])]);
+  const q = queries(flat.q);
+  const ownKey = queries(flat.k);
+  const ownValue = queries(flat.v);
+  const earlier = (pooled: string, fresh: string) => {
+    // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, blocks * bs, D] (-> chunk's keys in place)
     const past = g.op('Reshape', [g.op('Gather', [pooled, group.blockTable], { axis: 1 }), g.constInt64([0, 0, -1, D])]);
-    const updates = g.op('Transpose', [g.op('Reshape', [g.op('Gather', [fresh, group.newTokens], { axis: 0 }), g.constInt64([-1, H, D])])], { perm: [1, 0, 2] }); // [H, n, D]
-    return g.op('Unsqueeze', [g.op('ScatterND', [past, scatterIndex, updates]), g.constInt64([2])]); // [H, rows, 1, keys, D]
+    return g.op('Unsqueeze', [group.scatter ? group.scatter(past, fresh) : past, g.constInt64([2])]); // [H, rows, 1, keys, D]
   };
-  const keys = full(pool.key, flat.k);
-  const values = full(pool.value, flat.v);
-  const scores = g.op('Add', [g.op('MatMul', [q, g.op('Transpose', [keys], { perm: [0, 1, 2, 4, 3] })]), mask]); // [H, rows, S, 1, keys]
-  const attn = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), values]); // [H, rows, S, 1, D]
+  const keys = earlier(pool.key, flat.k);
+  const values = earlier(pool.value, flat.v);
+  const scoresEarlier = g.op('Add', [g.op('MatMul', [q, g.op('Transpose', [keys], { perm: [0, 1, 2, 4, 3] })]), mask]); // [H, rows, S, 1, keys]
+  const scoreOwn = g.op('MatMul', [q, g.op('Transpose', [ownKey], { perm: [0, 1, 2, 4, 3] })]); // [H, rows, S, 1, 1]
+  const probs = g.op('Softmax', [g.op('Concat', [scoresEarlier, scoreOwn], { axis: -1 })], { axis: -1 });
+  const keyCount = g.op('Shape', [scoresEarlier], { start: 4, end: 5 });
+  const [probsEarlier, probOwn] = g.opN('Split', [probs, g.op('Concat', [keyCount, g.constInt64([1])], { axis: 0 })], 2, { axis: -1 });
+  const attn = g.op('Add', [g.op('MatMul', [probsEarlier, values]), g.op('Mul', [probOwn, ownValue])]); // [H, rows, S, 1, D]
   return g.op('Reshape', [g.op('Transpose', [attn], { perm: [1, 2, 3, 0, 4] }), g.constInt64([-1, E])]);
+}
+
+/**
+ * ScatterND of a chunk's new K/V rows into its gathered [H, rows, keys, D] copy, at their (row,
+ * position). ONNX Runtime's CPU ScatterND copies its input, so this costs one copy of the
+ * gathered keys: prefill only, where the chunk's queries outweigh it.
+ */
+function scatterInto(g: GraphBuilder, H: number, D: number, at: { tokens: string; slots: string }): (gathered: string, fresh: string) => string {
+  const n = g.op('Shape', [at.tokens], { start: 0, end: 1 });
+  const heads = g.op('Expand', [g.op('Reshape', [g.op('Range', [g.constInt64([0], []), g.constInt64([H], []), g.constInt64([1], [])]), g.constInt64([H, 1, 1])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([1])], { axis: 0 })]);
+  const slots = g.op('Expand', [g.op('Unsqueeze', [at.slots, g.constInt64([0])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([2])], { axis: 0 })]);
+  const index = g.op('Concat', [heads, slots], { axis: 2 }); // [H, n, 3] = (head, row, position)
+  return (gathered, fresh) => {
+    const updates = g.op('Transpose', [g.op('Reshape', [g.op('Gather', [fresh, at.tokens], { axis: 0 }), g.constInt64([-1, H, D])])], { perm: [1, 0, 2] }); // [H, n, D]
+    return g.op('ScatterND', [gathered, index, updates]);
+  };
 }
 
 function layerNorm(g: GraphBuilder, x: string, scale: string, bias: string, eps: number): string {
