@@ -9,6 +9,8 @@ interface SettingSpec {
   env: string;
   help: string;
   schema: z.ZodType;
+  /** An on/off setting: `--flag` and `--no-flag` on the command line, true/false (1/0, yes/no, on/off) in the environment. */
+  switch?: true;
 }
 
 const int = (min: number) => z.coerce.number().int().min(min);
@@ -156,6 +158,13 @@ export const SETTINGS = {
     help: "CORS: comma-separated request headers allowed (with --allowed-origins; default: whatever the browser asks for)",
     schema: csv,
   },
+  playground: {
+    flag: 'playground',
+    env: 'GPT2_PLAYGROUND',
+    help: 'Do not serve the browser playground at / (it is on by default; --playground turns it on). With --api-key the page asks for the key',
+    schema: z.stringbool().default(true),
+    switch: true,
+  },
   logLevel: {
     flag: 'log-level',
     env: 'GPT2_LOG_LEVEL',
@@ -171,8 +180,15 @@ export class ConfigError extends Error {}
 
 /** Resolves flags over environment over defaults; throws ConfigError naming the bad setting. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
-  const options: Record<string, { type: 'string' }> = {};
-  for (const spec of Object.values(SETTINGS)) options[spec.flag] = { type: 'string' };
+  const options: Record<string, { type: 'string' | 'boolean' }> = {};
+  for (const spec of Object.values(SETTINGS) as SettingSpec[]) {
+    if (spec.switch) {
+      options[spec.flag] = { type: 'boolean' };
+      options[`no-${spec.flag}`] = { type: 'boolean' };
+    } else {
+      options[spec.flag] = { type: 'string' };
+    }
+  }
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }));
@@ -181,7 +197,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   const out: Record<string, unknown> = {};
   for (const [key, spec] of Object.entries(SETTINGS) as Array<[string, SettingSpec]>) {
-    const raw = values[spec.flag] ?? env[spec.env];
+    const raw = spec.switch ? switchValue(values, spec.flag) ?? env[spec.env] : values[spec.flag] ?? env[spec.env];
     const parsed = spec.schema.safeParse(raw === '' ? undefined : raw);
     if (!parsed.success) {
       const why = parsed.error.issues.map((i) => i.message).join('; ');
@@ -199,6 +215,14 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   return config;
 }
 
+/** A switch's command-line value as the environment would spell it (both --x and --no-x: an error). */
+function switchValue(values: Record<string, string | boolean | undefined>, flag: string): string | undefined {
+  const on = values[flag] === true;
+  const off = values[`no-${flag}`] === true;
+  if (on && off) throw new ConfigError(`--${flag} and --no-${flag} were both given`);
+  return on ? 'true' : off ? 'false' : undefined;
+}
+
 /** Body limit when --max-body-bytes is not given: 1 KiB per context token (1 MiB for GPT-2's 1024). */
 export function defaultBodyLimit(contextLength: number): number {
   // GPT-2's longest token is 128 bytes; JSON can escape a byte as 6 characters (\u00XX), so a
@@ -208,6 +232,7 @@ export function defaultBodyLimit(contextLength: number): number {
 
 export function configHelp(): string {
   const rows = Object.values(SETTINGS as Record<string, SettingSpec>).map((spec) => {
+    if (spec.switch) return `  --${`no-${spec.flag}`.padEnd(24)} ${spec.help}\n  ${' '.repeat(26)} env ${spec.env}=false`;
     const def = spec.schema.safeParse(undefined);
     const value = def.success ? (Array.isArray(def.data) ? def.data.join(',') : def.data) : undefined;
     const shown = value !== undefined && value !== '' ? ` (default: ${String(value)})` : '';
