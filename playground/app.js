@@ -67,6 +67,11 @@ async function loadModel() {
     apiKey = null;
     return false;
   }
+  if (res.status === 503) {
+    say('The model is loading…');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    return loadModel();
+  }
   if (!res.ok) {
     say(`The server answered ${res.status} for /v1/models.`);
     return false;
