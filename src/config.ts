@@ -38,7 +38,7 @@ export const SETTINGS = {
   apiKey: {
     flag: 'api-key',
     env: 'GPT2_API_KEY',
-    help: 'Require "Authorization: Bearer <key>" on /v1/*, /tokenize and /detokenize',
+    help: 'Require "Authorization: Bearer <key>" on /v1/*, /tokenize and /detokenize (a websocket may send it as a subprotocol: docs/api.md)',
     schema: z.string().min(1).optional(),
   },
   executionProvider: {

@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { selectWebsocketProtocol, WS_BEARER_PROTOCOL_PREFIX, WS_PROTOCOL } from '../src/server/auth.js';
-import { playgroundDir } from '../src/server/routes/playground.js';
+import { playgroundDir, playgroundRoutes } from '../src/server/routes/playground.js';
+import Fastify from 'fastify';
 import { MODEL, memoryLogger, serveTest } from './helpers/serving.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -82,6 +83,18 @@ test('--no-playground: / and /playground/ are 404', async (t) => {
     assert.equal(res.statusCode, 404, url);
     assert.equal(res.json().error.code, 'not_found');
   }
+});
+
+test('missing playground files: a warning, and the rest of the server still starts', async (t) => {
+  const log = memoryLogger();
+  const app = Fastify({ loggerInstance: log.logger });
+  t.after(() => app.close());
+  app.register(playgroundRoutes, { dir: path.join(ROOT, 'no-such-folder') });
+  app.get('/health', async () => ({ ok: true }));
+  await app.ready();
+  assert.equal((await app.inject({ method: 'GET', url: '/' })).statusCode, 404);
+  assert.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200);
+  assert.ok(log.lines.some((l) => l.level === 40 && /playground files are missing/.test(String(l.msg))), JSON.stringify(log.lines));
 });
 
 /** Opens the websocket with these subprotocols; resolves with the selected one, or rejects with the HTTP status. */

@@ -27,8 +27,13 @@ export function playgroundDir(from: string = path.dirname(fileURLToPath(import.m
   }
 }
 
-export const playgroundRoutes: FastifyPluginAsync = async (app) => {
-  const root = playgroundDir();
+export const playgroundRoutes: FastifyPluginAsync<{ dir?: string }> = async (app, options) => {
+  const root = options.dir ?? playgroundDir();
+  if (!existsSync(path.join(root, 'index.html'))) {
+    // A broken install should not cost the API: say so, serve the rest.
+    app.log.warn({ dir: root }, 'the playground files are missing, so / is not served (reinstall, or run with --no-playground)');
+    return;
+  }
   app.addHook('onSend', async (_request, reply) => {
     reply.headers(SECURITY_HEADERS);
   });
