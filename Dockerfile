@@ -28,6 +28,8 @@ WORKDIR /app
 COPY package.json package-lock.json .npmrc tsconfig.json ./
 COPY src ./src
 COPY scripts ./scripts
+# The browser playground's static files, served as they are (src/server/routes/playground.ts).
+COPY playground ./playground
 RUN npm ci \
  && test -f dist/src/main.js || { echo "error: npm ci did not build dist/src/main.js" >&2; exit 1; }
 # Production dependencies only. onnxruntime-node ships binaries for every platform (~250 MB); the
@@ -56,6 +58,7 @@ WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+COPY --from=build /app/playground ./playground
 # /app/models -> /models: the server's and scripts' default paths (models/gpt2, models/.hub-cache,
 # models/tiny-random-gpt2) land in the volume too. The image's own `node` user is uid 1000.
 RUN mkdir -p /models \
@@ -93,6 +96,7 @@ WORKDIR /app
 COPY --from=build-cuda /app/package.json ./package.json
 COPY --from=build-cuda /app/node_modules ./node_modules
 COPY --from=build-cuda /app/dist ./dist
+COPY --from=build-cuda /app/playground ./playground
 # Every shared library the CUDA provider links must resolve in this image (libcuda.so.1 comes
 # from the host driver at run time, so it is the one allowed to be missing here). Then the same
 # uid 1000 user as the CPU image (Ubuntu 24.04 images ship an `ubuntu` user with that uid).

@@ -9,7 +9,7 @@ interface SettingSpec {
   env: string;
   help: string;
   schema: z.ZodType;
-  /** An on/off setting: `--flag` and `--no-flag` on the command line, true/false in the env. */
+  /** An on/off setting: `--flag` and `--no-flag` on the command line, true/false (1/0, yes/no, on/off) in the environment. */
   switch?: true;
 }
 
@@ -19,13 +19,6 @@ const csv = z
   .string()
   .optional()
   .transform((v) => (v ?? '').split(',').map((x) => x.trim()).filter((x) => x.length > 0));
-
-/** An on/off setting's values: a CLI switch gives a boolean, the environment a word. */
-const onOff = (byDefault: boolean) =>
-  z
-    .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'on', 'off', 'yes', 'no'])])
-    .transform((v) => v === true || v === 'true' || v === '1' || v === 'on' || v === 'yes')
-    .default(byDefault);
 
 export const SETTINGS = {
   model: {
@@ -45,7 +38,7 @@ export const SETTINGS = {
   apiKey: {
     flag: 'api-key',
     env: 'GPT2_API_KEY',
-    help: 'Require "Authorization: Bearer <key>" on /v1/*, /tokenize and /detokenize',
+    help: 'Require "Authorization: Bearer <key>" on /v1/*, /tokenize and /detokenize (a websocket may send it as a subprotocol: docs/api.md)',
     schema: z.string().min(1).optional(),
   },
   executionProvider: {
@@ -96,8 +89,8 @@ export const SETTINGS = {
   prefixCaching: {
     flag: 'prefix-caching',
     env: 'GPT2_PREFIX_CACHING',
-    help: 'Automatic prefix caching: full KV blocks stay cached (LRU) and prompts that start with them skip their prefill; --no-prefix-caching turns it off',
-    schema: onOff(true),
+    help: 'Turn off automatic prefix caching (on by default: full KV blocks stay cached, LRU, and prompts that start with them skip their prefill)',
+    schema: z.stringbool().default(true),
     switch: true,
   },
   maxConcurrentRequests: {
@@ -172,6 +165,13 @@ export const SETTINGS = {
     help: "CORS: comma-separated request headers allowed (with --allowed-origins; default: whatever the browser asks for)",
     schema: csv,
   },
+  playground: {
+    flag: 'playground',
+    env: 'GPT2_PLAYGROUND',
+    help: 'Do not serve the browser playground at / (it is on by default; --playground turns it on). With --api-key the page asks for the key',
+    schema: z.stringbool().default(true),
+    switch: true,
+  },
   logLevel: {
     flag: 'log-level',
     env: 'GPT2_LOG_LEVEL',
@@ -189,8 +189,12 @@ export class ConfigError extends Error {}
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const options: Record<string, { type: 'string' | 'boolean' }> = {};
   for (const spec of Object.values(SETTINGS) as SettingSpec[]) {
-    options[spec.flag] = { type: spec.switch ? 'boolean' : 'string' };
-    if (spec.switch) options[`no-${spec.flag}`] = { type: 'boolean' };
+    if (spec.switch) {
+      options[spec.flag] = { type: 'boolean' };
+      options[`no-${spec.flag}`] = { type: 'boolean' };
+    } else {
+      options[spec.flag] = { type: 'string' };
+    }
   }
   let values: Record<string, string | boolean | undefined>;
   try {
@@ -200,7 +204,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   const out: Record<string, unknown> = {};
   for (const [key, spec] of Object.entries(SETTINGS) as Array<[string, SettingSpec]>) {
-    const raw = values[`no-${spec.flag}`] ? false : (values[spec.flag] ?? env[spec.env]);
+    const raw = spec.switch ? switchValue(values, spec.flag) ?? env[spec.env] : values[spec.flag] ?? env[spec.env];
     const parsed = spec.schema.safeParse(raw === '' ? undefined : raw);
     if (!parsed.success) {
       const why = parsed.error.issues.map((i) => i.message).join('; ');
@@ -218,6 +222,14 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   return config;
 }
 
+/** A switch's command-line value as the environment would spell it (both --x and --no-x: an error). */
+function switchValue(values: Record<string, string | boolean | undefined>, flag: string): string | undefined {
+  const on = values[flag] === true;
+  const off = values[`no-${flag}`] === true;
+  if (on && off) throw new ConfigError(`--${flag} and --no-${flag} were both given`);
+  return on ? 'true' : off ? 'false' : undefined;
+}
+
 /** Body limit when --max-body-bytes is not given: 1 KiB per context token (1 MiB for GPT-2's 1024). */
 export function defaultBodyLimit(contextLength: number): number {
   // GPT-2's longest token is 128 bytes; JSON can escape a byte as 6 characters (\u00XX), so a
@@ -227,6 +239,7 @@ export function defaultBodyLimit(contextLength: number): number {
 
 export function configHelp(): string {
   const rows = Object.values(SETTINGS as Record<string, SettingSpec>).map((spec) => {
+    if (spec.switch) return `  --${`no-${spec.flag}`.padEnd(24)} ${spec.help}\n  ${' '.repeat(26)} env ${spec.env}=false`;
     const def = spec.schema.safeParse(undefined);
     const value = def.success ? (Array.isArray(def.data) ? def.data.join(',') : def.data) : undefined;
     const shown = value !== undefined && value !== '' ? ` (default: ${String(value)})` : '';

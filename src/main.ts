@@ -21,9 +21,9 @@ const MANIFEST = 'manifest.json';
 const USAGE = `Usage: npm start -- [serve] [options]      (or: node dist/src/main.js serve [options])
 
 Serves a GPT-2 model over an OpenAI-compatible HTTP API (/v1/completions, /v1/completions/ws,
-/v1/models, /health, /metrics, /tokenize, /detokenize). Flags override environment variables.
-Without --model it serves models/gpt2 if present, else a tiny random model (noise; get GPT-2
-with \`npm run download -- openai-community/gpt2\`).
+/v1/models, /health, /metrics, /tokenize, /detokenize) and a browser playground at /.
+Flags override environment variables. Without --model it serves models/gpt2 if present, else a
+tiny random model (noise; get GPT-2 with \`npm run download -- openai-community/gpt2\`).
 
 Options:
 `;

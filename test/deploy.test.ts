@@ -420,8 +420,9 @@ test('Dockerfile: the build runs `npm ci` (as CI does) with a pinned npm 11, and
     const cmd = /(^|\/)tini$/.test(argv[0]) ? argv.slice(argv.indexOf('--') + 1) : argv;
     assert.deepEqual(cmd, ['node', mainJs, 'serve'], `stage ${stage.name}: ENTRYPOINT`);
     assert.equal(pkg.scripts.start, cmd.join(' '), 'ENTRYPOINT and `npm start` should run the same command');
-    // What the entrypoint needs is in the image: dist/, node_modules/ and package.json ("type": "module").
-    for (const dest of ['dist', 'node_modules', 'package.json']) {
+    // What the entrypoint needs is in the image: dist/, node_modules/, package.json ("type": "module")
+    // and the playground's static files, which the server finds beside package.json.
+    for (const dest of ['dist', 'node_modules', 'package.json', 'playground']) {
       const { from } = copiedFrom(stage, dest);
       assert.ok(lineage(from).includes(build), `stage ${stage.name}: ${dest} should come from the npm ci stage (${build.name})`);
     }

@@ -12,7 +12,7 @@ import type { WebSocket } from 'ws';
 import type { z } from 'zod';
 import { defaultBodyLimit, type ServerConfig } from '../config.js';
 import type { EngineClient } from '../engine/types.js';
-import { makeApiKeyCheck } from './auth.js';
+import { makeApiKeyCheck, selectWebsocketProtocol } from './auth.js';
 import { drain } from './drain.js';
 import { ServerMetrics } from './metrics.js';
 import { ApiError, toApiError } from './openai/errors.js';
@@ -21,6 +21,7 @@ import { completionsRoutes } from './routes/completions.js';
 import { healthRoutes } from './routes/health.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { modelsRoutes } from './routes/models.js';
+import { playgroundRoutes } from './routes/playground.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { wsRoutes } from './routes/ws.js';
 import { ServingState } from './state.js';
@@ -162,7 +163,10 @@ export function buildApp(
 
   // The websocket plugin first: its onRequest hook marks upgrade requests before ours may reject
   // them (401), so that it then destroys the socket of a refused upgrade.
-  app.register(websocket, { options: { maxPayload: fastifyOptions.bodyLimit }, errorHandler: onWebsocketError });
+  app.register(websocket, {
+    options: { maxPayload: fastifyOptions.bodyLimit, handleProtocols: selectWebsocketProtocol },
+    errorHandler: onWebsocketError,
+  });
   if (config.allowedOrigins.length > 0) {
     // Browser clients (off unless --allowed-origins is set, as in vLLM).
     app.register(cors, {
@@ -180,5 +184,6 @@ export function buildApp(
   typed.register(healthRoutes);
   typed.register(metricsRoutes);
   typed.register(tokenizeRoutes);
+  if (config.playground) app.register(playgroundRoutes);
   return app;
 }

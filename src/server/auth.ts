@@ -1,11 +1,22 @@
 // Optional API key: `Authorization: Bearer <key>` on /v1/*, /tokenize and /detokenize.
 // Keys are compared as SHA-256 digests with timingSafeEqual, so neither the key's content nor
 // its length leaks through timing.
+//
+// Browsers cannot set headers on a websocket, so a websocket upgrade may instead carry the key as
+// a subprotocol, `gpt2-serve.bearer.<base64url of the key>`, beside the plain `gpt2-serve` one
+// that the server then selects (the key is never echoed back). Kubernetes' API server takes a
+// bearer token the same way.
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import type { FastifyRequest } from 'fastify';
 import { ApiError } from './openai/errors.js';
 
 const PROTECTED = /^\/(v1|tokenize|detokenize)(\/|\?|$)/;
+
+/** The subprotocol a websocket client offers (and the server selects) beside a key one. */
+export const WS_PROTOCOL = 'gpt2-serve';
+/** Prefix of the subprotocol that carries the key, base64url-encoded (subprotocols are HTTP tokens). */
+export const WS_BEARER_PROTOCOL_PREFIX = 'gpt2-serve.bearer.';
 
 export function isProtectedPath(url: string): boolean {
   return PROTECTED.test(url);
@@ -13,6 +24,33 @@ export function isProtectedPath(url: string): boolean {
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s, 'utf8').digest();
+}
+
+function offeredProtocols(request: IncomingMessage): string[] {
+  const header = request.headers['sec-websocket-protocol'];
+  return typeof header === 'string' ? header.split(',').map((p) => p.trim()).filter((p) => p.length > 0) : [];
+}
+
+function isWebsocketUpgrade(request: IncomingMessage): boolean {
+  return request.method === 'GET' && (request.headers.upgrade ?? '').toLowerCase() === 'websocket';
+}
+
+/** The key a websocket upgrade carries as a subprotocol, or null. */
+function keyFromSubprotocol(request: IncomingMessage): string | null {
+  if (!isWebsocketUpgrade(request)) return null;
+  const offered = offeredProtocols(request).find((p) => p.startsWith(WS_BEARER_PROTOCOL_PREFIX));
+  if (offered === undefined) return null;
+  const encoded = offered.slice(WS_BEARER_PROTOCOL_PREFIX.length);
+  return /^[A-Za-z0-9_-]+$/.test(encoded) ? Buffer.from(encoded, 'base64url').toString('utf8') : null;
+}
+
+/**
+ * ws's subprotocol choice: the first one offered that carries no key (a browser that offered
+ * subprotocols fails the handshake unless one is selected), never the key itself.
+ */
+export function selectWebsocketProtocol(protocols: Set<string>): string | false {
+  for (const p of protocols) if (!p.startsWith(WS_BEARER_PROTOCOL_PREFIX)) return p;
+  return false;
 }
 
 export function makeApiKeyCheck(apiKey: string): (request: FastifyRequest) => void {
@@ -23,11 +61,12 @@ export function makeApiKeyCheck(apiKey: string): (request: FastifyRequest) => vo
     if (!isProtectedPath(request.url) && !(route && isProtectedPath(route))) return;
     const header = request.headers.authorization ?? '';
     const match = /^Bearer\s+(.+)$/i.exec(header.trim());
-    const given = match ? digest(match[1]!) : Buffer.alloc(expected.length);
-    if (!match || !timingSafeEqual(given, expected)) {
+    const key = match ? match[1]! : keyFromSubprotocol(request.raw);
+    const given = key !== null ? digest(key) : Buffer.alloc(expected.length);
+    if (key === null || !timingSafeEqual(given, expected)) {
       throw new ApiError(
         'invalid_api_key',
-        match ? 'Incorrect API key provided' : 'Missing API key: send "Authorization: Bearer <key>"',
+        key !== null ? 'Incorrect API key provided' : 'Missing API key: send "Authorization: Bearer <key>"',
         null,
         { 'www-authenticate': 'Bearer' },
       );
