@@ -91,26 +91,40 @@ export async function collect(engine: EngineClient, req: EngineRequest): Promise
   return result;
 }
 
+/** What exactness promises is equal: token ids and every logprob value (deepEqual compares numbers with Object.is). */
+export function outputBits(r: RunResult): unknown {
+  return r.choices.map((c) => ({ tokens: c.tokens, logprobs: c.logprobs.map((l) => [l.tokenId, l.logprob, l.top.map((t) => [t.tokenId, t.logprob])]), cumulative: c.cumulativeLogprob }));
+}
+
 /**
- * Batch invariance, the product guarantee: 32 greedy and seeded requests give the same tokens
- * alone and in batches that grow from 1 to 32 (staggered arrivals) and shrink as short requests
- * finish. Returns the tokens so that callers can check them further.
+ * Batch invariance, the product guarantee: 32 greedy and seeded requests (penalties on some)
+ * give bit-identical output (tokens and logprobs) alone and in batches that grow from 1 to 32
+ * (staggered arrivals) and shrink as short requests finish. Prompts of 100-190 tokens, so that
+ * under a time-capped step planner ('auto') they are chunked differently alone and together.
+ * Returns the tokens so that callers can check them further.
  */
 export async function assertBatchInvariance(engine: EngineClient): Promise<number[][]> {
   const prompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729 + 13) % 50000);
+  const penalties = (i: number): Partial<SamplingParams> =>
+    i % 3 === 0 ? { presencePenalty: 0.6, frequencyPenalty: 0.4 } : i % 3 === 1 ? { repetitionPenalty: 1.3 } : {};
   const specs = Array.from({ length: 32 }, (_, i) => ({
-    prompt: prompt(1 + ((i * 37) % 60), i),
-    params: i % 2 === 0 ? { maxTokens: 12 + (i % 5) } : { maxTokens: 12 + (i % 5), temperature: 0.9, topP: 0.95, seed: 1000 + i },
+    prompt: prompt(100 + ((i * 37) % 91), i),
+    params: {
+      maxTokens: 12 + (i % 5),
+      logprobs: 2,
+      ...penalties(i),
+      ...(i % 2 === 0 ? {} : { temperature: 0.9, topP: 0.95, seed: 1000 + i }),
+    },
   }));
-  const alone: number[][] = [];
-  for (const s of specs) alone.push((await collect(engine, request(s.prompt, s.params))).choices[0].tokens);
+  const alone: RunResult[] = [];
+  for (const s of specs) alone.push(await collect(engine, request(s.prompt, s.params)));
   const together = await Promise.all(
     specs.map(async (s, i) => {
       await new Promise((r) => setTimeout(r, i * 3));
-      return (await collect(engine, request(s.prompt, s.params))).choices[0].tokens;
+      return collect(engine, request(s.prompt, s.params));
     }),
   );
-  assert.deepEqual(together, alone);
+  assert.deepEqual(together.map(outputBits), alone.map(outputBits));
   assert.equal((await engine.stats()).kvBlocksUsed, 0, 'every block is freed');
-  return alone;
+  return alone.map((r) => r.choices[0]!.tokens);
 }
