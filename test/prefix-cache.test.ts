@@ -3,11 +3,15 @@
 // to output without one (logprobs compared with Object.is), under the production defaults.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import supertest from 'supertest';
+import { loadConfig } from '../src/config.js';
 import { InProcessEngine } from '../src/engine/client.js';
+import { engineOptions as serverEngineOptions } from '../src/main.js';
 import { BlockAllocator, blockHash } from '../src/engine/kv-cache.js';
 import { Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
 import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
 import { collect, request, type RunResult } from './helpers/engine-run.js';
+import { MODEL, serveTest, type TestServer } from './helpers/serving.js';
 import { engineOptions, tinyModel } from './helpers/tiny-model.js';
 
 const BS = 4;
@@ -153,4 +157,23 @@ test('engine: output with a prefix-cache hit is bit-identical to output without 
   const stats = await withCache.stats();
   assert.ok(stats.prefixCacheHits > 0 && stats.prefixCacheHits <= stats.prefixCacheQueries);
   assert.equal(stats.kvBlocksUsed, 0, 'idle cached blocks are not counted as used');
+});
+
+test('settings: on by default, --no-prefix-caching or GPT2_PREFIX_CACHING=false turns it off, and the engine gets it', () => {
+  assert.equal(loadConfig([], {}).prefixCaching, true);
+  assert.equal(loadConfig(['--no-prefix-caching'], {}).prefixCaching, false);
+  assert.equal(loadConfig([], { GPT2_PREFIX_CACHING: 'false' }).prefixCaching, false);
+  assert.equal(serverEngineOptions(loadConfig(['--no-prefix-caching'], {}), '/m').prefixCaching, false);
+});
+
+test('HTTP: a repeated prompt reports usage.prompt_tokens_details.cached_tokens (whole blocks, never the last token); none without a hit or when off', async (t) => {
+  const prompt = Array.from({ length: 40 }, (_, i) => 1000 + i);
+  const complete = async (app: TestServer['app']) =>
+    (await supertest(app.server).post('/v1/completions').send({ model: MODEL, prompt, max_tokens: 3, temperature: 0 }).expect(200)).body.usage;
+  const on = await serveTest(t);
+  assert.deepEqual(await complete(on.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43 });
+  assert.deepEqual(await complete(on.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43, prompt_tokens_details: { cached_tokens: 32 } });
+  const off = await serveTest(t, { engine: { prefixCaching: false } });
+  await complete(off.app);
+  assert.deepEqual(await complete(off.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43 });
 });
