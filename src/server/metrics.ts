@@ -1,6 +1,12 @@
 // Prometheus metrics of one app, in a registry of its own (tests build many apps per process).
 // Engine-side figures (queue, running sequences, KV usage, token totals, steps) are read from the
 // engine's last heartbeat once per scrape; latencies are observed at the edge as tokens go out.
+//
+// The `vllm:` gauges are the Gateway API Inference Extension's model-server protocol (its
+// docs/proposals/003-model-server-protocol), under the names its endpoint picker reads by default
+// (deploy/gateway/ names them too): the picker routes each request to the replica with the
+// shortest queue and the most free KV cache. They repeat figures the `gpt2_` names also carry,
+// which dashboards, alerts and the HPA use.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineStats } from '../engine/types.js';
 
@@ -23,6 +29,15 @@ export class ServerMetrics {
   readonly promptTokens: Counter;
   readonly generationTokens: Counter;
   readonly preemptions: Counter;
+  readonly gatewayWaiting: Gauge;
+  readonly gatewayRunning: Gauge;
+  readonly gatewayKvUsage: Gauge;
+  readonly cacheConfigInfo: Gauge<'block_size' | 'num_gpu_blocks'>;
+  // Prefix caching (prefix-aware routing) will add, under vLLM's names, with these semantics:
+  //   vllm:prefix_cache_queries  counter  prompt tokens looked up in the prefix cache
+  //   vllm:prefix_cache_hits     counter  of those, tokens found cached
+  // fed from the engine's stats in applyEngineStats like the token counters below. Until then
+  // they are absent: a picker's prefix-cache scorer then falls back to its own estimate.
   private last: Pick<EngineStats, 'promptTokensTotal' | 'generatedTokensTotal' | 'preemptions' | 'steps' | 'stepMsTotal'> | null = null;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
@@ -107,6 +122,27 @@ export class ServerMetrics {
       help: 'Sequences preempted by the scheduler for lack of KV memory',
       registers,
     });
+    this.gatewayWaiting = new Gauge({
+      name: 'vllm:num_requests_waiting',
+      help: 'Requests waiting for admission to the running batch (gateway protocol TotalQueuedRequests)',
+      registers,
+    });
+    this.gatewayRunning = new Gauge({
+      name: 'vllm:num_requests_running',
+      help: 'Sequences in the running batch, each choice of a request counting (gateway protocol TotalRunningRequests)',
+      registers,
+    });
+    this.gatewayKvUsage = new Gauge({
+      name: 'vllm:kv_cache_usage_perc',
+      help: 'Fraction of KV cache blocks in use, 0 to 1 (gateway protocol KVCacheUtilization)',
+      registers,
+    });
+    this.cacheConfigInfo = new Gauge({
+      name: 'vllm:cache_config_info',
+      help: 'Always 1; its labels are the KV cache block size in tokens and the number of blocks',
+      labelNames: ['block_size', 'num_gpu_blocks'],
+      registers,
+    });
     if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
   }
 
@@ -117,6 +153,13 @@ export class ServerMetrics {
     this.pausedSequences.set(stats.paused);
     this.kvUsage.set(stats.kvUsage);
     this.kvBlocksUsed.set(stats.kvBlocksUsed);
+    this.gatewayWaiting.set(stats.waiting);
+    this.gatewayRunning.set(stats.running);
+    this.gatewayKvUsage.set(stats.kvUsage);
+    if (stats.kvBlocksTotal > 0) {
+      this.cacheConfigInfo.reset();
+      this.cacheConfigInfo.set({ block_size: String(stats.blockSize), num_gpu_blocks: String(stats.kvBlocksTotal) }, 1);
+    }
     const prev = this.last ?? { promptTokensTotal: 0, generatedTokensTotal: 0, preemptions: 0, steps: 0, stepMsTotal: 0 };
     const inc = (c: Counter, now: number, before: number) => {
       if (now > before) c.inc(now - before);
