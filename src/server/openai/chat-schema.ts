@@ -11,7 +11,6 @@ const unsupported = { code: 'unsupported_parameter' } as const;
 /** A text part; any other part type (image_url, input_audio, file) is refused with its name. */
 const ContentPart = z
   .object({ type: z.string(), text: z.string().optional() })
-  .passthrough()
   .superRefine((part, ctx) => {
     if (part.type !== 'text') {
       ctx.addIssue({ code: 'custom', path: ['type'], message: `content parts of type "${part.type.slice(0, 40)}" are not supported by this server (text only)`, params: unsupported });
