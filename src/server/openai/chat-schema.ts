@@ -13,13 +13,11 @@ const ContentPart = z
   .object({ type: z.string(), text: z.string().optional() })
   .superRefine((part, ctx) => {
     if (part.type !== 'text') {
-      ctx.addIssue({ code: 'custom', path: ['type'], message: `content parts of type "${part.type.slice(0, 40)}" are not supported by this server (text only)`, params: unsupported });
+      ctx.addIssue({ code: 'custom', path: ['type'], message: 'only "text" content parts are supported by this server (no images, audio or files)', params: unsupported });
     } else if (typeof part.text !== 'string') {
       ctx.addIssue({ code: 'custom', path: ['text'], message: 'is required for a text part' });
     }
   });
-
-export type ChatRole = 'system' | 'developer' | 'user' | 'assistant';
 
 const Message = z
   .object({
