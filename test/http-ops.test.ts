@@ -31,7 +31,7 @@ test('GET /v1/models lists the served model in OpenAI list shape; /v1/models/:id
   const res = await request(app.server).get('/v1/models').expect(200);
   assert.deepEqual(res.body, {
     object: 'list',
-    data: [{ id: MODEL, object: 'model', created: 1_700_000_000, owned_by: 'gpt2-serve', root: MODEL, max_model_len: 1024, dtype: 'float32' }],
+    data: [{ id: MODEL, object: 'model', created: 1_700_000_000, owned_by: 'gpt2-serve', root: MODEL, max_model_len: 1024, dtype: 'float32', chat_template: 'built-in' }],
   });
   const one = await request(app.server).get(`/v1/models/${MODEL}`).expect(200);
   assert.equal(one.body.id, MODEL);
