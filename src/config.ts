@@ -35,6 +35,14 @@ export const SETTINGS = {
     help: 'Model id clients must send (default: the model folder name)',
     schema: z.string().min(1).optional(),
   },
+  chatTemplate: {
+    flag: 'chat-template',
+    env: 'GPT2_CHAT_TEMPLATE',
+    help:
+      "Chat template for /v1/chat/completions: a Jinja file, or the template itself. Default: the model folder's " +
+      'tokenizer_config.json chat_template, else a built-in "User:/Assistant:" transcript for base models (docs/api.md)',
+    schema: z.string().min(1).optional(),
+  },
   apiKey: {
     flag: 'api-key',
     env: 'GPT2_API_KEY',

@@ -20,10 +20,10 @@ const MANIFEST = 'manifest.json';
 
 const USAGE = `Usage: npm start -- [serve] [options]      (or: node dist/src/main.js serve [options])
 
-Serves a GPT-2 model over an OpenAI-compatible HTTP API (/v1/completions, /v1/completions/ws,
-/v1/models, /health, /metrics, /tokenize, /detokenize) and a browser playground at /.
-Flags override environment variables. Without --model it serves models/gpt2 if present, else a
-tiny random model (noise; get GPT-2 with \`npm run download -- openai-community/gpt2\`).
+Serves a GPT-2 model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+/v1/completions/ws, /v1/models, /health, /metrics, /tokenize, /detokenize) and a browser
+playground at /. Flags override environment variables. Without --model it serves models/gpt2 if
+present, else a tiny random model (noise; get GPT-2 with \`npm run download -- openai-community/gpt2\`).
 
 Options:
 `;
@@ -67,6 +67,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
   return {
     modelDir,
     servedModelName: config.servedModelName,
+    chatTemplate: config.chatTemplate,
     executionProvider: config.executionProvider,
     intraOpThreads: config.intraOpThreads,
     // ONNX Runtime prints plain text to stderr; the log is JSON, so it speaks only when debugging.
@@ -118,7 +119,13 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     throw err;
   }
   logger.info(
-    { model: app.serving.modelId, contextLength: engine.model.contextLength, weights: describeWeights(engine.model.weights), address },
+    {
+      model: app.serving.modelId,
+      contextLength: engine.model.contextLength,
+      weights: describeWeights(engine.model.weights),
+      chatTemplate: engine.chatTemplate.source,
+      address,
+    },
     'model loaded; serving',
   );
   return { app, engine, address };

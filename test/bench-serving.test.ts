@@ -304,6 +304,24 @@ for (const transport of ['sse', 'ws'] as const) {
   });
 }
 
+test('--api chat drives /v1/chat/completions over SSE and the websocket, measured the same way', { timeout: 90_000 }, async () => {
+  const model = await tinyModel();
+  for (const transport of ['sse', 'ws'] as const) {
+    const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12', '--api', 'chat', '--transport', transport]);
+    const m = result.runs[0]!;
+    assert.equal(m.errors, 0, m.error_samples.join('; '));
+    assert.equal(m.total_output_tokens, 4 * 8);
+    // The prompt is the rendered conversation: the ids' text plus the template's "User: ... Assistant:".
+    assert.ok(m.total_input_tokens > 4 * 4, `prompt tokens ${m.total_input_tokens}`);
+    assert.equal(m.ttft_ms.count, 4);
+    assert.ok(m.itl_ms.count > 0);
+    assert.equal(result.config.api, 'chat');
+    assert.match(out, /\(chat, (SSE|WS)\)/);
+    assertServersGone(result);
+  }
+  assert.throws(() => parseBenchArgs(['--api', 'responses']), /--api/);
+});
+
 test('--hostile-prompt-bytes sends huge prompts during the run: every one is refused, the run is unaffected', { timeout: 60_000 }, async () => {
   const model = await tinyModel();
   const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '6', '--output-tokens', '32', '--prompt-tokens', '12', '--hostile-prompt-bytes', String(2 << 20)]);

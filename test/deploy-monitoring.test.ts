@@ -25,8 +25,16 @@ import {
 
 const COMPOSE_FILE = 'deploy/monitoring/compose.yaml';
 const DEFAULT_PORT: number = SETTINGS.port.schema.parse(undefined);
-// Shown elsewhere on the dashboard: blocks used is the usage ratio times a constant.
-const NOT_ON_DASHBOARD = new Set(['gpt2_kv_cache_blocks_used']);
+// Shown elsewhere on the dashboard: blocks used is the usage ratio times a constant; the vllm:
+// gauges are the inference gateway's copies of gpt2_ gauges the dashboard shows (and the info
+// gauge is configuration, not a figure).
+const NOT_ON_DASHBOARD = new Set([
+  'gpt2_kv_cache_blocks_used',
+  'vllm:num_requests_waiting',
+  'vllm:num_requests_running',
+  'vllm:kv_cache_usage_perc',
+  'vllm:cache_config_info',
+]);
 
 // Parsed files are plain JSON-like data; the assertions check each field they use.
 type Parsed = any;

@@ -202,7 +202,9 @@ test('SIGTERM during 32 streams: new work gets 503, every admitted stream comple
 test('the startup log names the address actually listened on (0.0.0.0 is not 127.0.0.1)', async (t) => {
   const server = await spawnServer(t, ['--host', '0.0.0.0'], {});
   assert.equal(server.url.hostname, '0.0.0.0');
-  assert.equal(server.logs.find((l) => l.msg === 'model loaded; serving')!.weights, 'float32', 'and the weight dtype');
+  const loaded = server.logs.find((l) => l.msg === 'model loaded; serving')!;
+  assert.equal(loaded.weights, 'float32', 'and the weight dtype');
+  assert.equal(loaded.chatTemplate, 'built-in', 'and which chat template /v1/chat/completions renders with');
   assert.equal(await get(new URL(`http://127.0.0.1:${server.url.port}`), '/health'), 200);
   server.kill('SIGTERM');
   assert.equal(await server.exited, 0);

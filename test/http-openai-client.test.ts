@@ -3,12 +3,13 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import OpenAI from 'openai';
-import { MODEL, greedy, serveTest, spyOn } from './helpers/serving.js';
+import { MODEL, greedy, gpt2Tokenizer, serveTest, spyOn } from './helpers/serving.js';
+import { dialoGptModel } from './helpers/tiny-model.js';
 
 const KEY = 'sk-client-test';
 
-async function serve(t: { after: (fn: () => Promise<unknown>) => void }) {
-  const { app, engine } = await serveTest(t, { config: { apiKey: KEY } });
+async function serve(t: { after: (fn: () => Promise<unknown>) => void }, modelDir?: string) {
+  const { app, engine } = await serveTest(t, { config: { apiKey: KEY }, engine: modelDir ? { modelDir } : {} });
   const spy = spyOn(engine);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;
@@ -82,5 +83,88 @@ test('openai client: errors surface as the client\'s typed errors with our messa
   assert.deepEqual(
     models.data.map((m) => m.id),
     [MODEL],
+  );
+});
+
+// Chat: against a DialoGPT-shaped model (its own template) and a base model (the built-in one).
+const CHAT_MODELS: Array<[string, () => Promise<string | undefined>, string]> = [
+  ['DialoGPT-shaped model', dialoGptModel, 'Hi there<|endoftext|>'],
+  ['base model, built-in template', async () => undefined, 'User: Hi there\nAssistant:'],
+];
+
+for (const [name, modelDir, rendered] of CHAT_MODELS) {
+  test(`openai client: chat.completions.create, JSON with n and logprobs (${name})`, async (t) => {
+    const { client } = await serve(t, await modelDir());
+    const completion = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'Hi there' }],
+      max_completion_tokens: 4,
+      n: 2,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const promptIds = (await gpt2Tokenizer()).encode(rendered);
+    const { text } = await greedy(promptIds, 4);
+    assert.equal(completion.object, 'chat.completion');
+    assert.match(completion.id, /^chatcmpl-/);
+    assert.deepEqual(
+      completion.choices.map((c) => [c.index, c.message.role, c.message.content, c.finish_reason]),
+      [
+        [0, 'assistant', text, 'length'],
+        [1, 'assistant', text, 'length'],
+      ],
+    );
+    const lp = completion.choices[0]!.logprobs!.content!;
+    assert.equal(lp.length, 4);
+    assert.equal(lp.map((x) => x.token).join(''), text);
+    assert.equal(lp[0]!.top_logprobs.length, 3);
+    assert.deepEqual(completion.usage, { prompt_tokens: promptIds.length, completion_tokens: 8, total_tokens: promptIds.length + 8 });
+  });
+
+  test(`openai client: chat.completions.create streaming with usage, and the stream helper's final message (${name})`, async (t) => {
+    const { client } = await serve(t, await modelDir());
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'Hi there' }],
+      max_tokens: 5,
+      temperature: 0,
+      n: 2,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const content = ['', ''];
+    const roles: string[] = [];
+    let usage: unknown = null;
+    for await (const chunk of stream) {
+      for (const choice of chunk.choices) {
+        if (choice.delta.role) roles.push(choice.delta.role);
+        content[choice.index] += choice.delta.content ?? '';
+      }
+      if (chunk.usage) usage = chunk.usage;
+    }
+    const promptIds = (await gpt2Tokenizer()).encode(rendered);
+    const { text } = await greedy(promptIds, 5);
+    assert.deepEqual(content, [text, text]);
+    assert.deepEqual(roles, ['assistant', 'assistant']);
+    assert.deepEqual(usage, { prompt_tokens: promptIds.length, completion_tokens: 10, total_tokens: promptIds.length + 10 });
+
+    // The SDK's own accumulator rebuilds the message from our chunks.
+    const runner = client.chat.completions.stream({ model: MODEL, messages: [{ role: 'user', content: 'Hi there' }], max_tokens: 5, temperature: 0 });
+    const final = await runner.finalChatCompletion();
+    assert.deepEqual(final.choices[0]!.message.content, text);
+    assert.equal(final.choices[0]!.finish_reason, 'length');
+  });
+}
+
+test('openai client: chat errors are the client\'s typed errors', async (t) => {
+  const { client } = await serve(t);
+  await assert.rejects(
+    client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'x' }],
+      tools: [{ type: 'function', function: { name: 'f', parameters: {} } }],
+    }),
+    (err: unknown) => err instanceof OpenAI.BadRequestError && err.code === 'unsupported_parameter' && err.param === 'tools',
   );
 });

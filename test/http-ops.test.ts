@@ -31,7 +31,7 @@ test('GET /v1/models lists the served model in OpenAI list shape; /v1/models/:id
   const res = await request(app.server).get('/v1/models').expect(200);
   assert.deepEqual(res.body, {
     object: 'list',
-    data: [{ id: MODEL, object: 'model', created: 1_700_000_000, owned_by: 'gpt2-serve', root: MODEL, max_model_len: 1024, dtype: 'float32' }],
+    data: [{ id: MODEL, object: 'model', created: 1_700_000_000, owned_by: 'gpt2-serve', root: MODEL, max_model_len: 1024, dtype: 'float32', chat_template: 'built-in' }],
   });
   const one = await request(app.server).get(`/v1/models/${MODEL}`).expect(200);
   assert.equal(one.body.id, MODEL);
@@ -177,7 +177,7 @@ test('unknown routes are 404 in the OpenAI error shape', async (t) => {
   const { app } = await setup(t);
   const res = await request(app.server).get('/nope').expect(404);
   assert.deepEqual(res.body, { error: { message: 'Not found: GET /nope', type: 'invalid_request_error', param: null, code: 'not_found' } });
-  const v1 = await request(app.server).post('/v1/chat/completions').send({}).expect(404);
+  const v1 = await request(app.server).post('/v1/embeddings').send({}).expect(404);
   assert.equal(v1.body.error.code, 'not_found');
   const ws = await request(app.server).get('/v1/completions/ws').expect(426);
   assert.equal(ws.body.error.code, 'upgrade_required');

@@ -324,6 +324,9 @@ test('npm run download end to end: a real GPT-2 checkpoint from the hub layout i
   const checkpoint = path.join(await tinyModel(1), 'checkpoint');
   const files: Record<string, FakeFile> = {};
   for (const name of await readdir(checkpoint)) files[name] = { content: await readFile(path.join(checkpoint, name)), lfs: name.endsWith('.safetensors') };
+  // A chat model's tokenizer_config.json (DialoGPT's template) reaches the served folder.
+  const tokenizerConfig = Buffer.from(JSON.stringify({ eos_token: '<|endoftext|>', chat_template: '{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}' }));
+  files['tokenizer_config.json'] = { content: tokenizerConfig };
   const hub = await startHub(t, { files });
   const work = await tempDir(t);
   const out = path.join(work, 'gpt2');
@@ -340,4 +343,5 @@ test('npm run download end to end: a real GPT-2 checkpoint from the hub layout i
   const manifest = readManifest(out);
   assert.equal(manifest.source.checkpointSha256, sha256(files['model.safetensors'].content));
   assert.equal(manifest.numLayers, 2);
+  assert.ok((await readFile(path.join(out, 'tokenizer_config.json'))).equals(tokenizerConfig), 'tokenizer_config.json is copied into the model folder');
 });

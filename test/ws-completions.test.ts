@@ -168,6 +168,46 @@ test('completion.cancel stops the request in the engine and ends it with a cance
   await waitFor(() => engine.stats().kvBlocksUsed === 0, 1000, 'memory freed');
 });
 
+test('chat.completion.create streams chat.completion.chunk frames on the same socket as completions, and cancels like them', async (t) => {
+  const { spy, connect } = await serve(t, { worker: true, runner: { stepDelayMs: 3 } });
+  const c = await connect();
+  c.send({ type: 'chat.completion.create', id: 'chat', model: MODEL, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 3, n: 2, temperature: 0 });
+  c.create('plain', { prompt: 'User: Hello\nAssistant:', max_tokens: 3, temperature: 0 });
+  c.send({ type: 'chat.completion.create', id: 'long', model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 500 });
+  await c.frame((f) => f.id === 'chat' && f.type === 'chat.completion.done', 5000, 'chat done');
+  const chat = c.frames.filter((f) => f.id === 'chat');
+  const plain = await c.finished('plain');
+  assert.deepEqual(chat[0], {
+    type: 'chat.completion.chunk',
+    id: 'chat',
+    completion_id: chat[0]!.completion_id,
+    object: 'chat.completion.chunk',
+    created: 1_700_000_000,
+    model: MODEL,
+    system_fingerprint: chat[0]!.system_fingerprint,
+    choices: [{ index: 0, delta: { role: 'assistant', content: '', refusal: null }, logprobs: null, finish_reason: null }],
+  });
+  assert.match(String(chat[0]!.completion_id), /^chatcmpl-/);
+  const deltas = chat.filter((f) => f.type === 'chat.completion.chunk').flatMap((f) => f.choices as unknown as Array<{ index: number; delta: { content?: string } }>);
+  for (const index of [0, 1]) {
+    const content = deltas.filter((d) => d.index === index).map((d) => d.delta.content ?? '').join('');
+    assert.equal(content, textOf(plain), 'the chat and the completion of its rendered prompt generate the same text');
+  }
+  assert.deepEqual(Object.keys(chat.at(-1)!), ['type', 'id', 'completion_id', 'usage']);
+  assert.equal(chat.at(-1)!.usage!.completion_tokens, 6);
+
+  await c.frame((f) => f.id === 'long' && f.type === 'chat.completion.chunk');
+  c.send({ type: 'chat.completion.cancel', id: 'long' });
+  await c.frame((f) => f.id === 'long' && f.type === 'chat.completion.done', 5000, 'long cancelled');
+  assert.equal(c.frames.find((f) => f.id === 'long' && f.type === 'chat.completion.done')!.cancelled, true);
+  assert.ok(spy.cancelled.some((id) => id.startsWith('chatcmpl-')));
+
+  c.send({ type: 'chat.completion.create', id: 'bad', model: MODEL, messages: [{ role: 'user', content: 'x' }], tools: [] });
+  const err = await c.frame((f) => f.id === 'bad');
+  assert.equal(err.type, 'error');
+  assert.equal(err.error!.code, 'unsupported_parameter');
+});
+
 test('cancelling an unknown id is an error frame; the socket stays open', async (t) => {
   const { connect } = await serve(t);
   const c = await connect();

@@ -17,7 +17,7 @@ import { startServer, type ServerHandle } from './server-process.js';
 import { sseTransport } from './sse-client.js';
 import { renderSvg } from './svg.js';
 import type { Transport, TransportOptions } from './transport.js';
-import { makeWorkload, runSeed } from './workload.js';
+import { makeWorkload, runSeed, type BenchRequest } from './workload.js';
 import { wsTransport } from './ws-client.js';
 
 export const BASELINE_ARGS = ['--max-num-seqs', '1'];
@@ -42,6 +42,8 @@ export interface BenchResult {
     model_dir: string | null;
     server_args: string[];
     transport: 'sse' | 'ws';
+    /** Absent in results saved before --api existed (completions). */
+    api?: 'completions' | 'chat';
     prompt_tokens: number;
     /** Absent in files written before the prefix-caching workload. */
     shared_prefix_tokens?: number;
@@ -98,13 +100,30 @@ async function servedModel(url: string, apiKey: string | null): Promise<string> 
   return id;
 }
 
+/**
+ * --api chat: each prompt's ids as text (the server's /detokenize, before the run's clock), sent
+ * as one user message. The same ids as the completions runs, so the two APIs see the same text.
+ */
+async function withPromptText(url: string, requests: BenchRequest[], model: string, apiKey: string | null): Promise<BenchRequest[]> {
+  const headers: Record<string, string> = { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) };
+  return Promise.all(
+    requests.map(async (r) => {
+      const res = await fetch(`${url}/detokenize`, { method: 'POST', headers, body: JSON.stringify({ model, tokens: r.promptIds }) });
+      const text = await res.text();
+      if (!res.ok) throw new Error(`POST ${url}/detokenize: HTTP ${res.status} ${text.slice(0, 200)}`);
+      return { ...r, promptText: (JSON.parse(text) as { prompt: string }).prompt };
+    }),
+  );
+}
+
 function openTransport(kind: 'sse' | 'ws', options: TransportOptions): Promise<Transport> {
   return kind === 'ws' ? wsTransport(options) : Promise.resolve(sseTransport(options));
 }
 
 /** One short request through the benchmark's own path; a failure here is a setup problem. */
 async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions): Promise<void> {
-  const [request] = makeWorkload({ seed: opts.seed + 1_000_003, requests: 1, promptTokens: opts.promptTokens, outputTokens: Math.min(4, opts.outputTokens) });
+  let [request] = makeWorkload({ seed: opts.seed + 1_000_003, requests: 1, promptTokens: opts.promptTokens, outputTokens: Math.min(4, opts.outputTokens) });
+  if (opts.api === 'chat') [request] = await withPromptText(target.url, [request!], options.model, opts.apiKey);
   const transport = await openTransport(kind, options);
   try {
     const r = await transport.send(request!, 0);
@@ -140,6 +159,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
     const transportOptions = (t: Target): TransportOptions => ({
       baseUrl: t.url,
       model,
+      api: opts.api,
       requestTimeoutMs: opts.requestTimeoutS * 1000,
       ...(opts.apiKey ? { apiKey: opts.apiKey } : {}),
     });
@@ -147,7 +167,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
 
     const runs: Record<Target['role'], RunMetrics[]> = { batched: [], baseline: [] };
     for (const [run, plan] of plans.entries()) {
-      const requests = makeWorkload({
+      const workload = makeWorkload({
         seed: runSeed(opts.seed, run),
         requests: plan.requests,
         promptTokens: opts.promptTokens,
@@ -155,6 +175,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         sharedPrefixTokens: opts.sharedPrefixTokens,
       });
       for (const t of targets) {
+        const requests = opts.api === 'chat' ? await withPromptText(t.url, workload, model, opts.apiKey) : workload;
         const label = `${t.role === 'baseline' ? 'max-num-seqs 1' : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
         const transport = await openTransport(opts.transport, transportOptions(t));
         io.progress.start(label, requests.length);
@@ -172,7 +193,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         }
         const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate }, probes);
         runs[t.role].push(m);
-        io.out(`${runBlock(`${label} (${opts.transport.toUpperCase()})`, m)}\n`);
+        io.out(`${runBlock(`${label} (${opts.api === 'chat' ? 'chat, ' : ''}${opts.transport.toUpperCase()})`, m)}\n`);
       }
       if (opts.baseline) {
         const i = runs.batched.length - 1;
@@ -191,6 +212,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         model_dir: modelDir,
         server_args: opts.serverArgs,
         transport: opts.transport,
+        api: opts.api,
         prompt_tokens: opts.promptTokens,
         shared_prefix_tokens: opts.sharedPrefixTokens,
         output_tokens: opts.outputTokens,

@@ -1,7 +1,7 @@
 // The benchmark's command line: parsing, validation (errors name the flag) and help.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ProgressMode } from './progress.js';
-import type { TransportKind } from './transport.js';
+import type { BenchApi, TransportKind } from './transport.js';
 
 export const DEFAULT_MODEL_DIR = 'models/bench-gpt2-small';
 
@@ -32,6 +32,9 @@ Workload:
                              --prompt-tokens (default 0; measures prefix caching)
   --seed N                   workload seed (default 0)
   --transport sse|ws         Server-Sent Events (default) or the websocket endpoint
+  --api completions|chat     /v1/completions with the prompt ids (default), or /v1/chat/completions
+                             with the prompt detokenized into one user message (its prompt is
+                             then the rendered conversation: a few tokens more, and its own length)
   --api-key KEY              sent as a bearer token (default: $OPENAI_API_KEY, if set)
   --request-timeout-s S      a request unfinished after S seconds is an error (default 600)
   --hostile-prompt-bytes N   during every run, also send completions with an N-byte prompt, one
@@ -65,6 +68,7 @@ export interface BenchOptions {
   outputTokens: number;
   seed: number;
   transport: TransportKind;
+  api: BenchApi;
   apiKey: string | null;
   requestTimeoutS: number;
   out: string | null;
@@ -122,6 +126,7 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     'shared-prefix-tokens': { type: 'string' },
     seed: { type: 'string' },
     transport: { type: 'string' },
+    api: { type: 'string' },
     'api-key': { type: 'string' },
     'request-timeout-s': { type: 'string' },
     out: { type: 'string' },
@@ -148,6 +153,8 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   if (serverArgs.length && url !== null) throw new UsageError('--server-arg applies to a started server, not to --url');
   const transport = str('transport') ?? 'sse';
   if (transport !== 'sse' && transport !== 'ws') throw new UsageError(`--transport must be sse or ws, got ${JSON.stringify(transport)}`);
+  const api = str('api') ?? 'completions';
+  if (api !== 'completions' && api !== 'chat') throw new UsageError(`--api must be completions or chat, got ${JSON.stringify(api)}`);
   const progress = str('progress') ?? 'auto';
   if (!['auto', 'bar', 'lines', 'none'].includes(progress)) throw new UsageError(`--progress must be auto, bar, lines or none`);
   const rates =
@@ -176,6 +183,7 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     sharedPrefixTokens: intFlag('shared-prefix-tokens', str('shared-prefix-tokens') ?? '0', 0),
     seed: intFlag('seed', str('seed') ?? '0', 0),
     transport,
+    api,
     apiKey: str('api-key') ?? env.OPENAI_API_KEY ?? null,
     requestTimeoutS: timeout,
     out: str('out') ?? null,

@@ -65,7 +65,8 @@ export class StreamTimer {
     if (u.completion_tokens !== this.request.outputTokens) {
       return `expected ${this.request.outputTokens} output tokens, got ${u.completion_tokens}`;
     }
-    if (u.prompt_tokens !== this.request.promptIds.length) {
+    // A chat prompt's length is the rendered conversation's, which only the server knows.
+    if (this.request.promptText === undefined && u.prompt_tokens !== this.request.promptIds.length) {
       return `expected ${this.request.promptIds.length} prompt tokens, got ${u.prompt_tokens}`;
     }
     if (this.first < 0) return 'no text chunk arrived';
@@ -89,11 +90,14 @@ export class StreamTimer {
   }
 }
 
-/** The /v1/completions body of a benchmark request (greedy, exact length through ignore_eos). */
+/**
+ * The body of a benchmark request (greedy, exact length through ignore_eos): /v1/completions with
+ * the prompt ids, or /v1/chat/completions with the prompt text as one user message.
+ */
 export function completionBody(model: string, request: BenchRequest): Record<string, unknown> {
   return {
     model,
-    prompt: request.promptIds,
+    ...(request.promptText !== undefined ? { messages: [{ role: 'user', content: request.promptText }] } : { prompt: request.promptIds }),
     max_tokens: request.outputTokens,
     temperature: 0,
     ignore_eos: true,

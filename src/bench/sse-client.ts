@@ -6,7 +6,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { StreamTimer, completionBody, type RequestResult } from './request-result.js';
-import { describeError, type Transport, type TransportOptions } from './transport.js';
+import { chunkText, describeError, type Transport, type TransportOptions } from './transport.js';
 import type { BenchRequest } from './workload.js';
 
 /** Splits an SSE byte stream (as text) into the payloads of its `data:` fields, one per event. */
@@ -31,13 +31,13 @@ export class SseParser {
 }
 
 interface StreamMessage {
-  choices?: Array<{ text?: unknown }>;
+  choices?: unknown;
   usage?: { prompt_tokens: number; completion_tokens: number } | null;
   error?: { code?: unknown; message?: unknown };
 }
 
 export function sseTransport(opts: TransportOptions): Transport {
-  const url = new URL('/v1/completions', opts.baseUrl);
+  const url = new URL(opts.api === 'chat' ? '/v1/chat/completions' : '/v1/completions', opts.baseUrl);
   const lib = url.protocol === 'https:' ? https : http;
   const agent = new lib.Agent({ keepAlive: true, maxSockets: Infinity });
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
@@ -95,8 +95,7 @@ export function sseTransport(opts: TransportOptions): Transport {
               continue;
             }
             if (msg.usage) timer.usage = msg.usage;
-            const text = msg.choices?.[0]?.text;
-            if (typeof text === 'string' && text.length > 0) timer.textChunk(now);
+            if (chunkText(msg.choices).length > 0) timer.textChunk(now);
           }
         });
         res.on('end', () => {

@@ -5,6 +5,16 @@ import type { BenchRequest } from './workload.js';
 
 export type TransportKind = 'sse' | 'ws';
 
+/** Which OpenAI API the requests use (--api). */
+export type BenchApi = 'completions' | 'chat';
+
+/** The text a streamed chunk (SSE chunk or websocket frame) of either API carries. */
+export function chunkText(choices: unknown): string {
+  const c = (choices as Array<{ text?: unknown; delta?: { content?: unknown } }> | undefined)?.[0];
+  const text = c?.text ?? c?.delta?.content;
+  return typeof text === 'string' ? text : '';
+}
+
 export interface Transport {
   readonly kind: TransportKind;
   /** `runStart` (performance.now()) anchors the result's sentAtMs. */
@@ -16,6 +26,7 @@ export interface TransportOptions {
   /** Server root, e.g. http://127.0.0.1:8000 */
   baseUrl: string;
   model: string;
+  api: BenchApi;
   apiKey?: string;
   /** A request still unfinished after this long is abandoned and counted as an error. */
   requestTimeoutMs: number;

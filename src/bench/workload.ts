@@ -13,6 +13,8 @@ export interface BenchRequest {
   index: number;
   promptIds: number[];
   outputTokens: number;
+  /** --api chat: the prompt as text (the ids detokenized), sent as one user message. */
+  promptText?: string;
 }
 
 export interface WorkloadSpec {

@@ -1,16 +1,17 @@
 // Streaming completions over the websocket endpoint (GET /v1/completions/ws, docs/api.md): every
 // request of a run is multiplexed on one connection, opened before the run's clock starts.
-// `completion.chunk` frames carry text, `completion.done` the usage, `error` a failure.
+// `completion.chunk` frames carry text, `completion.done` the usage, `error` a failure (with
+// --api chat: `chat.completion.chunk` and `chat.completion.done`).
 import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import { StreamTimer, completionBody, type RequestResult } from './request-result.js';
-import { describeError, type Transport, type TransportOptions } from './transport.js';
+import { chunkText, describeError, type Transport, type TransportOptions } from './transport.js';
 import type { BenchRequest } from './workload.js';
 
 interface Frame {
   type?: unknown;
   id?: unknown;
-  choices?: Array<{ text?: unknown }>;
+  choices?: unknown;
   usage?: { prompt_tokens: number; completion_tokens: number };
   error?: unknown;
 }
@@ -38,25 +39,25 @@ export async function wsTransport(opts: TransportOptions): Promise<Transport> {
   const pending = new Map<string, Pending>();
   let nextId = 0;
   let closedWhy: string | null = null;
+  const frame = opts.api === 'chat' ? 'chat.completion' : 'completion';
 
   socket.on('message', (data: WebSocket.RawData) => {
     const now = performance.now();
-    let frame: Frame;
+    let msg: Frame;
     try {
-      frame = JSON.parse(data.toString()) as Frame;
+      msg = JSON.parse(data.toString()) as Frame;
     } catch {
       return;
     }
-    const p = typeof frame.id === 'string' ? pending.get(frame.id) : undefined;
+    const p = typeof msg.id === 'string' ? pending.get(msg.id) : undefined;
     if (!p) return;
-    if (frame.type === 'completion.chunk') {
-      const text = frame.choices?.[0]?.text;
-      if (typeof text === 'string' && text.length > 0) p.timer.textChunk(now);
-    } else if (frame.type === 'completion.done') {
-      p.timer.usage = frame.usage ?? null;
+    if (msg.type === `${frame}.chunk`) {
+      if (chunkText(msg.choices).length > 0) p.timer.textChunk(now);
+    } else if (msg.type === `${frame}.done`) {
+      p.timer.usage = msg.usage ?? null;
       p.settle(p.timer.finish(now));
-    } else if (frame.type === 'error') {
-      p.settle(p.timer.fail(now, describeError(null, JSON.stringify({ error: frame.error }))));
+    } else if (msg.type === 'error') {
+      p.settle(p.timer.fail(now, describeError(null, JSON.stringify({ error: msg.error }))));
     }
   });
   const failAll = (why: string) => {
@@ -86,7 +87,7 @@ export async function wsTransport(opts: TransportOptions): Promise<Transport> {
         resolve(r);
       };
       pending.set(id, { timer, settle });
-      socket.send(JSON.stringify({ type: 'completion.create', id, ...completionBody(opts.model, request) }));
+      socket.send(JSON.stringify({ type: `${frame}.create`, id, ...completionBody(opts.model, request) }));
     });
 
   const close = () =>

@@ -8,7 +8,8 @@
 // `engine_unavailable` error event, new requests get one at once, and onDead listeners run (the
 // CLI drains what can still be answered and exits non-zero so that a supervisor restarts it).
 import type { Worker } from 'node:worker_threads';
-import { InlineCodec, TokenizerThread, type TextCodec } from '../model/tokenizer-thread.js';
+import { loadChatTemplate, type ChatRenderRequest, type ChatTemplateInfo, type ChatTemplateSpec } from '../model/chat-template.js';
+import { InlineCodec, TokenizerThread, type ChatEncoding, type TextCodec } from '../model/tokenizer-thread.js';
 import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
 import { EngineLoop, buildEngineCore, type EngineCommand } from './engine-loop.js';
@@ -36,11 +37,15 @@ abstract class BaseEngineClient implements EngineClient {
   /** shutdown() was called: the engine ending is expected, not a death. */
   protected closing = false;
 
+  readonly chatTemplate: ChatTemplateInfo;
+
   constructor(
     readonly model: ModelInfo,
     private readonly codec: TextCodec,
+    chatTemplate: ChatTemplateSpec,
     stepTimeoutMs: number,
   ) {
+    this.chatTemplate = { source: chatTemplate.source, stop: chatTemplate.stop };
     this.liveness = new LivenessMonitor(stepTimeoutMs);
     if (stepTimeoutMs > 0) {
       this.stuckTimer = setInterval(() => this.checkProgress(), Math.min(1000, Math.max(10, stepTimeoutMs / 4)));
@@ -89,6 +94,10 @@ abstract class BaseEngineClient implements EngineClient {
 
   decode(lists: number[][]): Promise<string[]> {
     return this.codec.decode(lists);
+  }
+
+  encodeChat(request: ChatRenderRequest): Promise<ChatEncoding> {
+    return this.codec.encodeChat(request);
   }
 
   async shutdown(options: { drainMs?: number } = {}): Promise<void> {
@@ -160,10 +169,11 @@ export class InProcessEngine extends BaseEngineClient {
   private loop!: EngineLoop;
 
   static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<InProcessEngine> {
+    const chat = chatTemplateOf(options);
     const { core, model, tokenizer } = await buildEngineCore(options, log).catch((err: unknown) => {
       throw new EngineStartError(options.modelDir, (err as Error).message);
     });
-    const engine = new InProcessEngine(model, new InlineCodec(tokenizer), options.stepTimeoutMs);
+    const engine = new InProcessEngine(model, new InlineCodec(tokenizer, chat), chat, options.stepTimeoutMs);
     engine.loop = new EngineLoop(core, (batch, heartbeat) => engine.deliver(batch, heartbeat), {
       log,
       maxConsecutiveStepFailures: options.maxConsecutiveStepFailures,
@@ -189,11 +199,12 @@ export class WorkerEngine extends BaseEngineClient {
   private constructor(
     model: ModelInfo,
     codec: TokenizerThread,
+    chat: ChatTemplateSpec,
     private readonly worker: Worker,
     options: EngineOptions,
     log: (msg: string) => void,
   ) {
-    super(model, codec, options.stepTimeoutMs);
+    super(model, codec, chat, options.stepTimeoutMs);
     let failure = '';
     worker.on('message', (msg: FromWorker) => {
       if (msg.type === 'events') this.deliver(msg.batch, msg.heartbeat);
@@ -214,12 +225,13 @@ export class WorkerEngine extends BaseEngineClient {
 
   static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<WorkerEngine> {
     let engine: WorkerEngine | null = null;
-    const codecStart = TokenizerThread.start(options.modelDir, (reason) => engine?.die(reason));
+    const chat = chatTemplateOf(options);
+    const codecStart = TokenizerThread.start({ modelDir: options.modelDir, chatTemplate: chat }, (reason) => engine?.die(reason));
     const worker = spawnWorker(import.meta.url, 'worker', options);
     try {
       const [codec, model] = await Promise.all([codecStart, waitReady(worker, log)]);
       for (const event of ['message', 'error', 'exit']) worker.removeAllListeners(event); // not Node's own listeners
-      engine = new WorkerEngine(model, codec, worker, options, log);
+      engine = new WorkerEngine(model, codec, chat, worker, options, log);
       return engine;
     } catch (err) {
       void worker.terminate();
@@ -239,6 +251,15 @@ export class WorkerEngine extends BaseEngineClient {
 
   protected async abandon(): Promise<void> {
     await this.worker.terminate();
+  }
+}
+
+/** The chat template, chosen before anything starts: one that does not parse fails the start. */
+function chatTemplateOf(options: EngineOptions): ChatTemplateSpec {
+  try {
+    return loadChatTemplate(options.modelDir, options.chatTemplate);
+  } catch (err) {
+    throw new EngineStartError(options.modelDir, (err as Error).message);
   }
 }
 

@@ -1,6 +1,8 @@
 // The contract between the HTTP edge and the inference engine. Everything here is plain data
 // (structured-clone safe) because it crosses a worker_threads MessagePort.
+import type { ChatRenderRequest, ChatTemplateInfo } from '../model/chat-template.js';
 import type { Manifest } from '../model/manifest.js';
+import type { ChatEncoding } from '../model/tokenizer-thread.js';
 
 /** Fully resolved sampling settings: the edge applies defaults and validates ranges before this. */
 export interface SamplingParams {
@@ -218,6 +220,10 @@ export interface EngineClient {
   encode(texts: string[]): Promise<number[][]>;
   /** Text of each token-id list (byte-exact, U+FFFD for broken UTF-8). */
   decode(lists: number[][]): Promise<string[]>;
+  /** The chat template requests are rendered with (chosen at start-up). */
+  readonly chatTemplate: ChatTemplateInfo;
+  /** Renders a conversation with the chat template and tokenizes it, off the calling thread. */
+  encodeChat(request: ChatRenderRequest): Promise<ChatEncoding>;
 }
 
 export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';
@@ -237,6 +243,8 @@ export interface EngineOptions {
   modelDir: string;
   /** Model id reported to clients; defaults to the folder name. */
   servedModelName?: string;
+  /** --chat-template: a file or the template itself; overrides tokenizer_config.json's. */
+  chatTemplate?: string;
   executionProvider: ExecutionProviderChoice;
   /** 0 lets ONNX Runtime use one thread per core. */
   intraOpThreads: number;

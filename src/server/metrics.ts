@@ -1,10 +1,19 @@
 // Prometheus metrics of one app, in a registry of its own (tests build many apps per process).
 // Engine-side figures (queue, running sequences, KV usage, token totals, steps) are read from the
 // engine's last heartbeat once per scrape; latencies are observed at the edge as tokens go out.
+//
+// The `vllm:` gauges are the Gateway API Inference Extension's model-server protocol (its
+// docs/proposals/003-model-server-protocol), under the names its endpoint picker reads by default
+// (deploy/gateway/ names them too): the picker routes each request to the replica with the
+// shortest queue and the most free KV cache. They repeat figures the `gpt2_` names also carry,
+// which dashboards, alerts and the HPA use.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineStats } from '../engine/types.js';
 
 const PREFIX = 'gpt2_';
+
+/** Engine totals the metrics count up from (heartbeats carry totals; Prometheus wants counters). */
+type CountedStat = 'promptTokensTotal' | 'generatedTokensTotal' | 'preemptions' | 'steps' | 'stepMsTotal' | 'prefixCacheQueries' | 'prefixCacheHits';
 
 export class ServerMetrics {
   readonly registry = new Registry();
@@ -23,7 +32,15 @@ export class ServerMetrics {
   readonly promptTokens: Counter;
   readonly generationTokens: Counter;
   readonly preemptions: Counter;
-  private last: Pick<EngineStats, 'promptTokensTotal' | 'generatedTokensTotal' | 'preemptions' | 'steps' | 'stepMsTotal'> | null = null;
+  readonly gatewayWaiting: Gauge;
+  readonly gatewayRunning: Gauge;
+  readonly gatewayKvUsage: Gauge;
+  readonly cacheConfigInfo: Gauge<'block_size' | 'num_gpu_blocks'>;
+  /** Prompt tokens admissions looked up in the prefix cache, and those found (gpt2_ and vLLM's names). */
+  readonly prefixCacheQueries: Counter[];
+  readonly prefixCacheHits: Counter[];
+  /** Engine totals at the last scrape: counters grow by the difference. */
+  private last: Pick<EngineStats, CountedStat> | null = null;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -107,6 +124,36 @@ export class ServerMetrics {
       help: 'Sequences preempted by the scheduler for lack of KV memory',
       registers,
     });
+    const counter = (name: string, help: string) => new Counter({ name, help, registers });
+    this.prefixCacheQueries = [
+      counter(`${PREFIX}prefix_cache_queries_total`, 'Prompt tokens looked up in the prefix cache when sequences were admitted'),
+      counter('vllm:prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache (vLLM name)'),
+    ];
+    this.prefixCacheHits = [
+      counter(`${PREFIX}prefix_cache_hits_total`, 'Of the prompt tokens looked up, those found in the prefix cache'),
+      counter('vllm:prefix_cache_hits_total', 'Of the prompt tokens looked up, those found in the prefix cache (vLLM name)'),
+    ];
+    this.gatewayWaiting = new Gauge({
+      name: 'vllm:num_requests_waiting',
+      help: 'Requests waiting for admission to the running batch (gateway protocol TotalQueuedRequests)',
+      registers,
+    });
+    this.gatewayRunning = new Gauge({
+      name: 'vllm:num_requests_running',
+      help: 'Sequences in the running batch, each choice of a request counting (gateway protocol TotalRunningRequests)',
+      registers,
+    });
+    this.gatewayKvUsage = new Gauge({
+      name: 'vllm:kv_cache_usage_perc',
+      help: 'Fraction of KV cache blocks in use, 0 to 1 (gateway protocol KVCacheUtilization)',
+      registers,
+    });
+    this.cacheConfigInfo = new Gauge({
+      name: 'vllm:cache_config_info',
+      help: 'Always 1; its labels are the KV cache block size in tokens and the number of blocks',
+      labelNames: ['block_size', 'num_gpu_blocks'],
+      registers,
+    });
     if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
   }
 
@@ -117,21 +164,29 @@ export class ServerMetrics {
     this.pausedSequences.set(stats.paused);
     this.kvUsage.set(stats.kvUsage);
     this.kvBlocksUsed.set(stats.kvBlocksUsed);
-    const prev = this.last ?? { promptTokensTotal: 0, generatedTokensTotal: 0, preemptions: 0, steps: 0, stepMsTotal: 0 };
-    const inc = (c: Counter, now: number, before: number) => {
-      if (now > before) c.inc(now - before);
-    };
-    inc(this.promptTokens, stats.promptTokensTotal, prev.promptTokensTotal);
-    inc(this.generationTokens, stats.generatedTokensTotal, prev.generatedTokensTotal);
-    inc(this.preemptions, stats.preemptions, prev.preemptions);
-    inc(this.steps, stats.steps, prev.steps);
-    if (stats.stepMsTotal > prev.stepMsTotal) this.stepSeconds.inc((stats.stepMsTotal - prev.stepMsTotal) / 1000);
-    this.last = {
-      promptTokensTotal: Math.max(prev.promptTokensTotal, stats.promptTokensTotal),
-      generatedTokensTotal: Math.max(prev.generatedTokensTotal, stats.generatedTokensTotal),
-      preemptions: Math.max(prev.preemptions, stats.preemptions),
-      steps: Math.max(prev.steps, stats.steps),
-      stepMsTotal: Math.max(prev.stepMsTotal, stats.stepMsTotal),
-    };
+    this.gatewayWaiting.set(stats.waiting);
+    this.gatewayRunning.set(stats.running);
+    this.gatewayKvUsage.set(stats.kvUsage);
+    if (stats.kvBlocksTotal > 0) {
+      this.cacheConfigInfo.reset();
+      this.cacheConfigInfo.set({ block_size: String(stats.blockSize), num_gpu_blocks: String(stats.kvBlocksTotal) }, 1);
+    }
+    const prev = this.last;
+    const next = {} as Pick<EngineStats, CountedStat>;
+    const counted: Array<[CountedStat, Counter[], number]> = [
+      ['promptTokensTotal', [this.promptTokens], 1],
+      ['generatedTokensTotal', [this.generationTokens], 1],
+      ['preemptions', [this.preemptions], 1],
+      ['steps', [this.steps], 1],
+      ['stepMsTotal', [this.stepSeconds], 1 / 1000],
+      ['prefixCacheQueries', this.prefixCacheQueries, 1],
+      ['prefixCacheHits', this.prefixCacheHits, 1],
+    ];
+    for (const [key, counters, scale] of counted) {
+      const before = prev?.[key] ?? 0;
+      if (stats[key] > before) for (const c of counters) c.inc((stats[key] - before) * scale);
+      next[key] = Math.max(before, stats[key]);
+    }
+    this.last = next;
   }
 }

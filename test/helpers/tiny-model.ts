@@ -30,6 +30,28 @@ export function tinyModel(seed = 1, shape: Partial<TinyShape> = {}): Promise<str
   return dir;
 }
 
+/** DialoGPT's own chat template: every turn followed by <|endoftext|>, no generation prompt. */
+export const DIALOGPT_TEMPLATE = '{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}';
+
+let dialoGpt: Promise<string> | null = null;
+
+/**
+ * A DialoGPT-shaped model folder: the tiny model (seed 1, so the same weights as tinyModel())
+ * whose checkpoint carries DialoGPT's tokenizer_config.json, copied into the folder by the export.
+ */
+export function dialoGptModel(): Promise<string> {
+  dialoGpt ??= tinyModel().then(async () => {
+    const out = join(root!, 'tiny-dialogpt');
+    await makeTinyModel({
+      out,
+      seed: 1,
+      tokenizerConfig: { model_max_length: 1024, bos_token: '<|endoftext|>', eos_token: '<|endoftext|>', chat_template: DIALOGPT_TEMPLATE },
+    });
+    return out;
+  });
+  return dialoGpt;
+}
+
 export function engineOptions(modelDir: string, overrides: Partial<EngineOptions> = {}): EngineOptions {
   return {
     modelDir,

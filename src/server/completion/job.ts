@@ -1,4 +1,4 @@
-// One OpenAI completion request in flight, from admission to its last output. It is registered
+// One OpenAI completion or chat completion request in flight, from admission to its last output. It is registered
 // (and counted against --max-concurrent-requests) before any work is done; prepare() validates
 // and tokenizes off the main thread; start() submits one engine request per prompt, whose events
 // all land in one queue, read in order by outputs(). Cancellation is immediate: cancel() tells
@@ -6,10 +6,15 @@
 // reading: the engine keeps the requests out of its steps, so nothing piles up here.
 import type { EngineClient, EngineEvent, FinishReason, TokenLogprob } from '../../engine/types.js';
 import { AsyncQueue } from '../../util/async-queue.js';
-import type { CompletionBody } from '../openai/completion-schema.js';
 import { ApiError, fromEngineError } from '../openai/errors.js';
 import type { ResponseMeta } from '../openai/responses.js';
-import { resolveCompletionRequest, type RequestLimits, type ValidCompletionRequest } from './request.js';
+import type { RequestLimits, ValidCompletionRequest } from './request.js';
+
+/**
+ * Validates a request that needs the model (and tokenizes its prompts, off the main thread):
+ * a completion's body, or a chat's rendered conversation. Throws ApiError.
+ */
+export type RequestResolver = (engine: EngineClient, limits: RequestLimits, options: { forceStream?: boolean }) => Promise<ValidCompletionRequest>;
 
 export type JobOutput =
   | { type: 'echo'; prompt: number; choice: number; text: string; logprobs: TokenLogprob[] | null }
@@ -77,7 +82,7 @@ export class CompletionJob {
   private readonly accepted: Promise<void>;
 
   constructor(
-    private readonly body: CompletionBody,
+    private readonly resolve: RequestResolver,
     private readonly ctx: JobContext,
   ) {
     this.engine = ctx.engine;
@@ -111,7 +116,7 @@ export class CompletionJob {
    * Throws ApiError (400, 404) or JobCancelledError.
    */
   async submit(): Promise<void> {
-    const request = await resolveCompletionRequest(this.body, this.engine, this.ctx.limits, { forceStream: this.ctx.forceStream });
+    const request = await this.resolve(this.engine, this.ctx.limits, { forceStream: this.ctx.forceStream });
     if (this.cancelReason !== null) throw this.cancelledError();
     this.request = request;
     const { prompts, params } = request;

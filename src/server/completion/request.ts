@@ -32,6 +32,15 @@ export interface ValidCompletionRequest {
   logprobs: number | null;
   /** Engine sampling settings except maxTokens, which is per prompt. */
   params: Omit<SamplingParams, 'maxTokens'>;
+  /** Set for a chat completion (see chat-request.ts). */
+  chat?: ChatDetails;
+}
+
+export interface ChatDetails {
+  /** The role of the generated message ("assistant", or the final message's when it is continued). */
+  role: string;
+  /** With `echo`: the final message's content, which starts every choice's content; else null. */
+  echo: string | null;
 }
 
 export interface RequestLimits {
@@ -48,13 +57,7 @@ export async function resolveCompletionRequest(
   options: { forceStream?: boolean } = {},
 ): Promise<ValidCompletionRequest> {
   const { servedModel } = limits;
-  if (body.model !== servedModel) {
-    throw new ApiError(
-      'model_not_found',
-      `The model \`${body.model.slice(0, 200)}\` does not exist. This server serves \`${servedModel}\``,
-      'model',
-    );
-  }
+  checkModel(body.model, servedModel);
   const model = engine.model;
   const echo = body.echo ?? false;
   const n = body.n ?? 1;
@@ -124,6 +127,12 @@ export async function resolveCompletionRequest(
       n: bestOf,
     },
   };
+}
+
+export function checkModel(model: string, servedModel: string): void {
+  if (model !== servedModel) {
+    throw new ApiError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist. This server serves \`${servedModel}\``, 'model');
+  }
 }
 
 /** The four prompt shapes as a list; null or absent is one empty string (see tokenizePrompts). */

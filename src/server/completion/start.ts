@@ -1,8 +1,11 @@
-// Shared by the HTTP and websocket routes: from a parsed body to an admitted CompletionJob.
+// Shared by the HTTP and websocket routes of both APIs: from a parsed body to an admitted job.
 import type { FastifyInstance } from 'fastify';
+import type { ChatBody } from '../openai/chat-schema.js';
 import type { CompletionBody } from '../openai/completion-schema.js';
 import { jobObserver } from '../telemetry.js';
-import { CompletionJob } from './job.js';
+import { resolveChatRequest } from './chat-request.js';
+import { CompletionJob, type RequestResolver } from './job.js';
+import { resolveCompletionRequest } from './request.js';
 
 export interface AdmittedCompletion {
   job: CompletionJob;
@@ -10,18 +13,26 @@ export interface AdmittedCompletion {
   end: () => void;
 }
 
+export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
+  return admit(app, 'cmpl', (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
+}
+
+export function admitChat(app: FastifyInstance, body: ChatBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
+  return admit(app, 'chatcmpl', (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
+}
+
 /**
- * Admits a completion before any work is done on it: throws ApiError 503 (loading, draining,
+ * Admits a request before any work is done on it: throws ApiError 503 (loading, draining,
  * engine dead) or 429 (--max-concurrent-requests in flight). The caller then runs job.submit().
  */
-export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
+function admit(app: FastifyInstance, idPrefix: string, resolve: RequestResolver, options: { forceStream?: boolean }): AdmittedCompletion {
   const state = app.serving;
   const engine = state.acceptNewWork();
   const opts = app.appOptions;
-  const job = new CompletionJob(body, {
+  const job = new CompletionJob(resolve, {
     engine,
     limits: { servedModel: state.modelId, maxPromptsPerRequest: app.config.maxPromptsPerRequest },
-    meta: { id: `cmpl-${opts.newId()}`, created: Math.floor(opts.now() / 1000), model: state.modelId, systemFingerprint: state.systemFingerprint },
+    meta: { id: `${idPrefix}-${opts.newId()}`, created: Math.floor(opts.now() / 1000), model: state.modelId, systemFingerprint: state.systemFingerprint },
     observer: jobObserver(app),
     clock: opts.clock,
     forceStream: options.forceStream,

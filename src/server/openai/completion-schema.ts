@@ -25,35 +25,65 @@ export const StopSchema = z.preprocess(
   z.array(z.string().min(1)).max(4),
 );
 
+/**
+ * The generation fields both APIs share (Completions and Chat Completions take them with the same
+ * names, ranges and defaults). A field added here reaches both request schemas; fields of one
+ * API only go in its own schema (below, and chat-schema.ts).
+ */
+export const SamplingFields = {
+  model: z.string(),
+  max_tokens: z.number().int().min(0).nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  n: z.number().int().min(1).max(128).nullish(),
+  stream: z.boolean().nullish(),
+  stream_options: z
+    .object({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() })
+    .nullish(),
+  stop: StopSchema.nullish(),
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  logit_bias: z.record(z.string(), z.number().min(-100).max(100)).nullish(),
+  seed: z.number().int().nullish(),
+  user: z.string().nullish(),
+  // vLLM extras
+  top_k: z.number().int().min(-1).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  repetition_penalty: z.number().gt(0).max(2).nullish(),
+  min_tokens: z.number().int().min(0).nullish(),
+  ignore_eos: z.boolean().nullish(),
+  stop_token_ids: z.array(z.number().int().min(0)).nullish(),
+};
+
+const SamplingFieldsSchema = z.object(SamplingFields);
+type SamplingFieldsBody = z.output<typeof SamplingFieldsSchema>;
+
+/** Cross-field checks of the shared fields; each API's schema runs them in its superRefine. */
+export function refineSamplingFields(body: SamplingFieldsBody, ctx: z.RefinementCtx, maxTokens = body.max_tokens): void {
+  if (body.stream_options != null && body.stream !== true) {
+    ctx.addIssue({ code: 'custom', path: ['stream_options'], message: 'is only allowed when `stream` is true' });
+  }
+  if (body.min_tokens != null && maxTokens != null && body.min_tokens > maxTokens) {
+    ctx.addIssue({ code: 'custom', path: ['min_tokens'], message: `must be <= \`max_tokens\` (${maxTokens})` });
+  }
+  if (body.logit_bias != null) {
+    for (const key of Object.keys(body.logit_bias)) {
+      if (!/^(0|[1-9]\d{0,9})$/.test(key)) {
+        ctx.addIssue({ code: 'custom', path: ['logit_bias', key], message: 'keys must be token ids (non-negative integers)' });
+        break;
+      }
+    }
+  }
+}
+
 export const CompletionBodySchema = z
   .object({
-    model: z.string(),
+    ...SamplingFields,
     prompt: PromptSchema.nullish(),
     suffix: z.string().nullish(),
-    max_tokens: z.number().int().min(0).nullish(),
-    temperature: z.number().min(0).max(2).nullish(),
-    top_p: z.number().gt(0).max(1).nullish(),
-    n: z.number().int().min(1).max(128).nullish(),
     best_of: z.number().int().min(1).max(128).nullish(),
-    stream: z.boolean().nullish(),
-    stream_options: z
-      .object({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() })
-      .nullish(),
     logprobs: z.number().int().min(0).max(20).nullish(),
     echo: z.boolean().nullish(),
-    stop: StopSchema.nullish(),
-    presence_penalty: z.number().min(-2).max(2).nullish(),
-    frequency_penalty: z.number().min(-2).max(2).nullish(),
-    logit_bias: z.record(z.string(), z.number().min(-100).max(100)).nullish(),
-    seed: z.number().int().nullish(),
-    user: z.string().nullish(),
-    // vLLM extras
-    top_k: z.number().int().min(-1).nullish(),
-    min_p: z.number().min(0).max(1).nullish(),
-    repetition_penalty: z.number().gt(0).max(2).nullish(),
-    min_tokens: z.number().int().min(0).nullish(),
-    ignore_eos: z.boolean().nullish(),
-    stop_token_ids: z.array(z.number().int().min(0)).nullish(),
   })
   .superRefine((body, ctx) => {
     if (body.suffix != null) {
@@ -76,20 +106,7 @@ export const CompletionBodySchema = z
         params: { code: 'unsupported_parameter' },
       });
     }
-    if (body.stream_options != null && body.stream !== true) {
-      ctx.addIssue({ code: 'custom', path: ['stream_options'], message: 'is only allowed when `stream` is true' });
-    }
-    if (body.min_tokens != null && body.max_tokens != null && body.min_tokens > body.max_tokens) {
-      ctx.addIssue({ code: 'custom', path: ['min_tokens'], message: `must be <= \`max_tokens\` (${body.max_tokens})` });
-    }
-    if (body.logit_bias != null) {
-      for (const key of Object.keys(body.logit_bias)) {
-        if (!/^(0|[1-9]\d{0,9})$/.test(key)) {
-          ctx.addIssue({ code: 'custom', path: ['logit_bias', key], message: 'keys must be token ids (non-negative integers)' });
-          break;
-        }
-      }
-    }
+    refineSamplingFields(body, ctx);
   });
 
 export type CompletionBody = z.output<typeof CompletionBodySchema>;

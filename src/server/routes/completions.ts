@@ -1,115 +1,17 @@
-// POST /v1/completions: JSON, or Server-Sent Events with `stream: true`.
-//
-// A request is admitted (or refused with 429) before any work, validated and tokenized off the
-// main thread, then submitted. A stream sends its 200 headers as soon as the engine has queued
-// the request, so a client sees the response start even while it waits for a batch slot.
+// POST /v1/completions and POST /v1/chat/completions: JSON, or Server-Sent Events with
+// `stream: true`. Both take the same path once the body is parsed (completion/http-response.ts).
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import { StallGuard } from '../completion/flow-control.js';
-import { JobCancelledError } from '../completion/job.js';
-import { collectCompletion, completionChunks } from '../completion/output.js';
-import { admitCompletion } from '../completion/start.js';
+import { CHAT_FORMAT, COMPLETION_FORMAT } from '../completion/api.js';
+import { respond } from '../completion/http-response.js';
+import { admitChat, admitCompletion } from '../completion/start.js';
+import { ChatBodySchema } from '../openai/chat-schema.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
-import { toApiError } from '../openai/errors.js';
-import { SSE_DONE, sseData } from '../openai/responses.js';
-import { CLIENT_CLOSED, logServerFailure, recordFinished, statsOf } from '../telemetry.js';
 
 export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
-  app.post('/v1/completions', { schema: { body: CompletionBodySchema } }, async (request, reply) => {
-    const { job, end } = admitCompletion(app, request.body);
-    const res = reply.raw;
-    const startedAt = app.appOptions.clock();
-    const onClose = () => {
-      // The connection closed before the response was complete: the client is gone.
-      if (!res.writableEnded) job.cancel('client disconnected');
-    };
-    res.on('close', onClose);
-    // Gone already (while the body was being read)?
-    if (request.raw.socket?.destroyed) onClose();
-    let status = 200;
-    const finish = (hijacked: boolean, error?: string) => {
-      res.off('close', onClose);
-      end();
-      request.completionStats = statsOf(job, error);
-      const elapsed = app.appOptions.clock() - startedAt;
-      app.metrics.e2eLatency.observe({ status: String(status) }, elapsed / 1000);
-      if (hijacked) recordFinished(app, request, status, reply.elapsedTime);
-    };
-
-    /** Before anything was sent: a gone client ends quietly, anything else is an OpenAI error. */
-    const failBeforeResponse = (err: unknown) => {
-      if (err instanceof JobCancelledError) {
-        status = CLIENT_CLOSED;
-        reply.hijack();
-        finish(true, 'client_closed');
-        return reply;
-      }
-      const apiErr = toApiError(err);
-      logServerFailure(request.log, apiErr);
-      status = apiErr.statusCode;
-      finish(false, apiErr.code);
-      throw apiErr;
-    };
-
-    try {
-      await job.submit();
-      if (!job.request.stream) {
-        const response = await collectCompletion(job);
-        finish(false);
-        return response;
-      }
-      await job.ready();
-    } catch (err) {
-      return failBeforeResponse(err);
-    }
-
-    reply.hijack();
-    res.writeHead(200, {
-      ...(reply.getHeaders() as Record<string, string>),
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache',
-      connection: 'keep-alive',
-      'x-accel-buffering': 'no',
-    });
-    res.flushHeaders(); // the client learns now that its request is queued, not at the first token
-    let errorCode: string | undefined;
-    let stalled = false;
-    const guard = new StallGuard(app.config.stallTimeoutMs, {
-      pause: () => job.pause(),
-      resume: () => job.resume(),
-      stalled: () => {
-        stalled = true;
-        job.cancel('client stalled');
-      },
-    });
-    const onDrain = () => guard.drained();
-    res.on('drain', onDrain);
-    try {
-      for await (const chunk of completionChunks(job, { includeUsage: job.request.includeUsage })) {
-        if (!res.write(sseData(chunk))) guard.full();
-      }
-      res.write(SSE_DONE);
-    } catch (err) {
-      if (err instanceof JobCancelledError) {
-        status = CLIENT_CLOSED;
-        errorCode = stalled ? 'client_stalled' : 'client_closed';
-        if (stalled) res.destroy();
-      } else {
-        // The headers are out: the error travels as an event, then the stream ends normally.
-        const apiErr = toApiError(err);
-        logServerFailure(request.log, apiErr);
-        status = apiErr.statusCode;
-        errorCode = apiErr.code;
-        if (!res.destroyed) {
-          res.write(sseData(apiErr.toBody()));
-          res.write(SSE_DONE);
-        }
-      }
-    } finally {
-      guard.dispose();
-      res.off('drain', onDrain);
-      if (!res.destroyed) res.end();
-      finish(true, errorCode);
-    }
-    return reply;
-  });
+  app.post('/v1/completions', { schema: { body: CompletionBodySchema } }, async (request, reply) =>
+    respond(app, request, reply, admitCompletion(app, request.body), COMPLETION_FORMAT),
+  );
+  app.post('/v1/chat/completions', { schema: { body: ChatBodySchema } }, async (request, reply) =>
+    respond(app, request, reply, admitChat(app, request.body), CHAT_FORMAT),
+  );
 };

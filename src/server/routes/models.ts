@@ -14,6 +14,8 @@ function modelCard(app: FastifyInstance, created: number) {
     root: engine.model.name,
     max_model_len: engine.model.contextLength,
     ...engine.model.weights,
+    // Which chat template /v1/chat/completions renders with (see docs/api.md).
+    chat_template: engine.chatTemplate.source,
   };
 }
 

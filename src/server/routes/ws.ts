@@ -1,10 +1,12 @@
-// GET /v1/completions/ws: many streaming completions multiplexed over one websocket.
+// GET /v1/completions/ws: many streaming completions and chat completions multiplexed over one
+// websocket.
 //
 // Client -> server:
 //   {"type":"completion.create","id":"<client id>", ...the /v1/completions body}
-//   {"type":"completion.cancel","id":"<client id>"}
+//   {"type":"chat.completion.create","id":"<client id>", ...the /v1/chat/completions body}
+//   {"type":"completion.cancel","id":"<client id>"}   (either kind; "chat.completion.cancel" is the same)
 //   {"type":"ping"}                                   (answered with {"type":"pong"})
-// Server -> client:
+// Server -> client (chat's frames are "chat.completion.chunk" and "chat.completion.done"):
 //   {"type":"completion.chunk","id","completion_id", ...the SSE chunk without its own id}
 //   {"type":"completion.done","id","completion_id","usage"}       (+ "cancelled":true after a cancel)
 //   {"type":"error","id","error":{message,type,param,code}}        (id null if unknown; socket stays open)
@@ -18,10 +20,11 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { RawData, WebSocket } from 'ws';
+import { CHAT_FORMAT, COMPLETION_FORMAT, type ResponseFormat } from '../completion/api.js';
 import { StallGuard } from '../completion/flow-control.js';
 import { type CompletionJob, JobCancelledError } from '../completion/job.js';
-import { completionChunks } from '../completion/output.js';
-import { admitCompletion, type AdmittedCompletion } from '../completion/start.js';
+import { admitChat, admitCompletion, type AdmittedCompletion } from '../completion/start.js';
+import { ChatBodySchema } from '../openai/chat-schema.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
 import { ApiError, toApiError } from '../openai/errors.js';
 import { makeUsage, serializeChunk } from '../openai/responses.js';
@@ -32,6 +35,20 @@ const WS_ROUTE = '/v1/completions/ws';
 const MAX_ID_LENGTH = 256;
 const OPEN = 1;
 const DRAIN_POLL_MS = 25;
+
+/** What a create frame of each kind admits, and how its outputs are framed. */
+const CREATE_FRAMES: Record<string, { admit: (app: FastifyInstance, msg: Record<string, unknown>) => AdmittedCompletion; format: ResponseFormat }> = {
+  'completion.create': {
+    // The websocket always streams; `type` and `id` are not body fields and are stripped.
+    admit: (app, msg) => admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true }),
+    format: COMPLETION_FORMAT,
+  },
+  'chat.completion.create': {
+    admit: (app, msg) => admitChat(app, parseOrThrow(ChatBodySchema, { ...msg, stream: true }), { forceStream: true }),
+    format: CHAT_FORMAT,
+  },
+};
+const CANCEL_FRAMES = new Set(['completion.cancel', 'chat.completion.cancel']);
 
 interface WsRequest {
   id: string;
@@ -143,10 +160,11 @@ class WsSession {
       return;
     }
     const validId = typeof id === 'string' && id.length > 0 && id.length <= MAX_ID_LENGTH;
-    if (type !== 'completion.create' && type !== 'completion.cancel') {
+    const create = typeof type === 'string' && Object.hasOwn(CREATE_FRAMES, type) ? CREATE_FRAMES[type]! : null;
+    if (!create && !(typeof type === 'string' && CANCEL_FRAMES.has(type))) {
       this.sendError(
         validId ? id : null,
-        new ApiError('invalid_value', '`type`: must be "completion.create", "completion.cancel" or "ping"', 'type'),
+        new ApiError('invalid_value', '`type`: must be "completion.create", "chat.completion.create", "completion.cancel" or "ping"', 'type'),
       );
       return;
     }
@@ -154,8 +172,8 @@ class WsSession {
       this.sendError(null, new ApiError('invalid_value', `\`id\`: must be a non-empty string of at most ${MAX_ID_LENGTH} characters`, 'id'));
       return;
     }
-    if (type === 'completion.cancel') this.cancel(id);
-    else this.create(id, msg as Record<string, unknown>);
+    if (create) this.create(id, msg as Record<string, unknown>, create);
+    else this.cancel(id);
   }
 
   private cancel(id: string): void {
@@ -168,7 +186,7 @@ class WsSession {
     req.job.cancel('cancelled by client');
   }
 
-  private create(id: string, msg: Record<string, unknown>): void {
+  private create(id: string, msg: Record<string, unknown>, kind: (typeof CREATE_FRAMES)[string]): void {
     if (this.requests.has(id)) {
       this.sendError(id, new ApiError('duplicate_id', `A request with id \`${id}\` is already in flight on this socket`, 'id'));
       return;
@@ -176,9 +194,7 @@ class WsSession {
     const startedAt = this.app.appOptions.clock();
     let admitted: AdmittedCompletion;
     try {
-      // The websocket always streams; `type` and `id` are not body fields and are stripped.
-      const body = parseOrThrow(CompletionBodySchema, { ...msg, stream: true });
-      admitted = admitCompletion(this.app, body, { forceStream: true });
+      admitted = kind.admit(this.app, msg);
     } catch (err) {
       const apiErr = toApiError(err);
       this.sendError(id, apiErr);
@@ -189,28 +205,28 @@ class WsSession {
     if (this.guard.paused) req.job.pause();
     this.requests.set(id, req);
     this.completions++;
-    void this.pump(req, admitted.end, startedAt);
+    void this.pump(req, admitted.end, startedAt, kind.format);
   }
 
-  private async pump(req: WsRequest, end: () => void, startedAt: number): Promise<void> {
+  private async pump(req: WsRequest, end: () => void, startedAt: number, format: ResponseFormat): Promise<void> {
     const { job } = req;
     let status = 200;
     let errorCode: string | undefined;
     try {
       await job.submit();
       await job.ready();
-      for await (const chunk of completionChunks(job, { includeUsage: false })) {
+      for await (const chunk of format.chunks(job, { includeUsage: false })) {
         const { id: completionId, ...rest } = chunk;
-        this.send({ type: 'completion.chunk', id: req.id, completion_id: completionId, ...rest });
+        this.send({ type: `${format.frame}.chunk`, id: req.id, completion_id: completionId, ...rest });
       }
-      this.send({ type: 'completion.done', id: req.id, completion_id: job.meta.id, usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens) });
+      this.send({ type: `${format.frame}.done`, id: req.id, completion_id: job.meta.id, usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens) });
     } catch (err) {
       if (err instanceof JobCancelledError) {
         status = CLIENT_CLOSED;
         if (req.cancelledByClient) {
           errorCode = 'cancelled_by_client';
           this.send({
-            type: 'completion.done',
+            type: `${format.frame}.done`,
             id: req.id,
             completion_id: job.meta.id,
             usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens),

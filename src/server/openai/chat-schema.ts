@@ -1,0 +1,86 @@
+// The request body of POST /v1/chat/completions (and of websocket `chat.completion.create`):
+// OpenAI's fields, vLLM's chat extras, and the generation fields shared with Completions, taken
+// from completion-schema.ts's SamplingFields so that a field added there reaches chat too. What
+// this server cannot do (tools, images, audio) is a 400 `unsupported_parameter` naming the field,
+// never a silent drop.
+import { z } from 'zod';
+import { refineSamplingFields, SamplingFields } from './completion-schema.js';
+
+const unsupported = { code: 'unsupported_parameter' } as const;
+
+/** A text part; any other part type (image_url, input_audio, file) is refused with its name. */
+const ContentPart = z
+  .object({ type: z.string(), text: z.string().optional() })
+  .superRefine((part, ctx) => {
+    if (part.type !== 'text') {
+      ctx.addIssue({ code: 'custom', path: ['type'], message: 'only "text" content parts are supported by this server (no images, audio or files)', params: unsupported });
+    } else if (typeof part.text !== 'string') {
+      ctx.addIssue({ code: 'custom', path: ['text'], message: 'is required for a text part' });
+    }
+  });
+
+const Message = z
+  .object({
+    role: z.string(),
+    content: z.union([z.string(), z.array(ContentPart).min(1)], { error: 'must be a string or an array of text parts' }).nullish(),
+    name: z.string().nullish(),
+    tool_calls: z.unknown().optional(),
+    function_call: z.unknown().optional(),
+    audio: z.unknown().optional(),
+  })
+  .superRefine((m, ctx) => {
+    if (m.role === 'tool' || m.role === 'function') {
+      ctx.addIssue({ code: 'custom', path: ['role'], message: `"${m.role}" messages are not supported by this server (no tool calling)`, params: unsupported });
+      return;
+    }
+    if (!['system', 'developer', 'user', 'assistant'].includes(m.role)) {
+      ctx.addIssue({ code: 'custom', path: ['role'], message: 'must be one of "system", "developer", "user", "assistant"' });
+      return;
+    }
+    for (const field of ['tool_calls', 'function_call', 'audio'] as const) {
+      if (m[field] != null) ctx.addIssue({ code: 'custom', path: [field], message: 'is not supported by this server', params: unsupported });
+    }
+    if (m.content == null && m.role !== 'assistant') ctx.addIssue({ code: 'custom', path: ['content'], message: 'is required' });
+  });
+
+/** Request fields that ask for what this server does not do: refused when set (not null). */
+const UNSUPPORTED_FIELDS = ['tools', 'tool_choice', 'functions', 'function_call', 'audio', 'prediction', 'web_search_options'] as const;
+
+export const ChatBodySchema = z
+  .object({
+    ...SamplingFields,
+    messages: z.array(Message).min(1),
+    max_completion_tokens: z.number().int().min(0).nullish(),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: z.number().int().min(0).max(20).nullish(),
+    modalities: z.array(z.string()).nullish(),
+    ...Object.fromEntries(UNSUPPORTED_FIELDS.map((f) => [f, z.unknown().optional()])),
+    // vLLM extras of chat
+    echo: z.boolean().nullish(),
+    add_generation_prompt: z.boolean().nullish(),
+    continue_final_message: z.boolean().nullish(),
+    chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  })
+  .superRefine((body, ctx) => {
+    const b = body as Record<string, unknown>;
+    for (const field of UNSUPPORTED_FIELDS) {
+      if (b[field] != null) ctx.addIssue({ code: 'custom', path: [field], message: 'is not supported by this server', params: unsupported });
+    }
+    if (body.modalities != null && body.modalities.some((m) => m !== 'text')) {
+      ctx.addIssue({ code: 'custom', path: ['modalities'], message: 'only "text" is supported by this server', params: unsupported });
+    }
+    if (body.top_logprobs != null && body.logprobs !== true) {
+      ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'requires `logprobs` to be true' });
+    }
+    if (body.add_generation_prompt === true && body.continue_final_message === true) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['continue_final_message'],
+        message: 'cannot be true together with `add_generation_prompt` (set add_generation_prompt to false to continue the final message)',
+      });
+    }
+    refineSamplingFields(body, ctx, body.max_completion_tokens ?? body.max_tokens);
+  });
+
+export type ChatBody = z.output<typeof ChatBodySchema>;
+export type ChatMessage = ChatBody['messages'][number];
