@@ -26,6 +26,7 @@ import type {
   ModelInfo,
 } from './types.js';
 import type { FromWorker, ToWorker } from './worker-protocol.js';
+import type { CompileResult, ConstraintSpec } from '../structured/constraint.js';
 
 abstract class BaseEngineClient implements EngineClient {
   /** The one main-thread registry of engine requests: id -> where its events go. */
@@ -89,6 +90,10 @@ abstract class BaseEngineClient implements EngineClient {
 
   decode(lists: number[][]): Promise<string[]> {
     return this.codec.decode(lists);
+  }
+
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
+    return this.codec.compileConstraint(spec);
   }
 
   async shutdown(options: { drainMs?: number } = {}): Promise<void> {

@@ -1,6 +1,7 @@
 // The contract between the HTTP edge and the inference engine. Everything here is plain data
 // (structured-clone safe) because it crosses a worker_threads MessagePort.
 import type { Manifest } from '../model/manifest.js';
+import type { CompiledConstraint, CompileResult, ConstraintSpec } from '../structured/constraint.js';
 
 /** Fully resolved sampling settings: the edge applies defaults and validates ranges before this. */
 export interface SamplingParams {
@@ -34,6 +35,11 @@ export interface SamplingParams {
   ignoreEos: boolean;
   /** Independent completions of the same prompt; they share its prefill. */
   n: number;
+  /**
+   * Structured output: every sampled token keeps the output a prefix of a string this automaton
+   * accepts, and EOS comes only once it is complete. null: free text.
+   */
+  constraint: CompiledConstraint | null;
 }
 
 export interface EngineRequest {
@@ -214,6 +220,8 @@ export interface EngineClient {
   encode(texts: string[]): Promise<number[][]>;
   /** Text of each token-id list (byte-exact, U+FFFD for broken UTF-8). */
   decode(lists: number[][]): Promise<string[]>;
+  /** Compiles a structured-output constraint off the calling thread (cached per distinct spec). */
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult>;
 }
 
 export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';

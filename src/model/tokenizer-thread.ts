@@ -4,21 +4,28 @@
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../util/spawn-worker.js';
 import type { Tokenizer } from './tokenizer.js';
+import { ConstraintCompiler, type CompileResult, type ConstraintSpec } from '../structured/constraint.js';
 
 export interface TextCodec {
   encode(texts: string[]): Promise<number[][]>;
   decode(lists: number[][]): Promise<string[]>;
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult>;
   close(): Promise<void>;
 }
 
-export type CodecRequest = { id: number; op: 'encode'; texts: string[] } | { id: number; op: 'decode'; lists: number[][] };
+export type CodecRequest =
+  | { id: number; op: 'encode'; texts: string[] }
+  | { id: number; op: 'decode'; lists: number[][] }
+  | { id: number; op: 'constraint'; spec: ConstraintSpec };
 export type CodecReply =
   | { type: 'ready' }
   | { type: 'fatal'; message: string }
-  | { type: 'result'; id: number; result: number[][] | string[] }
+  | { type: 'result'; id: number; result: number[][] | string[] | CompileResult }
   | { type: 'failed'; id: number; message: string };
 
 export class InlineCodec implements TextCodec {
+  private readonly compiler = new ConstraintCompiler();
+
   constructor(private readonly tokenizer: Tokenizer) {}
 
   async encode(texts: string[]): Promise<number[][]> {
@@ -27,6 +34,10 @@ export class InlineCodec implements TextCodec {
 
   async decode(lists: number[][]): Promise<string[]> {
     return lists.map((ids) => this.tokenizer.decode(ids));
+  }
+
+  async compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
+    return this.compiler.compile(spec);
   }
 
   async close(): Promise<void> {}
@@ -88,6 +99,10 @@ export class TokenizerThread implements TextCodec {
 
   decode(lists: number[][]): Promise<string[]> {
     return this.call({ id: this.nextId++, op: 'decode', lists });
+  }
+
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
+    return this.call({ id: this.nextId++, op: 'constraint', spec });
   }
 
   async close(): Promise<void> {

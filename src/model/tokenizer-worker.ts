@@ -1,18 +1,22 @@
 // Tokenizer worker entry: encodes and decodes for the edge, so a long prompt (BPE is several
-// microseconds per character) never stalls the main thread's event loop.
+// microseconds per character) never stalls the main thread's event loop. Structured-output
+// constraints compile here too (tens to hundreds of milliseconds for a schema).
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadTokenizer } from './tokenizer.js';
 import type { CodecReply, CodecRequest } from './tokenizer-thread.js';
+import { ConstraintCompiler } from '../structured/constraint.js';
 
 const port = parentPort!;
 const post = (msg: CodecReply) => port.postMessage(msg);
 
 try {
   const tokenizer = await loadTokenizer((workerData as { modelDir: string }).modelDir);
+  const compiler = new ConstraintCompiler();
   port.on('message', (msg: CodecRequest) => {
     try {
       if (msg.op === 'encode') post({ type: 'result', id: msg.id, result: msg.texts.map((t) => tokenizer.encode(t)) });
-      else post({ type: 'result', id: msg.id, result: msg.lists.map((ids) => tokenizer.decode(ids)) });
+      else if (msg.op === 'decode') post({ type: 'result', id: msg.id, result: msg.lists.map((ids) => tokenizer.decode(ids)) });
+      else post({ type: 'result', id: msg.id, result: compiler.compile(msg.spec) });
     } catch (err) {
       post({ type: 'failed', id: msg.id, message: (err as Error).message });
     }

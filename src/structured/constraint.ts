@@ -1,0 +1,78 @@
+// What a request constrains its output to, independent of the API that asked (completions,
+// chat, vLLM's guided_* or OpenAI's response_format), and its compilation to a byte DFA. The
+// spec is plain data; compiling it runs off the main thread (the tokenizer thread), once per
+// distinct spec thanks to the LRU here.
+import { concat, literal, regexNfa, toByteDfa, union, type ByteDfa } from './byte-automaton.js';
+import { JsonSchemaCompiler } from './json-schema.js';
+import { ConstraintError } from './constraint-error.js';
+import { LRUCache } from 'lru-cache';
+
+export type ConstraintSpec =
+  /** Any JSON object. */
+  | { kind: 'json_object' }
+  /** A JSON text valid against this schema; `where` names the request field in errors. */
+  | { kind: 'json_schema'; schema: unknown; where: string }
+  /** A full match of a JavaScript regex (Unicode mode). */
+  | { kind: 'regex'; pattern: string; where: string }
+  /** Exactly one of these strings. */
+  | { kind: 'choice'; choices: string[]; where: string };
+
+/** A compiled constraint as it travels to the engine; `key` identifies it for the engine's cache. */
+export interface CompiledConstraint {
+  key: string;
+  dfa: ByteDfa;
+}
+
+export type CompileResult = { ok: CompiledConstraint; compileMs: number } | { error: string };
+
+export function constraintKey(spec: ConstraintSpec): string {
+  switch (spec.kind) {
+    case 'json_object':
+      return 'json_object';
+    case 'json_schema':
+      return `json_schema:${JSON.stringify(spec.schema)}`;
+    case 'regex':
+      return `regex:${spec.pattern}`;
+    case 'choice':
+      return `choice:${JSON.stringify(spec.choices)}`;
+  }
+}
+
+/** Throws ConstraintError for what cannot be enforced. */
+export function compileConstraint(spec: ConstraintSpec): ByteDfa {
+  switch (spec.kind) {
+    case 'json_object':
+      return toByteDfa(JsonSchemaCompiler.anyObject());
+    case 'json_schema':
+      return toByteDfa(new JsonSchemaCompiler(spec.schema as boolean | Record<string, unknown>, spec.where).compile());
+    case 'regex':
+      return toByteDfa(regexNfa(spec.pattern, 'raw', spec.where));
+    case 'choice':
+      if (spec.choices.length === 0) throw new ConstraintError(`${spec.where}: must list at least one choice`);
+      return toByteDfa(union(spec.choices.map((c) => concat([literal(c)]))));
+  }
+}
+
+/** Compiles specs, remembering the last `capacity` distinct ones (errors are cheap to redo). */
+export class ConstraintCompiler {
+  private readonly cache: LRUCache<string, CompiledConstraint>;
+
+  constructor(capacity = 64) {
+    this.cache = new LRUCache({ max: capacity });
+  }
+
+  compile(spec: ConstraintSpec): CompileResult {
+    const key = constraintKey(spec);
+    const hit = this.cache.get(key);
+    if (hit) return { ok: hit, compileMs: 0 };
+    const start = performance.now();
+    try {
+      const compiled = { key, dfa: compileConstraint(spec) };
+      this.cache.set(key, compiled);
+      return { ok: compiled, compileMs: performance.now() - start };
+    } catch (err) {
+      if (err instanceof ConstraintError) return { error: err.message };
+      throw err;
+    }
+  }
+}
