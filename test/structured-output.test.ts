@@ -9,7 +9,7 @@ import { Ajv } from 'ajv';
 import { InProcessEngine } from '../src/engine/client.js';
 import type { EngineClient, SamplingParams } from '../src/engine/types.js';
 import { loadTokenizer } from '../src/model/tokenizer.js';
-import { accepts } from '../src/structured/byte-automaton.js';
+import { accepts, walk } from '../src/structured/byte-automaton.js';
 import { ConstraintCompiler, compileConstraint, type CompiledConstraint, type ConstraintSpec } from '../src/structured/constraint.js';
 import { TokenConstraint, VocabularyIndex } from '../src/structured/token-mask.js';
 import { collect, request } from './helpers/engine-run.js';
@@ -111,18 +111,20 @@ for (const [name, s] of Object.entries(SCHEMAS)) {
 test('json_object mode: every sample is a JSON object', async () => {
   const constraint = compiled({ kind: 'json_object' });
   const runs = await Promise.all(
-    Array.from({ length: SAMPLES }, (_, i) => collect(engine, request(prompt(i), { maxTokens: 200, temperature: 1, seed: i, constraint }))),
+    Array.from({ length: SAMPLES }, (_, i) => collect(engine, request(prompt(i), { maxTokens: 100, temperature: 1, seed: i, constraint }))),
   );
-  let complete = 0;
+  // Free strings rarely end under a noise model: most samples are cut by max_tokens, and those
+  // must be a prefix of some JSON object; complete ones must parse as one.
   for (const r of runs) {
     const c = r.choices[0]!;
-    assert.ok(c.text.startsWith('{'), c.text);
-    if (c.finish === 'length') continue; // free JSON (free strings) can run past max_tokens
-    complete++;
+    assert.ok(walk(constraint.dfa, constraint.dfa.start, Buffer.from(c.text)) >= 0, c.text);
+    if (c.finish === 'length') continue;
     const value = JSON.parse(c.text) as unknown;
     assert.ok(value !== null && typeof value === 'object' && !Array.isArray(value), c.text);
   }
-  assert.ok(complete >= SAMPLES / 4, `${complete} of ${SAMPLES} complete`);
+  for (const text of ['{}', '{"a": [1, null], "c": {"d": "x\\n\\u00e9"}}', '{"k":-1.5e+3,"t":true}']) assert.ok(accepts(constraint.dfa, text), text);
+  // The last one nests three containers deep, past json_object's documented limit of two.
+  for (const text of ['[]', '"x"', '{"a":}', '{"a":1,}', "{'a':1}", '{"a": [1, {"b": null}]}']) assert.ok(!accepts(constraint.dfa, text), text);
 });
 
 const REGEXES = ['[a-z]{3,8}@[a-z]{2,5}\\.(com|org)', '\\d{3}-\\d{4}', '(yes|no|maybe)!?', 'é[α-ω]{2}😀?', '0x[0-9A-F]+'];
@@ -258,7 +260,7 @@ test('unsupported schema keywords, bad regexes and empty languages are refused b
   refuse(schema({ $ref: '#/$defs/a', $defs: { a: { type: 'array', items: { $ref: '#/$defs/a' } } } }), /recursive schemas/);
   refuse(schema({ type: 'integer', minimum: 5, maximum: 4 }), /no integer/);
   refuse({ kind: 'regex', pattern: 'a(b', where: 'guided_regex' }, /guided_regex: invalid regular expression/);
-  refuse({ kind: 'regex', pattern: '(a)\\1', where: 'guided_regex' }, /backreferences are not supported/);
+  refuse({ kind: 'regex', pattern: '([ab]+)\\1', where: 'guided_regex' }, /backreferences are not supported/);
   refuse({ kind: 'regex', pattern: 'a(?=b)', where: 'guided_regex' }, /assertions/);
   refuse({ kind: 'regex', pattern: '[^\\s\\S]', where: 'guided_regex' }, /accepts no string/);
   refuse({ kind: 'regex', pattern: '[ab]*a[ab]{15}', where: 'guided_regex' }, /too complex/);
