@@ -243,9 +243,12 @@ test('a stop string ends a structured output early (finish "stop", the stop text
 
 test('min_tokens cannot push a complete constraint past its end: EOS still comes where only EOS is allowed', async () => {
   const constraint = compiled({ kind: 'choice', choices: ['ok'], where: 'c' });
-  const r = await collect(engine, request(prompt(4), { maxTokens: 10, minTokens: 5, constraint }));
-  assert.equal(r.choices[0]!.text, 'ok');
-  assert.equal(r.choices[0]!.finish, 'stop');
+  for (const temperature of [0, 1]) {
+    const r = await collect(engine, request(prompt(4), { maxTokens: 10, minTokens: 5, temperature, seed: 1, constraint }));
+    assert.equal(r.choices[0]!.text, 'ok');
+    assert.equal(r.choices[0]!.finish, 'stop');
+    assert.equal(r.choices[0]!.tokens.at(-1), EOS);
+  }
 });
 
 test('unsupported schema keywords, bad regexes and empty languages are refused by name', () => {

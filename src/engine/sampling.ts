@@ -103,16 +103,24 @@ export class SequenceSampler {
     const lse = this.wantLogprob ? logSumExp(logits) : NaN;
 
     this.applyEdits(logits, outputLength, scratch);
-    // The constraint's mask comes before temperature and the filters: they only see allowed tokens.
-    const row = this.cursor ? this.cursor.constraint.maskInto(this.cursor.state, logits, scratch.masked) : logits;
     const greedy = p.temperature < GREEDY_BELOW;
-    let token =
-      greedy && rawArgmax >= 0 && scratch.editIndex.length === 0 && !this.cursor ? rawArgmax : greedy ? argmax(row) : this.draw(row, scratch);
-    restoreEdits(logits, scratch);
-    if (this.cursor && row[token] === -Infinity) {
-      // Edits (min_tokens' EOS ban) blanked every allowed token: the constraint wins.
-      token = argmax(this.cursor.constraint.maskInto(this.cursor.state, logits, scratch.masked));
+    let token: number;
+    if (this.cursor) {
+      // The constraint's mask comes before temperature and the filters: they only see allowed
+      // tokens. A greedy pick needs no masked row, only the best allowed logit.
+      const { constraint, state } = this.cursor;
+      const row = greedy ? logits : constraint.maskInto(state, logits, scratch.masked);
+      token = greedy ? constraint.argmaxAllowed(state, logits) : this.draw(row, scratch);
+      if (row[token] === -Infinity) {
+        // Edits (min_tokens' EOS ban) blanked every allowed token: the constraint wins.
+        restoreEdits(logits, scratch);
+        scratch.editIndex.length = 0;
+        token = constraint.argmaxAllowed(state, logits);
+      }
+    } else {
+      token = greedy && rawArgmax >= 0 && scratch.editIndex.length === 0 ? rawArgmax : greedy ? argmax(logits) : this.draw(logits, scratch);
     }
+    restoreEdits(logits, scratch);
 
     return {
       token,

@@ -139,6 +139,36 @@ export class TokenConstraint {
     return out;
   }
 
+  /** The allowed token with the largest logit (ties: the lowest id), without writing a row. */
+  argmaxAllowed(state: number, logits: Float32Array): number {
+    const mask = this.maskOf(state);
+    let best = -1;
+    let bestValue = -Infinity;
+    if (mask.ids) {
+      // ids are sorted, so a strict > keeps the lowest id among equals, as argmax does.
+      for (const id of mask.ids) {
+        if (best < 0 || logits[id]! > bestValue) {
+          best = id;
+          bestValue = logits[id]!;
+        }
+      }
+      return best;
+    }
+    const bits = mask.bits!;
+    for (let w = 0; w < bits.length; w++) {
+      const word = bits[w]!;
+      if (word === 0) continue;
+      const base = w << 5;
+      for (let b = 0; b < 32; b++) {
+        if ((word >>> b) & 1 && (best < 0 || logits[base + b]! > bestValue)) {
+          best = base + b;
+          bestValue = logits[best]!;
+        }
+      }
+    }
+    return best;
+  }
+
   /** Allowed token ids of a state (tests and the reference sampler). */
   allowed(state: number): number[] {
     const mask = this.maskOf(state);
