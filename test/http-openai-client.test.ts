@@ -84,3 +84,19 @@ test('openai client: errors surface as the client\'s typed errors with our messa
     [MODEL],
   );
 });
+
+test('openai client: a structured output (response_format json_schema) passes through as a body field', async (t) => {
+  const { client } = await serve(t);
+  const schema = { type: 'object', properties: { answer: { enum: ['yes', 'no'] }, confidence: { type: 'integer', minimum: 0, maximum: 9 } }, required: ['answer', 'confidence'] };
+  const completion = await client.completions.create({
+    model: MODEL,
+    prompt: 'Is it?',
+    max_tokens: 30,
+    // Not in the client's Completions types (OpenAI has it on Chat): sent as given, as vLLM expects.
+    ...({ response_format: { type: 'json_schema', json_schema: { name: 'verdict', schema, strict: true } } } as object),
+  });
+  const value = JSON.parse(completion.choices[0]!.text) as { answer: string; confidence: number };
+  assert.ok(['yes', 'no'].includes(value.answer));
+  assert.ok(Number.isInteger(value.confidence) && value.confidence >= 0 && value.confidence <= 9);
+  assert.equal(completion.choices[0]!.finish_reason, 'stop');
+});
