@@ -194,7 +194,9 @@ export function toByteDfa(nfa: NFA): ByteDfa {
   for (let c = 0; c < sortedCuts.length - 1; c++) classOf.fill(c, sortedCuts[c], sortedCuts[c + 1]);
   const classCount = sortedCuts.length - 1;
 
-  const next = new Int32Array(nodes.length * classCount).fill(-1);
+  // Shared memory: the table goes tokenizer thread -> main thread -> engine worker with every
+  // request that uses it, and a SharedArrayBuffer crosses threads without being copied.
+  const next = new Int32Array(new SharedArrayBuffer(nodes.length * classCount * 4)).fill(-1);
   nodes.forEach((n, i) => {
     for (const [range, target] of n.out) {
       for (let c = classOf[range.min]!; c <= classOf[range.max]!; c++) next[i * classCount + c] = index.get(target)!;
