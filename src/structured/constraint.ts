@@ -3,7 +3,7 @@
 // spec is plain data; compiling it runs off the main thread (the tokenizer thread), once per
 // distinct spec thanks to the LRU here.
 import { concat, literal, regexNfa, toByteDfa, union, type ByteDfa } from './byte-automaton.js';
-import { JsonSchemaCompiler } from './json-schema.js';
+import { JSON_OBJECT_DEPTH, JsonSchemaCompiler } from './json-schema.js';
 import { ConstraintError } from './constraint-error.js';
 import { LRUCache } from 'lru-cache';
 
@@ -42,7 +42,7 @@ export function constraintKey(spec: ConstraintSpec): string {
 export function compileConstraint(spec: ConstraintSpec): ByteDfa {
   switch (spec.kind) {
     case 'json_object':
-      return toByteDfa(JsonSchemaCompiler.anyObject());
+      return toByteDfa(JsonSchemaCompiler.anyObject(JSON_OBJECT_DEPTH));
     case 'json_schema':
       return toByteDfa(new JsonSchemaCompiler(spec.schema as boolean | Record<string, unknown>, spec.where).compile());
     case 'regex':

@@ -20,8 +20,10 @@ const ENFORCED = [
 ];
 const KNOWN = new Set([...ANNOTATIONS, ...ENFORCED]);
 const TYPES = ['string', 'number', 'integer', 'boolean', 'null', 'object', 'array'];
-/** How deeply an unconstrained value (`{}`, `{"type":"object"}`, json_object mode) may nest. */
+/** How deeply an unconstrained value inside a schema (`{}`, `{"type":"object"}`) may nest. */
 const FREE_DEPTH = 2;
+/** How deeply json_object mode's object may nest (the automaton grows fast with it). */
+export const JSON_OBJECT_DEPTH = 3;
 
 // Numbers stay within what a double holds: a random walk through digits (a small model) would
 // otherwise run to max_tokens. Bounded integers may have as many digits as their bounds need.
