@@ -267,6 +267,11 @@ test('unsupported schema keywords, bad regexes and empty languages are refused b
   refuse({ kind: 'regex', pattern: 'a(?=b)', where: 'guided_regex' }, /assertions/);
   refuse({ kind: 'regex', pattern: '[^\\s\\S]', where: 'guided_regex' }, /accepts no string/);
   refuse({ kind: 'regex', pattern: '[ab]*a[ab]{15}', where: 'guided_regex' }, /too complex/);
+  // Small specs that expand into huge automata fail fast, before memory runs out.
+  const start = performance.now();
+  refuse({ kind: 'regex', pattern: '(a{1000}){1000}', where: 'guided_regex' }, /too complex/);
+  refuse(schema({ type: 'array', maxItems: 1000, items: { type: 'array', maxItems: 1000, items: { type: 'string', maxLength: 1000 } } }), /too complex/);
+  assert.ok(performance.now() - start < 5000);
 });
 
 test('compiled automata accept what the schema allows and reject the rest (byte level, UTF-8)', () => {

@@ -9,6 +9,24 @@ const MAX_BYTE = 255;
 const BYTE_OPTIONS = { maxCharacter: MAX_BYTE } as const;
 /** Past this many DFA states a constraint is refused as too complex (memory and compile time). */
 export const MAX_DFA_STATES = 20_000;
+/** Past this many NFA states (e.g. `(a{1000}){1000}`, or 1000 items of a big schema) likewise. */
+export const MAX_NFA_STATES = 200_000;
+
+// Every NFA of one compilation draws its states from one limited factory, so that a small spec
+// that expands into a huge automaton fails fast instead of exhausting memory. Compilation is
+// synchronous, so the factory of the compilation in progress can live here.
+let factory: NFA.LimitedNodeFactory = new NFA.LimitedNodeFactory(MAX_NFA_STATES);
+
+/** Runs `build` with a fresh NFA state budget; a spec over budget is a ConstraintError. */
+export function withStateBudget<T>(build: () => T): T {
+  factory = new NFA.LimitedNodeFactory(MAX_NFA_STATES);
+  try {
+    return build();
+  } catch (err) {
+    if (err instanceof TooManyNodesError) throw new ConstraintError(`the constraint is too complex (more than ${MAX_NFA_STATES} automaton states)`);
+    throw err;
+  }
+}
 
 /**
  * A deterministic automaton over bytes, as plain typed arrays (it crosses thread boundaries).
@@ -26,11 +44,11 @@ export interface ByteDfa {
 }
 
 export function emptyWord(): NFA {
-  return NFA.emptyWord(BYTE_OPTIONS);
+  return NFA.emptyWord(BYTE_OPTIONS, factory);
 }
 
 export function byteRange(min: number, max: number): NFA {
-  return NFA.fromCharSet(CharSet.fromRange(MAX_BYTE as Char, range(min, max)));
+  return NFA.fromCharSet(CharSet.fromRange(MAX_BYTE as Char, range(min, max)), factory);
 }
 
 function range(min: number, max: number): CharRange {
@@ -40,24 +58,24 @@ function range(min: number, max: number): CharRange {
 /** The UTF-8 bytes of `text`, literally. */
 export function literal(text: string): NFA {
   const nfa = emptyWord();
-  for (const b of Buffer.from(text, 'utf8')) nfa.appendInto(byteRange(b, b));
+  for (const b of Buffer.from(text, 'utf8')) nfa.appendInto(byteRange(b, b), factory);
   return nfa;
 }
 
 export function concat(parts: NFA[]): NFA {
   const nfa = emptyWord();
-  for (const p of parts) nfa.appendInto(p);
+  for (const p of parts) nfa.appendInto(p, factory);
   return nfa;
 }
 
 export function union(parts: NFA[]): NFA {
-  const nfa = NFA.empty(BYTE_OPTIONS);
-  for (const p of parts) nfa.unionInto(p);
+  const nfa = NFA.empty(BYTE_OPTIONS, factory);
+  for (const p of parts) nfa.unionInto(p, factory);
   return nfa;
 }
 
 export function repeat(part: NFA, min: number, max: number): NFA {
-  part.quantify(min, max);
+  part.quantify(min, max, factory);
   return part;
 }
 

@@ -2,7 +2,7 @@
 // chat, vLLM's guided_* or OpenAI's response_format), and its compilation to a byte DFA. The
 // spec is plain data; compiling it runs off the main thread (the tokenizer thread), once per
 // distinct spec thanks to the LRU here.
-import { concat, literal, regexNfa, toByteDfa, union, type ByteDfa } from './byte-automaton.js';
+import { concat, literal, regexNfa, toByteDfa, union, withStateBudget, type ByteDfa } from './byte-automaton.js';
 import { JSON_OBJECT_DEPTH, JsonSchemaCompiler } from './json-schema.js';
 import { ConstraintError } from './constraint-error.js';
 import { LRUCache } from 'lru-cache';
@@ -40,6 +40,10 @@ export function constraintKey(spec: ConstraintSpec): string {
 
 /** Throws ConstraintError for what cannot be enforced. */
 export function compileConstraint(spec: ConstraintSpec): ByteDfa {
+  return withStateBudget(() => compileWithinBudget(spec));
+}
+
+function compileWithinBudget(spec: ConstraintSpec): ByteDfa {
   switch (spec.kind) {
     case 'json_object':
       return toByteDfa(JsonSchemaCompiler.anyObject(JSON_OBJECT_DEPTH));
