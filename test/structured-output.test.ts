@@ -286,3 +286,16 @@ test('compiled automata accept what the schema allows and reject the rest (byte 
   assert.ok(accepts(re, 'β😀'));
   assert.ok(!accepts(re, 'A😀'));
 });
+
+test('the compiler caches by content: the same schema again costs nothing, another one compiles', () => {
+  const c = new ConstraintCompiler(2);
+  const a = c.compile(schema(SCHEMAS.object!));
+  const again = c.compile(schema(JSON.parse(JSON.stringify(SCHEMAS.object)) as object));
+  assert.ok('ok' in a && 'ok' in again);
+  assert.equal(again.ok, a.ok);
+  assert.equal(again.compileMs, 0);
+  const other = c.compile(schema(SCHEMAS.array!));
+  assert.ok('ok' in other && other.ok.key !== a.ok.key);
+  const refused = c.compile(schema({ not: {} }));
+  assert.ok('error' in refused && /`not`/.test(refused.error));
+});

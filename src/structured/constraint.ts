@@ -2,6 +2,7 @@
 // chat, vLLM's guided_* or OpenAI's response_format), and its compilation to a byte DFA. The
 // spec is plain data; compiling it runs off the main thread (the tokenizer thread), once per
 // distinct spec thanks to the LRU here.
+import { createHash } from 'node:crypto';
 import { concat, literal, regexNfa, toByteDfa, union, withStateBudget, type ByteDfa } from './byte-automaton.js';
 import { JSON_OBJECT_DEPTH, JsonSchemaCompiler } from './json-schema.js';
 import { ConstraintError } from './constraint-error.js';
@@ -25,17 +26,11 @@ export interface CompiledConstraint {
 
 export type CompileResult = { ok: CompiledConstraint; compileMs: number } | { error: string };
 
+/** Identifies a spec by content (a digest: keys travel with every request and index caches). */
 export function constraintKey(spec: ConstraintSpec): string {
-  switch (spec.kind) {
-    case 'json_object':
-      return 'json_object';
-    case 'json_schema':
-      return `json_schema:${JSON.stringify(spec.schema)}`;
-    case 'regex':
-      return `regex:${spec.pattern}`;
-    case 'choice':
-      return `choice:${JSON.stringify(spec.choices)}`;
-  }
+  const content =
+    spec.kind === 'json_object' ? '' : spec.kind === 'json_schema' ? JSON.stringify(spec.schema) : spec.kind === 'regex' ? spec.pattern : JSON.stringify(spec.choices);
+  return `${spec.kind}:${createHash('sha256').update(content).digest('base64url')}`;
 }
 
 /** Throws ConstraintError for what cannot be enforced. */
