@@ -285,7 +285,7 @@ interface EngineRun {
 async function driveEngine(core: EngineCore, scheduler: Scheduler, pool: KvPool, concurrency: number, promptTokens: number, outputTokens: number): Promise<EngineRun> {
   const params: SamplingParams = {
     maxTokens: outputTokens, minTokens: 0, temperature: 0, topP: 1, topK: 0, minP: 0, presencePenalty: 0, frequencyPenalty: 0,
-    repetitionPenalty: 1, logitBias: [], seed: 0, logprobs: null, echo: false, stop: [], stopTokenIds: [], ignoreEos: true, n: 1,
+    repetitionPenalty: 1, logitBias: [], seed: 0, logprobs: null, echo: false, stop: [], stopTokenIds: [], ignoreEos: true, n: 1, constraint: null,
   };
   for (let i = 0; i < concurrency; i++) {
     const prompt = Array.from({ length: promptTokens }, (_, k) => (k * 7919 + i * 104729) % 50000);

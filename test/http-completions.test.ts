@@ -107,6 +107,8 @@ test('every request field reaches the engine as SamplingParams; user and unknown
     stopTokenIds: [3, 4],
     ignoreEos: true,
     n: 3,
+    // No structured-output field: free text (those fields: http-structured-output.test.ts).
+    constraint: null,
   });
 });
 

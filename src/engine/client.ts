@@ -27,6 +27,7 @@ import type {
   ModelInfo,
 } from './types.js';
 import type { FromWorker, ToWorker } from './worker-protocol.js';
+import type { CompileResult, ConstraintSpec } from '../structured/constraint.js';
 
 abstract class BaseEngineClient implements EngineClient {
   /** The one main-thread registry of engine requests: id -> where its events go. */
@@ -98,6 +99,10 @@ abstract class BaseEngineClient implements EngineClient {
 
   encodeChat(request: ChatRenderRequest): Promise<ChatEncoding> {
     return this.codec.encodeChat(request);
+  }
+
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
+    return this.codec.compileConstraint(spec);
   }
 
   async shutdown(options: { drainMs?: number } = {}): Promise<void> {

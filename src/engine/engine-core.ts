@@ -5,12 +5,15 @@
 // engine); `add` only asserts those invariants, so a violation is a bug and ends that request
 // with an internal error instead of corrupting the batch. A model step that throws fails the
 // requests that were in it and nothing else.
+import { LRUCache } from 'lru-cache';
 import type { Tokenizer } from '../model/tokenizer.js';
+import type { CompiledConstraint } from '../structured/constraint.js';
+import { TokenConstraint, VocabularyIndex } from '../structured/token-mask.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { blocksFor } from './kv-cache.js';
 import { attendedBy, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
-import { SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
+import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
 import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, TokenLogprob } from './types.js';
 
@@ -19,6 +22,8 @@ export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
 export interface EngineCoreOptions {
   contextLength: number;
   eosTokenId: number;
+  /** Distinct structured-output constraints whose token masks are kept (least recently used go). */
+  constraintCacheSize?: number;
   /** Step-cost model for time-budgeted scheduling; corrected with every step's measured time. */
   cost?: StepCostModel;
 }
@@ -54,6 +59,10 @@ export interface StepTimings {
 export class EngineCore {
   private readonly requests = new Map<string, RequestState>();
   private readonly scratch: SamplerScratch;
+  /** Token masks per constraint, computed state by state as sequences reach them. */
+  private readonly constraints: LRUCache<string, TokenConstraint>;
+  /** The vocabulary sorted by bytes; built when the first constrained request arrives. */
+  private vocabulary: VocabularyIndex | null = null;
   private arrivals = 0;
   private out: EventBatch = [];
   private draining = false;
@@ -73,6 +82,7 @@ export class EngineCore {
     private readonly opts: EngineCoreOptions,
   ) {
     this.scratch = new SamplerScratch(runner.vocabSize);
+    this.constraints = new LRUCache({ max: opts.constraintCacheSize ?? 32 });
   }
 
   /** Queues a request (`accepted`), or answers it at once with an error event. */
@@ -264,12 +274,24 @@ export class EngineCore {
   private newChoice(state: RequestState, seq: Sequence): ChoiceState {
     const { params } = state.request;
     const seed = params.seed ?? (Math.random() * 2 ** 32) >>> 0;
+    const cursor = params.constraint ? new ConstraintCursor(this.tokenConstraint(params.constraint)) : null;
     return {
       seq,
-      sampler: new SequenceSampler(params, state.request.promptTokens, this.opts.eosTokenId, (seed + seq.choice * 0x9e3779b9) >>> 0),
+      sampler: new SequenceSampler(params, state.request.promptTokens, this.opts.eosTokenId, (seed + seq.choice * 0x9e3779b9) >>> 0, cursor),
       detok: new IncrementalDetokenizer(this.tokenizer, params.stop),
       cumulativeLogprob: 0,
     };
+  }
+
+  /** The cached masks of a constraint (the edge compiled it; the masks fill in lazily). */
+  private tokenConstraint(compiled: CompiledConstraint): TokenConstraint {
+    let tc = this.constraints.get(compiled.key);
+    if (!tc) {
+      this.vocabulary ??= new VocabularyIndex(this.runner.vocabSize, (id) => this.tokenizer.tokenBytes(id), new Set([this.opts.eosTokenId]));
+      tc = new TokenConstraint(compiled.dfa, this.vocabulary, this.opts.eosTokenId);
+      this.constraints.set(compiled.key, tc);
+    }
+    return tc;
   }
 
   private runnerRow(row: ScheduledRow): RunnerRow {

@@ -3,6 +3,7 @@
 // only the one boundary bucket), no per-step allocation beyond tiny result objects, and sparse
 // edits (bias, penalties, masks) are undone after sampling so the row stays the raw distribution
 // for logprobs.
+import type { TokenConstraint } from '../structured/token-mask.js';
 import { Rng } from '../util/rng.js';
 import type { SamplingParams } from './types.js';
 
@@ -32,11 +33,23 @@ export class SamplerScratch {
   readonly mass = new Float64Array(BUCKETS);
   readonly editIndex: number[] = [];
   readonly editValue: number[] = [];
+  /** The row a constraint leaves (disallowed tokens at -Infinity); the raw row stays intact. */
+  readonly masked: Float32Array;
 
   constructor(readonly vocabSize: number) {
     this.probs = new Float32Array(vocabSize);
+    this.masked = new Float32Array(vocabSize);
     this.probBits = new Uint32Array(this.probs.buffer);
     this.boundary = new Float32Array(vocabSize);
+  }
+}
+
+/** A sequence's position in its structured-output constraint. */
+export class ConstraintCursor {
+  state: number;
+
+  constructor(readonly constraint: TokenConstraint) {
+    this.state = constraint.start;
   }
 }
 
@@ -52,6 +65,7 @@ export class SequenceSampler {
     promptTokens: readonly number[],
     private readonly eosTokenId: number,
     seed: number,
+    private readonly cursor: ConstraintCursor | null = null,
   ) {
     this.rng = new Rng(seed);
     this.seen = params.repetitionPenalty !== 1 ? new Set(promptTokens) : null;
@@ -67,14 +81,15 @@ export class SequenceSampler {
   needsLogits(outputLength: number): boolean {
     const p = this.params;
     const untouched =
-      p.logitBias.length === 0 && p.presencePenalty === 0 && p.frequencyPenalty === 0 && !this.seen && outputLength >= p.minTokens;
+      p.logitBias.length === 0 && p.presencePenalty === 0 && p.frequencyPenalty === 0 && !this.seen && outputLength >= p.minTokens && !this.cursor;
     return !(p.temperature < GREEDY_BELOW && !this.wantLogprob && untouched);
   }
 
-  /** Records an emitted token for the penalties. */
+  /** Records an emitted token for the penalties and the constraint. */
   observe(token: number): void {
     this.outputCounts.set(token, (this.outputCounts.get(token) ?? 0) + 1);
     this.seen?.add(token);
+    if (this.cursor) this.cursor.state = this.cursor.constraint.advance(this.cursor.state, token);
   }
 
   /**
@@ -89,8 +104,22 @@ export class SequenceSampler {
 
     this.applyEdits(logits, outputLength, scratch);
     const greedy = p.temperature < GREEDY_BELOW;
-    const token =
-      greedy && rawArgmax >= 0 && scratch.editIndex.length === 0 ? rawArgmax : greedy ? argmax(logits) : this.draw(logits, scratch);
+    let token: number;
+    if (this.cursor) {
+      // The constraint's mask comes before temperature and the filters: they only see allowed
+      // tokens. A greedy pick needs no masked row, only the best allowed logit.
+      const { constraint, state } = this.cursor;
+      const row = greedy ? logits : constraint.maskInto(state, logits, scratch.masked);
+      token = greedy ? constraint.argmaxAllowed(state, logits) : this.draw(row, scratch);
+      if (row[token] === -Infinity) {
+        // Edits (min_tokens' EOS ban) blanked every allowed token: the constraint wins.
+        restoreEdits(logits, scratch);
+        scratch.editIndex.length = 0;
+        token = constraint.argmaxAllowed(state, logits);
+      }
+    } else {
+      token = greedy && rawArgmax >= 0 && scratch.editIndex.length === 0 ? rawArgmax : greedy ? argmax(logits) : this.draw(logits, scratch);
+    }
     restoreEdits(logits, scratch);
 
     return {

@@ -3,6 +3,7 @@
 import type { ChatRenderRequest, ChatTemplateInfo } from '../model/chat-template.js';
 import type { Manifest } from '../model/manifest.js';
 import type { ChatEncoding } from '../model/tokenizer-thread.js';
+import type { CompiledConstraint, CompileResult, ConstraintSpec } from '../structured/constraint.js';
 
 /** Fully resolved sampling settings: the edge applies defaults and validates ranges before this. */
 export interface SamplingParams {
@@ -36,6 +37,11 @@ export interface SamplingParams {
   ignoreEos: boolean;
   /** Independent completions of the same prompt; they share its prefill. */
   n: number;
+  /**
+   * Structured output: every sampled token keeps the output a prefix of a string this automaton
+   * accepts, and EOS comes only once it is complete. null: free text.
+   */
+  constraint: CompiledConstraint | null;
 }
 
 export interface EngineRequest {
@@ -224,6 +230,8 @@ export interface EngineClient {
   readonly chatTemplate: ChatTemplateInfo;
   /** Renders a conversation with the chat template and tokenizes it, off the calling thread. */
   encodeChat(request: ChatRenderRequest): Promise<ChatEncoding>;
+  /** Compiles a structured-output constraint off the calling thread (cached per distinct spec). */
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult>;
 }
 
 export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';

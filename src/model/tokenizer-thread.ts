@@ -6,6 +6,7 @@ import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../util/spawn-worker.js';
 import { ChatRenderer, type ChatRenderRequest, type ChatTemplateSpec } from './chat-template.js';
 import type { Tokenizer } from './tokenizer.js';
+import { ConstraintCompiler, type CompileResult, type ConstraintSpec } from '../structured/constraint.js';
 
 /** A rendered and tokenized conversation, or why its template failed (the client's problem). */
 export type ChatEncoding = { ok: true; tokens: number[] } | { ok: false; problem: string };
@@ -15,17 +16,19 @@ export interface TextCodec {
   decode(lists: number[][]): Promise<string[]>;
   /** Renders a conversation with the chat template and tokenizes it, in one trip. */
   encodeChat(request: ChatRenderRequest): Promise<ChatEncoding>;
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult>;
   close(): Promise<void>;
 }
 
 export type CodecRequest =
   | { id: number; op: 'encode'; texts: string[] }
   | { id: number; op: 'decode'; lists: number[][] }
-  | { id: number; op: 'chat'; request: ChatRenderRequest };
+  | { id: number; op: 'chat'; request: ChatRenderRequest }
+  | { id: number; op: 'constraint'; spec: ConstraintSpec };
 export type CodecReply =
   | { type: 'ready' }
   | { type: 'fatal'; message: string }
-  | { type: 'result'; id: number; result: number[][] | string[] | ChatEncoding }
+  | { type: 'result'; id: number; result: number[][] | string[] | ChatEncoding | CompileResult }
   | { type: 'failed'; id: number; message: string };
 
 /** What the tokenizer worker is started with. */
@@ -42,6 +45,7 @@ export function encodeChat(tokenizer: Tokenizer, renderer: ChatRenderer, request
 
 export class InlineCodec implements TextCodec {
   private readonly renderer: ChatRenderer;
+  private readonly compiler = new ConstraintCompiler();
 
   constructor(
     private readonly tokenizer: Tokenizer,
@@ -60,6 +64,10 @@ export class InlineCodec implements TextCodec {
 
   async decode(lists: number[][]): Promise<string[]> {
     return lists.map((ids) => this.tokenizer.decode(ids));
+  }
+
+  async compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
+    return this.compiler.compile(spec);
   }
 
   async close(): Promise<void> {}
@@ -125,6 +133,10 @@ export class TokenizerThread implements TextCodec {
 
   encodeChat(request: ChatRenderRequest): Promise<ChatEncoding> {
     return this.call({ id: this.nextId++, op: 'chat', request });
+  }
+
+  compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
+    return this.call({ id: this.nextId++, op: 'constraint', spec });
   }
 
   async close(): Promise<void> {

@@ -21,6 +21,7 @@ export const DEFAULT_PARAMS: SamplingParams = {
   stopTokenIds: [],
   ignoreEos: false,
   n: 1,
+  constraint: null,
 };
 
 let nextId = 0;

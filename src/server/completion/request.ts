@@ -8,6 +8,7 @@ import type { EngineClient, ModelInfo, SamplingParams } from '../../engine/types
 import { END_OF_TEXT } from '../../model/tokenizer.js';
 import type { CompletionBody } from '../openai/completion-schema.js';
 import { ApiError } from '../openai/errors.js';
+import { compileStructuredOutput, structuredOutputSpec } from '../openai/structured-output.js';
 
 export const DEFAULT_MAX_TOKENS = 16;
 
@@ -90,7 +91,11 @@ export async function resolveCompletionRequest(
   const minTokens = body.min_tokens ?? 0;
   if (body.max_tokens !== null) checkMinTokens(minTokens, body.max_tokens ?? DEFAULT_MAX_TOKENS);
 
-  const tokenized = await tokenizePrompts(raw, engine, echo);
+  const constraintSpec = structuredOutputSpec(body);
+  if (constraintSpec && body.ignore_eos) {
+    throw new ApiError('invalid_value', '`ignore_eos`: cannot be combined with a structured output (its end is where the output is complete)', 'ignore_eos');
+  }
+  const [tokenized, constraint] = await Promise.all([tokenizePrompts(raw, engine, echo), compileStructuredOutput(constraintSpec, engine)]);
   const prompts: ResolvedPrompt[] = tokenized.map((p, i) => ({
     ...p,
     maxTokens: checkLength(model, p.tokens.length, body.max_tokens, where(i), false),
@@ -125,6 +130,7 @@ export async function resolveCompletionRequest(
       stopTokenIds: body.stop_token_ids ?? [],
       ignoreEos: body.ignore_eos ?? false,
       n: bestOf,
+      constraint,
     },
   };
 }

@@ -25,6 +25,44 @@ export const StopSchema = z.preprocess(
   z.array(z.string().min(1)).max(4),
 );
 
+const JsonSchemaValue = z.union([z.record(z.string(), z.unknown()), z.boolean()], { error: 'must be a JSON Schema (an object)' });
+
+/**
+ * Structured outputs, in OpenAI's spelling (`response_format`) and vLLM's (`guided_*`, and the
+ * newer `structured_outputs`). Shared by every endpoint that samples text; at most one may be
+ * given (structured-output.ts turns them into one API-neutral constraint).
+ */
+export const structuredOutputFields = {
+  response_format: z
+    .discriminatedUnion('type', [
+      z.object({ type: z.literal('text') }),
+      z.object({ type: z.literal('json_object') }),
+      z.object({
+        type: z.literal('json_schema'),
+        json_schema: z.object({
+          name: z.string().max(64).regex(/^[A-Za-z0-9_-]+$/, 'must be a-z, A-Z, 0-9, underscores and dashes').optional(),
+          description: z.string().nullish(),
+          schema: JsonSchemaValue.nullish(),
+          strict: z.boolean().nullish(),
+        }),
+      }),
+    ], { error: '`type` must be one of text, json_object, json_schema' })
+    .nullish(),
+  guided_json: z.union([z.string(), JsonSchemaValue]).nullish(),
+  guided_regex: z.string().nullish(),
+  guided_choice: z.array(z.string()).min(1).max(1024).nullish(),
+  guided_grammar: z.string().nullish(),
+  structured_outputs: z
+    .object({
+      json: z.union([z.string(), JsonSchemaValue]).nullish(),
+      regex: z.string().nullish(),
+      choice: z.array(z.string()).min(1).max(1024).nullish(),
+      grammar: z.string().nullish(),
+      json_object: z.boolean().nullish(),
+    })
+    .nullish(),
+};
+
 /**
  * The generation fields both APIs share (Completions and Chat Completions take them with the same
  * names, ranges and defaults). A field added here reaches both request schemas; fields of one
@@ -53,6 +91,7 @@ export const SamplingFields = {
   min_tokens: z.number().int().min(0).nullish(),
   ignore_eos: z.boolean().nullish(),
   stop_token_ids: z.array(z.number().int().min(0)).nullish(),
+  ...structuredOutputFields,
 };
 
 const SamplingFieldsSchema = z.object(SamplingFields);
