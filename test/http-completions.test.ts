@@ -277,6 +277,25 @@ test('stop strings end with "stop"; held-back text that was no stop is flushed a
   assert.equal(tokenStop.body.choices[0].finish_reason, 'stop');
 });
 
+test('a finish on EOS or a stop token id flushes the text held back as a possible stop string', async (t) => {
+  const { app } = await setup(t);
+  const tok = await gpt2Tokenizer();
+  const { ids } = await greedy('Hello world', 3);
+  const want = tok.decode(ids.slice(0, 2));
+  // The second token's text could begin this stop string, so it is held back until the finish.
+  const stop = [tok.tokenText(ids[1]!) + '\u0001'];
+  const base = { model: MODEL, prompt: 'Hello world', stop, max_tokens: 10, temperature: 0 };
+  const byId = await post(app, { ...base, stop_token_ids: [ids[2]!] }).expect(200);
+  assert.deepEqual([byId.body.choices[0].text, byId.body.choices[0].finish_reason], [want, 'stop']);
+  // EOS is forced as the third token: min_tokens holds it off for two.
+  const byEos = await post(app, { ...base, logit_bias: { [EOS]: 100 }, min_tokens: 2 }).expect(200);
+  assert.deepEqual([byEos.body.choices[0].text, byEos.body.choices[0].finish_reason, byEos.body.usage.completion_tokens], [want, 'stop', 3]);
+  // Streamed, the held-back text arrives in the finishing chunk.
+  const streamed = await post(app, { ...base, stop_token_ids: [ids[2]!], stream: true }).expect(200);
+  const texts = streamed.text.split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6)).choices[0].text as string);
+  assert.equal(texts.join(''), want);
+});
+
 test('EOS ends a completion unless ignore_eos; min_tokens holds it off', async (t) => {
   const { app } = await setup(t);
   const eosFirst = { model: MODEL, prompt: 'A', max_tokens: 5, temperature: 0, logit_bias: { [EOS]: 100 } };

@@ -328,7 +328,9 @@ export class EngineCore {
     if (!reason && (seq.outputLength >= params.maxTokens || seq.tokens.length >= this.opts.contextLength)) reason = 'length';
     const logprobs = res.top ? [this.tokenLogprob(res.token, res.logprob, res.top)] : null;
     this.emit(state.request.id, { type: 'delta', choice: seq.choice, text, tokenIds: [res.token], logprobs });
-    if (reason) this.finishChoice(state, seq.choice, reason, reason === 'length' ? choice.detok.finish() : '');
+    // Whatever ended it, text held back as a possible stop-string start was no stop: flush it
+    // (after a stop string, finish() returns '').
+    if (reason) this.finishChoice(state, seq.choice, reason, choice.detok.finish());
   }
 
   private finishChoice(state: RequestState, c: number, reason: FinishReason, text: string): void {
