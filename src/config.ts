@@ -3,6 +3,7 @@
 // against this table, so a setting exists exactly once.
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { BLOCK_SIZE_MULTIPLE } from './engine/kv-cache.js';
 
 interface SettingSpec {
   flag: string;
@@ -81,8 +82,11 @@ export const SETTINGS = {
   blockSize: {
     flag: 'block-size',
     env: 'GPT2_BLOCK_SIZE',
-    help: 'Tokens per KV cache block',
-    schema: int(1).max(1024).default(16),
+    help: `Tokens per KV cache block, a multiple of ${BLOCK_SIZE_MULTIPLE} (what the attention kernels are built for)`,
+    schema: int(1)
+      .max(1024)
+      .refine((v) => v % BLOCK_SIZE_MULTIPLE === 0, `must be a multiple of ${BLOCK_SIZE_MULTIPLE} (the KV layout the attention kernels are built and tested for)`)
+      .default(16),
   },
   maxConcurrentRequests: {
     flag: 'max-concurrent-requests',

@@ -54,6 +54,11 @@ test('a bad setting is one line on stderr and exit 2; so is an unknown command',
   const budget = runMain(['--max-num-seqs', '64', '--max-num-batched-tokens', '32']);
   assert.equal(budget.status, 2);
   assert.match(budget.stderr, /--max-num-batched-tokens \(32\) must be >= --max-num-seqs \(64\)/);
+  for (const size of ['8', '24']) {
+    const block = runMain(['--block-size', size]);
+    assert.equal(block.status, 2);
+    assert.match(block.stderr, new RegExp(`^error: --block-size / GPT2_BLOCK_SIZE: .*must be a multiple of 16 .*\\(got "${size}"\\)`));
+  }
 });
 
 test('a folder that cannot be served fails the start with one JSON line naming it, the problem and the fix; exit 1', async () => {

@@ -6,6 +6,12 @@
 
 export const NULL_BLOCK = 0;
 
+/**
+ * A KV block holds a multiple of this many tokens: the layout the attention graphs are built and
+ * tested for (the WebGPU PagedAttention kernel requires a power of two >= 16 outright).
+ */
+export const BLOCK_SIZE_MULTIPLE = 16;
+
 export class BlockAllocator {
   private readonly free: number[] = [];
   private readonly refs: Uint16Array;
