@@ -95,6 +95,7 @@ export class EngineCore {
     this.promptTokensTotal += promptTokens.length;
     if (params.echo && !state.promptLogprobs) this.emitPrompt(state);
     const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++, params.maxTokens);
+    seq.unforked = params.n - 1; // admitted together with choice 0, forked from it after the prompt
     state.choices[0] = this.newChoice(state, seq);
     if (params.maxTokens === 0 && !state.promptLogprobs) {
       for (let c = 0; c < params.n; c++) this.finishChoice(state, c, 'length', '');
@@ -256,6 +257,8 @@ export class EngineCore {
     const { blockSize } = this.scheduler.config;
     if (blocksFor(total, blockSize) > this.scheduler.allocator.numBlocks - 1) return `${total} tokens exceed the KV cache`;
     if (params.n < 1 || params.minTokens > params.maxTokens) return 'n < 1 or min_tokens > max_tokens';
+    // A request's choices are admitted into one batch together.
+    if (params.n > this.scheduler.config.maxNumSeqs) return `n ${params.n} exceeds max_num_seqs ${this.scheduler.config.maxNumSeqs}`;
     return null;
   }
 
@@ -296,7 +299,7 @@ export class EngineCore {
         const { pool } = this.runner;
         const copy = this.scheduler.fork(seq, child, pool.copyBlock !== undefined);
         if (copy) pool.copyBlock!(copy.from, copy.to);
-        if (child.status === 'running') targets.push(child);
+        targets.push(child);
       }
     }
     for (const target of targets) this.sampleNext(state, target, row, argmax);

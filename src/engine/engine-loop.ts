@@ -127,7 +127,13 @@ export async function buildEngineCore(
   const runner = await createRunner(options, { manifest, numBlocks, log });
   const allocator = new BlockAllocator(numBlocks);
   const scheduler = new Scheduler(
-    { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens, blockSize: options.blockSize, maxStepMs: options.maxStepMs },
+    {
+      maxNumSeqs: options.maxNumSeqs,
+      maxNumBatchedTokens: options.maxNumBatchedTokens,
+      blockSize: options.blockSize,
+      maxStepMs: options.maxStepMs,
+      admissionReserveTokens: options.admissionReserveTokens,
+    },
     allocator,
   );
   let cost: StepCostModel | undefined;
@@ -144,6 +150,7 @@ export async function buildEngineCore(
     vocabSize: manifest.vocabSize,
     eosTokenId: manifest.eosTokenId,
     kvCacheTokens: (numBlocks - 1) * options.blockSize,
+    maxNumSeqs: options.maxNumSeqs,
     maxTokenBytes: tokenizer.maxTokenBytes,
     weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },
   };
