@@ -68,7 +68,7 @@ export class ServingState {
   }
 
   /** Why one more completion would not be admitted now (readiness), or null. */
-  get saturated(): string | null {
+  get atCapacity(): string | null {
     if (this.inflight.size >= this.maxConcurrentRequests) return `${this.maxConcurrentRequests} requests are in flight (--max-concurrent-requests)`;
     if (this.inflightSeqs >= this.maxSeqsInFlight) return `${this.inflightSeqs} sequences are in flight (--max-seqs-in-flight ${this.maxSeqsInFlight})`;
     return null;
@@ -81,7 +81,7 @@ export class ServingState {
    * response is fully written or abandoned (drain waits for that).
    */
   admit(job: CompletionJob, sequences: number): () => void {
-    const full = this.saturated;
+    const full = this.atCapacity;
     if (full) throw overloadedError(full);
     if (this.inflightSeqs + sequences > this.maxSeqsInFlight) {
       throw overloadedError(`${this.inflightSeqs} sequences are in flight and this request brings ${sequences} (--max-seqs-in-flight ${this.maxSeqsInFlight})`);

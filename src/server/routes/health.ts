@@ -24,7 +24,7 @@ export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health', async () => alive(app));
   app.get('/ready', async () => {
     alive(app);
-    const full = app.serving.saturated;
+    const full = app.serving.atCapacity;
     if (full) throw new ApiError('at_capacity', full);
     return { status: 'ready' as const };
   });
