@@ -3,6 +3,7 @@
 // against this table, so a setting exists exactly once.
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { BLOCK_SIZE_MULTIPLE } from './engine/kv-cache.js';
 
 interface SettingSpec {
   flag: string;
@@ -14,6 +15,8 @@ interface SettingSpec {
 }
 
 const int = (min: number) => z.coerce.number().int().min(min);
+/** --max-seqs-in-flight by default: this many sequences per batch slot (256 at --max-num-seqs 32). */
+export const SEQS_IN_FLIGHT_PER_BATCH_SLOT = 8;
 /** "a,b , c" -> ['a', 'b', 'c']; absent -> [] */
 const csv = z
   .string()
@@ -91,8 +94,11 @@ export const SETTINGS = {
   blockSize: {
     flag: 'block-size',
     env: 'GPT2_BLOCK_SIZE',
-    help: 'Tokens per KV cache block',
-    schema: int(1).max(1024).default(16),
+    help: `Tokens per KV cache block, a multiple of ${BLOCK_SIZE_MULTIPLE} (what the attention kernels are built for)`,
+    schema: int(1)
+      .max(1024)
+      .refine((v) => v % BLOCK_SIZE_MULTIPLE === 0, `must be a multiple of ${BLOCK_SIZE_MULTIPLE} (the KV layout the attention kernels are built and tested for)`)
+      .default(16),
   },
   prefixCaching: {
     flag: 'prefix-caching',
@@ -106,6 +112,14 @@ export const SETTINGS = {
     env: 'GPT2_MAX_CONCURRENT_REQUESTS',
     help: 'Completion requests (HTTP or websocket) in flight at once; more get 429 before any work is done',
     schema: int(1).default(256),
+  },
+  maxSeqsInFlight: {
+    flag: 'max-seqs-in-flight',
+    env: 'GPT2_MAX_SEQS_IN_FLIGHT',
+    help:
+      'Sequences (prompts x max(n, best_of)) of the completions in flight at once: more get 429 before any work, and a request ' +
+      `that alone brings more gets 400 (default: ${SEQS_IN_FLIGHT_PER_BATCH_SLOT} x --max-num-seqs)`,
+    schema: int(1).optional(),
   },
   maxPromptsPerRequest: {
     flag: 'max-prompts-per-request',
@@ -227,6 +241,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
       `--max-num-batched-tokens (${config.maxNumBatchedTokens}) must be >= --max-num-seqs (${config.maxNumSeqs}): each running sequence needs a token per step`,
     );
   }
+  if (config.maxSeqsInFlight !== undefined && config.maxSeqsInFlight < config.maxNumSeqs) {
+    // A prompt's choices run in one batch, so a request of up to --max-num-seqs choices must be admissible.
+    throw new ConfigError(
+      `--max-seqs-in-flight (${config.maxSeqsInFlight}) must be >= --max-num-seqs (${config.maxNumSeqs}): a prompt's choices, up to a full batch, must be admissible`,
+    );
+  }
   return config;
 }
 
@@ -236,6 +256,11 @@ function switchValue(values: Record<string, string | boolean | undefined>, flag:
   const off = values[`no-${flag}`] === true;
   if (on && off) throw new ConfigError(`--${flag} and --no-${flag} were both given`);
   return on ? 'true' : off ? 'false' : undefined;
+}
+
+/** Sequences the completions in flight may bring: --max-seqs-in-flight, or its default. */
+export function seqsInFlightLimit(config: Pick<ServerConfig, 'maxSeqsInFlight' | 'maxNumSeqs'>): number {
+  return config.maxSeqsInFlight ?? SEQS_IN_FLIGHT_PER_BATCH_SLOT * config.maxNumSeqs;
 }
 
 /** Body limit when --max-body-bytes is not given: 1 KiB per context token (1 MiB for GPT-2's 1024). */

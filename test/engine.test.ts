@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { InProcessEngine, WorkerEngine } from '../src/engine/client.js';
+import type { Scheduler } from '../src/engine/scheduler.js';
 import type { EngineClient, EngineOptions } from '../src/engine/types.js';
 import { assertBatchInvariance, collect, events, outputBits, request } from './helpers/engine-run.js';
 import { argmax, ReferenceGpt2 } from './helpers/reference-gpt2.js';
@@ -52,11 +53,12 @@ test('preemption under KV pressure recomputes exactly: output bit-identical to a
   // bit-identically to the decode steps they replace.
   const specs = Array.from({ length: 6 }, (_, i) => ({
     prompt: prompt(20, i),
-    params: { maxTokens: 40, ignoreEos: true, logprobs: 2, ...(i % 2 ? { temperature: 0.9, seed: 50 + i, presencePenalty: 0.5 } : {}) },
+    params: { maxTokens: 160, ignoreEos: true, logprobs: 2, ...(i % 2 ? { temperature: 0.9, seed: 50 + i, presencePenalty: 0.5 } : {}) },
   }));
   const expected = await Promise.all(specs.map((s) => collect(engine, request(s.prompt, s.params))));
-  // 12 blocks of 16 tokens: all six admit (2 blocks each) but cannot all grow to 60 tokens (4 blocks).
-  await withEngine({ kvCacheTokens: 12 * 16, blockSize: 16, maxStepMs: 'auto', intraOpThreads: 0 }, async (small) => {
+  // 20 blocks of 16 tokens: admission keeps room for 128 more tokens of each sequence, so two run
+  // together, and both outgrow that room on the way to 180 tokens (12 blocks each).
+  await withEngine({ kvCacheTokens: 20 * 16, blockSize: 16, maxStepMs: 'auto', intraOpThreads: 0 }, async (small) => {
     const got = await Promise.all(specs.map((s) => collect(small, request(s.prompt, s.params))));
     assert.deepEqual(got.map(outputBits), expected.map(outputBits));
     assert.deepEqual(got.map((c) => c.choices[0]!.text), expected.map((c) => c.choices[0]!.text));
@@ -241,6 +243,39 @@ test('n > 1 shares the prompt prefill: greedy choices agree, seeded choices diff
   });
 });
 
+test("in a busy batch a request's choices wait for room together, then share its prompt: it is prefilled once", async () => {
+  await withEngine({ maxNumSeqs: 4 }, async (e) => {
+    const scheduler = (e as unknown as { loop: { core: { scheduler: Scheduler } } }).loop.core.scheduler;
+    const promptTokensFed = new Map<string, number>();
+    const plan = scheduler.schedule.bind(scheduler);
+    scheduler.schedule = (cost) => {
+      const p = plan(cost);
+      for (const r of p.rows) {
+        const fed = Math.max(0, Math.min(r.start + r.count, r.seq.promptLength) - r.start);
+        promptTokensFed.set(r.seq.requestId, (promptTokensFed.get(r.seq.requestId) ?? 0) + fed);
+      }
+      return p;
+    };
+    // Three streams take three of the four batch slots, and are decoding when the request comes.
+    const decoding: Array<Promise<void>> = [];
+    const streams = [0, 1, 2].map(async (i) => {
+      let first!: () => void;
+      decoding.push(new Promise((r) => (first = r)));
+      for await (const ev of events(e, request(prompt(5, i), { maxTokens: 60, ignoreEos: true }))) if (ev.type === 'delta') first();
+    });
+    await Promise.all(decoding);
+    const params = { maxTokens: 5, n: 3, temperature: 1.2, seed: 3 };
+    const r = await collect(e, { ...request(prompt(40, 7), params), id: 'fan' });
+    await Promise.all(streams);
+    assert.equal(promptTokensFed.get('fan'), 40, 'the prompt was computed once for its three choices');
+    const roomy = await collect(engine, request(prompt(40, 7), params));
+    assert.deepEqual(r.choices.map((c) => c.tokens), roomy.choices.map((c) => c.tokens), 'same seeds, same choices as in a roomy batch');
+    const stats = await e.stats();
+    assert.equal(stats.preemptions, 0);
+    assert.equal(stats.kvBlocksUsed, 0);
+  });
+});
+
 test('the worker-backed engine streams the same tokens and shuts down cleanly', async () => {
   const w = await WorkerEngine.start(engineOptions(dir));
   try {
@@ -288,18 +323,13 @@ test('execution providers: auto falls back to CPU with one line saying why; cuda
   await cpu.session.release();
 });
 
-test('n larger than max_num_seqs: extra choices wait and recompute, and every choice completes', async () => {
+test("n larger than max_num_seqs breaks an invariant the edge guarantees: a request's choices run in one batch", async () => {
   await withEngine({ maxNumSeqs: 2 }, async (e) => {
-    const p = prompt(9);
-    const r = await collect(e, request(p, { maxTokens: 5, n: 4, temperature: 1.2, seed: 3 }));
-    assert.equal(r.error, null);
-    assert.equal(r.choices.length, 4);
-    for (const c of r.choices) {
-      assert.equal(c.tokens.length, 5);
-      assert.equal(c.finish, 'length');
-    }
-    const same = await collect(engine, request(p, { maxTokens: 5, n: 4, temperature: 1.2, seed: 3 }));
-    assert.deepEqual(r.choices.map((c) => c.tokens), same.choices.map((c) => c.tokens), 'same seeds, same choices as with a roomy batch');
+    const r = await collect(e, request(prompt(9), { maxTokens: 5, n: 3 }));
+    assert.equal(r.error?.code, 'internal_error');
+    assert.match(r.error!.message, /n 3 exceeds max_num_seqs 2/);
+    const fits = await collect(e, request(prompt(9), { maxTokens: 5, n: 2, temperature: 1.2, seed: 3 }));
+    assert.equal(fits.choices.length, 2);
     assert.equal((await e.stats()).kvBlocksUsed, 0);
   });
 });

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { SETTINGS } from '../src/config.js';
+import { loadConfig, seqsInFlightLimit, SETTINGS } from '../src/config.js';
 import { resolveModelDir } from '../src/main.js';
 import { spawnServer } from './helpers/server-process.js';
 import { MODEL, memoryLogger, parseSse } from './helpers/serving.js';
@@ -38,6 +38,12 @@ test('--help lists every setting and exits 0', () => {
   assert.match(res.stdout, /npm run download -- openai-community\/gpt2/);
 });
 
+test('--max-seqs-in-flight defaults to 8 sequences per batch slot', () => {
+  assert.equal(seqsInFlightLimit(loadConfig([], {})), 256);
+  assert.equal(seqsInFlightLimit(loadConfig(['--max-num-seqs', '4'], {})), 32);
+  assert.equal(seqsInFlightLimit(loadConfig([], { GPT2_MAX_SEQS_IN_FLIGHT: '40' })), 40);
+});
+
 test('a bad setting is one line on stderr and exit 2; so is an unknown command', () => {
   const bad = runMain(['--port', 'eighty']);
   assert.equal(bad.status, 2);
@@ -54,6 +60,14 @@ test('a bad setting is one line on stderr and exit 2; so is an unknown command',
   const budget = runMain(['--max-num-seqs', '64', '--max-num-batched-tokens', '32']);
   assert.equal(budget.status, 2);
   assert.match(budget.stderr, /--max-num-batched-tokens \(32\) must be >= --max-num-seqs \(64\)/);
+  const seqs = runMain(['--max-num-seqs', '64', '--max-seqs-in-flight', '32']);
+  assert.equal(seqs.status, 2);
+  assert.match(seqs.stderr, /--max-seqs-in-flight \(32\) must be >= --max-num-seqs \(64\)/);
+  for (const size of ['8', '24']) {
+    const block = runMain(['--block-size', size]);
+    assert.equal(block.status, 2);
+    assert.match(block.stderr, new RegExp(`^error: --block-size / GPT2_BLOCK_SIZE: .*must be a multiple of 16 .*\\(got "${size}"\\)`));
+  }
 });
 
 test('a folder that cannot be served fails the start with one JSON line naming it, the problem and the fix; exit 1', async () => {

@@ -279,6 +279,25 @@ test('stop strings end with "stop"; held-back text that was no stop is flushed a
   assert.equal(tokenStop.body.choices[0].finish_reason, 'stop');
 });
 
+test('a finish on EOS or a stop token id flushes the text held back as a possible stop string', async (t) => {
+  const { app } = await setup(t);
+  const tok = await gpt2Tokenizer();
+  const { ids } = await greedy('Hello world', 3);
+  const want = tok.decode(ids.slice(0, 2));
+  // The second token's text could begin this stop string, so it is held back until the finish.
+  const stop = [tok.tokenText(ids[1]!) + '\u0001'];
+  const base = { model: MODEL, prompt: 'Hello world', stop, max_tokens: 10, temperature: 0 };
+  const byId = await post(app, { ...base, stop_token_ids: [ids[2]!] }).expect(200);
+  assert.deepEqual([byId.body.choices[0].text, byId.body.choices[0].finish_reason], [want, 'stop']);
+  // EOS is forced as the third token: min_tokens holds it off for two.
+  const byEos = await post(app, { ...base, logit_bias: { [EOS]: 100 }, min_tokens: 2 }).expect(200);
+  assert.deepEqual([byEos.body.choices[0].text, byEos.body.choices[0].finish_reason, byEos.body.usage.completion_tokens], [want, 'stop', 3]);
+  // Streamed, the held-back text arrives in the finishing chunk.
+  const streamed = await post(app, { ...base, stop_token_ids: [ids[2]!], stream: true }).expect(200);
+  const texts = streamed.text.split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6)).choices[0].text as string);
+  assert.equal(texts.join(''), want);
+});
+
 test('EOS ends a completion unless ignore_eos; min_tokens holds it off', async (t) => {
   const { app } = await setup(t);
   const eosFirst = { model: MODEL, prompt: 'A', max_tokens: 5, temperature: 0, logit_bias: { [EOS]: 100 } };
@@ -409,7 +428,7 @@ test('admission: past --max-concurrent-requests a request is a 429 with Retry-Af
   const busy = await post(app, { model: MODEL, prompt: 'c' }).expect(429);
   assert.equal(busy.headers['retry-after'], '1');
   assert.deepEqual(busy.body.error, {
-    message: 'The server is overloaded: 2 requests are in flight. Retry shortly',
+    message: 'The server is overloaded: 2 requests are in flight (--max-concurrent-requests). Retry shortly',
     type: 'rate_limit_error',
     param: null,
     code: 'overloaded',
@@ -417,6 +436,34 @@ test('admission: past --max-concurrent-requests a request is a 429 with Retry-Af
   assert.deepEqual(spy.encoded, ['a', 'b'], 'the refused request was not even tokenized');
   for (const r of await Promise.all(inflight)) assert.equal(r.status, 200);
   await post(app, { model: MODEL, prompt: 'c', max_tokens: 1 }).expect(200);
+});
+
+test('fan-out: a request whose prompts x max(n, best_of) sequences no admission could take is a 400 naming the field and the limit', async (t) => {
+  const { spy, app } = await setup(t, { engine: { maxNumSeqs: 4 } }, { maxSeqsInFlight: 8 });
+  const refused = async (body: Record<string, unknown>, param: string, message: string) => {
+    const res = await post(app, { model: MODEL, prompt: 'a', ...body }).expect(400);
+    assert.deepEqual(res.body.error, { message, type: 'invalid_request_error', param, code: 'invalid_value' });
+  };
+  await refused({ n: 5 }, 'n', "`n`: 5 choices of one prompt; at most 4 are allowed, since a prompt's choices run in one batch (--max-num-seqs)");
+  await refused({ n: 2, best_of: 6 }, 'best_of', "`best_of`: 6 choices of one prompt; at most 4 are allowed, since a prompt's choices run in one batch (--max-num-seqs)");
+  await refused({ prompt: ['a', 'b', 'c'], n: 3 }, 'n', '`n`: 3 prompts x 3 choices = 9 sequences in one request; at most 8 are allowed (--max-seqs-in-flight)');
+  await refused({ prompt: [[1], [2], [3], [4], [5], [6], [7], [8], [9]] }, 'prompt', '`prompt`: 9 prompts x 1 choice = 9 sequences in one request; at most 8 are allowed (--max-seqs-in-flight)');
+  assert.equal(spy.submitted.length + spy.encoded.length, 0, 'nothing was tokenized or reached the engine');
+  const fits = await post(app, { model: MODEL, prompt: ['a', 'b'], n: 2, best_of: 4, max_tokens: 2 }).expect(200);
+  assert.equal(fits.body.choices.length, 4);
+});
+
+test('admission counts sequences: past --max-seqs-in-flight a request is a 429 before any work; its sequences are freed with its response', async (t) => {
+  const { spy, app } = await setup(t, { runner: { stepDelayMs: 5 } }, { maxSeqsInFlight: 4 });
+  const slow = post(app, { model: MODEL, prompt: 'a', n: 3, max_tokens: 40 }).then((x) => x);
+  await waitFor(() => spy.submitted.length === 1, 2000, 'three sequences in flight');
+  const busy = await post(app, { model: MODEL, prompt: 'b', n: 2 }).expect(429);
+  assert.equal(busy.headers['retry-after'], '1');
+  assert.equal(busy.body.error.message, 'The server is overloaded: 3 sequences are in flight and this request brings 2 (--max-seqs-in-flight 4). Retry shortly');
+  assert.deepEqual(spy.encoded, ['a'], 'the refused request was not even tokenized');
+  await post(app, { model: MODEL, prompt: 'c', max_tokens: 1 }).expect(200);
+  assert.equal((await slow).status, 200);
+  await post(app, { model: MODEL, prompt: 'b', n: 4, max_tokens: 1 }).expect(200);
 });
 
 test('a failing prompt fails the request and cancels the other prompts in the engine', async (t) => {

@@ -21,7 +21,7 @@ import { tempDir, tinyModel } from './helpers/tiny-model.js';
 
 const TOLERANCE = 1e-4;
 
-async function runnerFor(dir: string, feed: 'whole-pool' | 'used-blocks', blockSize = 4, numBlocks = 96): Promise<ModelRunner> {
+async function runnerFor(dir: string, feed: 'whole-pool' | 'used-blocks', blockSize = 16, numBlocks = 96): Promise<ModelRunner> {
   const { runner } = await createOnnxRunner({
     modelDir: dir,
     manifest: readManifest(dir),
@@ -81,7 +81,7 @@ for (const feed of ['whole-pool', 'used-blocks'] as const) {
   test(`serving graph (${feed} feed) matches the float64 reference: prefill, paged decode with mixed past lengths, chunked prefill, 32 greedy steps`, async () => {
     const dir = await tinyModel(1);
     const ref = new ReferenceGpt2(join(dir, 'checkpoint'));
-    const bs = 4;
+    const bs = 16;
     const runner = await runnerFor(dir, feed, bs);
     const alloc = new BlockAllocator(96);
     alloc.allocate(5); // so that rows get non-contiguous, non-zero-based blocks
@@ -117,10 +117,10 @@ test('ONNX Runtime copies in-memory weights when it creates a session: the buffe
     externalData: [{ path: manifest.graph.externalData, data: weights }],
   });
   weights.fill(0xff);
-  const pool = new KvPool({ layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks: 4, blockSize: 4 });
+  const pool = new KvPool({ layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks: 4, blockSize: 16 });
   const copied = new OnnxRunner(session, pool, new WholePoolFeed(pool), manifest.vocabSize);
-  const reference = await runnerFor(dir, 'whole-pool', 4, 4);
-  const rows = [{ tokens: [5, 9, 2, 7, 1], pastLength: 0, blocks: [1, 2], logitsFrom: 4, fetchLogits: true }];
+  const reference = await runnerFor(dir, 'whole-pool', 16, 4);
+  const rows = [{ tokens: [5, 9, 2, 7, 1], pastLength: 0, blocks: [1], logitsFrom: 4, fetchLogits: true }];
   const [got] = await copied.run(rows);
   const [want] = await reference.run(rows);
   assert.ok(got!.logits.every((v) => Number.isFinite(v)));
@@ -251,9 +251,9 @@ test('a checkpoint the project did not make (F16, transformer. prefix, untied he
     const prompt = [15496, 995, 11, 616, 1438, 318];
     const expected = JSON.parse(execFileSync('python3', [script, 'greedy', ckpt, '--prompt', prompt.join(','), '--steps', '32'], { encoding: 'utf8' }));
 
-    const runner = await runnerFor(out, 'whole-pool', 8);
+    const runner = await runnerFor(out, 'whole-pool', 16);
     const alloc = new BlockAllocator(96);
-    const blocks = alloc.allocate(blocksFor(prompt.length + 32, 8))!;
+    const blocks = alloc.allocate(blocksFor(prompt.length + 32, 16))!;
     // Greedy as the engine does it: no logits copied out, only the graph's argmax.
     let step = await runner.run([{ tokens: prompt, pastLength: 0, blocks, logitsFrom: prompt.length - 1, fetchLogits: false }]);
     assert.equal(step[0].logits.length, 0, 'logits were not fetched');

@@ -126,7 +126,7 @@ function wsCompletion(url: URL): Promise<number> {
   });
 }
 
-/** A short load: JSON, SSE, three sequences that cannot share a 64-token KV cache, a 400, a websocket. */
+/** A short load: JSON, SSE, three sequences that cannot share a 320-token KV cache, a 400, a websocket. */
 async function runLoad(url: URL): Promise<{ generated: number }> {
   let generated = 0;
   const json = await post(url, { prompt: 'The quick brown fox', max_tokens: 8, ignore_eos: true });
@@ -136,8 +136,9 @@ async function runLoad(url: URL): Promise<{ generated: number }> {
   assert.equal(sse.status, 200, sse.text);
   const usage = sse.text.split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6))).find((c) => c.usage)?.usage;
   generated += usage.completion_tokens;
-  // 3 x 41 tokens in 4 blocks of 16: the scheduler must preempt.
-  const crowd = await post(url, { prompt: ['a', 'b', 'c'], max_tokens: 40, ignore_eos: true });
+  // 3 x 201 tokens in 20 blocks of 16: admission keeps room for 128 more tokens of each, so two
+  // run together, and they outgrow it (13 blocks each): the scheduler must preempt.
+  const crowd = await post(url, { prompt: ['a', 'b', 'c'], max_tokens: 200, ignore_eos: true });
   assert.equal(crowd.status, 200, crowd.text);
   generated += JSON.parse(crowd.text).usage.completion_tokens;
   const bad = await post(url, { prompt: 'x', temperature: 5 });
@@ -155,7 +156,7 @@ test('Prometheus scrapes the server: every series the dashboard and the HPA adap
   const port = await freePort();
   const instance = `127.0.0.1:${port}`;
   const [server, prom] = await Promise.all([
-    spawnServer(t, ['--port', String(port), '--kv-cache-tokens', '64', '--block-size', '16']),
+    spawnServer(t, ['--port', String(port), '--kv-cache-tokens', '320', '--block-size', '16']),
     startPrometheus(t, bin, instance),
   ]);
 

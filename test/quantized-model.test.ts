@@ -155,7 +155,7 @@ test('manifests: a float32 folder from before quantization still loads; a quanti
 });
 
 async function runnerFor(dir: string): Promise<ModelRunner> {
-  const { runner } = await createOnnxRunner({ modelDir: dir, manifest: readManifest(dir), executionProvider: 'cpu', intraOpThreads: 1, numBlocks: 64, blockSize: 4, log: () => {} });
+  const { runner } = await createOnnxRunner({ modelDir: dir, manifest: readManifest(dir), executionProvider: 'cpu', intraOpThreads: 1, numBlocks: 64, blockSize: 16, log: () => {} });
   return runner;
 }
 
@@ -219,7 +219,7 @@ for (const name of Object.keys(FORMATS)) {
       feed.map((f, i) => {
         const s = seqs[i];
         const past = s.tokens.length - f.length;
-        while (s.blocks.length * 4 < s.tokens.length) s.blocks.push(nextBlock++);
+        while (s.blocks.length * 16 < s.tokens.length) s.blocks.push(nextBlock++);
         return { tokens: f, pastLength: past, blocks: s.blocks, logitsFrom: 0, fetchLogits: true };
       });
     const got: Float32Array[][] = [[], [], []];

@@ -3,15 +3,16 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BlockAllocator, NULL_BLOCK } from '../src/engine/kv-cache.js';
-import { Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
+import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
 
 let arrival = 0;
 const seq = (id: string, promptLength: number, choice = 0) =>
   new Sequence(id, choice, Array.from({ length: promptLength }, (_, i) => i + 1), promptLength, arrival++);
 
-function make(opts: { blocks: number; blockSize?: number; maxNumSeqs?: number; budget?: number }) {
+/** Admission keeps no room for output unless `reserve` says so: most tests here are about blocks. */
+function make(opts: { blocks: number; blockSize?: number; maxNumSeqs?: number; budget?: number; reserve?: number }) {
   return new Scheduler(
-    { maxNumSeqs: opts.maxNumSeqs ?? 8, maxNumBatchedTokens: opts.budget ?? 64, blockSize: opts.blockSize ?? 4 },
+    { maxNumSeqs: opts.maxNumSeqs ?? 8, maxNumBatchedTokens: opts.budget ?? 64, blockSize: opts.blockSize ?? 4, admissionReserveTokens: opts.reserve ?? 0 },
     new BlockAllocator(opts.blocks + 1),
   );
 }
@@ -152,6 +153,7 @@ test('a sequence that cannot get a block preempts itself when it is the newest',
 function prefilledParent(opts: Parameters<typeof make>[0], n: number) {
   const s = make(opts);
   const parent = seq('r', 6, 0);
+  parent.unforked = n;
   s.add(parent);
   runStep(s);
   const children = Array.from({ length: n }, (_, c) => new Sequence('r', c + 1, parent.tokens.slice(0, 6), 6, parent.arrival));
@@ -183,20 +185,6 @@ test('without a block copy (a device pool), a fork shares full blocks and recomp
   assert.notEqual(child.blocks[1], parent.blocks[1], 'the child writes its own copy of the partial block');
   assert.equal(s.abort('r'), true);
   assert.equal(s.allocator.usedCount, 0);
-});
-
-test('forks beyond max_num_seqs wait in the queue and recompute instead of overfilling the batch', () => {
-  const { s, parent, children } = prefilledParent({ blocks: 16, blockSize: 4, maxNumSeqs: 2 }, 2);
-  s.fork(parent, children[0]);
-  children[0].tokens.push(777); // the engine samples the fork's first token at once
-  assert.equal(s.fork(parent, children[1]), null);
-  assert.equal(s.running.length, 2);
-  assert.equal(children[1].status, 'waiting');
-  assert.equal(children[1].numComputed, 0);
-  assert.deepEqual(children[1].blocks, []);
-  s.finish(parent);
-  const plan = runStep(s);
-  assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count]), [[1, 6, 1], [2, 0, 6]]);
 });
 
 test('a paused sequence takes no part in steps, keeps its blocks, and resumes where it was', () => {
@@ -258,4 +246,144 @@ test('a paused running sequence gives up its batch slot to the head of the queue
   assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['b']);
   assert.deepEqual(plan.preempted.map((q) => q.requestId), ['a']);
   assert.equal(s.running.length, 1);
+});
+
+/** What the engine does once a prompt is prefilled: forks its other choices, each sampling a token. */
+function forkChoices(s: Scheduler, parent: Sequence, canCopy = true): Sequence[] {
+  const children: Sequence[] = [];
+  for (let c = 1; parent.unforked > 0; c++) {
+    const child = new Sequence(parent.requestId, c, parent.tokens.slice(0, parent.promptLength), parent.promptLength, parent.arrival);
+    s.fork(parent, child, canCopy);
+    child.tokens.push(2000 + c);
+    children.push(child);
+  }
+  return children;
+}
+
+test("a request's choices are admitted as one unit: it waits for a batch slot for each, then every choice shares the prompt's blocks", () => {
+  const s = make({ blocks: 16, maxNumSeqs: 4 });
+  const x = seq('x', 2);
+  const y = seq('y', 2);
+  s.add(x);
+  s.add(y);
+  runStep(s);
+  const r = seq('r', 6);
+  r.unforked = 2;
+  const late = seq('late', 2);
+  s.add(r);
+  s.add(late);
+  let plan = runStep(s);
+  assert.deepEqual(plan.rows.map((row) => row.seq.requestId), ['x', 'y'], 'three choices do not fit beside two; late does not jump the queue');
+  s.finish(x);
+  plan = runStep(s);
+  assert.deepEqual(plan.rows.map((row) => [row.seq.requestId, row.count]), [['y', 1], ['r', 6]]);
+  const children = forkChoices(s, r);
+  assert.equal(s.allocator.refCount(r.blocks[0]), 3, 'the full prompt block is shared by all three choices');
+  plan = runStep(s);
+  assert.deepEqual(plan.rows.map((row) => [row.seq.requestId, row.seq.choice, row.count]), [['y', 0, 1], ['r', 0, 1], ['r', 1, 1], ['r', 2, 1]], 'no choice recomputes the prompt');
+  assert.ok(children.every((c) => c.status === 'running'));
+  assert.equal(late.status, 'waiting', 'the batch is full');
+});
+
+test('the slots of choices still to fork are held while their prompt is prefilled over several steps', () => {
+  const s = make({ blocks: 16, maxNumSeqs: 2, budget: 4 });
+  const r = seq('r', 10);
+  r.unforked = 1;
+  s.add(r);
+  const b = seq('b', 1);
+  s.add(b);
+  const chunks: Array<Array<[string, number]>> = [];
+  for (let i = 0; i < 3; i++) chunks.push(runStep(s).rows.map((row) => [row.seq.requestId, row.count]));
+  assert.deepEqual(chunks, [[['r', 4]], [['r', 4]], [['r', 2]]], 'b waits: the batch slot it could take is the second choice’s');
+  forkChoices(s, r);
+  assert.deepEqual(runStep(s).rows.map((row) => [row.seq.choice, row.count]), [[0, 1], [1, 1]]);
+  assert.equal(b.status, 'waiting');
+});
+
+test("admission counts the choices' copies of the partly filled prompt block", () => {
+  const s = make({ blocks: 4 });
+  const o = seq('o', 3);
+  s.add(o);
+  runStep(s); // o: one block
+  const r = seq('r', 6); // 2 blocks, the second partly filled
+  r.unforked = 2; // + 2 copies: 4 blocks, 3 free
+  s.add(r);
+  assert.deepEqual(runStep(s).rows.map((row) => row.seq.requestId), ['o'], 'r waits rather than leave its choices to recompute the prompt');
+  s.finish(o);
+  assert.deepEqual(runStep(s).rows.map((row) => row.seq.requestId), ['r']);
+  forkChoices(s, r);
+  assert.equal(s.allocator.freeCount, 0, 'two shared blocks, a copy each');
+  assert.deepEqual(runStep(s).rows.map((row) => [row.seq.choice, row.start, row.count]), [[0, 6, 1], [1, 6, 1], [2, 6, 1]]);
+});
+
+test('without a free block for its copy, a fork still shares the full blocks and recomputes only the partly filled one', () => {
+  const { s, parent, children: [child] } = prefilledParent({ blocks: 8, blockSize: 4 }, 1);
+  const taken = s.allocator.allocate(s.allocator.freeCount)!; // others grew into every free block
+  assert.equal(s.fork(parent, child), null);
+  assert.deepEqual(child.blocks, [parent.blocks[0]]);
+  child.tokens.push(777);
+  s.allocator.release(taken);
+  const plan = runStep(s);
+  assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count]), [[0, 6, 1], [1, 4, 3]]);
+});
+
+test('admission keeps room for the output to come: for every running sequence and the newcomer, up to what max_tokens leaves', () => {
+  // Blocks of 4, room kept for 8 more tokens per sequence. When b comes, a has 5 tokens (its
+  // prompt and a sampled one) in 2 blocks: it claims blocksFor(5 + 8) - 2 = 2 more; b (4 tokens)
+  // claims blocksFor(4 + 8) = 3.
+  const run = (blocks: number, bMaxOutput = Infinity) => {
+    const s = make({ blocks, reserve: 8 });
+    const a = seq('a', 4);
+    s.add(a);
+    runStep(s);
+    const b = new Sequence('b', 0, [1, 2, 3, 4], 4, arrival++, bMaxOutput);
+    s.add(b);
+    runStep(s);
+    return b.status;
+  };
+  assert.equal(run(6), 'waiting', '4 free blocks, 5 claimed');
+  assert.equal(run(7), 'running');
+  assert.equal(run(6, 1), 'running', 'b may generate 1 token: it claims blocksFor(5) = 2');
+  // Alone in the batch a sequence needs only its prompt's blocks, however much room it may want.
+  const alone = make({ blocks: 2, reserve: 1000 });
+  const big = seq('big', 8);
+  alone.add(big);
+  runStep(alone);
+  assert.equal(big.status, 'running');
+});
+
+test('with room kept for output, sequences that all grow through their blocks are not preempted', () => {
+  // 12 blocks of 4; each sequence: a 4-token prompt and 12 tokens of output (4 blocks in all).
+  const preemptionsWith = (reserve: number) => {
+    const s = make({ blocks: 12, reserve });
+    const seqs = Array.from({ length: 5 }, (_, i) => new Sequence(`s${i}`, 0, [1, 2, 3, 4], 4, arrival++, 12));
+    for (const q of seqs) s.add(q);
+    for (let step = 0; step < 200 && seqs.some((q) => q.status !== 'finished'); step++) {
+      runStep(s);
+      for (const q of seqs) if (q.status === 'running' && q.outputLength >= 12 && q.numComputed === q.tokens.length - 1) s.finish(q);
+    }
+    assert.ok(seqs.every((q) => q.status === 'finished'), 'every sequence completed');
+    return s.preemptionCount;
+  };
+  assert.ok(preemptionsWith(0) > 0, 'admitting on the prompt alone overcommits the pool');
+  assert.equal(preemptionsWith(12), 0);
+});
+
+test('a sequence preempted twice is passed over as a victim while another can go', () => {
+  const setup = (youngPreemptions: number) => {
+    const s = make({ blocks: 2, blockSize: 2 });
+    const old = seq('old', 2);
+    const young = seq('young', 2);
+    young.preemptions = youngPreemptions;
+    s.add(old);
+    s.add(young);
+    runStep(s);
+    return { plan: runStep(s), old, young }; // both need a 2nd block, none is free
+  };
+  const fresh = setup(1);
+  assert.deepEqual(fresh.plan.preempted, [fresh.young], 'the newest goes, having the least to redo');
+  const spared = setup(SPARE_AFTER_PREEMPTIONS);
+  assert.deepEqual(spared.plan.preempted, [spared.old], 'the twice-preempted newest is spared: the older one goes');
+  assert.deepEqual(spared.plan.rows.map((r) => r.seq.requestId), ['young']);
+  assert.equal(spared.old.preemptions, 1);
 });

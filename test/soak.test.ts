@@ -62,8 +62,12 @@ test('a short soak on the tiny model: every scenario ran, bad inputs got their 4
     assert.ok(r.counts.expected_4xx > 0, `${r.name}: no request got its 4xx\n${report}`);
   }
   // The stalled readers were cut off by the server (which it does only to a stream it paused).
-  assert.equal(row('sse_stall').counts.stall_cutoff, 1, report);
-  assert.equal(row('ws_stall').counts.stall_cutoff, 1, report);
+  // How many ran in these seconds is timing's choice: at least one did, and none got through.
+  for (const name of ['sse_stall', 'ws_stall']) {
+    const r = row(name);
+    assert.ok(r.counts.stall_cutoff >= 1, `${name}: no stalled reader was cut off\n${report}`);
+    assert.equal(r.counts.stall_cutoff + r.counts.overloaded, r.total, `${name}: a stalled reader that was not cut off\n${report}`);
+  }
   // Clients that went away were counted as such, and ordinary requests completed.
   for (const name of ['sse', 'json', 'ws_stream']) assert.ok(row(name).counts.completed > 0, `${name}: nothing completed\n${report}`);
   for (const name of ['sse_disconnect', 'ws_cancel', 'ws_close']) assert.ok(row(name).counts.cancelled > 0, `${name}: nothing cancelled\n${report}`);

@@ -170,10 +170,15 @@ test('engine: with the time cap a long prompt is spread over the steps of a deco
       for (const r of p.rows) maxOutputs.add(r.seq.maxOutput);
       return p;
     };
+    // The prompt arrives once every stream has its first token, so that they decode beside it
+    // (a fixed sleep leaves that to the machine's load).
+    const decoding: Array<Promise<void>> = [];
     const streams = [0, 1, 2, 3].map(async (i) => {
-      for await (const ev of events(engine, request([100 + i], { maxTokens: 200, ignoreEos: true }))) void ev;
+      let first!: () => void;
+      decoding.push(new Promise((r) => (first = r)));
+      for await (const ev of events(engine, request([100 + i], { maxTokens: 200, ignoreEos: true }))) if (ev.type === 'delta') first();
     });
-    await new Promise((r) => setTimeout(r, 100));
+    await Promise.all(decoding);
     for await (const ev of events(engine, request(Array(900).fill(11), { maxTokens: 1 }))) void ev;
     await Promise.all(streams);
     assert.deepEqual([...maxOutputs].sort((a, b) => a - b), [1, 200], "the scheduler sees each request's max_tokens as its decode work");

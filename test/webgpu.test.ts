@@ -118,8 +118,9 @@ test('node placement (ONNX Runtime verbose log): every node of both step graphs 
 test('WebGPU engine: greedy equals the CPU path alone and batched, forks recompute their partial block, preemption and cancel free every block', async (t) => {
   let engine: EngineClient;
   try {
-    // 12 blocks of 16 tokens: six 20-token prompts admit but cannot all grow to 60 tokens.
-    engine = await InProcessEngine.start(engineOptions(dir, { executionProvider: 'webgpu', kvCacheTokens: 12 * 16 }));
+    // 12 blocks of 16 tokens: six 20-token prompts admit (with no room kept for their output)
+    // but cannot all grow to 60 tokens.
+    engine = await InProcessEngine.start(engineOptions(dir, { executionProvider: 'webgpu', kvCacheTokens: 12 * 16, admissionReserveTokens: 0 }));
   } catch (err) {
     const why = webgpuUnavailable(err);
     if (!why || process.env.CI) throw err;

@@ -310,11 +310,12 @@ test('reusing an id that is still in flight is an error; the original request co
 });
 
 test('closing the socket cancels all of its requests in the engine, even those still queued', async (t) => {
-  const { spy, engine, connect } = await serve(t, { worker: true, runner: { stepDelayMs: 10 }, engine: { maxNumSeqs: 1 } });
+  // A batch of two: a's two choices fill it, b's (forked once b runs) wait as one sequence.
+  const { spy, engine, connect } = await serve(t, { worker: true, runner: { stepDelayMs: 10 }, engine: { maxNumSeqs: 2 } });
   const c = await connect();
-  c.create('a', { prompt: 'A', max_tokens: 500 });
+  c.create('a', { prompt: 'A', max_tokens: 500, n: 2 });
   c.create('b', { prompt: 'A', max_tokens: 500, n: 2 });
-  await waitFor(() => engine.stats().running === 1 && engine.stats().waiting === 1, 2000, 'one running, one queued');
+  await waitFor(() => engine.stats().running === 2 && engine.stats().waiting === 1, 2000, 'a running, b queued');
   c.close();
   await waitFor(() => spy.cancelled.length === 2, 1000, 'both cancelled');
   assert.deepEqual([...spy.cancelled].sort(), ['cmpl-test-0', 'cmpl-test1-0']);

@@ -105,6 +105,7 @@ export class EngineCore {
     this.promptTokensTotal += promptTokens.length;
     if (params.echo && !state.promptLogprobs) this.emitPrompt(state);
     const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++, params.maxTokens, !state.promptLogprobs);
+    seq.unforked = params.n - 1; // admitted together with choice 0, forked from it after the prompt
     state.choices[0] = this.newChoice(state, seq);
     if (params.maxTokens === 0 && !state.promptLogprobs) {
       for (let c = 0; c < params.n; c++) this.finishChoice(state, c, 'length', '');
@@ -268,6 +269,8 @@ export class EngineCore {
     const { blockSize } = this.scheduler.config;
     if (blocksFor(total, blockSize) > this.scheduler.allocator.numBlocks - 1) return `${total} tokens exceed the KV cache`;
     if (params.n < 1 || params.minTokens > params.maxTokens) return 'n < 1 or min_tokens > max_tokens';
+    // A request's choices are admitted into one batch together.
+    if (params.n > this.scheduler.config.maxNumSeqs) return `n ${params.n} exceeds max_num_seqs ${this.scheduler.config.maxNumSeqs}`;
     return null;
   }
 
@@ -320,7 +323,7 @@ export class EngineCore {
         const { pool } = this.runner;
         const copy = this.scheduler.fork(seq, child, pool.copyBlock !== undefined);
         if (copy) pool.copyBlock!(copy.from, copy.to);
-        if (child.status === 'running') targets.push(child);
+        targets.push(child);
       }
     }
     for (const target of targets) this.sampleNext(state, target, row, argmax);
@@ -352,7 +355,9 @@ export class EngineCore {
     if (!reason && (seq.outputLength >= params.maxTokens || seq.tokens.length >= this.opts.contextLength)) reason = 'length';
     const logprobs = res.top ? [this.tokenLogprob(res.token, res.logprob, res.top)] : null;
     this.emit(state.request.id, { type: 'delta', choice: seq.choice, text, tokenIds: [res.token], logprobs });
-    if (reason) this.finishChoice(state, seq.choice, reason, reason === 'length' ? choice.detok.finish() : '');
+    // Whatever ended it, text held back as a possible stop-string start was no stop: flush it
+    // (after a stop string, finish() returns '').
+    if (reason) this.finishChoice(state, seq.choice, reason, choice.detok.finish());
   }
 
   private finishChoice(state: RequestState, c: number, reason: FinishReason, text: string): void {

@@ -6,7 +6,7 @@ import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
-import { BlockAllocator } from './kv-cache.js';
+import { BLOCK_SIZE_MULTIPLE, BlockAllocator } from './kv-cache.js';
 import { calibrateStepCost } from './calibrate.js';
 import { createRunner } from './runner-factory.js';
 import { StepCostModel } from './step-cost.js';
@@ -120,13 +120,20 @@ export async function buildEngineCore(
   options: EngineOptions,
   log: (msg: string) => void,
 ): Promise<{ core: EngineCore; model: ModelInfo; tokenizer: Tokenizer }> {
+  if (options.blockSize % BLOCK_SIZE_MULTIPLE !== 0) throw new Error(`block size ${options.blockSize} is not a multiple of ${BLOCK_SIZE_MULTIPLE}`);
   const manifest = readManifest(options.modelDir);
   const tokenizer = await loadTokenizer(options.modelDir);
   const numBlocks = Math.ceil(options.kvCacheTokens / options.blockSize) + 1; // + the null block
   const runner = await createRunner(options, { manifest, numBlocks, log });
   const allocator = new BlockAllocator(numBlocks, options.prefixCaching);
   const scheduler = new Scheduler(
-    { maxNumSeqs: options.maxNumSeqs, maxNumBatchedTokens: options.maxNumBatchedTokens, blockSize: options.blockSize, maxStepMs: options.maxStepMs },
+    {
+      maxNumSeqs: options.maxNumSeqs,
+      maxNumBatchedTokens: options.maxNumBatchedTokens,
+      blockSize: options.blockSize,
+      maxStepMs: options.maxStepMs,
+      admissionReserveTokens: options.admissionReserveTokens,
+    },
     allocator,
   );
   let cost: StepCostModel | undefined;
@@ -143,6 +150,7 @@ export async function buildEngineCore(
     vocabSize: manifest.vocabSize,
     eosTokenId: manifest.eosTokenId,
     kvCacheTokens: (numBlocks - 1) * options.blockSize,
+    maxNumSeqs: options.maxNumSeqs,
     maxTokenBytes: tokenizer.maxTokenBytes,
     weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },
   };

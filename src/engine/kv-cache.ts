@@ -23,6 +23,12 @@ export function blockHash(parent: BlockHash | null, tokens: ArrayLike<number>): 
   return h.digest('base64');
 }
 
+/**
+ * A KV block holds a multiple of this many tokens: the layout the attention graphs are built and
+ * tested for (the WebGPU PagedAttention kernel requires a power of two >= 16 outright).
+ */
+export const BLOCK_SIZE_MULTIPLE = 16;
+
 export class BlockAllocator {
   private readonly free: number[] = [];
   private readonly refs: Uint16Array;

@@ -5,12 +5,13 @@
 //
 // Policy, per step, under a token budget and (optionally) a time budget:
 //   1. every decoding sequence gets its one token, so streams keep flowing while prompts arrive;
-//   2. when a running sequence needs a block and none is free, the newest running sequence is
-//      preempted: its blocks are freed and it returns to the front of the queue, to be recomputed
+//   2. when a running sequence needs a block and none is free, a victim is preempted (see
+//      `victim`): its blocks are freed and it returns to the front of the queue, to be recomputed
 //      (prompt + what it generated so far) when memory allows;
 //   3. then prefill, oldest first: running sequences still prefilling, then waiting sequences,
-//      admitted first-come-first-served while the batch size and free blocks for their whole
-//      current length allow. Chunks stop where the token budget, or the step's predicted time
+//      admitted first-come-first-served (see `admits`): a request's choices as one unit, and only
+//      with room for their whole current length plus some output to come. Chunks stop where the
+//      token budget, or the step's predicted time
 //      (a StepCost model, --max-step-ms), would be exceeded: a long prompt is spread over several
 //      steps instead of stalling every stream in one, while prefill keeps at least the share of
 //      the time that prompts have of the requests' work (prefillShare). The first prompt in line
@@ -32,10 +33,20 @@ export interface SchedulerConfig {
    * without decoding streams keep only the token cap: no stream waits on them.
    */
   maxStepMs?: number | 'auto';
+  /** Output tokens admission keeps room for per sequence (default ADMISSION_RESERVE_TOKENS). */
+  admissionReserveTokens?: number;
 }
 
 /** The first prefill in line advances at least this many tokens per step, whatever the time cap. */
 export const MIN_PREFILL_CHUNK = 32;
+/**
+ * Admission keeps room for this many more tokens (or what is left of max_tokens, if less) of every
+ * running sequence and of the newcomer, so that under load a batch is not admitted only to be
+ * preempted a few steps later.
+ */
+export const ADMISSION_RESERVE_TOKENS = 128;
+/** A sequence preempted this many times is passed over as a victim while another can go instead. */
+export const SPARE_AFTER_PREEMPTIONS = 2;
 /** 'auto' time cap: a step may cost this many times a decode step of the batch being formed. */
 export const AUTO_STEP_FACTOR = 2;
 
@@ -52,6 +63,13 @@ export class Sequence {
   cachedTokens = 0;
   /** Names of its full blocks so far (memo: its tokens only ever grow). */
   private readonly hashes: BlockHash[] = [];
+  /**
+   * The request's other choices, still to fork from this one (its choice 0) once the prompt is
+   * prefilled: admitted with it, so their batch slots are held and memory is counted for them.
+   */
+  unforked = 0;
+  /** Times it was preempted: past SPARE_AFTER_PREEMPTIONS, others go first. */
+  preemptions = 0;
 
   constructor(
     readonly requestId: string,
@@ -77,6 +95,11 @@ export class Sequence {
       this.hashes.push(blockHash(i === 0 ? null : this.hashes[i - 1]!, this.tokens.slice(i * blockSize, (i + 1) * blockSize)));
     }
     return this.hashes.length === count ? this.hashes : this.hashes.slice(0, count);
+  }
+
+  /** Tokens it may still generate. */
+  get outputLeft(): number {
+    return Math.max(0, this.maxOutput - this.outputLength);
   }
 }
 
@@ -130,8 +153,10 @@ export class Scheduler {
     for (let i = 0; i < this.running.length && shape.tokens < this.config.maxNumBatchedTokens; i++) {
       const seq = this.running[i];
       if (seq.paused || seq.tokens.length - seq.numComputed !== 1) continue;
-      if (!this.reserve(seq, seq.tokens.length, rows, preempted)) continue; // seq itself was preempted
-      i = this.running.indexOf(seq); // preempting may have shifted it
+      // Preempting may have shifted it; when it was the one to go, carry on with the next one.
+      const kept = this.reserve(seq, seq.tokens.length, rows, preempted);
+      i = kept ? this.running.indexOf(seq) : this.firstNewer(seq) - 1;
+      if (!kept) continue;
       add({ seq, start: seq.numComputed, count: 1, sample: true });
     }
     // Decode rows a preemption removed again were subtracted from `rows`; recount the shape.
@@ -174,7 +199,7 @@ export class Scheduler {
         seq.numComputed = 0;
         seq.registered = 0;
       };
-      if (!this.makeRoom(blocksFor(seq.tokens.length, this.config.blockSize) - cached, preempted)) {
+      if (!this.makeRoom(seq, preempted)) {
         rollback();
         break;
       }
@@ -204,7 +229,7 @@ export class Scheduler {
    */
   private settledDecode(decode: StepShape): StepShape {
     if (decode.tokens === 0) return decode;
-    const live = (q: Sequence[]) => q.reduce((n, s) => n + (s.paused ? 0 : 1), 0);
+    const live = (q: Sequence[]) => q.reduce((n, s) => n + (s.paused ? 0 : 1 + s.unforked), 0);
     const rows = Math.max(decode.tokens, Math.min(this.config.maxNumSeqs, live(this.running) + live(this.waiting)));
     return { tokens: rows, attended: (decode.attended * rows) / decode.tokens };
   }
@@ -309,28 +334,24 @@ export class Scheduler {
   }
 
   /**
-   * A new choice continuing from `parent`'s cached prompt: full blocks are shared, the partly
-   * filled last block is copied on write. Returns the block copy the KV pool must make, or null.
-   * Without `canCopy` (a device-resident pool, which has no block copy) the child instead
-   * recomputes the partly filled block's tokens (fewer than a block) as a prefill chunk in its
-   * next step. Without a free block, or with the batch full (max_num_seqs), the child is queued
-   * to recompute its prefill instead.
+   * A new choice continuing from `parent`'s cached prompt, in the batch slot admission held for
+   * it: full blocks are shared, the partly filled last block is copied on write. Returns the
+   * block copy the KV pool must make, or null. Without `canCopy` (a device-resident pool, which
+   * has no block copy), or without a free block for the copy, the child instead recomputes the
+   * partly filled block's tokens (fewer than a block) as a prefill chunk in its next step.
    */
   fork(parent: Sequence, child: Sequence, canCopy = true): { from: number; to: number } | null {
+    if (parent.unforked <= 0) throw new Error(`fork of ${parent.requestId}: no choice of it was admitted to fork`);
+    parent.unforked--;
     const bs = this.config.blockSize;
     const full = Math.floor(parent.numComputed / bs);
-    const copy = canCopy && parent.numComputed % bs !== 0;
-    const fresh = this.running.length >= this.config.maxNumSeqs ? null : copy ? this.allocator.allocate(1) : [];
-    if (!fresh) {
-      this.waiting.unshift(child);
-      return null;
-    }
+    const copy = canCopy && parent.numComputed % bs !== 0 ? this.allocator.allocate(1) : null;
     const shared = parent.blocks.slice(0, full);
     this.allocator.share(shared);
-    child.blocks = [...shared, ...fresh];
-    child.numComputed = canCopy ? parent.numComputed : full * bs;
+    child.blocks = copy ? [...shared, ...copy] : shared;
+    child.numComputed = copy ? parent.numComputed : full * bs;
     this.insertRunning(child);
-    return copy ? { from: parent.blocks[full], to: fresh[0] } : null;
+    return copy ? { from: parent.blocks[full], to: copy[0] } : null;
   }
 
   /** Cancels every sequence of a request; returns whether any was found. */
@@ -352,17 +373,56 @@ export class Scheduler {
   }
 
   /**
-   * Admission of a sequence needing `blocks` fresh blocks and a batch slot: preempts paused
-   * sequences (newest first) until both are free; false if that is not enough.
+   * Admission of `seq` and its unforked choices: preempts paused sequences (newest first) until
+   * `admits` holds; false if that is not enough.
    */
-  private makeRoom(blocks: number, preempted: Sequence[]): boolean {
-    while (this.running.length >= this.config.maxNumSeqs || blocks > this.allocator.freeCount) {
+  private makeRoom(seq: Sequence, preempted: Sequence[]): boolean {
+    while (!this.admits(seq)) {
       const victim = this.newestPaused();
       if (!victim) return false;
       this.preempt(victim);
       preempted.push(victim);
     }
     return true;
+  }
+
+  /**
+   * Whether the batch can take `seq` with its unforked choices now: a slot for each, and free
+   * blocks for its current length (its choices' copies of the partly filled prompt block
+   * included) plus, for it and for every unpaused running sequence, the blocks of
+   * ADMISSION_RESERVE_TOKENS more tokens (or of what is left of its max_tokens). Preemption then
+   * happens only when outputs outgrow that reserve, not a few steps after every admission. A
+   * unit alone in the batch needs no reserve, and at most the whole pool: it never waits for room
+   * it cannot get.
+   */
+  private admits(seq: Sequence): boolean {
+    if (this.slotsTaken() + 1 + seq.unforked > this.config.maxNumSeqs) return false;
+    const alone = !this.running.some((s) => !s.paused);
+    if (alone) return Math.min(this.claim(seq, 0), this.allocator.numBlocks - 1) <= this.allocator.freeCount;
+    const reserve = this.config.admissionReserveTokens ?? ADMISSION_RESERVE_TOKENS;
+    let need = this.claim(seq, reserve);
+    for (const s of this.running) if (!s.paused) need += this.claim(s, reserve);
+    return need <= this.allocator.freeCount;
+  }
+
+  /**
+   * Blocks `seq` and its unforked choices need beyond those they hold, to cache what they have
+   * and `ahead` more tokens each (at most what is left of max_tokens). A choice shares the
+   * prompt's full blocks and holds its own from the partly filled one on.
+   */
+  private claim(seq: Sequence, ahead: number): number {
+    const bs = this.config.blockSize;
+    const more = Math.min(seq.outputLeft, ahead);
+    const own = Math.max(0, blocksFor(seq.tokens.length + more, bs) - seq.blocks.length);
+    if (seq.unforked === 0) return own;
+    return own + seq.unforked * (blocksFor(seq.promptLength + more, bs) - Math.floor(seq.promptLength / bs));
+  }
+
+  /** Batch slots held: running sequences and the choices they will fork. */
+  private slotsTaken(): number {
+    let n = this.running.length;
+    for (const s of this.running) n += s.unforked;
+    return n;
   }
 
   private newestPaused(): Sequence | undefined {
@@ -380,13 +440,27 @@ export class Scheduler {
         seq.blocks.push(...got);
         return true;
       }
-      const victim = this.newestPaused() ?? this.running[this.running.length - 1];
+      const victim = this.victim();
       this.preempt(victim);
       preempted.push(victim);
       const row = rows.findIndex((r) => r.seq === victim);
       if (row >= 0) rows.splice(row, 1);
       if (victim === seq) return false;
     }
+  }
+
+  /**
+   * Who gives up its blocks when a running sequence needs one and none is free: a paused sequence
+   * (newest first), else the newest running one, which has the least work to redo; but one
+   * already preempted SPARE_AFTER_PREEMPTIONS times is passed over while another can go, so that
+   * no sequence pays for the pool's pressure again and again, each time recomputing a longer
+   * prefix.
+   */
+  private victim(): Sequence {
+    const paused = this.newestPaused();
+    if (paused) return paused;
+    for (let i = this.running.length - 1; i >= 0; i--) if (this.running[i].preemptions < SPARE_AFTER_PREEMPTIONS) return this.running[i];
+    return this.running[this.running.length - 1];
   }
 
   private preempt(seq: Sequence): void {
@@ -396,8 +470,16 @@ export class Scheduler {
     seq.numComputed = 0;
     seq.registered = 0;
     seq.status = 'waiting';
+    seq.preemptions++;
     this.preemptionCount++;
     this.waiting.unshift(seq);
+  }
+
+  /** Index of the first running sequence newer than `seq` (running is in arrival order). */
+  private firstNewer(seq: Sequence): number {
+    let i = 0;
+    while (i < this.running.length && older(this.running[i], seq)) i++;
+    return i;
   }
 
   private insertRunning(seq: Sequence): void {

@@ -174,6 +174,8 @@ export interface ModelInfo {
   eosTokenId: number;
   /** Tokens the KV cache holds over all sequences: no single sequence can be longer. */
   kvCacheTokens: number;
+  /** Sequences one batch runs (--max-num-seqs): a prompt's choices, admitted together, fit in it. */
+  maxNumSeqs: number;
   /**
    * Bytes of the longest token (added tokens included). A text of L UTF-16 code units has at
    * least L UTF-8 bytes, so it cannot encode to fewer than ceil(L / maxTokenBytes) tokens.
@@ -266,6 +268,8 @@ export interface EngineOptions {
   blockSize: number;
   /** Automatic prefix caching: full KV blocks are kept, named by their tokens, and reused. */
   prefixCaching: boolean;
+  /** Output tokens admission keeps room for per sequence (tests set 0 to force preemption); see SchedulerConfig. */
+  admissionReserveTokens?: number;
   /** Consecutive failed model steps after which the engine declares itself dead. */
   maxConsecutiveStepFailures: number;
   /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */

@@ -10,7 +10,7 @@ import websocket from '@fastify/websocket';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { WebSocket } from 'ws';
 import type { z } from 'zod';
-import { defaultBodyLimit, type ServerConfig } from '../config.js';
+import { defaultBodyLimit, seqsInFlightLimit, type ServerConfig } from '../config.js';
 import type { EngineClient } from '../engine/types.js';
 import { makeApiKeyCheck, selectWebsocketProtocol } from './auth.js';
 import { drain } from './drain.js';
@@ -51,7 +51,7 @@ function resolveOptions(opts: AppOptions): ResolvedAppOptions {
 /** The app-wide decorations and hooks, not encapsulated so every route plugin sees them. */
 const core = fp(
   async (app: FastifyInstance, o: { engine: EngineClient | Promise<EngineClient>; config: ServerConfig; options: ResolvedAppOptions }) => {
-    const state = new ServingState(o.engine, o.config.servedModelName, o.config.maxConcurrentRequests);
+    const state = new ServingState(o.engine, o.config.servedModelName, o.config.maxConcurrentRequests, seqsInFlightLimit(o.config));
     app.decorate('serving', state);
     app.decorate('config', o.config);
     app.decorate('metrics', new ServerMetrics({ defaultMetrics: o.options.defaultMetrics }));

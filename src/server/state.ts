@@ -1,7 +1,8 @@
 // The app's serving state: the engine (possibly still loading), the served model id, the phase
 // that /health and the routes consult (loading -> ready -> draining -> stopped, or failed), and
 // the one registry of completions in flight, which is also admission control: a request is
-// counted before any work is done on it, and refused with 429 past --max-concurrent-requests.
+// counted before any work is done on it, and refused with 429 past --max-concurrent-requests
+// requests or --max-seqs-in-flight sequences (a request brings prompts x max(n, best_of)).
 import { createHash } from 'node:crypto';
 import type { EngineClient } from '../engine/types.js';
 import type { CompletionJob } from './completion/job.js';
@@ -14,14 +15,16 @@ export class ServingState {
   engine: EngineClient | null = null;
   modelId = '';
   systemFingerprint = '';
-  /** Completion requests (HTTP or websocket) admitted and not yet fully answered. */
-  private readonly inflight = new Set<CompletionJob>();
+  /** Completion requests (HTTP or websocket) admitted and not yet fully answered, with their sequences. */
+  private readonly inflight = new Map<CompletionJob, number>();
+  private inflightSeqs = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
     engine: EngineClient | Promise<EngineClient>,
     private readonly servedModelName: string | undefined,
     readonly maxConcurrentRequests: number,
+    readonly maxSeqsInFlight: number,
   ) {
     if (isPromise(engine)) {
       engine.then(
@@ -64,20 +67,33 @@ export class ServingState {
     return engine;
   }
 
-  /** Whether one more completion would be admitted (readiness). */
-  get saturated(): boolean {
-    return this.inflight.size >= this.maxConcurrentRequests;
+  /** Why one more completion would not be admitted now (readiness), or null. */
+  get atCapacity(): string | null {
+    if (this.inflight.size >= this.maxConcurrentRequests) return `${this.maxConcurrentRequests} requests are in flight (--max-concurrent-requests)`;
+    if (this.inflightSeqs >= this.maxSeqsInFlight) return `${this.inflightSeqs} sequences are in flight (--max-seqs-in-flight ${this.maxSeqsInFlight})`;
+    return null;
   }
 
   /**
-   * Counts `job` in flight, or throws 429 when --max-concurrent-requests are. Returns the release
-   * to call once its response is fully written or abandoned (drain waits for that).
+   * Counts `job` and its `sequences` in flight, or throws 429 when --max-concurrent-requests
+   * requests are, or when its sequences would take the total past --max-seqs-in-flight (a request
+   * that alone brings more was refused before: checkFanOut). Returns the release to call once its
+   * response is fully written or abandoned (drain waits for that).
    */
-  admit(job: CompletionJob): () => void {
-    if (this.saturated) throw overloadedError(this.maxConcurrentRequests);
-    this.inflight.add(job);
+  admit(job: CompletionJob, sequences: number): () => void {
+    const full = this.atCapacity;
+    if (full) throw overloadedError(full);
+    if (this.inflightSeqs + sequences > this.maxSeqsInFlight) {
+      throw overloadedError(`${this.inflightSeqs} sequences are in flight and this request brings ${sequences} (--max-seqs-in-flight ${this.maxSeqsInFlight})`);
+    }
+    this.inflight.set(job, sequences);
+    this.inflightSeqs += sequences;
     return () => {
-      if (!this.inflight.delete(job) || this.inflight.size > 0) return;
+      const held = this.inflight.get(job);
+      if (held === undefined) return;
+      this.inflight.delete(job);
+      this.inflightSeqs -= held;
+      if (this.inflight.size > 0) return;
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
       for (const w of waiters) w();
@@ -86,7 +102,7 @@ export class ServingState {
 
   /** Ends every job still in flight; their clients get `error` (drain timeout, engine death). */
   cancelAll(error: ApiError): void {
-    for (const job of this.inflight) job.cancel('server shutdown', error);
+    for (const job of this.inflight.keys()) job.cancel('server shutdown', error);
   }
 
   get inflightRequests(): number {

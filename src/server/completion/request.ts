@@ -46,7 +46,6 @@ export interface ChatDetails {
 
 export interface RequestLimits {
   servedModel: string;
-  maxPromptsPerRequest: number;
 }
 
 type RawPrompt = string | number[];
@@ -69,14 +68,8 @@ export async function resolveCompletionRequest(
   if (body.stop_token_ids) checkTokenIds(body.stop_token_ids, model.vocabSize, 'stop_token_ids');
   const logitBias = resolveLogitBias(body.logit_bias, model.vocabSize);
 
+  // The prompt count, like the other limits on fan-out, was checked before admission (checkFanOut).
   const raw = promptList(body);
-  if (raw.length > limits.maxPromptsPerRequest) {
-    throw new ApiError(
-      'invalid_value',
-      `\`prompt\`: ${raw.length} prompts in one request; at most ${limits.maxPromptsPerRequest} are allowed (--max-prompts-per-request)`,
-      'prompt',
-    );
-  }
   const where = (i: number) => (raw.length > 1 ? `prompt[${i}]: ` : '');
   const singleIdList = Array.isArray(body.prompt) && typeof body.prompt[0] === 'number';
   // Refuse what cannot fit before tokenizing: a text of L UTF-16 units has at least L UTF-8 bytes,

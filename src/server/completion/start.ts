@@ -4,6 +4,7 @@ import type { ChatBody } from '../openai/chat-schema.js';
 import type { CompletionBody } from '../openai/completion-schema.js';
 import { jobObserver } from '../telemetry.js';
 import { resolveChatRequest } from './chat-request.js';
+import { checkFanOut } from './fan-out.js';
 import { CompletionJob, type RequestResolver } from './job.js';
 import { resolveCompletionRequest } from './request.js';
 
@@ -14,28 +15,41 @@ export interface AdmittedCompletion {
 }
 
 export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
-  return admit(app, 'cmpl', (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
+  return admit(app, 'cmpl', body, (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
 }
 
 export function admitChat(app: FastifyInstance, body: ChatBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
-  return admit(app, 'chatcmpl', (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
+  // One conversation is one prompt.
+  return admit(app, 'chatcmpl', { prompt: null, n: body.n, best_of: null }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
 }
 
 /**
- * Admits a request before any work is done on it: throws ApiError 503 (loading, draining,
- * engine dead) or 429 (--max-concurrent-requests in flight). The caller then runs job.submit().
+ * Admits a request (a completion or a chat) before any work is done on it: throws ApiError 503
+ * (loading, draining, engine dead), 400 (a fan-out no admission could take: checkFanOut) or 429
+ * (--max-concurrent-requests or --max-seqs-in-flight reached). The caller then runs job.submit().
  */
-function admit(app: FastifyInstance, idPrefix: string, resolve: RequestResolver, options: { forceStream?: boolean }): AdmittedCompletion {
+function admit(
+  app: FastifyInstance,
+  idPrefix: string,
+  fanOut: Pick<CompletionBody, 'prompt' | 'n' | 'best_of'>,
+  resolve: RequestResolver,
+  options: { forceStream?: boolean },
+): AdmittedCompletion {
   const state = app.serving;
   const engine = state.acceptNewWork();
+  const sequences = checkFanOut(fanOut, {
+    maxPromptsPerRequest: app.config.maxPromptsPerRequest,
+    maxNumSeqs: engine.model.maxNumSeqs,
+    maxSeqsInFlight: state.maxSeqsInFlight,
+  });
   const opts = app.appOptions;
   const job = new CompletionJob(resolve, {
     engine,
-    limits: { servedModel: state.modelId, maxPromptsPerRequest: app.config.maxPromptsPerRequest },
+    limits: { servedModel: state.modelId },
     meta: { id: `${idPrefix}-${opts.newId()}`, created: Math.floor(opts.now() / 1000), model: state.modelId, systemFingerprint: state.systemFingerprint },
     observer: jobObserver(app),
     clock: opts.clock,
     forceStream: options.forceStream,
   });
-  return { job, end: state.admit(job) };
+  return { job, end: state.admit(job, sequences) };
 }

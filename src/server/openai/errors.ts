@@ -24,7 +24,7 @@ export const ERROR_TABLE = {
   unsupported_media_type: { status: 415, type: 'invalid_request_error' },
   // 426: plain GET on the websocket route.
   upgrade_required: { status: 426, type: 'invalid_request_error' },
-  // 429: --max-concurrent-requests completions are in flight; sent with Retry-After.
+  // 429: --max-concurrent-requests completions, or --max-seqs-in-flight sequences, are in flight; sent with Retry-After.
   overloaded: { status: 429, type: 'rate_limit_error' },
   // 500: a bug or an engine failure; the message is generic, the details are logged.
   internal_error: { status: 500, type: 'server_error' },
@@ -83,9 +83,9 @@ export function fromEngineError(err: EngineError): ApiError {
   return apiErr;
 }
 
-/** The 429 of admission control. */
-export function overloadedError(limit: number): ApiError {
-  return new ApiError('overloaded', `The server is overloaded: ${limit} requests are in flight. Retry shortly`, null, {
+/** The 429 of admission control; `why` names the limit reached. */
+export function overloadedError(why: string): ApiError {
+  return new ApiError('overloaded', `The server is overloaded: ${why}. Retry shortly`, null, {
     'retry-after': String(RETRY_AFTER_SECONDS),
   });
 }

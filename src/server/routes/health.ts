@@ -24,9 +24,8 @@ export const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/health', async () => alive(app));
   app.get('/ready', async () => {
     alive(app);
-    if (app.serving.saturated) {
-      throw new ApiError('at_capacity', `${app.serving.maxConcurrentRequests} requests are in flight (--max-concurrent-requests)`);
-    }
+    const full = app.serving.atCapacity;
+    if (full) throw new ApiError('at_capacity', full);
     return { status: 'ready' as const };
   });
 };
