@@ -19,7 +19,8 @@ let arrival = 0;
 const seq = (id: string, tokens: number[], usesPrefixCache = true) =>
   new Sequence(id, 0, [...tokens], tokens.length, arrival++, Infinity, usesPrefixCache);
 const scheduler = (blocks: number, prefixCaching = true) =>
-  new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: BS }, new BlockAllocator(blocks + 1, prefixCaching));
+  // No room kept for output: these tests are about which blocks admission takes, not when.
+  new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: BS, admissionReserveTokens: 0 }, new BlockAllocator(blocks + 1, prefixCaching));
 
 /** Simulates the runner: commit, then every sampled row gets one new token. */
 function runStep(s: Scheduler): StepPlan {
