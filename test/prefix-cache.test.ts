@@ -8,7 +8,8 @@ import { loadConfig } from '../src/config.js';
 import { InProcessEngine } from '../src/engine/client.js';
 import { engineOptions as serverEngineOptions } from '../src/main.js';
 import { BlockAllocator, blockHash } from '../src/engine/kv-cache.js';
-import { Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
+import { Scheduler, Sequence } from '../src/engine/scheduler.js';
+import { runStep } from './helpers/scheduler-steps.js';
 import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
 import { collect, request, type RunResult } from './helpers/engine-run.js';
 import { MODEL, serveTest, type TestServer } from './helpers/serving.js';
@@ -21,14 +22,6 @@ const seq = (id: string, tokens: number[], usesPrefixCache = true) =>
 const scheduler = (blocks: number, prefixCaching = true) =>
   // No room kept for output: these tests are about which blocks admission takes, not when.
   new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: BS, admissionReserveTokens: 0 }, new BlockAllocator(blocks + 1, prefixCaching));
-
-/** Simulates the runner: commit, then every sampled row gets one new token. */
-function runStep(s: Scheduler): StepPlan {
-  const plan = s.schedule();
-  s.commit(plan);
-  for (const row of plan.rows) if (row.sample) row.seq.tokens.push(1000 + row.seq.outputLength);
-  return plan;
-}
 
 test('block names chain: equal tokens after equal prefixes are equal names, anything else differs', () => {
   const a = blockHash(null, [1, 2, 3, 4]);

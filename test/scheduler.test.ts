@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BlockAllocator, NULL_BLOCK } from '../src/engine/kv-cache.js';
-import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence, type StepPlan } from '../src/engine/scheduler.js';
+import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence } from '../src/engine/scheduler.js';
+import { runStep } from './helpers/scheduler-steps.js';
 
 let arrival = 0;
 const seq = (id: string, promptLength: number, choice = 0) =>
@@ -15,14 +16,6 @@ function make(opts: { blocks: number; blockSize?: number; maxNumSeqs?: number; b
     { maxNumSeqs: opts.maxNumSeqs ?? 8, maxNumBatchedTokens: opts.budget ?? 64, blockSize: opts.blockSize ?? 4, admissionReserveTokens: opts.reserve ?? 0 },
     new BlockAllocator(opts.blocks + 1),
   );
-}
-
-/** Simulates the runner: commit, then every sampled row gets one new token. */
-function runStep(s: Scheduler): StepPlan {
-  const plan = s.schedule();
-  s.commit(plan);
-  for (const row of plan.rows) if (row.sample) row.seq.tokens.push(1000 + row.seq.outputLength);
-  return plan;
 }
 
 test('block allocator: all-or-nothing allocation, null block never handed out, double free caught', () => {
