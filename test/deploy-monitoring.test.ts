@@ -34,6 +34,9 @@ const NOT_ON_DASHBOARD = new Set([
   'vllm:num_requests_running',
   'vllm:kv_cache_usage_perc',
   'vllm:cache_config_info',
+  // The prefix cache panel reads the gpt2_ counters; these are the same counts under vLLM's names.
+  'vllm:prefix_cache_queries_total',
+  'vllm:prefix_cache_hits_total',
 ]);
 
 // Parsed files are plain JSON-like data; the assertions check each field they use.
