@@ -103,7 +103,7 @@ export const SETTINGS = {
   prefixCaching: {
     flag: 'prefix-caching',
     env: 'GPT2_PREFIX_CACHING',
-    help: 'Turn off automatic prefix caching (on by default: full KV blocks stay cached, LRU, and prompts that start with them skip their prefill)',
+    help: 'Turn off automatic prefix caching (on by default, --prefix-caching: full KV blocks stay cached, LRU, and prompts that start with them skip their prefill)',
     schema: z.stringbool().default(true),
     switch: true,
   },
