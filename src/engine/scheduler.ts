@@ -10,8 +10,10 @@
 //      (prompt + what it generated so far) when memory allows;
 //   3. then prefill, oldest first: running sequences still prefilling, then waiting sequences,
 //      admitted first-come-first-served (see `admits`): a request's choices as one unit, and only
-//      with room for their whole current length plus some output to come. Chunks stop where the
-//      token budget, or the step's predicted time
+//      with room for their whole current length plus some output to come. Admission first takes
+//      the sequence's leading blocks that the prefix cache holds (takeCachedPrefix), so only the
+//      rest is prefilled; committed steps name the blocks they filled (commit). Chunks stop where
+//      the token budget, or the step's predicted time
 //      (a StepCost model, --max-step-ms), would be exceeded: a long prompt is spread over several
 //      steps instead of stalling every stream in one, while prefill keeps at least the share of
 //      the time that prompts have of the requests' work (prefillShare). The first prompt in line
