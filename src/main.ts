@@ -1,7 +1,7 @@
 // CLI entry: `gpt2-serve [serve] [flags]` (npm start). Resolves the model folder, starts the
 // engine, listens, and drains gracefully on SIGTERM/SIGINT. Every setting has a flag and an
 // environment variable (src/config.ts); --help lists them.
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -12,6 +12,7 @@ import { ModelFolderError, readManifest } from './model/manifest.js';
 import { EngineStartError } from './engine/start-error.js';
 import type { EngineClient, EngineOptions } from './engine/types.js';
 import { describeWeights } from './model/manifest.js';
+import { CONTRACT_VERSION } from './model/serving-graph.js';
 import { buildApp } from './server/app.js';
 
 export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
@@ -30,7 +31,7 @@ Options:
 
 export interface ServeDeps {
   startEngine?: (options: EngineOptions) => Promise<EngineClient>;
-  makeTinyModel?: (options: { out: string }) => Promise<unknown>;
+  makeTinyModel?: (options: { out: string; force?: boolean }) => Promise<unknown>;
   logger?: Logger;
   /** Called as soon as the app exists (before listening), e.g. to install signal handlers. */
   onApp?: (app: FastifyInstance) => void;
@@ -46,7 +47,7 @@ export interface Serving {
 export async function resolveModelDir(
   configured: string | undefined,
   logger: Logger,
-  makeTiny: (options: { out: string }) => Promise<unknown>,
+  makeTiny: (options: { out: string; force?: boolean }) => Promise<unknown>,
 ): Promise<string> {
   if (configured) return path.resolve(configured);
   const gpt2 = path.resolve(DEFAULT_MODEL_DIR);
@@ -55,6 +56,10 @@ export async function resolveModelDir(
   if (!existsSync(path.join(tiny, MANIFEST))) {
     logger.info({ dir: tiny }, 'creating the tiny random model (once)');
     await makeTiny({ out: tiny });
+  } else if (contractOf(path.join(tiny, MANIFEST)) !== CONTRACT_VERSION) {
+    // The server made this folder itself, for an older graph contract: make it again.
+    logger.info({ dir: tiny }, `the tiny random model was exported for another graph contract: creating it again for contract ${CONTRACT_VERSION}`);
+    await makeTiny({ out: tiny, force: true });
   }
   logger.warn(
     { dir: tiny },
@@ -91,7 +96,7 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
   const logger = deps.logger ?? pino({ level: config.logLevel });
   const makeTiny =
     deps.makeTinyModel ??
-    (async (o: { out: string }) => {
+    (async (o: { out: string; force?: boolean }) => {
       const { makeTinyModel } = await import('./model/tiny.js');
       return makeTinyModel(o);
     });
@@ -230,4 +235,12 @@ if (isEntryPoint()) {
     process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
   });
+}
+
+function contractOf(manifestFile: string): unknown {
+  try {
+    return (JSON.parse(readFileSync(manifestFile, 'utf8')) as { contractVersion?: unknown }).contractVersion;
+  } catch {
+    return undefined;
+  }
 }

@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, seqsInFlightLimit, SETTINGS } from '../src/config.js';
 import { resolveModelDir } from '../src/main.js';
+import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
 import { spawnServer } from './helpers/server-process.js';
 import { MODEL, memoryLogger, parseSse } from './helpers/serving.js';
 import { tinyModel } from './helpers/tiny-model.js';
@@ -98,7 +99,7 @@ test('a folder that cannot be served fails the start with one JSON line naming i
   }
 });
 
-test('model resolution: --model, else models/gpt2 if exported, else the tiny model (created once, with a warning)', async (t) => {
+test('model resolution: --model, else models/gpt2 if exported, else the tiny model (created once, again for a new graph contract, with a warning)', async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'gpt2-serve-cli-'));
   const cwd = process.cwd();
   process.chdir(dir);
@@ -110,7 +111,7 @@ test('model resolution: --model, else models/gpt2 if exported, else the tiny mod
   const makeTiny = async ({ out }: { out: string }) => {
     made.push(out);
     mkdirSync(out, { recursive: true });
-    writeFileSync(path.join(out, 'manifest.json'), '{}');
+    writeFileSync(path.join(out, 'manifest.json'), JSON.stringify({ contractVersion: CONTRACT_VERSION }));
   };
   const tinyDir = path.join(dir, 'models', 'tiny-random-gpt2');
 
@@ -126,6 +127,11 @@ test('model resolution: --model, else models/gpt2 if exported, else the tiny mod
   assert.equal(await resolveModelDir(undefined, second.logger, makeTiny), tinyDir);
   assert.equal(made.length, 1, 'created once');
   assert.ok(second.lines.some((l) => l.level === 40));
+
+  // A tiny model the server made for an older graph contract is made again.
+  writeFileSync(path.join(tinyDir, 'manifest.json'), JSON.stringify({ contractVersion: CONTRACT_VERSION - 1 }));
+  assert.equal(await resolveModelDir(undefined, memoryLogger().logger, makeTiny), tinyDir);
+  assert.equal(made.length, 2, 'made again for the current contract');
 
   mkdirSync(path.join(dir, 'models', 'gpt2'), { recursive: true });
   writeFileSync(path.join(dir, 'models', 'gpt2', 'manifest.json'), '{}');
