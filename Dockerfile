@@ -28,6 +28,7 @@ WORKDIR /app
 COPY package.json package-lock.json .npmrc tsconfig.json ./
 COPY src ./src
 COPY scripts ./scripts
+# Not tools/ (benchmarks, soak, eval, GPU check): tsc builds what is here, the image serves only.
 # The browser playground's static files, served as they are (src/server/routes/playground.ts).
 COPY playground ./playground
 RUN npm ci \

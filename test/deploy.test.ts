@@ -249,6 +249,83 @@ function dockerignored(rel: string): boolean {
 }
 
 // ------------------------------------------------------------------------------------------------
+// The image's own files, derived from the Dockerfile: what the build stage COPYs from the context
+// (less .dockerignore), what its `npm ci` compiles from that (tsc -p tsconfig.json: include
+// patterns, outDir, rootDir, source maps), and which of those paths the runtime stages COPY --from
+// it. node_modules is left out: it is package.json's production dependencies, checked elsewhere.
+
+/** Benchmarks, soak and eval: in the repository, compiled by `npm ci`, never in the image. */
+const TOOLS_DIR = 'tools';
+
+function contextFiles(rel: string): string[] {
+  if (dockerignored(rel)) return [];
+  return statSync(path.join(ROOT, rel)).isDirectory() ? filesUnder(rel).filter((f) => !dockerignored(f)) : [rel];
+}
+
+/** tsconfig `include` patterns of the forms this project uses: `dir/**\/*.ts` and plain paths. */
+function includedBy(patterns: string[], rel: string): boolean {
+  return patterns.some((p) => {
+    const glob = /^([\w.-]+)\/\*\*\/\*(\.\w+)$/.exec(p);
+    if (glob) return rel.startsWith(`${glob[1]}/`) && rel.endsWith(glob[2]) && !rel.endsWith('.d.ts');
+    assert.ok(!/[*?]/.test(p), `tsconfig include pattern ${p}: the image check does not understand it`);
+    return rel === p;
+  });
+}
+
+/** Repository paths in the build stage's /app after `npm ci`, each with the context file it came from. */
+function buildStageFiles(build: Stage): Map<string, string> {
+  const tsconfig = JSON.parse(read('tsconfig.json')) as { compilerOptions: { outDir: string; rootDir?: string; sourceMap?: boolean }; include: string[] };
+  const workdir = lastOf(build, 'WORKDIR')?.args ?? '/';
+  const files = new Map<string, string>();
+  for (const i of lineage(build).flatMap((s) => instructions(s, 'COPY'))) {
+    const copy = parseCopy(i.args);
+    if (copy.from !== undefined) continue;
+    const at = destinations(copy, workdir);
+    copy.sources.forEach((source, n) => {
+      const prefix = path.posix.relative(workdir, at[n]);
+      for (const f of contextFiles(source)) files.set(path.posix.join(prefix, path.posix.relative(source, f) || ''), f);
+    });
+  }
+  const { outDir, rootDir = '.', sourceMap } = tsconfig.compilerOptions;
+  for (const [rel, origin] of [...files]) {
+    if (!includedBy(tsconfig.include, rel)) continue;
+    const js = path.posix.join(outDir, path.posix.relative(rootDir, rel)).replace(/\.ts$/, '.js');
+    files.set(js, origin);
+    if (sourceMap) files.set(`${js}.map`, origin);
+  }
+  return files;
+}
+
+/** The app files a runtime stage holds (paths under its WORKDIR), each with its context file. */
+function imageAppFiles(stage: Stage, build: Stage): Map<string, string> {
+  const built = buildStageFiles(build);
+  const buildDir = lastOf(build, 'WORKDIR')?.args ?? '/';
+  const workdir = lastOf(stage, 'WORKDIR')?.args ?? '/';
+  const out = new Map<string, string>();
+  for (const i of instructions(stage, 'COPY')) {
+    const copy = parseCopy(i.args);
+    const from = copy.from === undefined ? undefined : stageNamed(copy.from);
+    if (!from || !lineage(from).includes(build)) continue;
+    const at = destinations(copy, workdir);
+    copy.sources.forEach((source, n) => {
+      const src = path.posix.relative(buildDir, source);
+      if (src.startsWith('..') || src === 'node_modules') return;
+      const dest = path.posix.relative(workdir, at[n]);
+      for (const [rel, origin] of built) {
+        if (rel === src || rel.startsWith(`${src}/`)) out.set(path.posix.join(dest, path.posix.relative(src, rel)), origin);
+      }
+    });
+  }
+  return out;
+}
+
+/** Relative module specifiers a TypeScript file imports (static, dynamic and `export ... from`). */
+function relativeImports(rel: string): string[] {
+  const text = read(rel);
+  return [...text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)['"](\.{1,2}\/[^'"]+)['"]/gm)].map((m) => m[1]);
+}
+
+// ------------------------------------------------------------------------------------------------
 // YAML
 
 // Parsed manifests are plain JSON-like data of many shapes; the assertions below check each field
@@ -401,7 +478,10 @@ test('Dockerfile: the build runs `npm ci` (as CI does) with a pinned npm 11, and
         return c.sources.filter((s, n) => at[n] === path.posix.resolve(workdir, s));
       }),
   );
-  const needed = ['package.json', 'package-lock.json', '.npmrc', 'tsconfig.json', ...new Set(tsconfig.include.map((p) => p.split('/')[0]))];
+  // tools/ (benchmarks, soak, eval) is compiled by `npm ci` in a checkout but deliberately left out
+  // of the image; tsc builds whatever of `include` is present.
+  const sourceDirs = [...new Set(tsconfig.include.map((p) => p.split('/')[0]))].filter((d) => d !== TOOLS_DIR);
+  const needed = ['package.json', 'package-lock.json', '.npmrc', 'tsconfig.json', ...sourceDirs];
   for (const f of needed) assert.ok(copiedBeforeCi.has(f), `${f} must be copied into ${workdir} before npm ci`);
 
   // src/main.ts -> <outDir>/<path from rootDir>.js is what the ENTRYPOINT and `npm start` run.
@@ -427,6 +507,47 @@ test('Dockerfile: the build runs `npm ci` (as CI does) with a pinned npm 11, and
       assert.ok(lineage(from).includes(build), `stage ${stage.name}: ${dest} should come from the npm ci stage (${build.name})`);
     }
   }
+});
+
+test('Dockerfile: the image carries the server and its model scripts, and no benchmark, soak or eval code', () => {
+  const build = DOCKERFILE.stages.find((s) => instructions(s, 'RUN').some((i) => runsCommand(i.args, 'npm ci')));
+  assert.ok(build, 'no stage runs `npm ci`');
+  const tooling = /(^|\/)(bench|soak|eval|gpu-check)([-/.]|$)/;
+  assert.ok(exists(TOOLS_DIR), `${TOOLS_DIR}/ is gone: the check below would pass for nothing`);
+  assert.ok(dockerignored(TOOLS_DIR), `.dockerignore should exclude ${TOOLS_DIR}/`);
+  const toolSources = filesUnder(TOOLS_DIR).filter((f) => f.endsWith('.ts'));
+  assert.ok(toolSources.some((f) => /bench/.test(f)) && toolSources.some((f) => /soak/.test(f)) && toolSources.some((f) => /eval/.test(f)));
+  // Nothing outside tools/ holds tooling code (it moved there whole).
+  for (const dir of ['src', 'scripts']) {
+    for (const f of filesUnder(dir)) assert.doesNotMatch(f, tooling, `${f} is tooling: it belongs in ${TOOLS_DIR}/`);
+  }
+
+  const built = buildStageFiles(build);
+  // tsc in the image compiles only what was copied: no copied source may import from tools/.
+  for (const [rel, origin] of built) {
+    if (rel !== origin || !rel.endsWith('.ts')) continue;
+    for (const spec of relativeImports(rel)) {
+      const target = path.posix.normalize(path.posix.join(path.posix.dirname(rel), spec)).replace(/\.js$/, '.ts');
+      assert.ok(built.has(target) || built.has(target.replace(/\.ts$/, '.js')), `${rel} imports ${spec}, which is not in the image's build context`);
+    }
+  }
+
+  for (const stage of runtimeStages()) {
+    const files = imageAppFiles(stage, build);
+    const names = [...files.keys()];
+    assert.ok(names.includes('dist/src/main.js'), `stage ${stage.name}: the derived file list lacks dist/src/main.js (${names.length} files)`);
+    assert.ok(names.includes('dist/scripts/download.js'), `stage ${stage.name}: the model download script should ship (deploy/jobs)`);
+    assert.ok(names.some((n) => n.startsWith('playground/')), `stage ${stage.name}: the playground should ship`);
+    for (const [name, origin] of files) {
+      assert.ok(!origin.startsWith(`${TOOLS_DIR}/`) && !name.startsWith(`dist/${TOOLS_DIR}/`), `stage ${stage.name}: ${name} is tooling`);
+      assert.doesNotMatch(name, tooling, `stage ${stage.name}: ${name} is benchmark/soak/eval code`);
+    }
+  }
+  // What leaving tools/ out saves: its sources, and (after a local build) its compiled output.
+  const bytes = (files: string[]): number => files.reduce((sum, f) => sum + statSync(path.join(ROOT, f)).size, 0);
+  const distTools = exists(`dist/${TOOLS_DIR}`) ? bytes(filesUnder(`dist/${TOOLS_DIR}`)) : 0;
+  assert.ok(bytes(toolSources) > 100_000, 'tools/ should be the ~150 KB of benchmark, soak and eval sources');
+  console.log(`image check: ${toolSources.length} tool sources (${bytes(toolSources)} bytes) stay out; dist/${TOOLS_DIR} here: ${distTools} bytes`);
 });
 
 test('Dockerfile: the GPU image installs the CUDA provider and fails the build without it; the CPU image has none', () => {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { rmSync } from 'node:fs';
-import { evaluateQuality, klDivergence, QualityAccumulator, tokenStream } from '../src/eval/quality.js';
+import { evaluateQuality, klDivergence, QualityAccumulator, tokenStream } from '../tools/eval/quality.js';
 import { exportCheckpoint } from '../src/model/export.js';
 import { tempDir, tinyModel } from './helpers/tiny-model.js';
 

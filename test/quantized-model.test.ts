@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import request from 'supertest';
-import { quantizeQ8_0, toHalfBits, writeGpt2Gguf } from '../src/bench/gguf.js';
+import { quantizeQ8_0, toHalfBits, writeGpt2Gguf } from '../tools/bench/gguf.js';
 import { InProcessEngine } from '../src/engine/client.js';
 import { buildApp } from '../src/server/app.js';
 import { createOnnxRunner, type ModelRunner } from '../src/engine/runner.js';

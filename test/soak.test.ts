@@ -4,12 +4,12 @@
 // needs a long run to mean anything; the CLI checks it, this test does not.)
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { liveServerPids } from '../src/bench/server-process.js';
-import { UsageError } from '../src/bench/options.js';
-import { parseSoakArgs } from '../src/soak/options.js';
-import { floodPromptTokens } from '../src/soak/requests.js';
-import { ROWS, TASKS } from '../src/soak/scenarios.js';
-import { reportText, runSoak } from '../src/soak/soak.js';
+import { liveServerPids } from '../tools/bench/server-process.js';
+import { UsageError } from '../tools/bench/options.js';
+import { parseSoakArgs } from '../tools/soak/options.js';
+import { floodPromptTokens } from '../tools/soak/requests.js';
+import { ROWS, TASKS } from '../tools/soak/scenarios.js';
+import { reportText, runSoak } from '../tools/soak/soak.js';
 import { tinyModel } from './helpers/tiny-model.js';
 
 test('soak options: defaults, and flags the soak owns are refused as server args', () => {

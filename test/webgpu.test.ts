@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test, type TestContext } from 'node:test';
-import { greedyDecode } from '../src/bench/runner-decode.js';
+import { greedyDecode } from '../tools/bench/runner-decode.js';
 import { InProcessEngine } from '../src/engine/client.js';
 import { createRunner } from '../src/engine/runner-factory.js';
 import { createOnnxRunner, OnnxRunner } from '../src/engine/runner.js';

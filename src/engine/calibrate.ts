@@ -34,9 +34,9 @@ export async function calibrateStepCost(
   const blocksOf = (row: number) => blocks[distinct ? row : 0]!;
   const samples: Array<{ shape: StepShape; ms: number }> = [];
   // The first run of a shape pays for what serving pays once: its KV blocks' pages faulted in for
-  // the first time, ONNX Runtime's arena grown. Measured: a 32-row decode at 256 cached tokens took
-  // 2142 ms the first time and 186 ms the second, and a fit on such first runs predicted 0 ms for
-  // a 512-token prefill. The faster of two runs is what a step of that shape costs.
+  // the first time, ONNX Runtime's arena grown. That one-off cost can be ten times the step's and
+  // skews the fit until it predicts nothing for a long prefill (docs/benchmark.md, "Figures behind
+  // the code"). The faster of two runs is what a step of that shape costs.
   const time = async (rows: RunnerRow[]): Promise<number> => {
     let best = Infinity;
     for (let i = 0; i < 2; i++) {

@@ -31,14 +31,13 @@ export interface SessionOptions {
 
 /**
  * The weights file, read into process memory for ONNX Runtime (which otherwise maps the file and
- * reads the weights through that mapping every step). On the shared VMs measured, pages of such a
- * file mapping kept being dropped and read back while the model ran: 32-row decode steps of
- * GPT-2 small took 159-584 ms (medians by context length) reading weights through the mapping,
- * against 106-150 ms with the same folder on tmpfs, back to back. Files too big for one Buffer
- * (over buffer.constants.MAX_LENGTH) keep the mapping. ONNX Runtime copies the weights while it
- * creates the session, so the buffer is garbage once the session exists (test/model-export.test.ts
- * overwrites it and checks the logits); holding it held the file's size twice (480 MB for GPT-2
- * small).
+ * reads the weights through that mapping every step). Under memory pressure the kernel may drop a
+ * mapping's clean pages and read them back while the model runs, which makes step times erratic
+ * and slow; memory the process owns is not dropped (figures: docs/benchmark.md, "Figures behind
+ * the code"). Files too big for one Buffer (over buffer.constants.MAX_LENGTH) keep the mapping.
+ * ONNX Runtime copies the weights while it creates the session, so the buffer is garbage once the
+ * session exists (test/model-export.test.ts overwrites it and checks the logits); holding it would
+ * keep the file's size in memory twice.
  */
 function inMemoryWeights(file: string | undefined): ort.InferenceSession.SessionOptions {
   if (!file || !existsSync(file) || statSync(file).size > bufferConstants.MAX_LENGTH) return {};

@@ -253,10 +253,10 @@ export class Scheduler {
    * max_tokens decode steps, each at its share of a decode step of the batch being formed. It is
    * the share of the machine that prefill needs for prompts to be served as fast as they come,
    * whatever the load; 'auto' gives prefill at least that share of a step. Under it prompts queue
-   * up, trading the streams' pace for time to first token: measured with 512-token prompts at 32
-   * streams, where prompts are ~70 % of the work, a plain 2x cap left ~20 of 32 requests waiting
-   * (TTFT p50 27 s against 4 s with the share). The share of the work still to do instead of the
-   * work brought settles with the queue long enough to make it so (TTFT p50 17 s).
+   * up, trading the streams' pace for time to first token: when prompts are most of the work, a
+   * fixed cap leaves most requests waiting while a few stream fast. The share of the work still to
+   * do, instead of the work brought, only settles once the queue is long enough to make it so.
+   * (The runs that showed both: docs/benchmark.md, "Figures behind the code".)
    */
   private prefillShare(cost: StepCost, settled: StepShape, decodeMs: number): number {
     const prompts: StepShape = { tokens: 0, attended: 0 };

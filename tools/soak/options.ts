@@ -2,7 +2,7 @@
 import { DEFAULT_MODEL_DIR, parseToolFlags, UsageError } from '../bench/options.js';
 
 export const USAGE = `Usage: npm run soak -- [--duration S] [--model DIR] [options]
-       (or: node dist/scripts/soak.js [options])
+       (or: node dist/tools/soak.js [options])
 
 Starts the server on 127.0.0.1 and drives a bounded, seeded mix of hostile and ordinary clients
 for --duration seconds: SSE streams read to the end or dropped after a few chunks, plain JSON

@@ -6,7 +6,7 @@ import type { BenchApi, TransportKind } from './transport.js';
 export const DEFAULT_MODEL_DIR = 'models/bench-gpt2-small';
 
 export const USAGE = `Usage: npm run bench -- [--url URL | --model DIR] [options]
-       (or: node dist/scripts/bench-serving.js [options])
+       (or: node dist/tools/bench-serving.js [options])
 
 Benchmarks the server through its public API, as a client would: streaming completions over SSE
 or the websocket, a seeded workload of random token-id prompts with ignore_eos (exact output

@@ -1,14 +1,14 @@
 // npm run bench:llama -- --llama-dir DIR [--models DIR,DIR] [--checkpoint DIR] [--types F32,Q8_0]
 //                        [--streams 1,8,32] [--prompt-tokens 64] [--output-tokens 64] [--threads 2]
 // Our server (HTTP/SSE) against llama.cpp (node-llama-cpp, in-process) on the same weights, same
-// prompts, greedy, at each stream count, in one run (src/bench/llama-compare.ts).
+// prompts, greedy, at each stream count, in one run (tools/bench/llama-compare.ts).
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { compareTable, compareWithLlama } from '../src/bench/llama-compare.js';
-import { makeProgress } from '../src/bench/progress.js';
-import { stopAllServers } from '../src/bench/server-process.js';
-import type { GgufWeightType } from '../src/bench/gguf.js';
-import { runCli } from './cli.js';
+import { compareTable, compareWithLlama } from './bench/llama-compare.js';
+import { makeProgress } from './bench/progress.js';
+import { stopAllServers } from './bench/server-process.js';
+import type { GgufWeightType } from './bench/gguf.js';
+import { runCli } from '../scripts/cli.js';
 
 const USAGE = `Usage: npm run bench:llama -- --llama-dir DIR [options]
 

@@ -1,8 +1,8 @@
 // Greedy decoding straight on a ModelRunner, without the scheduler: the smallest loop that
 // exercises prefill and decode steps on an execution provider. The WebGPU test compares providers
-// with it and scripts/gpu-check.ts times decode steps with it.
-import { blocksFor } from '../engine/kv-cache.js';
-import type { ModelRunner, RunnerRow } from '../engine/runner.js';
+// with it and tools/gpu-check.ts times decode steps with it.
+import { blocksFor } from '../../src/engine/kv-cache.js';
+import type { ModelRunner, RunnerRow } from '../../src/engine/runner.js';
 
 interface Stream {
   tokens: number[];

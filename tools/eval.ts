@@ -2,9 +2,9 @@
 //                 [--threads 0] [--json FILE]
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { evaluateQuality } from '../src/eval/quality.js';
+import { evaluateQuality } from './eval/quality.js';
 import { describeWeights, readManifest } from '../src/model/manifest.js';
-import { runCli } from './cli.js';
+import { runCli } from '../scripts/cli.js';
 
 const USAGE = `Usage: npm run eval -- --model DIR --reference DIR [options]
 

@@ -4,7 +4,7 @@
 // sees the very same prompts. Runs of a sweep take distinct seeds (runSeed): a server with
 // prefix caching would otherwise find the previous run's prompts in its cache. With
 // sharedPrefixTokens, every prompt starts with the same tokens (one per seed) before its own.
-import { Rng } from '../util/rng.js';
+import { Rng } from '../../src/util/rng.js';
 
 /** Token ids 0..50255: GPT-2's vocabulary without <|endoftext|> (50256). */
 export const PROMPT_VOCAB = 50256;

@@ -9,7 +9,7 @@ import { buildEngineCore } from '../src/engine/engine-loop.js';
 import type { EngineCore } from '../src/engine/engine-core.js';
 import type { SamplingParams } from '../src/engine/types.js';
 import { ConstraintCompiler, type CompiledConstraint } from '../src/structured/constraint.js';
-import { runCli } from './cli.js';
+import { runCli } from '../scripts/cli.js';
 
 /** Does not complete within a hundred tokens (at least three records), so every step is masked. */
 const SCHEMA = {

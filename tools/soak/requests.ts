@@ -3,7 +3,7 @@
 // answer each must get.
 import { readFileSync } from 'node:fs';
 import { PROMPT_VOCAB } from '../bench/workload.js';
-import type { Rng } from '../util/rng.js';
+import type { Rng } from '../../src/util/rng.js';
 
 /** What a soak client needs to know about the server it talks to. */
 export interface ModelFacts {

@@ -31,8 +31,8 @@ import { makeTinyModel, PRESETS } from '../src/model/tiny.js';
 import { WEIGHT_DTYPES, type WeightDtype } from '../src/model/weight-format.js';
 import { WeightOps } from '../src/model/weight-ops.js';
 import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
-import { runCli } from './cli.js';
-import { makeReporter } from './progress.js';
+import { runCli } from '../scripts/cli.js';
+import { makeReporter } from '../scripts/progress.js';
 
 const BLOCK_SIZE = 16;
 const FP32_DIR = 'models/bench-gpt2-small';

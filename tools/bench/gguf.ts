@@ -7,8 +7,8 @@
 // and biases stay F32).
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { Gpt2Weights, readGpt2Config } from '../model/gpt2-checkpoint.js';
-import { SafetensorsFile } from '../model/safetensors.js';
+import { Gpt2Weights, readGpt2Config } from '../../src/model/gpt2-checkpoint.js';
+import { SafetensorsFile } from '../../src/model/safetensors.js';
 
 export type GgufWeightType = 'F32' | 'Q8_0';
 

@@ -3,10 +3,10 @@
 // tokens and every position's distributions are compared. The figures are the ones llama.cpp's
 // `llama-perplexity --kl-divergence` reports: mean and p99 KL divergence, and how often the top
 // token agrees, overall and where the reference is not near a tie.
-import { createOnnxRunner, type OnnxRunner } from '../engine/runner.js';
-import { readManifest } from '../model/manifest.js';
-import { concatFloat32 } from '../util/concat-float32.js';
-import { Rng } from '../util/rng.js';
+import { createOnnxRunner, type OnnxRunner } from '../../src/engine/runner.js';
+import { readManifest } from '../../src/model/manifest.js';
+import { concatFloat32 } from '../../src/util/concat-float32.js';
+import { Rng } from '../../src/util/rng.js';
 
 export interface QualityOptions {
   model: string;

@@ -1,4 +1,4 @@
-// The GPU check's entry (scripts/gpu-check.sh bundles it with Node and ONNX Runtime):
+// The GPU check's entry (tools/gpu-check.sh bundles it with Node and ONNX Runtime):
 //   node gpu-check [--quick] [--work DIR] [--encoder-dir DIR] [--json FILE]
 //                  [--streams 1,8,32] [--prompt-tokens N] [--decode-steps N] [--layers N]
 // Exit status: 0 all checks pass, 1 a check failed or an error, 2 no WebGPU adapter.
@@ -6,9 +6,9 @@ import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatReport, runGpuCheck } from '../src/bench/gpu-check.js';
+import { formatReport, runGpuCheck } from './bench/gpu-check.js';
 import { PRESETS } from '../src/model/tiny.js';
-import { runCli } from './cli.js';
+import { runCli } from '../scripts/cli.js';
 
 runCli('gpu-check', async (argv) => {
   const { values } = parseArgs({

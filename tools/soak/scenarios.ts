@@ -1,7 +1,7 @@
 // The soak's clients: what each kind does, which outcomes are correct for it (the table's rows),
 // and how often the mix sends it. A task is what one client loop runs at a time; a websocket task
 // yields one record per completion it carried.
-import type { Rng } from '../util/rng.js';
+import type { Rng } from '../../src/util/rng.js';
 import { httpRequest, sseCompletion, type HttpTarget, type SseResult } from './http-client.js';
 import { errorOutcome, httpErrorOutcome, statusOfCode, type Outcome, type RequestRecord } from './outcome.js';
 import {

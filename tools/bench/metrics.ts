@@ -41,7 +41,7 @@ export interface RunMetrics {
   hostile_unexpected?: number;
 }
 
-/** What the probes saw during a run (src/bench/probes.ts). */
+/** What the probes saw during a run (tools/bench/probes.ts). */
 export interface RunProbes {
   health: ProbeResult;
   models: ProbeResult;

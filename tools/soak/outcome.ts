@@ -1,7 +1,7 @@
 // What became of one soak request, as the client saw it. Every scenario says which outcomes are
 // correct for it (a stalled reader must be cut off, a bad input must get its 4xx, ...); anything
 // else is a finding.
-import { ERROR_TABLE, type ErrorCode } from '../server/openai/errors.js';
+import { ERROR_TABLE, type ErrorCode } from '../../src/server/openai/errors.js';
 
 export const OUTCOMES = ['completed', 'cancelled', 'stall_cutoff', 'expected_4xx', 'overloaded', 'server_error', 'unexpected'] as const;
 export type Outcome = (typeof OUTCOMES)[number];

@@ -5,7 +5,7 @@ import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Worker } from 'node:worker_threads';
 import { repeat } from '../bench/probes.js';
-import { spawnWorker } from '../util/spawn-worker.js';
+import { spawnWorker } from '../../src/util/spawn-worker.js';
 import { httpRequest, type HttpTarget } from './http-client.js';
 
 /** The server metrics the soak reads (names as GET /metrics exposes them). */

@@ -1,10 +1,10 @@
 // npm run bench -- [--url URL | --model DIR] [--concurrency 1,4,16,32] [--prompt-tokens N]
 //                  [--output-tokens N] [--requests N] [--rate R] [--transport sse|ws] [--baseline]
 //                  [--out FILE] [--svg FILE]          (--help for everything)
-// Serving benchmark through the public API; the modules are in src/bench/ (docs/benchmark.md).
-import { benchMain } from '../src/bench/bench.js';
-import { UsageError } from '../src/bench/options.js';
-import { stopServersOnSignals } from '../src/bench/server-process.js';
+// Serving benchmark through the public API; the modules are in tools/bench/ (docs/benchmark.md).
+import { benchMain } from './bench/bench.js';
+import { UsageError } from './bench/options.js';
+import { stopServersOnSignals } from './bench/server-process.js';
 
 stopServersOnSignals('bench');
 

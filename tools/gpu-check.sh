@@ -2,10 +2,10 @@
 # Builds the self-contained GPU check: a folder of at most 60 MiB that runs on a Linux x86-64
 # machine with a GPU driver and nothing else (no Node, no npm, no network). Inside: run.sh and
 # payload.tar.gz (this Node binary, stripped; onnxruntime-node's linux-x64 binding and
-# libonnxruntime; scripts/gpu-check.ts bundled with esbuild into one file; the GPT-2 tokenizer
+# libonnxruntime; tools/gpu-check.ts bundled with esbuild into one file; the GPT-2 tokenizer
 # data; fallback copies of libvulkan, libstdc++ and libgcc_s for machines without them).
-#   scripts/gpu-check.sh [OUT_DIR]          default OUT_DIR: dist/gpu-check
-#   OUT_DIR/run.sh [--quick] [...]          on the GPU machine (see scripts/gpu-check.ts for flags)
+#   tools/gpu-check.sh [OUT_DIR]          default OUT_DIR: dist/gpu-check
+#   OUT_DIR/run.sh [--quick] [...]          on the GPU machine (see tools/gpu-check.ts for flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-dist/gpu-check}
@@ -23,7 +23,7 @@ mkdir -p "$app/dist" "$app/bin/napi-v6/linux/x64" "$app/data" "$app/fallback-lib
 
 # One CommonJS file: onnxruntime-node finds its binding with a runtime require relative to the
 # bundle (../bin/napi-v6/linux/x64/), which esbuild leaves alone; import.meta.url is given a value.
-npx --no-install esbuild scripts/gpu-check.ts --bundle --platform=node --format=cjs --target=node20 \
+npx --no-install esbuild tools/gpu-check.ts --bundle --platform=node --format=cjs --target=node20 \
   --outfile="$app/dist/gpu-check.cjs" --log-level=error --external:*.node \
   --define:import.meta.url=__gpuCheckUrl --banner:js="const __gpuCheckUrl = require('url').pathToFileURL(__filename).href;"
 

@@ -85,8 +85,8 @@ export function freePort(host = '127.0.0.1'): Promise<number> {
 /** How to run the server: compiled dist/src/main.js, or src/main.ts through tsx (tests). */
 export function serverEntry(): { execArgv: string[]; script: string; cwd: string } {
   const here = dirname(fileURLToPath(import.meta.url));
-  const js = resolve(here, '..', 'main.js');
-  const ts = resolve(here, '..', 'main.ts');
+  const js = resolve(here, '..', '..', 'src', 'main.js');
+  const ts = resolve(here, '..', '..', 'src', 'main.ts');
   const root = findRoot(here);
   if (existsSync(js)) return { execArgv: [], script: js, cwd: root };
   if (existsSync(ts)) return { execArgv: ['--import', 'tsx'], script: ts, cwd: root };

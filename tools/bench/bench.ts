@@ -4,8 +4,8 @@
 // started, and print, chart and save the result.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { CONTRACT_VERSION } from '../model/serving-graph.js';
-import { makeTinyModel, PRESETS } from '../model/tiny.js';
+import { CONTRACT_VERSION } from '../../src/model/serving-graph.js';
+import { makeTinyModel, PRESETS } from '../../src/model/tiny.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
 import { computeMetrics, type RunMetrics, type RunProbes } from './metrics.js';

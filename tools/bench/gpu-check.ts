@@ -1,17 +1,17 @@
-// The self-contained GPU check (scripts/gpu-check.sh builds the folder, scripts/gpu-check.ts is
+// The self-contained GPU check (tools/gpu-check.sh builds the folder, tools/gpu-check.ts is
 // its entry): on a machine with a GPU driver and nothing else, make the models on the spot, check
 // the WebGPU runner (KV pool on the device) against the CPU provider, then time decode steps at
 // several stream counts on both and report the bytes each step moves between host and device.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { blocksFor, KvPool } from '../engine/kv-cache.js';
-import { createOnnxRunner, type ModelRunner } from '../engine/runner.js';
-import { WebGpuRunner, type StepTransfer } from '../engine/webgpu-runner.js';
-import { webgpuUnavailable } from '../engine/webgpu.js';
-import { readManifest, type Manifest } from '../model/manifest.js';
-import { makeTinyModel, PRESETS, type TinyShape } from '../model/tiny.js';
-import { compareLogits, FP32_LOGIT_TOLERANCE, fp16LogitTolerance } from '../model/webgpu-graph.js';
+import { blocksFor, KvPool } from '../../src/engine/kv-cache.js';
+import { createOnnxRunner, type ModelRunner } from '../../src/engine/runner.js';
+import { WebGpuRunner, type StepTransfer } from '../../src/engine/webgpu-runner.js';
+import { webgpuUnavailable } from '../../src/engine/webgpu.js';
+import { readManifest, type Manifest } from '../../src/model/manifest.js';
+import { makeTinyModel, PRESETS, type TinyShape } from '../../src/model/tiny.js';
+import { compareLogits, FP32_LOGIT_TOLERANCE, fp16LogitTolerance } from '../../src/model/webgpu-graph.js';
 import { greedyDecode } from './runner-decode.js';
 
 /** CPU provider (host pool), or the WebGPU runner's fp16 (production) or fp32 step graph. */

@@ -1,5 +1,5 @@
 // The soak's verdict: the checks a run must pass, and the tables it prints (markdown, so that a
-// run's output can go into the README as it is).
+// run's output can go into docs/reliability.md as it is).
 import type { Summary } from '../bench/stats.js';
 import { OUTCOMES, OUTCOME_LABELS, type Outcome, type RequestRecord } from './outcome.js';
 import type { MetricValues } from './probes.js';
