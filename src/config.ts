@@ -107,6 +107,38 @@ export const SETTINGS = {
     schema: z.stringbool().default(true),
     switch: true,
   },
+  speculative: {
+    flag: 'speculative',
+    env: 'GPT2_SPECULATIVE',
+    help:
+      'Speculative decoding: off; ngram (drafts copied from where the sequence\'s last tokens occurred before in its prompt or output); ' +
+      'or draft (a smaller model, --draft-model). Drafts are verified exactly: greedy and seeded output is the same as without (docs/speculative.md)',
+    schema: z.enum(['off', 'ngram', 'draft']).default('off'),
+  },
+  numSpeculativeTokens: {
+    flag: 'num-speculative-tokens',
+    env: 'GPT2_NUM_SPECULATIVE_TOKENS',
+    help: 'Most draft tokens a sequence proposes per step (the scheduler drafts fewer, or none, where they do not pay)',
+    schema: int(1).max(16).default(4),
+  },
+  promptLookupMin: {
+    flag: 'prompt-lookup-min',
+    env: 'GPT2_PROMPT_LOOKUP_MIN',
+    help: 'ngram: shortest run of last tokens matched against the context',
+    schema: int(1).default(2),
+  },
+  promptLookupMax: {
+    flag: 'prompt-lookup-max',
+    env: 'GPT2_PROMPT_LOOKUP_MAX',
+    help: 'ngram: longest run of last tokens matched (longest first)',
+    schema: int(1).default(5),
+  },
+  draftModel: {
+    flag: 'draft-model',
+    env: 'GPT2_DRAFT_MODEL',
+    help: 'draft: the exported folder of a smaller GPT-2 with the same tokenizer (e.g. distilgpt2 for gpt2-medium)',
+    schema: z.string().min(1).optional(),
+  },
   maxConcurrentRequests: {
     flag: 'max-concurrent-requests',
     env: 'GPT2_MAX_CONCURRENT_REQUESTS',
@@ -245,6 +277,14 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     // A prompt's choices run in one batch, so a request of up to --max-num-seqs choices must be admissible.
     throw new ConfigError(
       `--max-seqs-in-flight (${config.maxSeqsInFlight}) must be >= --max-num-seqs (${config.maxNumSeqs}): a prompt's choices, up to a full batch, must be admissible`,
+    );
+  }
+  if (config.promptLookupMin > config.promptLookupMax) {
+    throw new ConfigError(`--prompt-lookup-min (${config.promptLookupMin}) must be <= --prompt-lookup-max (${config.promptLookupMax})`);
+  }
+  if ((config.speculative === 'draft') !== (config.draftModel !== undefined)) {
+    throw new ConfigError(
+      config.speculative === 'draft' ? '--speculative draft needs --draft-model DIR' : `--draft-model is only used with --speculative draft (got --speculative ${config.speculative})`,
     );
   }
   return config;

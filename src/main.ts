@@ -83,6 +83,13 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     kvCacheTokens: config.kvCacheTokens,
     blockSize: config.blockSize,
     prefixCaching: config.prefixCaching,
+    speculation: {
+      method: config.speculative,
+      numTokens: config.numSpeculativeTokens,
+      lookupMin: config.promptLookupMin,
+      lookupMax: config.promptLookupMax,
+      draftModelDir: config.draftModel,
+    },
     maxConsecutiveStepFailures: config.maxStepFailures,
     stepTimeoutMs: config.stepTimeoutMs,
   };

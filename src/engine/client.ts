@@ -12,7 +12,7 @@ import { loadChatTemplate, type ChatRenderRequest, type ChatTemplateInfo, type C
 import { InlineCodec, TokenizerThread, type ChatEncoding, type TextCodec } from '../model/tokenizer-thread.js';
 import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
-import { EngineLoop, buildEngineCore, type EngineCommand } from './engine-loop.js';
+import { EngineLoop, buildEngineCore, type EngineCommand, type EngineHooks } from './engine-loop.js';
 import { LivenessMonitor } from './liveness.js';
 import { EngineStartError } from './start-error.js';
 import type {
@@ -173,9 +173,9 @@ const SHUTTING_DOWN: EngineEvent = {
 export class InProcessEngine extends BaseEngineClient {
   private loop!: EngineLoop;
 
-  static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<InProcessEngine> {
+  static async start(options: EngineOptions, log: (msg: string) => void = () => {}, hooks: EngineHooks = {}): Promise<InProcessEngine> {
     const chat = chatTemplateOf(options);
-    const { core, model, tokenizer } = await buildEngineCore(options, log).catch((err: unknown) => {
+    const { core, model, tokenizer } = await buildEngineCore(options, log, hooks).catch((err: unknown) => {
       throw new EngineStartError(options.modelDir, (err as Error).message);
     });
     const engine = new InProcessEngine(model, new InlineCodec(tokenizer, chat), chat, options.stepTimeoutMs);

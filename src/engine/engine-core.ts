@@ -15,6 +15,7 @@ import { attendedBy, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
+import type { Speculator } from './speculation.js';
 import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, TokenLogprob } from './types.js';
 
 export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
@@ -26,6 +27,8 @@ export interface EngineCoreOptions {
   constraintCacheSize?: number;
   /** Step-cost model for time-budgeted scheduling; corrected with every step's measured time. */
   cost?: StepCostModel;
+  /** Speculative decoding: drafts verified exactly in the same step (off when absent). */
+  speculator?: Speculator;
 }
 
 /** Per-request state; sequences hold per-choice state the scheduler needs, this holds the rest. */
@@ -147,6 +150,7 @@ export class EngineCore {
     const start = performance.now();
     const plan = this.scheduler.schedule(this.opts.cost);
     if (plan.rows.length === 0) return this.takeEvents();
+    await this.opts.speculator?.addDrafts(plan.rows, this.scheduler, (seq) => this.canDraft(seq), this.opts.contextLength);
     const rows = plan.rows.map((r) => this.runnerRow(r));
     const runStart = performance.now();
     let outputs: RowOutput[];
@@ -171,7 +175,9 @@ export class EngineCore {
         if (first < row.count && state.promptLogprobs && row.seq.choice === 0 && row.start < row.seq.promptLength) {
           this.collectPromptLogprobs(state, row, outputs[i].logits);
         }
-        if (row.sample) {
+        if (row.draft) {
+          this.verify(state, row.seq, row.draft, outputs[i]);
+        } else if (row.sample) {
           const { logits, argmax } = outputs[i];
           this.onLogits(state, row.seq, logits.subarray(logits.length - this.runner.vocabSize), argmax);
         }
@@ -244,6 +250,9 @@ export class EngineCore {
       preemptions: this.scheduler.preemptionCount,
       prefixCacheQueries: this.scheduler.prefixCacheQueries,
       prefixCacheHits: this.scheduler.prefixCacheHits,
+      specDecodeDrafts: this.opts.speculator?.stats.drafts ?? 0,
+      specDecodeDraftTokens: this.opts.speculator?.stats.draftTokens ?? 0,
+      specDecodeAcceptedTokens: this.opts.speculator?.stats.acceptedTokens ?? 0,
       promptTokensTotal: this.promptTokensTotal,
       generatedTokensTotal: this.generatedTokensTotal,
     };
@@ -303,12 +312,46 @@ export class EngineCore {
     const wantsPrompt = !!state?.promptLogprobs && seq.choice === 0 && row.start < seq.promptLength && seq.outputLength === 0;
     const sampler = state?.choices[seq.choice]?.sampler;
     return {
-      tokens: seq.tokens.slice(row.start, row.start + row.count),
+      // A verification row: the pending token, then the drafts (every position picks a token).
+      tokens: row.draft ? [seq.tokens[row.start]!, ...row.draft] : seq.tokens.slice(row.start, row.start + row.count),
       pastLength: row.start,
       blocks: seq.blocks,
-      logitsFrom: wantsPrompt ? 0 : row.sample ? row.count - 1 : row.count,
+      logitsFrom: wantsPrompt || row.draft ? 0 : row.sample ? row.count - 1 : row.count,
       fetchLogits: wantsPrompt || (row.sample && (sampler?.needsLogits(seq.outputLength) ?? true)),
     };
+  }
+
+  /**
+   * Whether a sequence may carry drafts: it has picked its first token (the prompt's last logits
+   * also fork the other choices and may report prompt logprobs) and nothing is left to fork.
+   */
+  private canDraft(seq: Sequence): boolean {
+    return seq.outputLength > 0 && seq.unforked === 0;
+  }
+
+  /**
+   * Checks a row's drafts against the target model, position by position, exactly as decoding
+   * would: the sampler picks from position j's logits with every processor and constraint applied
+   * and its own RNG; a pick equal to draft j keeps that draft (its K/V were computed in the step)
+   * and moves on to position j + 1; the first pick that differs, or the one after the last draft,
+   * is the step's last token. The picks are the ones decoding token by token would make (same
+   * logits bit for bit, same sampler state, one RNG draw per pick), so greedy and seeded output do
+   * not change with speculation. For a draft that is one token (a point mass q), this is the
+   * standard rejection rule: the draft is kept with probability p(draft) = min(1, p/q), and a
+   * rejected position's pick is distributed as p without the draft, renormalized (the residual).
+   */
+  private verify(state: RequestState, seq: Sequence, draft: readonly number[], output: RowOutput): void {
+    const V = this.runner.vocabSize;
+    let accepted = 0;
+    for (let j = 0; j <= draft.length; j++) {
+      const logits = output.logits.length > 0 ? output.logits.subarray(j * V, (j + 1) * V) : output.logits;
+      const token = this.sampleNext(state, seq, logits, output.argmaxAt(j));
+      if (seq.status !== 'running' || j === draft.length || token !== draft[j]) break;
+      this.scheduler.acceptDraftToken(seq);
+      accepted++;
+    }
+    this.opts.speculator!.record(seq, draft.length, accepted);
+    if (seq.status === 'running') this.scheduler.releaseDraftBlocks(seq);
   }
 
   /** The sequence's pending tokens are all cached: pick its next token (and fork choices). */
@@ -329,12 +372,13 @@ export class EngineCore {
     for (const target of targets) this.sampleNext(state, target, row, argmax);
   }
 
-  private sampleNext(state: RequestState, seq: Sequence, row: Float32Array, argmax: number): void {
+  /** Picks, records and emits the sequence's next token; returns it (-1 when it had none to pick). */
+  private sampleNext(state: RequestState, seq: Sequence, row: Float32Array, argmax: number): number {
     const { params } = state.request;
     const choice = state.choices[seq.choice]!;
     if (seq.outputLength >= params.maxTokens) {
       this.finishChoice(state, seq.choice, 'length', choice.detok.finish());
-      return;
+      return -1;
     }
     const res = choice.sampler.sample(row, seq.outputLength, this.scratch, argmax);
     seq.tokens.push(res.token);
@@ -358,6 +402,7 @@ export class EngineCore {
     // Whatever ended it, text held back as a possible stop-string start was no stop: flush it
     // (after a stop string, finish() returns '').
     if (reason) this.finishChoice(state, seq.choice, reason, choice.detok.finish());
+    return res.token;
   }
 
   private finishChoice(state: RequestState, c: number, reason: FinishReason, text: string): void {

@@ -9,6 +9,7 @@ import { EngineCore, type EventBatch } from './engine-core.js';
 import { BLOCK_SIZE_MULTIPLE, BlockAllocator } from './kv-cache.js';
 import { calibrateStepCost } from './calibrate.js';
 import { createRunner } from './runner-factory.js';
+import { PromptLookupProposer, Speculator, type DraftProposer } from './speculation.js';
 import { StepCostModel } from './step-cost.js';
 import { Scheduler } from './scheduler.js';
 import type { EngineError, EngineHeartbeat, EngineOptions, EngineRequest, ModelInfo } from './types.js';
@@ -115,10 +116,17 @@ export class EngineLoop {
   }
 }
 
+/** What an in-process engine can be given besides its (structured-clone-safe) options: tests' scripts. */
+export interface EngineHooks {
+  /** Replaces the speculation method's own drafts (tests that script acceptances and rejections). */
+  draftProposer?: DraftProposer;
+}
+
 /** Loads the model folder and wires runner, scheduler and core together. */
 export async function buildEngineCore(
   options: EngineOptions,
   log: (msg: string) => void,
+  hooks: EngineHooks = {},
 ): Promise<{ core: EngineCore; model: ModelInfo; tokenizer: Tokenizer }> {
   if (options.blockSize % BLOCK_SIZE_MULTIPLE !== 0) throw new Error(`block size ${options.blockSize} is not a multiple of ${BLOCK_SIZE_MULTIPLE}`);
   const manifest = readManifest(options.modelDir);
@@ -136,14 +144,19 @@ export async function buildEngineCore(
     },
     allocator,
   );
+  const speculation = options.speculation?.method ?? 'off';
+  if (speculation === 'draft') throw new Error('--speculative draft is not built yet');
   let cost: StepCostModel | undefined;
-  if (options.maxStepMs !== 0) {
+  // Speculation decides by predicted step costs whether drafts pay, so it needs the model too.
+  if (options.maxStepMs !== 0 || speculation !== 'off') {
     cost = new StepCostModel();
     const samples = await calibrateStepCost(runner, allocator, { ...options, contextLength: manifest.contextLength });
     cost.fit(samples);
     log(`step cost calibrated on ${samples.length} timed runs: ${samples.map((s) => `${s.shape.tokens} tok ${s.ms.toFixed(0)} ms`).join(', ')}`);
   }
-  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost });
+  const speculator =
+    speculation === 'off' ? undefined : new Speculator(options.speculation!, hooks.draftProposer ?? new PromptLookupProposer(options.speculation!), cost);
+  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost, speculator });
   const model: ModelInfo = {
     name: options.servedModelName ?? basename(options.modelDir),
     contextLength: manifest.contextLength,

@@ -26,6 +26,8 @@ export interface RowOutput {
   logits: Float32Array;
   /** Index of the largest logit in the row's last logits row (-1 when none were asked). */
   argmax: number;
+  /** Index of the largest logit in the row's j-th logits row (verification checks every one). */
+  argmaxAt(j: number): number;
 }
 
 export interface ModelRunner {
@@ -84,10 +86,7 @@ export class OnnxRunner implements ModelRunner {
     let logitsRow = 0;
     rows.forEach((r, i) => {
       const n = r.tokens.length - r.logitsFrom;
-      out[i] = {
-        logits: fetchLogits ? logits.subarray(logitsRow * V, (logitsRow + n) * V) : NO_LOGITS,
-        argmax: n > 0 ? Number(argmax[logitsRow + n - 1]) : -1,
-      };
+      out[i] = rowOutput(fetchLogits ? logits.subarray(logitsRow * V, (logitsRow + n) * V) : NO_LOGITS, argmax.subarray(logitsRow, logitsRow + n));
       logitsRow += n;
     });
     for (let l = 0; l < this.pool.shape.layers; l++) {
@@ -107,6 +106,16 @@ export class OnnxRunner implements ModelRunner {
   async dispose(): Promise<void> {
     await this.session.release();
   }
+}
+
+/** A row's output from its logits rows and their argmax (one per logits row, a view). */
+export function rowOutput(logits: Float32Array, argmaxes: BigInt64Array): RowOutput {
+  const n = argmaxes.length;
+  return {
+    logits,
+    argmax: n > 0 ? Number(argmaxes[n - 1]) : -1,
+    argmaxAt: (j) => (j < n ? Number(argmaxes[j]) : -1),
+  };
 }
 
 function int64(data: BigInt64Array, dims: number[] = [data.length]): ort.Tensor {

@@ -113,6 +113,11 @@ export interface ScheduledRow {
   count: number;
   /** This chunk completes the sequence's pending tokens, so its last logits pick a token. */
   sample: boolean;
+  /**
+   * Speculative decoding: guessed tokens fed after the pending one (count = 1 + draft.length).
+   * They are not the sequence's tokens until verification keeps them (acceptDraftToken).
+   */
+  draft?: readonly number[];
 }
 
 export interface StepPlan {
@@ -295,16 +300,48 @@ export class Scheduler {
   /** Records that the plan ran: its tokens' K/V are now cached, and full blocks get their names. */
   commit(plan: StepPlan): void {
     const bs = this.config.blockSize;
-    for (const { seq, start, count } of plan.rows) {
+    for (const { seq, start, count, draft } of plan.rows) {
       if (seq.status !== 'running') continue;
-      seq.numComputed = start + count;
-      if (!this.allocator.prefixCaching) continue;
-      const full = Math.floor(seq.numComputed / bs);
-      if (full <= seq.registered) continue;
-      const hashes = seq.blockHashes(full, bs);
-      for (let i = seq.registered; i < full; i++) this.allocator.register(seq.blocks[i]!, hashes[i]!);
-      seq.registered = full;
+      seq.numComputed = start + count - (draft?.length ?? 0);
+      this.registerFullBlocks(seq);
     }
+  }
+
+  /** Offers the sequence's newly full blocks of computed tokens to the prefix cache. */
+  private registerFullBlocks(seq: Sequence): void {
+    if (!this.allocator.prefixCaching) return;
+    const bs = this.config.blockSize;
+    const full = Math.floor(seq.numComputed / bs);
+    if (full <= seq.registered) return;
+    const hashes = seq.blockHashes(full, bs);
+    for (let i = seq.registered; i < full; i++) this.allocator.register(seq.blocks[i]!, hashes[i]!);
+    seq.registered = full;
+  }
+
+  /**
+   * Blocks for `positions` positions of `seq`, as far as free blocks allow (a draft never
+   * preempts anything). Returns the positions its blocks now cover.
+   */
+  growForDraft(seq: Sequence, positions: number): number {
+    const bs = this.config.blockSize;
+    const need = blocksFor(positions, bs) - seq.blocks.length;
+    if (need > 0) seq.blocks.push(...(this.allocator.allocate(Math.min(need, this.allocator.freeCount)) ?? []));
+    return seq.blocks.length * bs;
+  }
+
+  /**
+   * Verification kept the next draft token (the sampled token equals it and is the sequence's
+   * last token now): its K/V, computed in the step, are the sequence's.
+   */
+  acceptDraftToken(seq: Sequence): void {
+    seq.numComputed++;
+    this.registerFullBlocks(seq);
+  }
+
+  /** After a verification: blocks that only held rejected drafts go back to the pool. */
+  releaseDraftBlocks(seq: Sequence): void {
+    const keep = blocksFor(seq.tokens.length, this.config.blockSize);
+    if (seq.blocks.length > keep) this.allocator.release(seq.blocks.splice(keep));
   }
 
   /**

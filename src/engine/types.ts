@@ -155,6 +155,10 @@ export interface EngineStats {
   /** Tokens admissions looked up in the prefix cache, and those found there. */
   prefixCacheQueries: number;
   prefixCacheHits: number;
+  /** Speculative decoding: verifications (sequence steps with drafts), draft tokens verified, and kept. */
+  specDecodeDrafts: number;
+  specDecodeDraftTokens: number;
+  specDecodeAcceptedTokens: number;
 }
 
 /** What the engine reports after every step and whenever it goes idle: the edge's liveness source. */
@@ -236,6 +240,17 @@ export interface EngineClient {
   compileConstraint(spec: ConstraintSpec): Promise<CompileResult>;
 }
 
+export interface SpeculationOptions {
+  /** off; ngram: prompt lookup; draft: a smaller model proposes (draftModelDir). */
+  method: 'off' | 'ngram' | 'draft';
+  /** Most draft tokens per sequence and step. */
+  numTokens: number;
+  /** ngram: the shortest and longest runs of last tokens matched against the context. */
+  lookupMin: number;
+  lookupMax: number;
+  draftModelDir?: string;
+}
+
 export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';
 
 export type OrtLogLevel = 'verbose' | 'info' | 'warning' | 'error' | 'fatal';
@@ -268,6 +283,8 @@ export interface EngineOptions {
   blockSize: number;
   /** Automatic prefix caching: full KV blocks are kept, named by their tokens, and reused. */
   prefixCaching: boolean;
+  /** Speculative decoding (off when absent). */
+  speculation?: SpeculationOptions;
   /** Output tokens admission keeps room for per sequence (tests set 0 to force preemption); see SchedulerConfig. */
   admissionReserveTokens?: number;
   /** Consecutive failed model steps after which the engine declares itself dead. */

@@ -13,7 +13,7 @@ import { manifestPlan, type Manifest } from '../model/manifest.js';
 import { GraphBuilder } from '../model/onnx-builder.js';
 import { buildWebGpuGraph, buildZerosGraph, cacheName, floatTypeOf, type DeviceDtype } from '../model/webgpu-graph.js';
 import { NULL_BLOCK, type KvStorage, type PoolShape } from './kv-cache.js';
-import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
+import { rowOutput, type ModelRunner, type RowOutput, type RunnerRow } from './runner.js';
 import type { OrtLogLevel } from './types.js';
 import { createWebGpuSession } from './webgpu.js';
 import { concatFloat32 } from '../util/concat-float32.js';
@@ -126,7 +126,7 @@ export class WebGpuRunner implements ModelRunner {
     if (this.disposed) throw new Error('the WebGPU runner is disposed');
     const longest = Math.max(0, ...rows.map((r) => r.tokens.length));
     if (longest <= MAX_ROW_TOKENS_PER_RUN) return this.runOnce(rows);
-    const parts = rows.map(() => ({ logits: [] as Float32Array[], argmax: -1 }));
+    const parts = rows.map(() => ({ logits: [] as Float32Array[], argmaxes: [] as number[] }));
     const moved: StepTransfer = { up: 0, down: 0 };
     for (let offset = 0; offset < longest; offset += MAX_ROW_TOKENS_PER_RUN) {
       const which: number[] = [];
@@ -149,11 +149,13 @@ export class WebGpuRunner implements ModelRunner {
       out.forEach((o, k) => {
         const part = parts[which[k]!]!;
         if (o.logits.length > 0) part.logits.push(o.logits);
-        if (o.argmax >= 0) part.argmax = o.argmax;
+        for (let j = 0; o.argmaxAt(j) >= 0; j++) part.argmaxes.push(o.argmaxAt(j));
       });
     }
     this.lastTransfer = moved;
-    return parts.map((p) => ({ argmax: p.argmax, logits: p.logits.length === 0 ? NO_LOGITS : p.logits.length === 1 ? p.logits[0]! : concatFloat32(p.logits) }));
+    return parts.map((p) =>
+      rowOutput(p.logits.length === 0 ? NO_LOGITS : p.logits.length === 1 ? p.logits[0]! : concatFloat32(p.logits), BigInt64Array.from(p.argmaxes, BigInt)),
+    );
   }
 
   /** One session.run: every row's tokens at once. */
@@ -194,10 +196,8 @@ export class WebGpuRunner implements ModelRunner {
     return rows.map((r, i) => {
       const count = r.tokens.length - r.logitsFrom;
       const at = step.logitsAt[i]!;
-      return {
-        logits: at >= 0 ? logits.subarray(at * V, (at + count) * V) : NO_LOGITS,
-        argmax: count > 0 ? Number(argmax[step.headStart[i]! + count - 1]) : -1,
-      };
+      const head = step.headStart[i]!;
+      return rowOutput(at >= 0 ? logits.subarray(at * V, (at + count) * V) : NO_LOGITS, argmax.subarray(head, head + Math.max(count, 0)));
     });
   }
 

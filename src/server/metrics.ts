@@ -13,7 +13,17 @@ import type { EngineStats } from '../engine/types.js';
 const PREFIX = 'gpt2_';
 
 /** Engine totals the metrics count up from (heartbeats carry totals; Prometheus wants counters). */
-type CountedStat = 'promptTokensTotal' | 'generatedTokensTotal' | 'preemptions' | 'steps' | 'stepMsTotal' | 'prefixCacheQueries' | 'prefixCacheHits';
+type CountedStat =
+  | 'promptTokensTotal'
+  | 'generatedTokensTotal'
+  | 'preemptions'
+  | 'steps'
+  | 'stepMsTotal'
+  | 'prefixCacheQueries'
+  | 'prefixCacheHits'
+  | 'specDecodeDrafts'
+  | 'specDecodeDraftTokens'
+  | 'specDecodeAcceptedTokens';
 
 export class ServerMetrics {
   readonly registry = new Registry();
@@ -39,6 +49,10 @@ export class ServerMetrics {
   /** Prompt tokens admissions looked up in the prefix cache, and those found (gpt2_ and vLLM's names). */
   readonly prefixCacheQueries: Counter[];
   readonly prefixCacheHits: Counter[];
+  /** Speculative decoding: verifications, draft tokens checked, draft tokens kept (gpt2_ and vLLM's names). */
+  readonly specDecodeDrafts: Counter[];
+  readonly specDecodeDraftTokens: Counter[];
+  readonly specDecodeAcceptedTokens: Counter[];
   /** Engine totals at the last scrape: counters grow by the difference. */
   private last: Pick<EngineStats, CountedStat> | null = null;
 
@@ -133,6 +147,10 @@ export class ServerMetrics {
       counter(`${PREFIX}prefix_cache_hits_total`, 'Of the prompt tokens looked up, those found in the prefix cache'),
       counter('vllm:prefix_cache_hits_total', 'Of the prompt tokens looked up, those found in the prefix cache (vLLM name)'),
     ];
+    const both = (name: string, help: string) => [counter(`${PREFIX}${name}`, help), counter(`vllm:${name}`, `${help} (vLLM name)`)];
+    this.specDecodeDrafts = both('spec_decode_num_drafts_total', 'Speculative decoding: sequence steps that carried draft tokens to verify');
+    this.specDecodeDraftTokens = both('spec_decode_num_draft_tokens_total', 'Speculative decoding: draft tokens verified');
+    this.specDecodeAcceptedTokens = both('spec_decode_num_accepted_tokens_total', 'Speculative decoding: draft tokens the target model kept');
     this.gatewayWaiting = new Gauge({
       name: 'vllm:num_requests_waiting',
       help: 'Requests waiting for admission to the running batch (gateway protocol TotalQueuedRequests)',
@@ -181,6 +199,9 @@ export class ServerMetrics {
       ['stepMsTotal', [this.stepSeconds], 1 / 1000],
       ['prefixCacheQueries', this.prefixCacheQueries, 1],
       ['prefixCacheHits', this.prefixCacheHits, 1],
+      ['specDecodeDrafts', this.specDecodeDrafts, 1],
+      ['specDecodeDraftTokens', this.specDecodeDraftTokens, 1],
+      ['specDecodeAcceptedTokens', this.specDecodeAcceptedTokens, 1],
     ];
     for (const [key, counters, scale] of counted) {
       const before = prev?.[key] ?? 0;

@@ -17,7 +17,7 @@
 import { isMainThread } from 'node:worker_threads';
 import { KvPool } from '../../src/engine/kv-cache.js';
 import type { RunnerContext } from '../../src/engine/runner-factory.js';
-import type { ModelRunner, RowOutput, RunnerRow } from '../../src/engine/runner.js';
+import { rowOutput, type ModelRunner, type RowOutput, type RunnerRow } from '../../src/engine/runner.js';
 
 export interface ScriptedRunnerOptions {
   /** Milliseconds each run blocks its thread, as session.run does. */
@@ -142,7 +142,7 @@ export class ScriptedRunner implements ModelRunner {
     const count = row.tokens.length;
     const rows = count - row.logitsFrom;
     const logits = row.fetchLogits && rows > 0 ? new Float32Array(rows * V).fill(BASE) : new Float32Array(0);
-    let argmax = -1;
+    const argmaxes = new BigInt64Array(rows);
     for (let i = 0; i < count; i++) {
       const pos = row.pastLength + i;
       const token = row.tokens[i]!;
@@ -150,13 +150,13 @@ export class ScriptedRunner implements ModelRunner {
       hash = extend(hash, token, pos, m);
       if (i < row.logitsFrom) continue;
       const target = targetOf(hash, pos + 1, m);
-      argmax = target;
+      argmaxes[i - row.logitsFrom] = BigInt(target);
       if (logits.length) {
         const base = (i - row.logitsFrom) * V;
         SPREAD.forEach((logit, k) => (logits[base + alternative(target, k, V)] = logit));
       }
     }
-    return { logits, argmax };
+    return rowOutput(logits, argmaxes);
   }
 }
 

@@ -1,0 +1,160 @@
+// Speculative decoding: prompt lookup's drafts, and exact verification. The engine runs the real
+// tiny model under the production defaults ('auto' step planning, default threads); a scripted
+// proposer drafts the continuation the engine gives without speculation, with every third
+// draft wrong, so that each verification path runs (all kept, a mismatch in the middle, the first
+// draft rejected) and output must still be the same bits.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { InProcessEngine } from '../src/engine/client.js';
+import { lookupDraft } from '../src/engine/prompt-lookup.js';
+import type { Sequence } from '../src/engine/scheduler.js';
+import type { DraftProposer } from '../src/engine/speculation.js';
+import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
+import { ConstraintCompiler } from '../src/structured/constraint.js';
+import { collect, outputBits, request, type RunResult } from './helpers/engine-run.js';
+import { engineOptions, tinyModel } from './helpers/tiny-model.js';
+
+const SPECULATION: EngineOptions['speculation'] = { method: 'ngram', numTokens: 4, lookupMin: 2, lookupMax: 5 };
+const prompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729 + 13) % 50000);
+
+let dir: string;
+before(async () => {
+  dir = await tinyModel(1);
+});
+
+test('prompt lookup drafts what followed the latest earlier occurrence of the longest matching tail', () => {
+  // tail [7, 8] occurs at 1 and at 5; the latest one (5) is followed by 9, 1.
+  assert.deepEqual(lookupDraft([3, 7, 8, 4, 5, 7, 8, 9, 1, 7, 8], 2, 3, 4), [9, 1, 7, 8]);
+  assert.deepEqual(lookupDraft([3, 7, 8, 4, 5, 7, 8, 9, 1, 7, 8], 2, 3, 1), [9]);
+  // the 3-token tail [1, 7, 8] beats the 2-token one: it occurs once, followed by 2.
+  assert.deepEqual(lookupDraft([1, 7, 8, 2, 7, 8, 6, 1, 7, 8], 2, 3, 2), [2, 7]);
+  // the draft stops at the end of the context
+  assert.deepEqual(lookupDraft([5, 6, 5, 6], 2, 2, 4), [5, 6]);
+  // no earlier occurrence of any tail of length >= min: nothing
+  assert.deepEqual(lookupDraft([1, 2, 3, 4, 2, 5], 2, 4, 4), []);
+  assert.deepEqual(lookupDraft([1, 2, 3, 1], 2, 2, 4), []);
+  assert.deepEqual(lookupDraft([1, 2, 3, 1], 1, 2, 4), [2, 3, 1]);
+  assert.deepEqual(lookupDraft([9], 1, 3, 4), []);
+  assert.deepEqual(lookupDraft([5, 6, 5, 6], 2, 2, 0), []);
+});
+
+/**
+ * Drafts the continuation of whichever known sequence starts with the drafting sequence's tokens,
+ * every third draft position (by absolute position) made wrong; counts what it proposed.
+ */
+class ScriptedProposer implements DraftProposer {
+  proposed = 0;
+  wrong = 0;
+  constructor(private readonly known: number[][]) {}
+
+  propose(seqs: readonly Sequence[], max: readonly number[]): number[][] {
+    return seqs.map((seq, i) => {
+      const L = seq.tokens.length;
+      const next = this.known.find((k) => k.length > L && seq.tokens.every((t, j) => t === k[j]));
+      if (!next) return [];
+      const draft = next.slice(L, L + max[i]!).map((t, j) => ((L + j) % 3 === 0 ? (t + 1) % 50000 : t));
+      this.proposed += draft.length;
+      this.wrong += draft.filter((_, j) => (L + j) % 3 === 0).length;
+      return draft;
+    });
+  }
+}
+
+interface Spec {
+  prompt: number[];
+  params: Partial<SamplingParams>;
+}
+
+const compiler = new ConstraintCompiler();
+function choiceConstraint(): SamplingParams['constraint'] {
+  const r = compiler.compile({ kind: 'regex', pattern: '(ab|cd)+[0-9]{2,6}', where: 'test' });
+  if ('error' in r) throw new Error(r.error);
+  return r.ok;
+}
+
+/** Greedy and seeded requests with every processor that keeps state from token to token. */
+function specs(): Spec[] {
+  const kinds: Array<Partial<SamplingParams>> = [
+    { logprobs: 3 },
+    { temperature: 0.9, topP: 0.95, seed: 11, logprobs: 1 },
+    { presencePenalty: 0.6, frequencyPenalty: 0.4, logprobs: 2 },
+    { repetitionPenalty: 1.3, temperature: 0.7, seed: 5 },
+    { logitBias: [[100, 2], [200, -1]], minTokens: 20, stopTokenIds: [300] },
+    { n: 3, temperature: 1, seed: 9, logprobs: 1 },
+    { stop: ['e', 'th'], temperature: 0.8, seed: 2 },
+    { constraint: choiceConstraint(), temperature: 1, seed: 4, logprobs: 1 },
+  ];
+  return kinds.map((params, i) => ({ prompt: prompt(100 + ((i * 37) % 91), i), params: { maxTokens: 40, ...params } }));
+}
+
+async function runAll(engine: EngineClient, list: Spec[], together: boolean): Promise<RunResult[]> {
+  if (!together) {
+    const out: RunResult[] = [];
+    for (const s of list) out.push(await collect(engine, request(s.prompt, s.params)));
+    return out;
+  }
+  return Promise.all(
+    list.map(async (s, i) => {
+      await new Promise((r) => setTimeout(r, i * 3));
+      return collect(engine, request(s.prompt, s.params));
+    }),
+  );
+}
+
+async function withEngine<T>(options: Partial<EngineOptions>, proposer: DraftProposer | undefined, fn: (e: InProcessEngine) => Promise<T>): Promise<T> {
+  const e = await InProcessEngine.start(engineOptions(dir, { maxStepMs: 'auto', intraOpThreads: 0, ...options }), () => {}, { draftProposer: proposer });
+  try {
+    return await fn(e);
+  } finally {
+    await e.shutdown();
+  }
+}
+
+test('verified drafts give bit-identical output: greedy and seeded, penalties, bias, min_tokens, stops, n > 1, constraints, logprobs; alone and in a batch', async () => {
+  const list = specs();
+  const expected = await withEngine({}, undefined, (e) => runAll(e, list, false));
+  const known = expected.flatMap((r, i) => r.choices.map((c) => [...list[i]!.prompt, ...c.tokens]));
+  const proposer = new ScriptedProposer(known);
+  await withEngine({ speculation: SPECULATION }, proposer, async (e) => {
+    const alone = await runAll(e, list, false);
+    assert.deepEqual(alone.map(outputBits), expected.map(outputBits));
+    const together = await runAll(e, list, true);
+    assert.deepEqual(together.map(outputBits), expected.map(outputBits));
+    const stats = e.stats();
+    assert.equal(stats.kvBlocksUsed, 0, 'rejected drafts leave no block behind');
+    assert.ok(stats.specDecodeDrafts > 50, `verifications ran (${stats.specDecodeDrafts})`);
+    assert.ok(stats.specDecodeAcceptedTokens > 100, `drafts were kept (${stats.specDecodeAcceptedTokens})`);
+    assert.ok(stats.specDecodeDraftTokens - stats.specDecodeAcceptedTokens > 50, 'drafts were rejected');
+    assert.ok(stats.steps < 2 * list.length * 40, `fewer steps than tokens (${stats.steps})`);
+  });
+});
+
+test("accepted drafts' K/V are the sequence's: a prompt that continues a speculated output hits the prefix cache and matches a run without either", async () => {
+  const first: Spec = { prompt: prompt(90, 7), params: { maxTokens: 60 } };
+  const [plain] = await withEngine({}, undefined, (e) => runAll(e, [first], false));
+  const output = plain!.choices[0]!.tokens;
+  const follow: Spec = { prompt: [...first.prompt, ...output.slice(0, 50)], params: { maxTokens: 20, logprobs: 2 } };
+  const [expected] = await withEngine({ prefixCaching: false }, undefined, (e) => runAll(e, [follow], false));
+  const proposer = new ScriptedProposer([[...first.prompt, ...output]]);
+  await withEngine({ speculation: SPECULATION }, proposer, async (e) => {
+    await runAll(e, [first], false);
+    assert.ok(e.stats().specDecodeAcceptedTokens > 20);
+    const [got] = await runAll(e, [follow], false);
+    // 140 tokens: 8 full blocks of 16, of which the first 5 came from the prompt's prefill and
+    // 3 were filled by verification steps.
+    assert.equal(got!.cachedTokens, 128);
+    assert.deepEqual(outputBits(got!), outputBits(expected!));
+  });
+});
+
+test('a sequence whose drafts are always rejected drafts less and less: the measured acceptance no longer pays', async () => {
+  // A proposer that is always wrong: the first draft of every verification is rejected.
+  const wrong: DraftProposer = { propose: (seqs, max) => seqs.map((_, i) => Array.from({ length: max[i]! }, () => 49_999)) };
+  await withEngine({ speculation: SPECULATION }, wrong, async (e) => {
+    await runAll(e, [{ prompt: prompt(40, 1), params: { maxTokens: 120, ignoreEos: true } }], false);
+    const { specDecodeDrafts, specDecodeAcceptedTokens } = e.stats();
+    assert.equal(specDecodeAcceptedTokens, 0);
+    // The rate starts at 1/2 and falls with each rejection; decay brings a retry now and then.
+    assert.ok(specDecodeDrafts > 0 && specDecodeDrafts < 40, `${specDecodeDrafts} verifications of 119 decode steps`);
+  });
+});
