@@ -194,3 +194,28 @@ test('the drafting rule: a draft is added while its chance of being kept pays fo
   assert.ok(retries >= 1 && retries <= 6, `${retries} retries in 40 steps`);
   assert.equal(speculator.stats.acceptedTokens, 41);
 });
+
+test('blocks for drafts come only from free ones, and those holding only rejected drafts go back at once', () => {
+  const allocator = new BlockAllocator(5, true); // 4 usable blocks
+  const scheduler = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 64, blockSize: 16 }, allocator);
+  const seq = new Sequence('r', 0, prompt(31, 3), 31, 0, 100);
+  seq.status = 'running';
+  seq.blocks = allocator.allocate(2)!;
+  seq.numComputed = 31; // position 31 is pending: it and 4 drafts need a third block
+  assert.equal(scheduler.growForDraft(seq, 31 + 1 + 4), 48);
+  assert.equal(allocator.freeCount, 1);
+  scheduler.commit({ rows: [{ seq, start: 31, count: 5, sample: true, draft: [1, 2, 3, 4] }], preempted: [] });
+  assert.equal(seq.numComputed, 32, 'only the pending token is computed until verification keeps drafts');
+  seq.tokens.push(9); // the pick at position 31 differed from the first draft
+  scheduler.releaseDraftBlocks(seq);
+  assert.equal(seq.blocks.length, 2, 'the third block held only rejected drafts');
+  assert.equal(allocator.freeCount, 2);
+  assert.equal(allocator.cachedIdleCount, 0, 'a block of rejected drafts is never named for the prefix cache');
+  // A kept draft counts as computed.
+  seq.tokens.push(1, 2);
+  scheduler.acceptDraftToken(seq);
+  assert.equal(seq.numComputed, 33);
+  // With no free block, a row drafts only into the room its blocks already have.
+  allocator.allocate(allocator.freeCount);
+  assert.equal(scheduler.growForDraft(seq, 33 + 1 + 4), 32);
+});
