@@ -91,8 +91,8 @@ export class Speculator {
   /**
    * Adds drafts to the decode rows of a step where they pay. `canDraft` says which sequences may
    * (the engine's call: past their first output token, nothing left to fork). A row's drafts are
-   * also capped by what its max_tokens and the context leave, and by free KV blocks: drafting
-   * never preempts anything.
+   * also capped by what its max_tokens and the context leave, by the step's token budget, and by
+   * free KV blocks: drafting never preempts anything.
    */
   async addDrafts(rows: ScheduledRow[], scheduler: Scheduler, canDraft: (seq: Sequence) => boolean, contextLength: number): Promise<void> {
     if (rows.length === 0 || rows.some((r) => r.count !== 1)) return;
@@ -107,7 +107,7 @@ export class Speculator {
       // Room: the pending token plus d drafts must leave max_tokens and the context one more token.
       const room = Math.min(this.settings.numTokens, seq.outputLeft - 1, contextLength - seq.tokens.length - 1);
       let want = 0;
-      for (; want < room; want++) {
+      for (; want < room && shape.tokens < scheduler.config.maxNumBatchedTokens; want++) {
         // The row as it would be with one draft more, against the row as it is.
         const more = plus(rowShape(row.start, want + 2), negative(rowShape(row.start, want + 1)));
         if (!this.pays(acceptance.rate ** (want + 1), shape, more, perTokenMs)) break;
