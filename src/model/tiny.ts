@@ -44,11 +44,20 @@ export interface MakeTinyOptions {
  */
 export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
   const shape = { ...TINY_DEFAULT, ...opts.shape };
+  return makeModelFolder(opts, (dir) => writeRandomCheckpoint(dir, shape, opts.seed ?? 0));
+}
+
+/**
+ * makeTinyModel with other weights: `writeWeights` writes config.json and model.safetensors into
+ * the staging folder it is given; the tokenizer, the export and the move into place are shared.
+ */
+export async function makeModelFolder(opts: MakeTinyOptions, writeWeights: (dir: string) => void): Promise<Manifest> {
   const out = resolve(opts.out);
   const staging = join(dirname(out), `.${basename(out)}.checkpoint-${process.pid}`);
   rmSync(staging, { recursive: true, force: true });
   try {
-    writeRandomCheckpoint(staging, shape, opts.seed ?? 0);
+    mkdirSync(staging, { recursive: true });
+    writeWeights(staging);
     writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder(opts.gpt3EncoderDir)));
     if (opts.tokenizerConfig) writeFileSync(join(staging, 'tokenizer_config.json'), JSON.stringify(opts.tokenizerConfig, null, 2) + '\n');
     const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, weights: opts.weights, onProgress: opts.onProgress });
@@ -85,7 +94,6 @@ export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknow
  * bfloat16 changed the top token at 80% of positions), which no quantization could be measured on.
  */
 function writeRandomCheckpoint(dir: string, shape: TinyShape, seed: number): void {
-  mkdirSync(dir, { recursive: true });
   const config = tinyConfig(shape);
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   const rng = new Rng(seed);

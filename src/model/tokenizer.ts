@@ -165,6 +165,12 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
   return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}));
 }
 
+/** GPT-2's tokenizer without a model folder (what every GPT-2 checkpoint ships). */
+export async function gpt2Tokenizer(): Promise<Tokenizer> {
+  const json = (await gpt2TokenizerJsonFromGpt3Encoder()) as TokenizerJson;
+  return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}));
+}
+
 /** A `tokenizer.json` equivalent to the official gpt2 one, from GPT-2's vocab and merges. */
 export function tokenizerJsonFromVocabMerges(vocab: Record<string, number>, merges: string[]): object {
   const eos = vocab[END_OF_TEXT];

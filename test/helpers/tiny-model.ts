@@ -2,8 +2,10 @@
 // and every test file sees the same weights).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { makeCopyingModel } from '../../src/model/copying-model.js';
 import { makeTinyModel, type TinyShape } from '../../src/model/tiny.js';
+import type { WeightDtype } from '../../src/model/weight-format.js';
 import type { EngineOptions } from '../../src/engine/types.js';
 
 const made = new Map<string, Promise<string>>();
@@ -68,4 +70,21 @@ export function engineOptions(modelDir: string, overrides: Partial<EngineOptions
     stepTimeoutMs: 60_000,
     ...overrides,
   };
+}
+
+const copying = new Map<string, Promise<string>>();
+
+/**
+ * A model folder whose greedy output continues a passage seen earlier in its prompt
+ * (src/model/copying-model.ts; the test shape, seed 0), exported in `dtype`.
+ */
+export function copyingModel(dtype: WeightDtype = 'fp32'): Promise<string> {
+  let dir = copying.get(dtype);
+  if (!dir) {
+    const out = join(tempDir(), `copying-${dtype}`);
+    process.on('exit', () => rmSync(dirname(out), { recursive: true, force: true }));
+    dir = makeCopyingModel({ out, seed: 0, weights: { dtype } }).then(() => out);
+    copying.set(dtype, dir);
+  }
+  return dir;
 }

@@ -4,6 +4,8 @@
 // sees the very same prompts. Runs of a sweep take distinct seeds (runSeed): a server with
 // prefix caching would otherwise find the previous run's prompts in its cache. With
 // sharedPrefixTokens, every prompt starts with the same tokens (one per seed) before its own.
+// The grounded workload (makeGroundedWorkload) quotes English passages instead, for speculative
+// decoding to find its drafts in.
 import { Rng } from '../../src/util/rng.js';
 
 /** Token ids 0..50255: GPT-2's vocabulary without <|endoftext|> (50256). */
@@ -15,6 +17,8 @@ export interface BenchRequest {
   outputTokens: number;
   /** --api chat: the prompt as text (the ids detokenized), sent as one user message. */
   promptText?: string;
+  /** Grounded workload: the passage tokens that a faithful copy outputs next. */
+  reference?: number[];
 }
 
 export interface WorkloadSpec {
@@ -60,4 +64,56 @@ export function poissonArrivals(seed: number, rate: number, count: number): numb
     t += (-Math.log(1 - rng.next()) / rate) * 1000;
   }
   return times;
+}
+
+/** What follows the passage in a grounded prompt, before the passage's first GROUNDED_LEAD_TOKENS tokens again. */
+export const GROUNDED_INSTRUCTION = '\n\nRepeat the passage:\n';
+export const GROUNDED_LEAD_TOKENS = 8;
+
+export interface GroundedSpec {
+  seed: number;
+  requests: number;
+  /** The whole prompt's length: passage, instruction and lead together. */
+  promptTokens: number;
+  outputTokens: number;
+  /** Paragraphs of English to cut passages from (passages.ts). */
+  paragraphs: readonly string[];
+  encode(text: string): number[];
+}
+
+/** The shortest --prompt-tokens that leaves a grounded prompt a passage of 2 x its lead. */
+export function minGroundedPromptTokens(encode: (text: string) => number[]): number {
+  return encode(GROUNDED_INSTRUCTION).length + 3 * GROUNDED_LEAD_TOKENS;
+}
+
+/**
+ * The input-grounded workload: `<passage>\n\nRepeat the passage:\n<its first 8 tokens>`, exactly
+ * promptTokens long. Request i's passage starts at a seeded paragraph and word of `paragraphs` and
+ * runs on through the following ones, so requests (and runs, whose seeds differ) quote different
+ * text and share no prefix for the prefix cache to find. `reference` is the passage after the lead:
+ * what a faithful copy outputs next.
+ */
+export function makeGroundedWorkload(spec: GroundedSpec): BenchRequest[] {
+  const instruction = spec.encode(GROUNDED_INSTRUCTION);
+  const passageTokens = spec.promptTokens - instruction.length - GROUNDED_LEAD_TOKENS;
+  if (passageTokens < 2 * GROUNDED_LEAD_TOKENS) throw new RangeError(`grounded prompts need ${minGroundedPromptTokens(spec.encode)} tokens or more, got ${spec.promptTokens}`);
+  const n = spec.paragraphs.length;
+  if (n === 0) throw new RangeError('no paragraphs to quote');
+  const rng = new Rng((spec.seed ^ 0x6a0d) >>> 0);
+  const out: BenchRequest[] = [];
+  for (let index = 0; index < spec.requests; index++) {
+    const first = Math.floor(rng.next() * n);
+    const words = spec.paragraphs[first]!.split(' ');
+    let ids = spec.encode(words.slice(Math.floor((rng.next() * words.length) / 2)).join(' '));
+    // Paragraphs joined by a space: encoding " word..." pieces apart gives the ids of the whole text.
+    for (let p = first + 1; ids.length < passageTokens; p++) ids = ids.concat(spec.encode(` ${spec.paragraphs[p % n]!}`));
+    const passage = ids.slice(0, passageTokens);
+    out.push({
+      index,
+      promptIds: [...passage, ...instruction, ...passage.slice(0, GROUNDED_LEAD_TOKENS)],
+      outputTokens: spec.outputTokens,
+      reference: passage.slice(GROUNDED_LEAD_TOKENS),
+    });
+  }
+  return out;
 }
