@@ -1,26 +1,31 @@
 // The benchmark from options to result: start the server(s) (or use --url), warm up, run the
-// sweep level by level (with --baseline, the same workload on the --max-num-seqs 1 server right
-// after each level, so both sides of a ratio see the same machine weather), always stop what it
-// started, and print, chart and save the result.
+// sweep level by level (with --baseline, the same workload on the baseline server, --max-num-seqs 1
+// unless --baseline-args says otherwise, right after each level, so both sides of a ratio see the
+// same machine weather), always stop what it started, and print, chart and save the result.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { makeCopyingModel } from '../../src/model/copying-model.js';
 import { CONTRACT_VERSION } from '../../src/model/serving-graph.js';
 import { makeTinyModel, PRESETS } from '../../src/model/tiny.js';
+import { gpt2Tokenizer } from '../../src/model/tokenizer.js';
+import type { WeightDtype } from '../../src/model/weight-format.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
 import { computeMetrics, type RunMetrics, type RunProbes } from './metrics.js';
-import { parseBenchArgs, planRuns, USAGE, type BenchOptions, type RunPlan } from './options.js';
+import { parseBenchArgs, planRuns, USAGE, type BenchOptions, type RunPlan, type WorkloadKind } from './options.js';
+import { docsProse } from './passages.js';
 import { startHostilePrompts, startProbe } from './probes.js';
 import { makeProgress, type RunProgress } from './progress.js';
 import { markdownTable, runBlock, runLabel, speedupLine, speedupsOf, type Speedup } from './report.js';
 import { startServer, type ServerHandle } from './server-process.js';
+import { scrapeSpecCounters, specDecodeBetween } from './spec-metrics.js';
 import { sseTransport } from './sse-client.js';
 import { renderSvg } from './svg.js';
 import type { Transport, TransportOptions } from './transport.js';
-import { makeWorkload, runSeed, type BenchRequest } from './workload.js';
+import { makeGroundedWorkload, makeWorkload, runSeed, type BenchRequest } from './workload.js';
 import { wsTransport } from './ws-client.js';
 
-export const BASELINE_ARGS = ['--max-num-seqs', '1'];
 /** /health and /v1/models are probed this often during every run (their latency is reported). */
 const PROBE_INTERVAL_MS = 100;
 
@@ -44,6 +49,8 @@ export interface BenchResult {
     transport: 'sse' | 'ws';
     /** Absent in results saved before --api existed (completions). */
     api?: 'completions' | 'chat';
+    /** Absent in results saved before --workload existed (random). */
+    workload?: WorkloadKind;
     prompt_tokens: number;
     /** Absent in files written before the prefix-caching workload. */
     shared_prefix_tokens?: number;
@@ -73,22 +80,59 @@ interface Target {
 }
 
 /**
- * The model folder to serve: `model` if it holds an export; the default folder is made once (a
- * GPT-2-small-shaped random model), any other must exist. Shared with the soak test.
+ * The benchmark's own model folders, made when missing: `bench-gpt2-small` (random weights) or
+ * `bench-gpt2-small-copy` (src/model/copying-model.ts), GPT-2-small shapes, seed 0, optionally
+ * followed by the export dtype (`-int8`, `-int4`, `-fp16`).
+ */
+export function benchModelKind(dir: string): { weights: 'random' | 'copying'; dtype: WeightDtype } | null {
+  const m = /^bench-gpt2-small(-copy)?(?:-(int8|int4|fp16))?$/.exec(basename(resolve(dir)));
+  return m ? { weights: m[1] ? 'copying' : 'random', dtype: (m[2] ?? 'fp32') as WeightDtype } : null;
+}
+
+/**
+ * The model folder to serve: `model` if it holds an export; the default folder and the other
+ * benchmark folders (benchModelKind) are made once, any other must exist. Shared with the soak test.
  */
 export async function ensureBenchModel(model: string, isDefault: boolean, status: (text: string) => void): Promise<string> {
   const dir = resolve(model);
+  const kind = benchModelKind(dir);
+  const makeable = isDefault || kind !== null;
   if (existsSync(join(dir, 'manifest.json'))) {
     const version = (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { contractVersion?: unknown }).contractVersion;
-    if (version === CONTRACT_VERSION || !isDefault) return dir; // a user's folder: the server says what is wrong with it
+    if (version === CONTRACT_VERSION || !makeable) return dir; // a user's folder: the server says what is wrong with it
     status(`${dir} was exported for graph contract ${String(version)}; this server speaks ${CONTRACT_VERSION}: making it again`);
     rmSync(dir, { recursive: true, force: true });
-  } else if (!isDefault) {
+  } else if (!makeable) {
     throw new Error(`no exported model in ${dir} (make one: npm run model:tiny -- --out ${model} --preset gpt2-small)`);
   }
-  status(`creating a GPT-2-small-shaped random model in ${dir} (once, about 1 GB) ...`);
-  await makeTinyModel({ out: dir, seed: 0, shape: PRESETS['gpt2-small'] });
+  const { weights, dtype } = kind ?? { weights: 'random', dtype: 'fp32' };
+  const make = weights === 'copying' ? makeCopyingModel : makeTinyModel;
+  status(`creating a GPT-2-small-shaped ${weights === 'copying' ? 'context-copying' : 'random'} ${dtype} model in ${dir} (once, about 1 GB) ...`);
+  await make({ out: dir, seed: 0, shape: PRESETS['gpt2-small'], weights: { dtype } });
   return dir;
+}
+
+/** The repository root (README.md and docs/ beside package.json), from this module's place in tools/ or dist/tools/. */
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) || !existsSync(join(dir, 'docs'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('--workload grounded quotes README.md and docs/*.md: run it from a checkout of the repository');
+    dir = up;
+  }
+  return dir;
+}
+
+type MakeRequests = (seed: number, requests: number, outputTokens: number) => BenchRequest[];
+
+/** The prompts of a run, by --workload (the grounded one reads the docs and the tokenizer once). */
+async function workloadOf(opts: BenchOptions): Promise<MakeRequests> {
+  const { promptTokens, sharedPrefixTokens } = opts;
+  if (opts.workload === 'random') return (seed, requests, outputTokens) => makeWorkload({ seed, requests, promptTokens, outputTokens, sharedPrefixTokens });
+  const paragraphs = docsProse(repoRoot());
+  const tokenizer = await gpt2Tokenizer();
+  const encode = (text: string) => tokenizer.encode(text);
+  return (seed, requests, outputTokens) => makeGroundedWorkload({ seed, requests, promptTokens, outputTokens, paragraphs, encode });
 }
 
 async function servedModel(url: string, apiKey: string | null): Promise<string> {
@@ -121,8 +165,8 @@ function openTransport(kind: 'sse' | 'ws', options: TransportOptions): Promise<T
 }
 
 /** One short request through the benchmark's own path; a failure here is a setup problem. */
-async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions): Promise<void> {
-  let [request] = makeWorkload({ seed: opts.seed + 1_000_003, requests: 1, promptTokens: opts.promptTokens, outputTokens: Math.min(4, opts.outputTokens) });
+async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions, workload: MakeRequests): Promise<void> {
+  let [request] = workload(opts.seed + 1_000_003, 1, Math.min(4, opts.outputTokens));
   if (opts.api === 'chat') [request] = await withPromptText(target.url, [request!], options.model, opts.apiKey);
   const transport = await openTransport(kind, options);
   try {
@@ -138,8 +182,10 @@ async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOpti
 
 export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<BenchResult> {
   const plans = planRuns(opts);
+  const workload = await workloadOf(opts);
   const atStart = machine();
   const targets: Target[] = [];
+  const baselineLabel = opts.baselineArgs.join(' ');
   try {
     let modelDir: string | null = null;
     if (opts.url !== null) {
@@ -147,7 +193,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
     } else {
       modelDir = await ensureBenchModel(opts.model!, opts.defaultModel, io.status);
       const roles: Array<['batched' | 'baseline', string[]]> = [['batched', opts.serverArgs]];
-      if (opts.baseline) roles.push(['baseline', [...opts.serverArgs, ...BASELINE_ARGS]]);
+      if (opts.baseline) roles.push(['baseline', [...opts.serverArgs, ...opts.baselineArgs]]);
       for (const [role, args] of roles) {
         io.status(`starting the ${role} server (${['serve', '--model', modelDir, ...args].join(' ')}) ...`);
         const server = await startServer({ modelDir, args });
@@ -163,20 +209,15 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
       requestTimeoutMs: opts.requestTimeoutS * 1000,
       ...(opts.apiKey ? { apiKey: opts.apiKey } : {}),
     });
-    for (const t of targets) await warmUp(t, opts.transport, transportOptions(t), opts);
+    for (const t of targets) await warmUp(t, opts.transport, transportOptions(t), opts, workload);
 
     const runs: Record<Target['role'], RunMetrics[]> = { batched: [], baseline: [] };
     for (const [run, plan] of plans.entries()) {
-      const workload = makeWorkload({
-        seed: runSeed(opts.seed, run),
-        requests: plan.requests,
-        promptTokens: opts.promptTokens,
-        outputTokens: opts.outputTokens,
-        sharedPrefixTokens: opts.sharedPrefixTokens,
-      });
+      const prompts = workload(runSeed(opts.seed, run), plan.requests, opts.outputTokens);
       for (const t of targets) {
-        const requests = opts.api === 'chat' ? await withPromptText(t.url, workload, model, opts.apiKey) : workload;
-        const label = `${t.role === 'baseline' ? 'max-num-seqs 1' : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
+        const requests = opts.api === 'chat' ? await withPromptText(t.url, prompts, model, opts.apiKey) : prompts;
+        const label = `${t.role === 'baseline' ? baselineLabel : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
+        const specBefore = await scrapeSpecCounters(t.url);
         const transport = await openTransport(opts.transport, transportOptions(t));
         io.progress.start(label, requests.length);
         const health = startProbe(t.url, '/health', PROBE_INTERVAL_MS);
@@ -192,13 +233,15 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
           await transport.close();
         }
         const m = computeMetrics(load.results, load.durationMs, { concurrency: plan.concurrency, rate: plan.rate }, probes);
+        const specAfter = specBefore && (await scrapeSpecCounters(t.url));
+        if (specBefore && specAfter) m.spec_decode = specDecodeBetween(specBefore, specAfter);
         runs[t.role].push(m);
         io.out(`${runBlock(`${label} (${opts.api === 'chat' ? 'chat, ' : ''}${opts.transport.toUpperCase()})`, m)}\n`);
       }
       if (opts.baseline) {
         const i = runs.batched.length - 1;
         const [s] = speedupsOf([runs.batched[i]!], [runs.baseline[i]!]);
-        io.out(`${speedupLine(s!, runs.batched[i]!, runs.baseline[i]!)}\n`);
+        io.out(`${speedupLine(s!, runs.batched[i]!, runs.baseline[i]!, baselineLabel)}\n`);
       }
     }
 
@@ -213,6 +256,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         server_args: opts.serverArgs,
         transport: opts.transport,
         api: opts.api,
+        workload: opts.workload,
         prompt_tokens: opts.promptTokens,
         shared_prefix_tokens: opts.sharedPrefixTokens,
         output_tokens: opts.outputTokens,
@@ -234,7 +278,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
       software: software(),
       machine: { ...atStart, load_average_end: machine().load_average },
       runs: runs.batched,
-      baseline: opts.baseline ? { server_args: [...opts.serverArgs, ...BASELINE_ARGS], runs: runs.baseline } : null,
+      baseline: opts.baseline ? { server_args: [...opts.serverArgs, ...opts.baselineArgs], runs: runs.baseline } : null,
       speedup: opts.baseline ? speedupsOf(runs.batched, runs.baseline) : null,
     };
   } finally {
@@ -257,9 +301,9 @@ export function summaryText(result: BenchResult): string {
   const parts = [
     `## ${result.model}: ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens, ${result.config.transport.toUpperCase()}`,
     '',
-    result.baseline ? 'Continuous batching (server defaults):' : 'Runs:',
+    result.baseline ? (result.config.server_args.length ? `Server flags ${result.config.server_args.join(' ')}:` : 'Continuous batching (server defaults):') : 'Runs:',
     '',
-    markdownTable(result.runs, result.speedup),
+    markdownTable(result.runs, result.speedup, baselineLabelOf(result)),
   ];
   if (result.baseline) {
     parts.push('', `Baseline (${result.baseline.server_args.join(' ')}):`, '', markdownTable(result.baseline.runs));
@@ -281,6 +325,7 @@ export function chartOf(result: BenchResult): string {
     subtitle: `${m.cpus} x ${m.cpu_model}, ${(m.memory_bytes / 2 ** 30).toFixed(0)} GiB; node ${result.software.node}, onnxruntime-node ${result.software.onnxruntime_node ?? '?'}; ${result.created_at.slice(0, 10)}`,
     batched: result.runs,
     baseline: result.baseline?.runs ?? null,
+    baselineLabel: baselineLabelOf(result),
   });
 }
 
@@ -324,8 +369,14 @@ export async function benchMain(argv: string[], io?: Partial<BenchIo>): Promise<
   return result;
 }
 
-/** "128-token prompts", or "1024+64-token prompts (shared prefix + own)". */
-function promptLabel(config: { prompt_tokens: number; shared_prefix_tokens?: number }): string {
+/** "128-token prompts", "1024+64-token prompts (shared prefix + own)" or "128-token grounded prompts". */
+function promptLabel(config: { prompt_tokens: number; shared_prefix_tokens?: number; workload?: WorkloadKind }): string {
   const shared = config.shared_prefix_tokens ?? 0;
-  return shared > 0 ? `${shared}+${config.prompt_tokens}-token prompts (shared prefix + own)` : `${config.prompt_tokens}-token prompts`;
+  if (shared > 0) return `${shared}+${config.prompt_tokens}-token prompts (shared prefix + own)`;
+  return `${config.prompt_tokens}-token ${config.workload === 'grounded' ? 'grounded ' : ''}prompts`;
+}
+
+/** The baseline server's own flags (after the --server-arg ones both servers get). */
+function baselineLabelOf(result: BenchResult): string | undefined {
+  return result.baseline?.server_args.slice(result.config.server_args.length).join(' ');
 }

@@ -4,6 +4,7 @@
 // more than one output token; ITL pools every request's gaps.
 import type { HostileResult, ProbeResult } from './probes.js';
 import type { RequestResult } from './request-result.js';
+import type { SpecDecodeMetrics } from './spec-metrics.js';
 import { summarize, type Summary } from './stats.js';
 
 export interface RunMetrics {
@@ -39,6 +40,8 @@ export interface RunMetrics {
   /** With --hostile-prompt-bytes: huge prompts refused (400/413) and answered otherwise during the run. */
   hostile_refused?: number;
   hostile_unexpected?: number;
+  /** Speculative decoding during the run, from the server's /metrics (absent where it has no such counters). */
+  spec_decode?: SpecDecodeMetrics;
 }
 
 /** What the probes saw during a run (tools/bench/probes.ts). */

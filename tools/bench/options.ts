@@ -4,24 +4,39 @@ import type { ProgressMode } from './progress.js';
 import type { BenchApi, TransportKind } from './transport.js';
 
 export const DEFAULT_MODEL_DIR = 'models/bench-gpt2-small';
+/** The default model of --workload grounded: GPT-2-small shapes whose greedy output copies its context. */
+export const DEFAULT_COPY_MODEL_DIR = 'models/bench-gpt2-small-copy';
+export const DEFAULT_BASELINE_ARGS = ['--max-num-seqs', '1'];
+export const WORKLOADS = ['random', 'grounded'] as const;
+export type WorkloadKind = (typeof WORKLOADS)[number];
 
 export const USAGE = `Usage: npm run bench -- [--url URL | --model DIR] [options]
        (or: node dist/tools/bench-serving.js [options])
 
 Benchmarks the server through its public API, as a client would: streaming completions over SSE
-or the websocket, a seeded workload of random token-id prompts with ignore_eos (exact output
-lengths), at fixed concurrencies (closed loop) or Poisson arrival rates. Metrics follow vLLM's
-benchmark_serving: throughput, TTFT, TPOT, ITL and end-to-end latency (mean, median, p90, p99).
+or the websocket, a seeded workload of random token-id prompts (or, --workload grounded, passages
+of English to repeat) with ignore_eos (exact output lengths), at fixed concurrencies (closed loop)
+or Poisson arrival rates. Metrics follow vLLM's benchmark_serving: throughput, TTFT, TPOT, ITL and
+end-to-end latency (mean, median, p90, p99); where the server counts speculative decoding, each
+run's draft acceptance rate and mean acceptance length from its /metrics.
 
-Target (default: --model ${DEFAULT_MODEL_DIR}, a GPT-2-small-shaped random model made once):
+Target (default: --model ${DEFAULT_MODEL_DIR}, a GPT-2-small-shaped random model made once;
+with --workload grounded --model ${DEFAULT_COPY_MODEL_DIR}, the same shapes with weights that
+copy their context; a folder named like these, with -int8, -int4 or -fp16 after, is made too):
   --url URL                  a running server (e.g. http://127.0.0.1:8000)
   --model DIR                start the server on this model folder (stopped at the end)
   --server-arg ARG           extra flag for the started server(s), repeatable
                              (e.g. --server-arg=--kv-cache-tokens=8192)
   --baseline                 also start a server with --max-num-seqs 1 (no batching), run the same
                              workload on it level by level, and print the speedup (needs --model)
+  --baseline-args ARGS       the baseline server's flags instead of --max-num-seqs 1, after the
+                             --server-arg ones (e.g. --server-arg=--speculative=ngram --baseline
+                             --baseline-args="--speculative off": speculation on over off)
 
 Workload:
+  --workload random|grounded random token ids (default), or grounded: "<passage>\n\nRepeat the
+                             passage:\n<its first 8 tokens>", the passage cut from the prose of
+                             README.md and docs/*.md, a different one per request and run
   --concurrency LIST         requests in flight, comma-separated sweep (default 1,4,16,32); with
                              --rate it caps requests in flight instead (default: no cap)
   --rate LIST                Poisson arrival rates in requests/s, comma-separated (open loop)
@@ -29,7 +44,7 @@ Workload:
   --prompt-tokens N          prompt length in tokens (default 128)
   --output-tokens N          output length in tokens, exact through ignore_eos (default 64)
   --shared-prefix-tokens N   every prompt starts with the same N tokens, then its own
-                             --prompt-tokens (default 0; measures prefix caching)
+                             --prompt-tokens (default 0; measures prefix caching; random only)
   --seed N                   workload seed (default 0)
   --transport sse|ws         Server-Sent Events (default) or the websocket endpoint
   --api completions|chat     /v1/completions with the prompt ids (default), or /v1/chat/completions
@@ -57,6 +72,9 @@ export interface BenchOptions {
   defaultModel: boolean;
   serverArgs: string[];
   baseline: boolean;
+  /** Flags the baseline server gets after serverArgs (default DEFAULT_BASELINE_ARGS). */
+  baselineArgs: string[];
+  workload: WorkloadKind;
   concurrency: number[];
   /** Whether --concurrency was given (with --rate it is then a cap). */
   concurrencyGiven: boolean;
@@ -118,6 +136,8 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     model: { type: 'string' },
     'server-arg': { type: 'string', multiple: true },
     baseline: { type: 'boolean' },
+    'baseline-args': { type: 'string' },
+    workload: { type: 'string' },
     concurrency: { type: 'string' },
     rate: { type: 'string' },
     requests: { type: 'string' },
@@ -149,6 +169,14 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   }
   const baseline = values.baseline === true;
   if (baseline && url !== null) throw new UsageError('--baseline starts its own servers: use it with --model, not --url');
+  const baselineArgsRaw = str('baseline-args');
+  if (baselineArgsRaw !== undefined && !baseline) throw new UsageError('--baseline-args sets the --baseline server\'s flags: give --baseline too');
+  const baselineArgs = baselineArgsRaw === undefined ? DEFAULT_BASELINE_ARGS : baselineArgsRaw.split(/\s+/).filter(Boolean);
+  if (baselineArgs.length === 0) throw new UsageError('--baseline-args needs at least one flag');
+  const workload = str('workload') ?? 'random';
+  if (!(WORKLOADS as readonly string[]).includes(workload)) throw new UsageError(`--workload must be ${WORKLOADS.join(' or ')}, got ${JSON.stringify(workload)}`);
+  const sharedPrefixTokens = intFlag('shared-prefix-tokens', str('shared-prefix-tokens') ?? '0', 0);
+  if (sharedPrefixTokens > 0 && workload !== 'random') throw new UsageError('--shared-prefix-tokens applies to --workload random');
   const serverArgs = (values['server-arg'] as string[] | undefined) ?? [];
   if (serverArgs.length && url !== null) throw new UsageError('--server-arg applies to a started server, not to --url');
   const transport = str('transport') ?? 'sse';
@@ -170,17 +198,19 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   if (!(timeout > 0)) throw new UsageError('--request-timeout-s must be > 0');
   return {
     url: url === null ? null : url.replace(/\/+$/, '').replace(/\/v1$/, ''),
-    model: url === null ? (str('model') ?? DEFAULT_MODEL_DIR) : null,
+    model: url === null ? (str('model') ?? (workload === 'grounded' ? DEFAULT_COPY_MODEL_DIR : DEFAULT_MODEL_DIR)) : null,
     defaultModel: url === null && str('model') === undefined,
     serverArgs,
     baseline,
+    baselineArgs,
+    workload: workload as WorkloadKind,
     concurrency: list('concurrency', concurrencyRaw ?? '1,4,16,32', (s) => intFlag('concurrency', s, 1)),
     concurrencyGiven: concurrencyRaw !== undefined,
     rates,
     requests: str('requests') === undefined ? null : intFlag('requests', str('requests')!, 1),
     promptTokens: intFlag('prompt-tokens', str('prompt-tokens') ?? '128', 1),
     outputTokens: intFlag('output-tokens', str('output-tokens') ?? '64', 1),
-    sharedPrefixTokens: intFlag('shared-prefix-tokens', str('shared-prefix-tokens') ?? '0', 0),
+    sharedPrefixTokens,
     seed: intFlag('seed', str('seed') ?? '0', 0),
     transport,
     api,

@@ -6,9 +6,9 @@ import type { Summary } from './stats.js';
 export interface Speedup {
   concurrency: number | null;
   request_rate: number | null;
-  /** Output tokens/s with batching over output tokens/s with --max-num-seqs 1. */
+  /** Output tokens/s of the first server over the baseline's (--max-num-seqs 1 unless --baseline-args). */
   output_throughput_ratio: number;
-  /** Median end-to-end latency of the baseline over that of the batched server (> 1: batching is faster). */
+  /** Median end-to-end latency of the baseline over that of the first server (> 1: the first is faster). */
   median_e2el_ratio: number;
 }
 
@@ -44,6 +44,7 @@ export function runBlock(title: string, m: RunMetrics): string {
     ...(m.models_ms ? [row('/models', m.models_ms)] : []),
     ...(m.health_failures || m.models_failures ? [kv('Probes failed (/health, /models):', `${m.health_failures ?? 0}, ${m.models_failures ?? 0}`)] : []),
     ...(m.hostile_refused !== undefined ? [kv('Huge prompts (refused / not):', `${m.hostile_refused} / ${m.hostile_unexpected}`)] : []),
+    ...(m.spec_decode ? [kv('Draft tokens accepted / proposed:', `${m.spec_decode.accepted_tokens} / ${m.spec_decode.draft_tokens}`), kv('Acceptance rate:', specCell(m))] : []),
   ];
   return lines.join('\n');
 }
@@ -57,8 +58,17 @@ function firstColumn(m: RunMetrics): string {
   return m.concurrency === null ? String(m.request_rate) : `${m.request_rate} (max ${m.concurrency})`;
 }
 
-/** The sweep as a markdown table; with speedups, a last column with the throughput ratio. */
-export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = null): string {
+/** "62.5% (3.50)": acceptance rate and mean acceptance length (tokens per verifying step); "-" when nothing was drafted. */
+function specCell(m: RunMetrics): string {
+  const s = m.spec_decode;
+  return s && s.draft_tokens > 0 ? `${(s.acceptance_rate * 100).toFixed(1)}% (${f2(s.mean_acceptance_length)})` : '-';
+}
+
+/**
+ * The sweep as a markdown table; where the server counted speculation, a column with its
+ * acceptance; with speedups, a last column with the throughput ratio over the baseline.
+ */
+export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = null, baselineLabel = 'max-num-seqs 1'): string {
   if (runs.length === 0) return '';
   const pair = (s: Summary) => `${f1(s.median)} / ${f1(s.p99)}`;
   const header = [
@@ -75,7 +85,9 @@ export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = n
     '/health p50 / p99 (ms)',
     '/v1/models p50 / p99 (ms)',
   ];
-  if (speedups) header.push('speedup vs max-num-seqs 1');
+  const spec = runs.some((m) => m.spec_decode);
+  if (spec) header.push('draft acceptance (mean length)');
+  if (speedups) header.push(`speedup vs ${baselineLabel.replace(/^--/, '')}`);
   const rows = runs.map((m, i) => {
     const cells = [
       firstColumn(m),
@@ -91,6 +103,7 @@ export function markdownTable(runs: RunMetrics[], speedups: Speedup[] | null = n
       m.health_ms ? pair(m.health_ms) : '-',
       m.models_ms ? pair(m.models_ms) : '-',
     ];
+    if (spec) cells.push(specCell(m));
     if (speedups) cells.push(speedups[i] ? `${f2(speedups[i]!.output_throughput_ratio)}x` : '-');
     return cells;
   });
@@ -111,10 +124,10 @@ export function speedupsOf(batched: RunMetrics[], baseline: RunMetrics[]): Speed
   });
 }
 
-export function speedupLine(s: Speedup, batched: RunMetrics, baseline: RunMetrics): string {
+export function speedupLine(s: Speedup, batched: RunMetrics, baseline: RunMetrics, baselineLabel = '--max-num-seqs 1'): string {
   return (
     `speedup at ${runLabel(s)}: ${f2(s.output_throughput_ratio)}x output tok/s ` +
-    `(${f1(batched.output_throughput)} batched vs ${f1(baseline.output_throughput)} with --max-num-seqs 1), ` +
-    `median E2E latency ${f2(s.median_e2el_ratio)}x (baseline / batched)`
+    `(${f1(batched.output_throughput)} vs ${f1(baseline.output_throughput)} with ${baselineLabel}), ` +
+    `median E2E latency ${f2(s.median_e2el_ratio)}x (baseline / first server)`
   );
 }

@@ -9,6 +9,8 @@ export interface ChartInput {
   subtitle?: string;
   batched: RunMetrics[];
   baseline: RunMetrics[] | null;
+  /** The baseline server's own flags (default: --max-num-seqs 1, "no batching"). */
+  baselineLabel?: string;
 }
 
 interface Series {
@@ -147,14 +149,15 @@ export function renderSvg(input: ChartInput): string {
   const base = baseline && baseline.length ? baseline : null;
 
   const tput: Series[] = [{ label: 'continuous batching', color: COLORS.batched, dashed: false, marker: 'circle', points: pts(batched, (m) => m.output_throughput) }];
-  if (base) tput.push({ label: 'max-num-seqs 1', color: COLORS.baseline, dashed: false, marker: 'square', points: pts(base, (m) => m.output_throughput) });
+  const baseName = input.baselineLabel?.replace(/^--/, '') ?? 'max-num-seqs 1';
+  if (base) tput.push({ label: baseName, color: COLORS.baseline, dashed: false, marker: 'square', points: pts(base, (m) => m.output_throughput) });
   const lat: Series[] = [
     { label: 'batching p50', color: COLORS.batched, dashed: false, marker: 'circle', points: pts(batched, (m) => m.e2el_ms.median / 1000) },
     { label: 'batching p99', color: COLORS.batched, dashed: true, marker: 'circle', points: pts(batched, (m) => m.e2el_ms.p99 / 1000) },
   ];
   if (base) {
-    lat.push({ label: 'max-num-seqs 1 p50', color: COLORS.baseline, dashed: false, marker: 'square', points: pts(base, (m) => m.e2el_ms.median / 1000) });
-    lat.push({ label: 'max-num-seqs 1 p99', color: COLORS.baseline, dashed: true, marker: 'square', points: pts(base, (m) => m.e2el_ms.p99 / 1000) });
+    lat.push({ label: `${baseName} p50`, color: COLORS.baseline, dashed: false, marker: 'square', points: pts(base, (m) => m.e2el_ms.median / 1000) });
+    lat.push({ label: `${baseName} p99`, color: COLORS.baseline, dashed: true, marker: 'square', points: pts(base, (m) => m.e2el_ms.p99 / 1000) });
   }
 
   const xs = batched.map(xOf);
@@ -169,7 +172,7 @@ export function renderSvg(input: ChartInput): string {
 
   const legendItems: Series[] = [
     { label: 'continuous batching', color: COLORS.batched, dashed: false, marker: 'circle', points: [] },
-    ...(base ? [{ label: '--max-num-seqs 1 (no batching)', color: COLORS.baseline, dashed: false, marker: 'square' as const, points: [] }] : []),
+    ...(base ? [{ label: input.baselineLabel ?? '--max-num-seqs 1 (no batching)', color: COLORS.baseline, dashed: false, marker: 'square' as const, points: [] }] : []),
     { label: 'p50 (solid)', color: '#555', dashed: false, marker: 'circle', points: [] },
     { label: 'p99 (dashed)', color: '#555', dashed: true, marker: 'circle', points: [] },
   ];
