@@ -5,17 +5,20 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { test } from 'node:test';
-import { benchMain, type BenchResult } from '../tools/bench/bench.js';
+import { benchMain, benchModelKind, type BenchResult } from '../tools/bench/bench.js';
 import { computeMetrics, type RunMetrics } from '../tools/bench/metrics.js';
 import { parseBenchArgs, planRuns, UsageError } from '../tools/bench/options.js';
+import { docsProse, prosePassages } from '../tools/bench/passages.js';
 import { markdownTable, speedupsOf } from '../tools/bench/report.js';
 import { StreamTimer, type RequestResult } from '../tools/bench/request-result.js';
 import { liveServerPids } from '../tools/bench/server-process.js';
+import { parseSpecCounters, specDecodeBetween } from '../tools/bench/spec-metrics.js';
 import { SseParser } from '../tools/bench/sse-client.js';
 import { percentile, summarize } from '../tools/bench/stats.js';
 import { renderSvg } from '../tools/bench/svg.js';
-import { makeWorkload, poissonArrivals, PROMPT_VOCAB, runSeed } from '../tools/bench/workload.js';
-import { tempDir, tinyModel } from './helpers/tiny-model.js';
+import { GROUNDED_INSTRUCTION, GROUNDED_LEAD_TOKENS, makeGroundedWorkload, makeWorkload, minGroundedPromptTokens, poissonArrivals, PROMPT_VOCAB, runSeed } from '../tools/bench/workload.js';
+import { gpt2Tokenizer } from '../src/model/tokenizer.js';
+import { copyingModel, tempDir, tinyModel } from './helpers/tiny-model.js';
 
 const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);
 
@@ -148,6 +151,94 @@ test('options: defaults, validation naming the flag, the run plan', () => {
     { concurrency: null, rate: 4, requests: 10 },
   ]);
   assert.deepEqual(planRuns(parseBenchArgs(['--rate', '2', '--concurrency', '3'])!), [{ concurrency: 3, rate: 2, requests: 32 }]);
+
+  assert.equal(o.workload, 'random');
+  assert.deepEqual(o.baselineArgs, ['--max-num-seqs', '1']);
+  const grounded = parseBenchArgs(['--workload', 'grounded', '--baseline', '--baseline-args= --speculative  off '])!;
+  assert.equal(grounded.model, 'models/bench-gpt2-small-copy');
+  assert.equal(grounded.defaultModel, true);
+  assert.deepEqual(grounded.baselineArgs, ['--speculative', 'off']);
+  assert.throws(() => parseBenchArgs(['--workload', 'quotes']), /--workload must be random or grounded/);
+  assert.throws(() => parseBenchArgs(['--baseline-args=--speculative off']), /give --baseline too/);
+  assert.throws(() => parseBenchArgs(['--baseline', '--baseline-args', ' ']), /--baseline-args needs/);
+  assert.throws(() => parseBenchArgs(['--workload', 'grounded', '--shared-prefix-tokens', '8']), /--workload random/);
+});
+
+test('the benchmark makes its own model folders: random or copying, by dtype suffix; no other', () => {
+  assert.deepEqual(benchModelKind('models/bench-gpt2-small'), { weights: 'random', dtype: 'fp32' });
+  assert.deepEqual(benchModelKind('/x/bench-gpt2-small-int8/'), { weights: 'random', dtype: 'int8' });
+  assert.deepEqual(benchModelKind('models/bench-gpt2-small-copy'), { weights: 'copying', dtype: 'fp32' });
+  assert.deepEqual(benchModelKind('models/bench-gpt2-small-copy-int4'), { weights: 'copying', dtype: 'int4' });
+  assert.equal(benchModelKind('models/gpt2'), null);
+  assert.equal(benchModelKind('models/bench-gpt2-small-int3'), null);
+});
+
+test('docs prose: paragraphs of English with Markdown markup removed; tables, code, headings and lists left out', () => {
+  const md = [
+    '# Title',
+    '',
+    'The server keeps a [prefix cache](docs/design.md) of **full** blocks, so `prompts` that start the same way skip the',
+    'work of their prefill, which is measured in the benchmark with a shared prefix of many tokens each.',
+    '',
+    '| a | b | c | d | e | f | g | h | i | j | k | l | m | n | o | p | q | r | s | t | u |',
+    '',
+    '```bash',
+    'npm run bench -- --one --two --three --four --five --six --seven --eight --nine --ten --eleven --twelve --thirteen',
+    '```',
+    '- a list item that is long enough to count as a passage if lists were kept, which they are not here',
+    'Too short.',
+  ].join('\n');
+  assert.deepEqual(prosePassages(md), [
+    'The server keeps a prefix cache of full blocks, so prompts that start the same way skip the work of their prefill, which is measured in the benchmark with a shared prefix of many tokens each.',
+  ]);
+  const docs = docsProse(join(import.meta.dirname, '..'));
+  assert.ok(docs.length > 50, `${docs.length} paragraphs`);
+  assert.deepEqual(docs.filter((p) => /[`]|\]\(|<\|/.test(p)), [], 'no markup or special token left');
+});
+
+test('grounded workload: passage, instruction, the passage\'s first tokens again; exact length; seeded; a different passage per request', async () => {
+  const tokenizer = await gpt2Tokenizer();
+  const encode = (t: string) => tokenizer.encode(t);
+  const paragraphs = docsProse(join(import.meta.dirname, '..'));
+  const spec = { seed: 4, requests: 6, promptTokens: 300, outputTokens: 16, paragraphs, encode };
+  const w = makeGroundedWorkload(spec);
+  assert.deepEqual(makeGroundedWorkload(spec), w);
+  assert.deepEqual(makeGroundedWorkload({ ...spec, requests: 2 }), w.slice(0, 2), 'runs are prefixes of one stream');
+  const instruction = encode(GROUNDED_INSTRUCTION);
+  const passageLength = 300 - instruction.length - GROUNDED_LEAD_TOKENS;
+  for (const r of w) {
+    assert.equal(r.promptIds.length, 300);
+    assert.equal(r.outputTokens, 16);
+    const passage = r.promptIds.slice(0, passageLength);
+    assert.deepEqual(r.promptIds.slice(passageLength, passageLength + instruction.length), instruction);
+    assert.deepEqual(r.promptIds.slice(-GROUNDED_LEAD_TOKENS), passage.slice(0, GROUNDED_LEAD_TOKENS));
+    assert.deepEqual(r.reference, passage.slice(GROUNDED_LEAD_TOKENS));
+    // Real English: the text decodes to words, and tokens repeat as they do in prose.
+    assert.match(tokenizer.decode(passage), /^[\x20-\x7e\u00a0-\uffff]+$/);
+    assert.ok(new Set(passage).size < passage.length * 0.8);
+  }
+  assert.equal(new Set(w.map((r) => r.promptIds.slice(0, 16).join())).size, w.length, 'no two requests quote the same start');
+  const next = makeGroundedWorkload({ ...spec, seed: runSeed(4, 1) });
+  assert.ok(next.every((r) => !w.some((q) => q.promptIds.slice(0, 16).join() === r.promptIds.slice(0, 16).join())), 'nor do two runs');
+  assert.throws(() => makeGroundedWorkload({ ...spec, promptTokens: minGroundedPromptTokens(encode) - 1 }), /grounded prompts need/);
+  assert.equal(makeGroundedWorkload({ ...spec, promptTokens: minGroundedPromptTokens(encode) })[0]!.promptIds.length, minGroundedPromptTokens(encode));
+});
+
+test('speculation figures from /metrics: counters parsed, acceptance between two scrapes', () => {
+  const text = [
+    '# HELP gpt2_spec_decode_num_drafts_total Speculative decoding: sequence steps that carried draft tokens to verify',
+    '# TYPE gpt2_spec_decode_num_drafts_total counter',
+    'gpt2_spec_decode_num_drafts_total 10',
+    'gpt2_spec_decode_num_draft_tokens_total 40',
+    'gpt2_spec_decode_num_accepted_tokens_total 25',
+    'vllm:spec_decode_num_accepted_tokens_total 25',
+  ].join('\n');
+  const before = parseSpecCounters(text)!;
+  assert.deepEqual(before, { drafts: 10, draftTokens: 40, acceptedTokens: 25 });
+  assert.equal(parseSpecCounters('gpt2_generation_tokens_total 5\n'), null);
+  const s = specDecodeBetween(before, { drafts: 30, draftTokens: 120, acceptedTokens: 85 });
+  assert.deepEqual(s, { drafts: 20, draft_tokens: 80, accepted_tokens: 60, acceptance_rate: 0.75, mean_acceptance_length: 4 });
+  assert.deepEqual(specDecodeBetween(before, before), { drafts: 0, draft_tokens: 0, accepted_tokens: 0, acceptance_rate: 0, mean_acceptance_length: 1 });
 });
 
 function fakeRun(concurrency: number, tput: number, p50: number, p99: number): RunMetrics {
@@ -350,6 +441,29 @@ test('--baseline runs the same workload with --max-num-seqs 1 and reports the sp
   assert.ok(result.speedup[0]!.output_throughput_ratio > 0);
   assert.match(out, /speedup at concurrency 2: \d+\.\d+x output tok\/s/);
   assert.match(out, /speedup vs max-num-seqs 1/);
+  assertServersGone(result);
+});
+
+test('--workload grounded on the copying model: speculation on over --baseline-args "--speculative off", with its acceptance per run', { timeout: 90_000 }, async () => {
+  const model = await copyingModel();
+  const { result, out } = await bench([
+    '--model', model, '--workload', 'grounded', '--concurrency', '1,2', '--requests', '2', '--prompt-tokens', '160', '--output-tokens', '24',
+    '--server-arg=--speculative=ngram', '--baseline', '--baseline-args=--speculative off',
+  ]);
+  assert.equal(result.config.workload, 'grounded');
+  assert.deepEqual(result.baseline!.server_args, ['--speculative=ngram', '--speculative', 'off']);
+  for (const [i, m] of result.runs.entries()) {
+    assertRun(m, 2, 24, 160);
+    assertRun(result.baseline!.runs[i]!, 2, 24, 160);
+    // The copying model repeats the passage, and the drafts are copied from it.
+    assert.ok(m.spec_decode!.draft_tokens > 0 && m.spec_decode!.acceptance_rate > 0.9, JSON.stringify(m.spec_decode));
+    assert.ok(m.spec_decode!.mean_acceptance_length > 2);
+    assert.equal(result.baseline!.runs[i]!.spec_decode!.draft_tokens, 0);
+  }
+  assert.match(out, /speedup at concurrency 1: \d+\.\d+x output tok\/s \(\d+\.\d+ vs \d+\.\d+ with --speculative off\)/);
+  assert.match(out, /\| draft acceptance \(mean length\) \| speedup vs speculative off \|/);
+  assert.match(out, /Draft tokens accepted \/ proposed:\s+\d+ \/ \d+/);
+  assert.match(out, /160-token grounded prompts/);
   assertServersGone(result);
 });
 

@@ -13,8 +13,9 @@ export function prosePassages(markdown: string): string[] {
   const flush = () => {
     const text = paragraph.join(' ').trim();
     paragraph = [];
-    // Short lines are captions and labels, not passages.
-    if (text.split(/\s+/).length >= 20) out.push(stripMarkup(text));
+    // Short lines are captions and labels, not passages; <|endoftext|> would be encoded as the
+    // special token, ending the text in the middle of a prompt.
+    if (text.split(/\s+/).length >= 20 && !text.includes('<|')) out.push(stripMarkup(text));
   };
   for (const line of markdown.split(/\r?\n/)) {
     if (/^\s*(```|~~~)/.test(line)) {
@@ -36,7 +37,7 @@ export function prosePassages(markdown: string): string[] {
 function stripMarkup(text: string): string {
   return text
     .replace(/!?\[([^\]]*)\]\([^)]*\)/g, '$1') // [text](url) -> text
-    .replace(/`([^`]*)`/g, '$1')
+    .replace(/`/g, '')
     .replace(/(\*\*|__)(.*?)\1/g, '$2')
     .replace(/\s+/g, ' ')
     .trim();
