@@ -1,5 +1,6 @@
 // npm run bench -- [--url URL | --model DIR] [--concurrency 1,4,16,32] [--prompt-tokens N]
 //                  [--output-tokens N] [--requests N] [--rate R] [--transport sse|ws] [--baseline]
+//                  [--workload random|grounded] [--baseline-args ARGS]
 //                  [--out FILE] [--svg FILE]          (--help for everything)
 // Serving benchmark through the public API; the modules are in tools/bench/ (docs/benchmark.md).
 import { benchMain } from './bench/bench.js';

@@ -21,9 +21,10 @@
 // head-dimension slice each, so position j scores highest when the 8 tokens before it are the 8
 // tokens ending at i: where the current 8-gram was seen before. Shorter n-grams repeat in
 // technical prose (copying passages of the docs, a 3-gram version got 71% of 600 tokens right,
-// a 6-gram one 95% of 2400, this one 100% of 2400). The value is u(t_j), the token that followed, written into tok with gain COPY_GAIN:
-// its logit then outranks the current token's. Splitting u over several heads with the same
-// attention carries a wider code than one head could, so fewer vocabulary entries come close.
+// a 6-gram one 95% of 2400, this one 100% of 2400). The value is u(t_j), the token that
+// followed, written into tok with gain COPY_GAIN: its logit then outranks the current token's.
+// Splitting u over several heads with the same attention carries a wider code than one head
+// could, so fewer vocabulary entries come close.
 // Every other weight is zero (a zero c_proj makes its layer the identity), LayerNorms are 1 and 0.
 // Heads must be 64 wide or more; unused layers and heads still run their full matrix products, so
 // a GPT-2-small-shaped copying model costs what GPT-2-small costs.
