@@ -51,6 +51,10 @@ test('draft caches: rolled back to what verification kept, caught up, batched; g
   a.tokens.push(a1!, 5);
   b.tokens.push(...greedyTokens(b.tokens, 2, V), 9);
   assert.deepEqual(await proposer.propose([a, b], [4, 1]), [greedyTokens(a.tokens, 4, V), greedyTokens(b.tokens, 1, V)]);
+  // The first draft kept, the second not, then steps without drafts: the cache's guesses from the
+  // second on must go, though the sequence has grown past them.
+  a.tokens.push(greedyTokens(a.tokens, 1, V)[0]!, 7, 8, 9);
+  assert.deepEqual(await proposer.propose([a], [2]), [greedyTokens(a.tokens, 2, V)]);
   // Nothing kept at all: the cache goes back to the sequence's last token.
   a.tokens.push(7);
   assert.deepEqual(await proposer.propose([a], [2]), [greedyTokens(a.tokens, 2, V)]);
