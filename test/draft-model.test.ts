@@ -12,7 +12,7 @@ import { DraftModelProposer } from '../src/engine/draft-model.js';
 import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
 import { Scheduler, Sequence } from '../src/engine/scheduler.js';
 import type { EngineOptions, SamplingParams } from '../src/engine/types.js';
-import { collect, events, outputBits, request, type RunResult } from './helpers/engine-run.js';
+import { events, outputBits, request, runAll, type Spec } from './helpers/engine-run.js';
 import { greedyTokens, ScriptedRunner } from './helpers/scripted-runner.js';
 import { engineOptions, tempDir, tinyModel } from './helpers/tiny-model.js';
 
@@ -95,11 +95,6 @@ test('draft caches: a long catch-up is spread over calls without drafts; drafts 
   assert.deepEqual(await failing.proposer.propose([f], [3]), [greedyTokens(f.tokens, 3, failing.V)]);
 });
 
-interface Spec {
-  prompt: number[];
-  params: Partial<SamplingParams>;
-}
-
 async function withEngine<T>(options: Partial<EngineOptions>, fn: (e: InProcessEngine) => Promise<T>): Promise<T> {
   const e = await InProcessEngine.start(engineOptions(target, { maxStepMs: 'auto', intraOpThreads: 0, ...options }));
   try {
@@ -107,20 +102,6 @@ async function withEngine<T>(options: Partial<EngineOptions>, fn: (e: InProcessE
   } finally {
     await e.shutdown();
   }
-}
-
-async function runAll(engine: InProcessEngine, list: Spec[], together: boolean): Promise<RunResult[]> {
-  if (!together) {
-    const out: RunResult[] = [];
-    for (const s of list) out.push(await collect(engine, request(s.prompt, s.params)));
-    return out;
-  }
-  return Promise.all(
-    list.map(async (s, i) => {
-      await new Promise((r) => setTimeout(r, i * 3));
-      return collect(engine, request(s.prompt, s.params));
-    }),
-  );
 }
 
 test('the target as its own draft model: every greedy draft is kept, and output is bit-identical', async () => {
