@@ -112,7 +112,7 @@ export const SETTINGS = {
     env: 'GPT2_SPECULATIVE',
     help:
       'Speculative decoding: off; ngram (drafts copied from where the sequence\'s last tokens occurred before in its prompt or output); ' +
-      'or draft (a smaller model, --draft-model). Drafts are verified exactly: greedy and seeded output is the same as without (docs/speculative.md)',
+      'or draft (a smaller model, --draft-model). Drafts are verified exactly: greedy and seeded output is the same as without (docs/design.md#speculative-decoding)',
     schema: z.enum(['off', 'ngram', 'draft']).default('off'),
   },
   numSpeculativeTokens: {

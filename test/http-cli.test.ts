@@ -64,6 +64,18 @@ test('a bad setting is one line on stderr and exit 2; so is an unknown command',
   const seqs = runMain(['--max-num-seqs', '64', '--max-seqs-in-flight', '32']);
   assert.equal(seqs.status, 2);
   assert.match(seqs.stderr, /--max-seqs-in-flight \(32\) must be >= --max-num-seqs \(64\)/);
+  const lookup = runMain(['--speculative', 'ngram', '--prompt-lookup-min', '4', '--prompt-lookup-max', '3']);
+  assert.equal(lookup.status, 2);
+  assert.match(lookup.stderr, /--prompt-lookup-min \(4\) must be <= --prompt-lookup-max \(3\)/);
+  const noDraft = runMain(['--speculative', 'draft']);
+  assert.equal(noDraft.status, 2);
+  assert.match(noDraft.stderr, /--speculative draft needs --draft-model DIR/);
+  const strayDraft = runMain([], { GPT2_DRAFT_MODEL: '/models/distilgpt2' });
+  assert.equal(strayDraft.status, 2);
+  assert.match(strayDraft.stderr, /--draft-model is only used with --speculative draft \(got --speculative off\)/);
+  const method = runMain(['--speculative', 'medusa']);
+  assert.equal(method.status, 2);
+  assert.match(method.stderr, /^error: --speculative \/ GPT2_SPECULATIVE: /);
   for (const size of ['8', '24']) {
     const block = runMain(['--block-size', size]);
     assert.equal(block.status, 2);

@@ -1,12 +1,13 @@
 // Timed runs at start-up that give the step-cost model its first fit: decode batches of a few
-// sizes over short and long pasts, and prefill chunks of a few lengths, run through the real
+// sizes over short and long pasts, prefill chunks of a few lengths, and short chunks after a long
+// past (a prompt's later chunks, speculative verification), run through the real
 // runner on scratch KV blocks (freed again; what they leave in the pool is overwritten before any
-// sequence reads it). About ten shapes, each run twice: a few seconds for GPT-2 small on a CPU.
+// sequence reads it). About a dozen shapes, each run twice: a few seconds for GPT-2 small on a CPU.
 import type { BlockAllocator } from './kv-cache.js';
 import { blocksFor } from './kv-cache.js';
 import type { ModelRunner, RunnerRow } from './runner.js';
 import { MIN_PREFILL_CHUNK } from './scheduler.js';
-import { attendedBy, type StepShape } from './step-cost.js';
+import { attendedBy, rowShape, type StepShape } from './step-cost.js';
 
 export interface CalibrationLimits {
   maxNumSeqs: number;
@@ -24,10 +25,11 @@ export async function calibrateStepCost(
   // Whatever the pool holds bounds every shape (a server may run with a tiny KV cache).
   const room = Math.min(allocator.freeCount * blockSize, limits.contextLength);
   const longPast = Math.min(16 * blockSize, room - 1);
+  const VERIFY_CALIBRATION_TOKENS = 5;
   const decodes = [...new Set([1, Math.ceil(n / 4), n])].flatMap((rows) => [...new Set([Math.min(blockSize, longPast), longPast])].map((past) => ({ rows, past })));
   const chunks = [...new Set([MIN_PREFILL_CHUNK, Math.ceil(budget / 4), budget])].map((c) => Math.min(c, room)).filter((c, i, all) => all.indexOf(c) === i);
 
-  const perRow = blocksFor(Math.max(longPast + 1, ...chunks), blockSize);
+  const perRow = blocksFor(Math.max(Math.min(longPast + VERIFY_CALIBRATION_TOKENS, room), ...chunks), blockSize);
   // Distinct blocks per row when the pool has room, as real sequences have; else rows share them.
   const distinct = allocator.freeCount >= perRow * n;
   const blocks = Array.from({ length: distinct ? n : 1 }, () => allocator.allocate(perRow)!);
@@ -55,7 +57,15 @@ export async function calibrateStepCost(
     }
     for (const count of chunks) {
       const row = { tokens: new Array<number>(count).fill(0), pastLength: 0, blocks: blocksOf(0), logitsFrom: count - 1, fetchLogits: false };
-      samples.push({ shape: { tokens: count, attended: attendedBy(0, count) }, ms: await time([row]) });
+      samples.push({ shape: rowShape(0, count), ms: await time([row]) });
+    }
+    // Short chunks after a long past: what a chunked prompt's later chunks and speculative
+    // verification rows cost beyond their tokens (their past copied once more).
+    for (const { rows, count } of [...new Set([1, Math.ceil(n / 4)])].map((r) => ({ rows: r, count: r === 1 ? VERIFY_CALIBRATION_TOKENS : 2 }))) {
+      if (longPast + count > room) continue;
+      const batch = Array.from({ length: rows }, (_, r) => ({ tokens: new Array<number>(count).fill(0), pastLength: longPast, blocks: blocksOf(r), logitsFrom: 0, fetchLogits: false }));
+      const one = rowShape(longPast, count);
+      samples.push({ shape: { tokens: rows * one.tokens, attended: rows * one.attended, chunkPast: rows * one.chunkPast }, ms: await time(batch) });
     }
   } finally {
     for (const b of blocks) allocator.release(b);

@@ -11,7 +11,7 @@ import type { CompiledConstraint } from '../structured/constraint.js';
 import { TokenConstraint, VocabularyIndex } from '../structured/token-mask.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { blocksFor } from './kv-cache.js';
-import { attendedBy, type StepCostModel } from './step-cost.js';
+import { plus, rowShape, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
@@ -194,7 +194,7 @@ export class EngineCore {
     const tokens = plan.rows.reduce((s, r) => s + r.count, 0);
     const totalMs = performance.now() - start;
     this.recordStep({ modelMs: this.runner.takeModelMs(), runMs, totalMs, rows: plan.rows.length, tokens });
-    this.opts.cost?.observe({ tokens, attended: plan.rows.reduce((s, r) => s + attendedBy(r.start, r.count), 0) }, totalMs - draftMs);
+    this.opts.cost?.observe(plan.rows.reduce((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 }), totalMs - draftMs);
     return this.takeEvents();
   }
 

@@ -22,7 +22,7 @@
 // A paused sequence (its client stopped reading) takes no part in steps and is the first to be
 // preempted when a running sequence or the head of the queue needs its blocks or its batch slot.
 import { BlockAllocator, blockHash, blocksFor, type BlockHash } from './kv-cache.js';
-import { attendedBy, type StepCost, type StepShape } from './step-cost.js';
+import { attendedBy, plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 
 export interface SchedulerConfig {
   maxNumSeqs: number;
@@ -166,11 +166,10 @@ export class Scheduler {
   schedule(cost?: StepCost): StepPlan {
     const rows: ScheduledRow[] = [];
     const preempted: Sequence[] = [];
-    const shape: StepShape = { tokens: 0, attended: 0 };
+    let shape: StepShape = { tokens: 0, attended: 0 };
     const add = (row: ScheduledRow) => {
       rows.push(row);
-      shape.tokens += row.count;
-      shape.attended += attendedBy(row.start, row.count);
+      shape = plus(shape, rowShape(row.start, row.count));
     };
 
     // 1. Decode rows: every running sequence with exactly one pending token.
@@ -184,8 +183,7 @@ export class Scheduler {
       add({ seq, start: seq.numComputed, count: 1, sample: true });
     }
     // Decode rows a preemption removed again were subtracted from `rows`; recount the shape.
-    shape.tokens = rows.reduce((s, r) => s + r.count, 0);
-    shape.attended = rows.reduce((s, r) => s + attendedBy(r.start, r.count), 0);
+    shape = rows.reduce((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 });
     const limitMs = this.timeLimit(cost, shape);
 
     // 3. Prefill chunks, oldest first, under the token and time budgets.
@@ -194,7 +192,7 @@ export class Scheduler {
       const byTokens = Math.min(pending, this.config.maxNumBatchedTokens - shape.tokens);
       if (byTokens <= 0) return 0;
       let count = byTokens;
-      if (limitMs !== null) count = largestWithin(byTokens, (c) => cost!.predictMs({ tokens: shape.tokens + c, attended: shape.attended + attendedBy(start, c) }) <= limitMs);
+      if (limitMs !== null) count = largestWithin(byTokens, (c) => cost!.predictMs(plus(shape, rowShape(start, c))) <= limitMs);
       if (first) count = Math.max(count, Math.min(MIN_PREFILL_CHUNK, byTokens));
       first = false;
       return count;

@@ -18,8 +18,7 @@
 //
 // Drafts ride only steps that are all decode rows: a prefill chunk in the step would pad every
 // verification row to its length.
-import type { StepCost, StepShape } from './step-cost.js';
-import { attendedBy } from './step-cost.js';
+import { plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 import type { ScheduledRow, Scheduler, Sequence } from './scheduler.js';
 import { lookupDraft } from './prompt-lookup.js';
 
@@ -57,8 +56,8 @@ class Acceptance {
   }
 }
 
-/** Per decode step: evidence halves in about 23 steps. */
-export const ACCEPTANCE_DECAY = 0.97;
+/** Per decode step: evidence halves in about 70 steps. */
+export const ACCEPTANCE_DECAY = 0.99;
 
 /** Where drafts come from: prompt lookup, a draft model, or (tests) a script. */
 export interface DraftProposer {
@@ -77,6 +76,10 @@ export class PromptLookupProposer implements DraftProposer {
   }
 }
 
+function negative(s: StepShape): StepShape {
+  return { tokens: -s.tokens, attended: -s.attended, chunkPast: -(s.chunkPast ?? 0) };
+}
+
 export class Speculator {
   private readonly acceptance = new WeakMap<Sequence, Acceptance>();
   readonly stats: SpeculationStats = { drafts: 0, draftTokens: 0, acceptedTokens: 0 };
@@ -90,12 +93,12 @@ export class Speculator {
   /**
    * Adds drafts to the decode rows of a step where they pay. `canDraft` says which sequences may
    * (the engine's call: past their first output token, nothing left to fork). A row's drafts are
-   * also capped by what its max_tokens and the context leave, and by free KV blocks: drafting
-   * never preempts anything.
+   * also capped by what its max_tokens and the context leave, by the step's token budget, and by
+   * free KV blocks: drafting never preempts anything.
    */
   async addDrafts(rows: ScheduledRow[], scheduler: Scheduler, canDraft: (seq: Sequence) => boolean, contextLength: number): Promise<void> {
     if (rows.length === 0 || rows.some((r) => r.count !== 1)) return;
-    const shape: StepShape = { tokens: rows.length, attended: rows.reduce((s, r) => s + attendedBy(r.start, 1), 0) };
+    let shape: StepShape = rows.reduce((s, r) => plus(s, rowShape(r.start, 1)), { tokens: 0, attended: 0 });
     const perTokenMs = this.cost ? this.cost.predictMs(shape) / rows.length : 0;
     const drafting: ScheduledRow[] = [];
     const wants: number[] = [];
@@ -106,10 +109,11 @@ export class Speculator {
       // Room: the pending token plus d drafts must leave max_tokens and the context one more token.
       const room = Math.min(this.settings.numTokens, seq.outputLeft - 1, contextLength - seq.tokens.length - 1);
       let want = 0;
-      while (want < room && this.pays(acceptance.rate, want + 1, row.start + want + 1, shape, perTokenMs)) {
-        want++;
-        shape.tokens++;
-        shape.attended += row.start + want + 1;
+      for (; want < room && shape.tokens < scheduler.config.maxNumBatchedTokens; want++) {
+        // The row as it would be with one draft more, against the row as it is.
+        const more = plus(rowShape(row.start, want + 2), negative(rowShape(row.start, want + 1)));
+        if (!this.pays(acceptance.rate ** (want + 1), shape, more, perTokenMs)) break;
+        shape = plus(shape, more);
       }
       acceptance.age();
       if (want === 0) continue;
@@ -143,11 +147,10 @@ export class Speculator {
     this.stats.acceptedTokens += accepted;
   }
 
-  /** Whether the j-th draft (at position `position`) is worth its cost in this step. */
-  private pays(rate: number, j: number, position: number, shape: StepShape, perTokenMs: number): boolean {
+  /** Whether a draft kept with probability `kept`, adding `more` to the step, is worth its cost. */
+  private pays(kept: number, shape: StepShape, more: StepShape, perTokenMs: number): boolean {
     if (!this.cost) return true;
-    const marginalMs = this.cost.predictMs({ tokens: shape.tokens + 1, attended: shape.attended + position + 1 }) - this.cost.predictMs(shape);
-    return rate ** j * perTokenMs >= marginalMs;
+    return kept * perTokenMs >= this.cost.predictMs(plus(shape, more)) - this.cost.predictMs(shape);
   }
 
   private acceptanceOf(seq: Sequence): Acceptance {

@@ -2,9 +2,12 @@
 // every stream in the batch waits for the whole step, so a step that also prefills a long prompt
 // is a stall for all of them (issue: smooth streams under load).
 //
-// A step's milliseconds are modelled as linear in two features of its shape:
-//   tokens    new tokens fed (decode rows + prefill chunk tokens): the weight matmuls
-//   attended  keys the new tokens attend to, summed: reading the KV cache
+// A step's milliseconds are modelled as linear in three features of its shape:
+//   tokens     new tokens fed (decode rows + prefill chunk tokens): the weight matmuls
+//   attended   keys the new tokens attend to, summed: reading the KV cache
+//   chunkPast  cached keys of the rows of more than one token (prefill chunks after the first,
+//              speculative verification rows): the graph copies a chunk row's gathered past once
+//              more to add its new keys (serving-graph.ts), which a decode row does not need
 // plus a constant (the per-run overhead). Fitted by least squares on timed runs at start-up, then
 // corrected online by recursive least squares with forgetting, so it follows the machine's load
 // and whatever the runner really costs.
@@ -12,6 +15,8 @@
 export interface StepShape {
   tokens: number;
   attended: number;
+  /** Cached keys of the step's rows of more than one token (0 when absent). */
+  chunkPast?: number;
 }
 
 export interface StepCost {
@@ -23,13 +28,24 @@ export function attendedBy(start: number, count: number): number {
   return count * start + (count * (count + 1)) / 2;
 }
 
-const N = 3;
-/** Feature scales keep the normal equations well conditioned (tokens ~ 1..512, attended ~ 1..1e6). */
+/** The shape of one row of `count` tokens after `start` cached ones. */
+export function rowShape(start: number, count: number): Required<StepShape> {
+  return { tokens: count, attended: attendedBy(start, count), chunkPast: count > 1 ? start : 0 };
+}
+
+/** `shape` with `more` added (a new object). */
+export function plus(shape: StepShape, more: StepShape): Required<StepShape> {
+  return { tokens: shape.tokens + more.tokens, attended: shape.attended + more.attended, chunkPast: (shape.chunkPast ?? 0) + (more.chunkPast ?? 0) };
+}
+
+const N = 4;
+/** Feature scales keep the normal equations well conditioned (tokens ~ 1..512, attended ~ 1..1e6, chunkPast ~ 0..3e4). */
 const TOKEN_SCALE = 1 / 100;
 const ATTENDED_SCALE = 1 / 100_000;
+const CHUNK_PAST_SCALE = 1 / 10_000;
 
-function features(shape: StepShape): [number, number, number] {
-  return [1, shape.tokens * TOKEN_SCALE, shape.attended * ATTENDED_SCALE];
+function features(shape: StepShape): [number, number, number, number] {
+  return [1, shape.tokens * TOKEN_SCALE, shape.attended * ATTENDED_SCALE, (shape.chunkPast ?? 0) * CHUNK_PAST_SCALE];
 }
 
 export class StepCostModel implements StepCost {
@@ -96,7 +112,7 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /**
- * argmin |Xw - y|^2 over w >= 0, from the normal equations A = X'X, b = X'y: with three unknowns
+ * argmin |Xw - y|^2 over w >= 0, from the normal equations A = X'X, b = X'y: with four unknowns
  * every set of free weights can be tried (the others held at 0); the best feasible one wins.
  */
 function nonNegativeLeastSquares(a: Float64Array, b: Float64Array): Float64Array {
@@ -123,7 +139,7 @@ function nonNegativeLeastSquares(a: Float64Array, b: Float64Array): Float64Array
   return best;
 }
 
-/** Inverse of a symmetric positive definite n x n matrix (Gauss-Jordan; n <= 3 here). */
+/** Inverse of a symmetric positive definite n x n matrix (Gauss-Jordan; n <= 4 here). */
 function invert(m: Float64Array, n: number): Float64Array {
   const a = Float64Array.from(m);
   const out = new Float64Array(n * n);
