@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BlockAllocator, NULL_BLOCK } from '../src/engine/kv-cache.js';
-import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence } from '../src/engine/scheduler.js';
+import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence, type SideBlockHolder } from '../src/engine/scheduler.js';
 import { runStep } from './helpers/scheduler-steps.js';
 
 let arrival = 0;
@@ -379,4 +379,58 @@ test('a sequence preempted twice is passed over as a victim while another can go
   assert.deepEqual(spared.plan.preempted, [spared.old], 'the twice-preempted newest is spared: the older one goes');
   assert.deepEqual(spared.plan.rows.map((r) => r.seq.requestId), ['young']);
   assert.equal(spared.old.preemptions, 1);
+});
+
+/** Holds blocks for sequences the way a draft model's caches do, and records what it is told. */
+class SideBlocks implements SideBlockHolder {
+  readonly held = new Map<Sequence, number[]>();
+  readonly forgotten: string[] = [];
+  reclaims = 0;
+  constructor(private readonly s: Scheduler) {
+    s.sideBlocks = this;
+  }
+  take(seq: Sequence, n: number): void {
+    this.held.set(seq, [...(this.held.get(seq) ?? []), ...this.s.allocator.allocate(n)!]);
+  }
+  forget(seq: Sequence): void {
+    this.forgotten.push(`${seq.requestId}:${seq.status}`);
+    const blocks = this.held.get(seq);
+    if (blocks) this.s.allocator.release(blocks);
+    this.held.delete(seq);
+  }
+  reclaim(): boolean {
+    const [first] = this.held.keys();
+    if (!first) return false;
+    this.reclaims++;
+    this.forget(first);
+    return true;
+  }
+}
+
+test('side blocks (draft caches) share the pool: dropped before anything is preempted or an admission waits, forgotten when their sequence ends or is preempted', () => {
+  const s = make({ blocks: 4 });
+  const side = new SideBlocks(s);
+  const a = seq('a', 4);
+  s.add(a);
+  runStep(s);
+  side.take(a, 3);
+  assert.equal(s.allocator.freeCount, 0);
+  // a's 5th token needs a block: the side blocks go, nothing is preempted.
+  runStep(s);
+  assert.deepEqual([side.reclaims, s.preemptionCount, a.blocks.length, side.forgotten], [1, 0, 2, ['a:running']]);
+  // A newcomer that does not fit beside the side blocks: they go, and it is admitted.
+  side.take(a, 2);
+  const b = seq('b', 4);
+  s.add(b);
+  runStep(s);
+  assert.deepEqual([side.reclaims, s.preemptionCount, b.status], [2, 0, 'running']);
+  // Nothing held any more: a block for a is a preemption of b, which the holder hears of.
+  for (let i = 0; i < 3; i++) runStep(s);
+  assert.equal(s.preemptionCount, 1);
+  assert.deepEqual(side.forgotten.slice(2), ['b:waiting']);
+  s.finish(a);
+  assert.deepEqual(side.forgotten.slice(3), ['a:finished']);
+  s.abort('b');
+  assert.deepEqual(side.forgotten.slice(4), ['b:finished']);
+  assert.equal(s.allocator.freeCount, 4);
 });

@@ -12,7 +12,7 @@ import { Scheduler, Sequence, type ScheduledRow } from '../src/engine/scheduler.
 import { Speculator, type DraftProposer } from '../src/engine/speculation.js';
 import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
 import { ConstraintCompiler } from '../src/structured/constraint.js';
-import { collect, outputBits, request, type RunResult } from './helpers/engine-run.js';
+import { collect, outputBits, request, runAll, type Spec } from './helpers/engine-run.js';
 import { engineOptions, tinyModel } from './helpers/tiny-model.js';
 
 const SPECULATION: EngineOptions['speculation'] = { method: 'ngram', numTokens: 4, lookupMin: 2, lookupMax: 5 };
@@ -61,11 +61,6 @@ class ScriptedProposer implements DraftProposer {
   }
 }
 
-interface Spec {
-  prompt: number[];
-  params: Partial<SamplingParams>;
-}
-
 const compiler = new ConstraintCompiler();
 function choiceConstraint(): SamplingParams['constraint'] {
   const r = compiler.compile({ kind: 'regex', pattern: '(ab|cd)+[0-9]{2,6}', where: 'test' });
@@ -86,20 +81,6 @@ function specs(): Spec[] {
     { constraint: choiceConstraint(), temperature: 1, seed: 4, logprobs: 1 },
   ];
   return kinds.map((params, i) => ({ prompt: prompt(100 + ((i * 37) % 91), i), params: { maxTokens: 40, ...params } }));
-}
-
-async function runAll(engine: EngineClient, list: Spec[], together: boolean): Promise<RunResult[]> {
-  if (!together) {
-    const out: RunResult[] = [];
-    for (const s of list) out.push(await collect(engine, request(s.prompt, s.params)));
-    return out;
-  }
-  return Promise.all(
-    list.map(async (s, i) => {
-      await new Promise((r) => setTimeout(r, i * 3));
-      return collect(engine, request(s.prompt, s.params));
-    }),
-  );
 }
 
 async function withEngine<T>(options: Partial<EngineOptions>, proposer: DraftProposer | undefined, fn: (e: InProcessEngine) => Promise<T>): Promise<T> {

@@ -150,7 +150,10 @@ export class EngineCore {
     const start = performance.now();
     const plan = this.scheduler.schedule(this.opts.cost);
     if (plan.rows.length === 0) return this.takeEvents();
+    const draftStart = performance.now();
     await this.opts.speculator?.addDrafts(plan.rows, this.scheduler, (seq) => this.canDraft(seq), this.opts.contextLength);
+    // The step-cost model predicts the target's run; a draft model's runs are not part of it.
+    const draftMs = performance.now() - draftStart;
     const rows = plan.rows.map((r) => this.runnerRow(r));
     const runStart = performance.now();
     let outputs: RowOutput[];
@@ -191,7 +194,7 @@ export class EngineCore {
     const tokens = plan.rows.reduce((s, r) => s + r.count, 0);
     const totalMs = performance.now() - start;
     this.recordStep({ modelMs: this.runner.takeModelMs(), runMs, totalMs, rows: plan.rows.length, tokens });
-    this.opts.cost?.observe(plan.rows.reduce((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 }), totalMs);
+    this.opts.cost?.observe(plan.rows.reduce((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 }), totalMs - draftMs);
     return this.takeEvents();
   }
 
@@ -227,9 +230,10 @@ export class EngineCore {
     return out;
   }
 
-  /** Releases the runner's session and memory (after the last step). */
-  disposeRunner(): Promise<void> {
-    return this.runner.dispose();
+  /** Releases the runner's session and memory, and a draft model's (after the last step). */
+  async disposeRunner(): Promise<void> {
+    await this.opts.speculator?.dispose();
+    await this.runner.dispose();
   }
 
   stats(): EngineStats {

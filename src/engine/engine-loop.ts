@@ -8,6 +8,7 @@ import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
 import { BLOCK_SIZE_MULTIPLE, BlockAllocator } from './kv-cache.js';
 import { calibrateStepCost } from './calibrate.js';
+import { DraftModelProposer } from './draft-model.js';
 import { createRunner } from './runner-factory.js';
 import { PromptLookupProposer, Speculator, type DraftProposer } from './speculation.js';
 import { StepCostModel } from './step-cost.js';
@@ -145,7 +146,14 @@ export async function buildEngineCore(
     allocator,
   );
   const speculation = options.speculation?.method ?? 'off';
-  if (speculation === 'draft') throw new Error('--speculative draft is not built yet');
+  let proposer = speculation === 'off' ? undefined : hooks.draftProposer;
+  if (speculation === 'draft' && !proposer) {
+    proposer = await DraftModelProposer.load(options, { manifest, tokenizer }, scheduler, numBlocks, log).catch(async (err: unknown) => {
+      await runner.dispose();
+      throw err;
+    });
+  }
+  if (speculation === 'ngram') proposer ??= new PromptLookupProposer(options.speculation!);
   let cost: StepCostModel | undefined;
   // Speculation decides by predicted step costs whether drafts pay, so it needs the model too.
   if (options.maxStepMs !== 0 || speculation !== 'off') {
@@ -154,8 +162,7 @@ export async function buildEngineCore(
     cost.fit(samples);
     log(`step cost calibrated on ${samples.length} timed runs: ${samples.map((s) => `${s.shape.tokens} tok ${s.ms.toFixed(0)} ms`).join(', ')}`);
   }
-  const speculator =
-    speculation === 'off' ? undefined : new Speculator(options.speculation!, hooks.draftProposer ?? new PromptLookupProposer(options.speculation!), cost);
+  const speculator = proposer && new Speculator(options.speculation!, proposer, cost);
   const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost, speculator });
   const model: ModelInfo = {
     name: options.servedModelName ?? basename(options.modelDir),

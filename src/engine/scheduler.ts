@@ -5,9 +5,10 @@
 //
 // Policy, per step, under a token budget and (optionally) a time budget:
 //   1. every decoding sequence gets its one token, so streams keep flowing while prompts arrive;
-//   2. when a running sequence needs a block and none is free, a victim is preempted (see
-//      `victim`): its blocks are freed and it returns to the front of the queue, to be recomputed
-//      (prompt + what it generated so far) when memory allows;
+//   2. when a running sequence needs a block and none is free, draft-model caches are dropped
+//      (SideBlockHolder), then a victim is preempted (see `victim`): its blocks are freed and it
+//      returns to the front of the queue, to be recomputed (prompt + what it generated so far)
+//      when memory allows;
 //   3. then prefill, oldest first: running sequences still prefilling, then waiting sequences,
 //      admitted first-come-first-served (see `admits`): a request's choices as one unit, and only
 //      with room for their whole current length plus some output to come. Admission first takes
@@ -120,6 +121,20 @@ export interface ScheduledRow {
   draft?: readonly number[];
 }
 
+/**
+ * KV blocks held for sequences outside their own block tables (a draft model's cache, see
+ * draft-model.ts), taken from the same allocator so that admission, preemption and kv usage count
+ * them. The scheduler tells the holder when a sequence gives its blocks up, and asks it for room
+ * before it preempts anything: a draft cache is rebuilt cheaply, a preempted sequence recomputes
+ * its prompt.
+ */
+export interface SideBlockHolder {
+  /** The sequence finished, was cancelled or was preempted: free what is held for it. */
+  forget(seq: Sequence): void;
+  /** Frees some held blocks; false when nothing is held. */
+  reclaim(): boolean;
+}
+
 export interface StepPlan {
   /** What the runner feeds, in order. */
   rows: ScheduledRow[];
@@ -134,6 +149,8 @@ export class Scheduler {
   /** Tokens admissions looked up in the prefix cache, and those found (vLLM's queries / hits). */
   prefixCacheQueries = 0;
   prefixCacheHits = 0;
+  /** Blocks held for sequences besides their own (draft-model speculation). */
+  sideBlocks?: SideBlockHolder;
 
   constructor(
     readonly config: SchedulerConfig,
@@ -368,6 +385,7 @@ export class Scheduler {
     this.allocator.release(seq.blocks);
     seq.blocks = [];
     seq.status = 'finished';
+    this.sideBlocks?.forget(seq);
   }
 
   /**
@@ -410,11 +428,12 @@ export class Scheduler {
   }
 
   /**
-   * Admission of `seq` and its unforked choices: preempts paused sequences (newest first) until
-   * `admits` holds; false if that is not enough.
+   * Admission of `seq` and its unforked choices: frees side blocks (draft caches), then preempts
+   * paused sequences (newest first), until `admits` holds; false if that is not enough.
    */
   private makeRoom(seq: Sequence, preempted: Sequence[]): boolean {
     while (!this.admits(seq)) {
+      if (this.hasSlotsFor(seq) && this.sideBlocks?.reclaim()) continue;
       const victim = this.newestPaused();
       if (!victim) return false;
       this.preempt(victim);
@@ -433,7 +452,7 @@ export class Scheduler {
    * it cannot get.
    */
   private admits(seq: Sequence): boolean {
-    if (this.slotsTaken() + 1 + seq.unforked > this.config.maxNumSeqs) return false;
+    if (!this.hasSlotsFor(seq)) return false;
     const alone = !this.running.some((s) => !s.paused);
     if (alone) return Math.min(this.claim(seq, 0), this.allocator.numBlocks - 1) <= this.allocator.freeCount;
     const reserve = this.config.admissionReserveTokens ?? ADMISSION_RESERVE_TOKENS;
@@ -453,6 +472,10 @@ export class Scheduler {
     const own = Math.max(0, blocksFor(seq.tokens.length + more, bs) - seq.blocks.length);
     if (seq.unforked === 0) return own;
     return own + seq.unforked * (blocksFor(seq.promptLength + more, bs) - Math.floor(seq.promptLength / bs));
+  }
+
+  private hasSlotsFor(seq: Sequence): boolean {
+    return this.slotsTaken() + 1 + seq.unforked <= this.config.maxNumSeqs;
   }
 
   /** Batch slots held: running sequences and the choices they will fork. */
@@ -477,6 +500,7 @@ export class Scheduler {
         seq.blocks.push(...got);
         return true;
       }
+      if (this.sideBlocks?.reclaim()) continue;
       const victim = this.victim();
       this.preempt(victim);
       preempted.push(victim);
@@ -510,6 +534,7 @@ export class Scheduler {
     seq.preemptions++;
     this.preemptionCount++;
     this.waiting.unshift(seq);
+    this.sideBlocks?.forget(seq);
   }
 
   /** Index of the first running sequence newer than `seq` (running is in arrival order). */

@@ -63,6 +63,8 @@ export const ACCEPTANCE_DECAY = 0.99;
 export interface DraftProposer {
   /** Up to `max[i]` tokens guessed to follow `seqs[i]`'s tokens (fewer, or none, where it has no guess). */
   propose(seqs: readonly Sequence[], max: readonly number[]): number[][] | Promise<number[][]>;
+  /** Releases what it holds (a draft model's session) after the last step. */
+  dispose?(): Promise<void>;
 }
 
 /** Prompt lookup (see prompt-lookup.ts). */
@@ -131,6 +133,10 @@ export class Speculator {
       row.count = 1 + fits;
     });
   }
+  dispose(): Promise<void> {
+    return this.proposer.dispose?.() ?? Promise.resolve();
+  }
+
   /** A verification's outcome: `drafted` tokens checked, the first `accepted` of them kept. */
   record(seq: Sequence, drafted: number, accepted: number): void {
     const a = this.acceptanceOf(seq);

@@ -129,3 +129,24 @@ export async function assertBatchInvariance(engine: EngineClient): Promise<numbe
   assert.equal((await engine.stats()).kvBlocksUsed, 0, 'every block is freed');
   return alone.map((r) => r.choices[0]!.tokens);
 }
+
+/** A request to run: its prompt and the parameters it sets. */
+export interface Spec {
+  prompt: number[];
+  params: Partial<SamplingParams>;
+}
+
+/** Runs the specs one after another, or together with staggered arrivals (3 ms apart). */
+export async function runAll(engine: EngineClient, list: Spec[], together: boolean): Promise<RunResult[]> {
+  if (!together) {
+    const out: RunResult[] = [];
+    for (const s of list) out.push(await collect(engine, request(s.prompt, s.params)));
+    return out;
+  }
+  return Promise.all(
+    list.map(async (s, i) => {
+      await new Promise((r) => setTimeout(r, i * 3));
+      return collect(engine, request(s.prompt, s.params));
+    }),
+  );
+}
