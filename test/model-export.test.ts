@@ -92,6 +92,10 @@ for (const feed of ['whole-pool', 'used-blocks'] as const) {
     await stepAndCompare(runner, alloc, rows, [[262], [1110], [318]], bs);
     // A chunk continuing a cached row beside decode rows (the runner splits the groups).
     await stepAndCompare(runner, alloc, rows, [[257, 1332, 286, 262, 3303], [13], [11]], bs);
+    // Chunks longer than a prefill tile (the runner cuts them into tiles of 128 queries whose keys
+    // include the earlier tiles' new tokens), beside a decode row.
+    const long = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (i * 7919 + seed) % 50000);
+    await stepAndCompare(runner, alloc, rows, [long(150, 1), long(70, 2), [11]], bs);
     // Greedy through the contract, all rows together, against the reference's own greedy loop.
     const start = rows.map((r) => [...r.tokens]);
     let next = (await stepAndCompare(runner, alloc, rows, [[50256], [2], [3]], bs)).map((l) => argmax(l));

@@ -46,6 +46,8 @@ export class OnnxRunner implements ModelRunner {
   private modelMs = 0;
   /** Every output but the logits: ORT copies each fetched output, and logits are the big one. */
   private readonly withoutLogits: string[];
+  /** The graph's prefill attention groups (serving-graph.ts PREFILL_GROUPS, read from its inputs). */
+  private readonly prefillGroups: number;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -54,25 +56,29 @@ export class OnnxRunner implements ModelRunner {
     readonly vocabSize: number,
   ) {
     this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
+    this.prefillGroups = session.inputNames.filter((n) => /^prefill_\d+_token_index$/.test(n)).length;
   }
 
-  /** One session.run for the whole step: decode rows and prefill chunks together (contract v3). */
+  /** One session.run for the whole step: decode rows and prefill chunks together (contract v5). */
   async run(rows: readonly RunnerRow[]): Promise<RowOutput[]> {
-    const step = packStep(rows, this.pool.shape.blockSize);
+    const step = packStep(rows, this.pool.shape.blockSize, this.prefillGroups);
     const feeds: Record<string, ort.Tensor> = {
       input_ids: int64(step.inputIds),
       positions: int64(step.positions),
       unpack_index: int64(step.unpackIndex),
       logits_index: int64(step.logitsIndex),
     };
-    feeds.decode_token_index = int64(step.decode.tokenIndex, [step.decode.rows, 1]);
-    feeds.prefill_token_index = int64(step.prefill.tokenIndex, [step.prefill.rows, step.prefill.chunk]);
-    feeds.prefill_new_tokens = int64(step.prefill.newTokens);
-    feeds.prefill_new_slots = int64(step.prefill.newSlots, [step.prefill.newTokens.length, 2]);
-    this.feed.addFeeds(feeds, [
-      { name: 'decode_block_table', table: step.decode.blockTable, dims: [step.decode.rows, step.decode.tableWidth] },
-      { name: 'prefill_block_table', table: step.prefill.blockTable, dims: [step.prefill.rows, step.prefill.tableWidth] },
-    ]);
+    const groups: Array<[string, GroupFeeds]> = [['decode', step.decode], ...step.prefill.map((g, i) => [`prefill_${i}`, g] as [string, GroupFeeds])];
+    for (const [name, g] of groups) {
+      feeds[`${name}_token_index`] = int64(g.tokenIndex, [g.rows, g.chunk]);
+      if (name === 'decode') continue;
+      feeds[`${name}_new_tokens`] = int64(g.newTokens);
+      feeds[`${name}_new_slots`] = int64(g.newSlots, [g.newTokens.length, 2]);
+    }
+    this.feed.addFeeds(
+      feeds,
+      groups.map(([name, g]) => ({ name: `${name}_block_table`, table: g.blockTable, dims: [g.rows, g.tableWidth] })),
+    );
 
     const start = performance.now();
     const fetchLogits = rows.some((r) => r.fetchLogits);
@@ -122,16 +128,22 @@ function int64(data: BigInt64Array, dims: number[] = [data.length]): ort.Tensor 
   return new ort.Tensor('int64', data, dims);
 }
 
+/**
+ * Queries per prefill tile. A chunk is cut into tiles whose keys end where their queries do, so a
+ * long chunk's early queries do not score the keys after them (which the mask would discard).
+ */
+const TILE = 128;
+
 /** One attention group's feeds (see serving-graph.ts). */
 interface GroupFeeds {
   rows: number;
-  /** Queries per row: 1 for decode rows, the longest chunk for prefill rows. */
+  /** Queries per row: 1 for decode rows, the longest tile for prefill rows. */
   chunk: number;
   tokenIndex: BigInt64Array;
   /** Blocks of the keys each row's queries attend to besides their own, padded with the null block. */
   blockTable: BigInt64Array;
   tableWidth: number;
-  /** Prefill: flat indexes of the chunks' tokens, and their (row, position) pairs. */
+  /** Prefill: flat indexes of the tokens each row scatters into its keys, and their (row, position) pairs. */
   newTokens: BigInt64Array;
   newSlots: BigInt64Array;
 }
@@ -140,25 +152,40 @@ export interface PackedStep {
   inputIds: BigInt64Array;
   positions: BigInt64Array;
   decode: GroupFeeds;
-  prefill: GroupFeeds;
+  /** One per prefill group of the graph (some may have no rows). */
+  prefill: GroupFeeds[];
   unpackIndex: BigInt64Array;
   logitsIndex: BigInt64Array;
   /** Flat index of each row's first token (rows in the caller's order). */
   firstToken: number[];
 }
 
+/** A row of an attention group: some consecutive queries of one sequence. */
+interface AttentionRow {
+  /** Flat index of the first query. */
+  first: number;
+  queries: number;
+  blocks: readonly number[];
+  /** Keys before the last query, its own excluded for decode rows (a multiple of the block size once padded). */
+  span: number;
+  /** Prefill: the step's tokens of this sequence up to the last query (flat index and position of the first), scattered into the row's keys. */
+  scatterFrom: number;
+  scatterPosition: number;
+}
+
 /**
  * Lays a step's rows out as the graph wants them: tokens flat in the caller's row order, rows of
- * one token in the decode group, longer chunks in the prefill group (padded to the longest chunk
- * among themselves), a dummy row in a group that would be empty.
+ * one token in the decode group, longer chunks cut into tiles of at most TILE queries that are
+ * spread over the prefill groups by key span (each group pads its rows to its longest tile and
+ * widest span). A group with no rows gets zero-size feeds.
  */
-export function packStep(rows: readonly RunnerRow[], blockSize: number): PackedStep {
+export function packStep(rows: readonly RunnerRow[], blockSize: number, prefillGroups: number): PackedStep {
   const T = rows.reduce((n, r) => n + r.tokens.length, 0);
   const inputIds = new BigInt64Array(T);
   const positions = new BigInt64Array(T);
   const firstToken: number[] = new Array(rows.length);
-  const decodeRows: number[] = [];
-  const prefillRows: number[] = [];
+  const decodeRows: AttentionRow[] = [];
+  const tiles: AttentionRow[] = [];
   let t = 0;
   let nLogits = 0;
   rows.forEach((r, i) => {
@@ -167,36 +194,85 @@ export function packStep(rows: readonly RunnerRow[], blockSize: number): PackedS
       inputIds[t] = BigInt(r.tokens[j]!);
       positions[t] = BigInt(r.pastLength + j);
     }
-    (r.tokens.length === 1 ? decodeRows : prefillRows).push(i);
-    nLogits += r.tokens.length - r.logitsFrom;
+    const n = r.tokens.length;
+    const at = (j: number, queries: number): AttentionRow => ({
+      first: firstToken[i]! + j,
+      queries,
+      blocks: r.blocks,
+      // A decode row attends to its past (and its own key apart); a tile also to the chunk's tokens up to its last.
+      span: r.pastLength + (n === 1 ? 0 : j + queries),
+      scatterFrom: firstToken[i]!,
+      scatterPosition: r.pastLength,
+    });
+    if (n === 1) decodeRows.push(at(0, 1));
+    else for (let j = 0; j < n; j += TILE) tiles.push(at(j, Math.min(TILE, n - j)));
+    nLogits += n - r.logitsFrom;
   });
-  const chunk = Math.max(1, ...prefillRows.map((i) => rows[i]!.tokens.length));
-  const decode = groupFeeds(rows, decodeRows, 1, firstToken, blockSize, false);
-  const prefill = groupFeeds(rows, prefillRows, chunk, firstToken, blockSize, true);
+  const groups = [decodeRows, ...spread(tiles, blockSize, prefillGroups)];
+  const feeds = groups.map((members, g) => groupFeeds(members, blockSize, g > 0));
+  // Group outputs are concatenated in order, each [rows x chunk] row-major.
   const unpackIndex = new BigInt64Array(T);
-  decodeRows.forEach((i, d) => (unpackIndex[firstToken[i]!] = BigInt(d)));
-  prefillRows.forEach((i, p) => {
-    for (let j = 0; j < rows[i]!.tokens.length; j++) unpackIndex[firstToken[i]! + j] = BigInt(decode.rows + p * chunk + j);
+  let base = 0;
+  groups.forEach((members, g) => {
+    const chunk = feeds[g]!.chunk;
+    members.forEach((row, m) => {
+      for (let j = 0; j < row.queries; j++) unpackIndex[row.first + j] = BigInt(base + m * chunk + j);
+    });
+    base += feeds[g]!.rows * chunk;
   });
   const logitsIndex = new BigInt64Array(Math.max(nLogits, 1));
   let li = 0;
   rows.forEach((r, i) => {
     for (let j = r.logitsFrom; j < r.tokens.length; j++) logitsIndex[li++] = BigInt(firstToken[i]! + j);
   });
-  return { inputIds, positions, decode, prefill, unpackIndex, logitsIndex, firstToken };
+  return { inputIds, positions, decode: feeds[0]!, prefill: feeds.slice(1), unpackIndex, logitsIndex, firstToken };
 }
 
-/** `chunks`: the prefill group, whose rows' tokens are also keys of their later tokens (scattered into their gathered past). */
-function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number, firstToken: number[], blockSize: number, chunks: boolean): GroupFeeds {
-  // An empty group gets one dummy row: flat token 0 (every step has one) at position 0 of the
-  // null block. Its K/V land only in the step's gathered copy of the null block, never the pool.
-  const n = Math.max(members.length, 1);
-  // A decode row attends to its past (and its own key apart); a chunk also to its own tokens.
-  const span = (i: number) => rows[i]!.pastLength + (chunks ? rows[i]!.tokens.length : 0);
+/**
+ * Splits the tiles into `count` groups (some possibly empty) so that the attention work, each
+ * group's rows x longest tile x widest span, is least: sorted by span, cut where a dynamic
+ * programme over the cut points says.
+ */
+function spread(tiles: AttentionRow[], blockSize: number, count: number): AttentionRow[][] {
+  const sorted = [...tiles].sort((a, b) => a.span - b.span);
+  const n = sorted.length;
+  const width = (row: AttentionRow) => Math.ceil(row.span / blockSize);
+  // best[g][j]: least work for the first j tiles in g groups; cut[g][j]: where its last group starts.
+  const best = Array.from({ length: count + 1 }, () => new Array<number>(n + 1).fill(Infinity));
+  const cut = Array.from({ length: count + 1 }, () => new Array<number>(n + 1).fill(0));
+  best[0]![0] = 0;
+  for (let g = 1; g <= count; g++) {
+    for (let j = 0; j <= n; j++) {
+      // Tiles i..j-1 as the last group (none when i == j): rows x longest tile x widest span.
+      let queries = 0;
+      for (let i = j; i >= 0; i--) {
+        if (i < j) queries = Math.max(queries, sorted[i]!.queries);
+        const w = best[g - 1]![i]! + (i < j ? (j - i) * queries * width(sorted[j - 1]!) : 0);
+        if (w < best[g]![j]!) {
+          best[g]![j] = w;
+          cut[g]![j] = i;
+        }
+      }
+    }
+  }
+  const groups: AttentionRow[][] = [];
+  for (let g = count, j = n; g > 0; g--) {
+    const i = cut[g]![j]!;
+    groups.unshift(sorted.slice(i, j));
+    j = i;
+  }
+  return groups;
+}
+
+/** `chunks`: a prefill group, whose rows' keys include the step's tokens of their sequence (scattered into their gathered past). */
+function groupFeeds(members: readonly AttentionRow[], blockSize: number, chunks: boolean): GroupFeeds {
+  const n = members.length;
+  const chunk = Math.max(1, ...members.map((row) => row.queries));
   // Key slots are padded to a multiple of the block size (a multiple of 16, see config.ts): the
   // attention kernels then take every real key down the same vector path however long the row is.
-  const tableWidth = Math.max(1, ...members.map((i) => Math.ceil(span(i) / blockSize)));
-  const newCount = !chunks || members.length === 0 ? 1 : members.reduce((sum, i) => sum + rows[i]!.tokens.length, 0);
+  const tableWidth = Math.max(1, ...members.map((row) => Math.ceil(row.span / blockSize)));
+  const scattered = (row: AttentionRow) => row.first + row.queries - row.scatterFrom;
+  const newCount = chunks ? members.reduce((sum, row) => sum + scattered(row), 0) : 0;
   const g: GroupFeeds = {
     rows: n,
     chunk,
@@ -207,17 +283,16 @@ function groupFeeds(rows: readonly RunnerRow[], members: number[], chunk: number
     newSlots: new BigInt64Array(newCount * 2),
   };
   let t = 0;
-  members.forEach((i, m) => {
-    const r = rows[i]!;
-    const len = r.tokens.length;
-    // Padding queries repeat the row's last token; their outputs are never unpacked.
-    for (let j = 0; j < chunk; j++) g.tokenIndex[m * chunk + j] = BigInt(firstToken[i]! + Math.min(j, len - 1));
-    const used = Math.ceil(span(i) / blockSize);
-    for (let k = 0; k < used; k++) g.blockTable[m * tableWidth + k] = BigInt(r.blocks[k]!);
-    for (let j = 0; j < len && chunks; j++, t++) {
-      g.newTokens[t] = BigInt(firstToken[i]! + j);
+  members.forEach((row, m) => {
+    // Padding queries repeat the row's last query; their outputs are never unpacked.
+    for (let j = 0; j < chunk; j++) g.tokenIndex[m * chunk + j] = BigInt(row.first + Math.min(j, row.queries - 1));
+    const used = Math.ceil(row.span / blockSize);
+    for (let k = 0; k < used; k++) g.blockTable[m * tableWidth + k] = BigInt(row.blocks[k]!);
+    if (!chunks) return;
+    for (let j = 0; j < scattered(row); j++, t++) {
+      g.newTokens[t] = BigInt(row.scatterFrom + j);
       g.newSlots[2 * t] = BigInt(m);
-      g.newSlots[2 * t + 1] = BigInt(r.pastLength + j);
+      g.newSlots[2 * t + 1] = BigInt(row.scatterPosition + j);
     }
   });
   return g;

@@ -5,6 +5,7 @@ import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
 type TensorProto = InstanceType<typeof onnx.TensorProto>;
+type GraphProto = InstanceType<typeof onnx.GraphProto>;
 
 export const DataType = {
   FLOAT: onnx.TensorProto.DataType.FLOAT,
@@ -20,7 +21,7 @@ export type DataTypeId = (typeof DataType)[keyof typeof DataType];
 /** A symbolic or fixed dimension of a graph input/output. */
 export type Dim = string | number;
 
-type AttrValue = number | string | number[] | { float: number };
+type AttrValue = number | string | number[] | { float: number } | { graph: GraphProto };
 
 export interface ExternalTensorRef {
   location: string;
@@ -35,6 +36,33 @@ export class GraphBuilder {
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly constCache = new Map<string, string>();
   private counter = 0;
+  /** The top-level graph: a branch's constants and node names are the top level's, so they stay unique. */
+  private readonly root: GraphBuilder;
+
+  constructor(root?: GraphBuilder) {
+    this.root = root ?? this;
+  }
+
+  /**
+   * An If node: `then` runs when `cond` (a one-element bool) is true, else `otherwise`. Each
+   * branch builds its nodes on its own builder, may read any value of the graph around it, and
+   * returns its outputs, one per entry of `types`.
+   */
+  ifElse(cond: string, types: DataTypeId[], then: (g: GraphBuilder) => string[], otherwise: (g: GraphBuilder) => string[]): string[] {
+    const branch = (name: string, build: (g: GraphBuilder) => string[]): { graph: GraphProto } => {
+      const sub = new GraphBuilder(this.root);
+      const values = build(sub);
+      const id = this.root.counter++;
+      // Outputs of any rank: a branch output's declared shape would be checked against the other branch's.
+      values.forEach((v, i) => {
+        const out = `${name}_${id}_${i}`;
+        sub.op('Identity', [v], {}, out);
+        sub.outputs.push(onnx.ValueInfoProto.create({ name: out, type: { tensorType: { elemType: types[i]! } } }));
+      });
+      return { graph: onnx.GraphProto.create({ name: `${name}_${id}`, node: sub.nodes, output: sub.outputs }) };
+    };
+    return this.opN('If', [cond], types.length, { then_branch: branch('then', then), else_branch: branch('else', otherwise) });
+  }
 
   input(name: string, type: DataTypeId, dims: Dim[]): string {
     this.inputs.push(valueInfo(name, type, dims));
@@ -60,7 +88,7 @@ export class GraphBuilder {
     outNames?: string[],
     domain = '',
   ): string[] {
-    const id = this.counter++;
+    const id = this.root.counter++;
     const names = outNames ?? Array.from({ length: outputs }, (_, i) => `${type.toLowerCase()}_${id}${outputs > 1 ? `_${i}` : ''}`);
     this.nodes.push(
       onnx.NodeProto.create({
@@ -149,11 +177,12 @@ export class GraphBuilder {
   }
 
   private cached(key: string, make: (name: string) => TensorProto): string {
-    let name = this.constCache.get(key);
+    const root = this.root;
+    let name = root.constCache.get(key);
     if (!name) {
-      name = `const_${this.constCache.size}`;
-      this.initializers.push(make(name));
-      this.constCache.set(key, name);
+      name = `const_${root.constCache.size}`;
+      root.initializers.push(make(name));
+      root.constCache.set(key, name);
     }
     return name;
   }
@@ -175,6 +204,7 @@ function attribute(name: string, value: AttrValue) {
   const T = onnx.AttributeProto.AttributeType;
   if (typeof value === 'string') return { name, type: T.STRING, s: new TextEncoder().encode(value) };
   if (Array.isArray(value)) return { name, type: T.INTS, ints: value };
-  if (typeof value === 'object') return { name, type: T.FLOAT, f: value.float };
-  return { name, type: T.INT, i: value };
+  if (typeof value === 'number') return { name, type: T.INT, i: value };
+  if ('graph' in value) return { name, type: T.GRAPH, g: value.graph };
+  return { name, type: T.FLOAT, f: value.float };
 }

@@ -5,33 +5,35 @@
 // rows, which the engine writes into its pool itself.
 //
 // Tokens are flat ("varlen"): every weight matmul runs on exactly the step's T new tokens, with no
-// padding, and one run carries the whole step. Only attention needs rows, and it runs in two
-// groups: decode rows (one query each) and prefill rows (a chunk each, padded to the longest chunk
-// among prefill rows only), each row reading its own blocks.
+// padding, and one run carries the whole step. Only attention needs rows, and it runs in groups:
+// decode rows (one query each) and PREFILL_GROUPS prefill groups, whose rows are query tiles of
+// chunks (the runner cuts chunks so that a tile's keys end where its queries do, and spreads the
+// tiles over the groups by key span), each row reading its own blocks. A group with no rows is
+// fed zero-size tensors and skipped by an If node.
 //
 // Exact under any schedule: a token's K/V and logits are bit-identical however its prompt was
 // chunked and whatever shares the step. Each row gathers its blocks (past and new positions), the
-// step's new K/V are scattered into that copy at their positions, and every query attends over
-// keys laid out by position with one causal softmax and one weighted sum, as a one-row product
-// (see groupAttention). The weight matmuls compute each row independently of the others.
+// step's new K/V of its sequence are scattered into that copy at their positions, and every query
+// attends over keys laid out by position with one causal softmax and one weighted sum, as a
+// one-row product (see groupAttention). The weight matmuls compute each row independently.
 //
-// Contract (manifest.contractVersion 4; 3 attended over [past | chunk] with two sums, 2 had a
-// [batch, seq] layout and one run per row shape):
+// Contract (manifest.contractVersion 5; 4 had one prefill group and dummy rows in empty groups,
+// 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout and one run per row shape):
 //   inputs
 //     input_ids            int64 [T]          new tokens of every row, concatenated
 //     positions            int64 [T]          each token's position in its sequence
 //     decode_token_index   int64 [Bd, 1]      flat index of each decode row's token
-//     decode_block_table   int64 [Bd, nbd]    pool blocks of each decode row's past and new
-//                                             token, in order; padded with block 0
-//     decode_new_tokens    int64 [nd]         flat indexes of the decode rows' new tokens
-//     decode_new_slots     int64 [nd, 2]      (row, position) of each of them
-//     prefill_token_index  int64 [Bp, Sp]     flat indexes of each prefill row's tokens, padded
-//                                             (with the row's last token) to the longest chunk
-//     prefill_block_table, prefill_new_tokens, prefill_new_slots
-//                                             as for decode rows
+//     decode_block_table   int64 [Bd, nbd]    pool blocks of each decode row's past, in order;
+//                                             padded with block 0
+//     prefill_{g}_token_index  int64 [Bg, Sg] flat indexes of each tile's queries, padded (with
+//                                             the tile's last query) to the group's longest tile
+//     prefill_{g}_block_table  int64 [Bg, nbg] blocks of each tile's keys (past and new)
+//     prefill_{g}_new_tokens   int64 [ng]     flat indexes of the tokens each tile scatters into
+//                                             its keys (its sequence's new ones up to its last query)
+//     prefill_{g}_new_slots    int64 [ng, 2]  (row, position) of each of them
 //     unpack_index         int64 [T]          flat token t's attention output is row
-//                                             unpack_index[t] of [decode outputs (Bd);
-//                                             prefill outputs (Bp x Sp, row-major)]
+//                                             unpack_index[t] of [decode outputs (Bd); prefill
+//                                             group 0 outputs (B0 x S0, row-major); ...]
 //     logits_index         int64 [n]          flat token indexes whose logits to return
 //     past_key_{l}, past_value_{l}
 //                          float [heads, pool_blocks, block_size, head_dim]
@@ -40,16 +42,20 @@
 //     argmax               int64 [n]          the largest logit of each returned row
 //     new_key_{l}, new_value_{l}
 //                          float [T, heads * head_dim]   K/V of the step's tokens, flat
-// A group with no rows gets one dummy row (token 0 at position 0 of block 0) whose output nothing
-// unpacks: zero-size tensors are never fed, and its K/V only reach the step's gathered copy. The
-// pool is head-major so that gathering a row's blocks yields [heads, rows, tokens, head_dim]
+// The pool is head-major so that gathering a row's blocks yields [heads, rows, tokens, head_dim]
 // with a free reshape. Block size is not baked in; it is the pool's shape.
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { DataType, GraphBuilder } from './onnx-builder.js';
 import type { WeightPlan } from './weight-format.js';
 import { WeightOps, type WeightSource } from './weight-ops.js';
 
-export const CONTRACT_VERSION = 4;
+export const CONTRACT_VERSION = 5;
+/**
+ * Prefill attention groups. The runner cuts chunks into query tiles (a tile's keys end where its
+ * queries do) and spreads them over the groups by key span, so that a long chunk's early queries
+ * do not compute scores over the keys after them only to mask them. An empty group has no rows.
+ */
+export const PREFILL_GROUPS = 4;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
 export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: WeightSource, tiedHead: boolean, plan: WeightPlan): void {
@@ -67,13 +73,17 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
   });
   const decode = group('decode', 'one');
   // A decode row's only new key is its query's own: nothing to scatter into its gathered past.
-  const prefill: AttentionGroup = {
-    ...group('prefill', 'chunk'),
-    scatter: scatterInto(g, H, D, {
-      tokens: g.input('prefill_new_tokens', DataType.INT64, ['prefill_new']),
-      slots: g.input('prefill_new_slots', DataType.INT64, ['prefill_new', 2]),
-    }),
-  };
+  const prefills: AttentionGroup[] = Array.from({ length: PREFILL_GROUPS }, (_, i) => {
+    const name = `prefill_${i}`;
+    return {
+      ...group(name, `${name}_queries`),
+      scatter: scatterInto(g, H, D, {
+        tokens: g.input(`${name}_new_tokens`, DataType.INT64, [`${name}_new`]),
+        slots: g.input(`${name}_new_slots`, DataType.INT64, [`${name}_new`, 2]),
+      }),
+    };
+  });
+  const groups = [decode, ...prefills];
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
 
@@ -83,8 +93,9 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
 
   // Masks shared by all layers (0 where a key is visible, -inf where not).
   const blockSize = g.op('Shape', ['past_key_0'], { start: 2, end: 3 });
-  const decodeMask = causalMask(g, decode, positions, blockSize);
-  const prefillMask = causalMask(g, prefill, positions, blockSize);
+  const layouts = groups.map((group) => causalMask(g, group, positions, blockSize));
+  const nonEmpty = groups.map((group) => g.op('Greater', [g.op('Shape', [group.tokenIndex], { start: 0, end: 1 }), g.constInt64([0])]));
+  const noRows = g.constFloat([], [0, E]);
   const scale = 1 / Math.sqrt(D);
 
   for (let l = 0; l < L; l++) {
@@ -101,9 +112,9 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
     g.output(k, k, DataType.FLOAT, ['tokens', E]);
     g.output(v, v, DataType.FLOAT, ['tokens', E]);
     const heads = { H, D, E };
-    const decodeOut = groupAttention(g, heads, { q, k, v }, decode, decodeMask, pool); // [Bd, E]
-    const prefillOut = groupAttention(g, heads, { q, k, v }, prefill, prefillMask, pool); // [Bp * Sp, E]
-    const merged = g.op('Gather', [g.op('Concat', [decodeOut, prefillOut], { axis: 0 }), unpackIndex], { axis: 0 }); // [T, E]
+    // An empty group costs one If node: its attention's nodes do not run.
+    const outs = groups.map((group, i) => g.ifElse(nonEmpty[i]!, [DataType.FLOAT], (sub) => [groupAttention(sub, heads, { q, k, v }, group, layouts[i]!, pool)], () => [noRows])[0]!); // [rows * S, E] each
+    const merged = g.op('Gather', [g.op('Concat', outs, { axis: 0 }), unpackIndex], { axis: 0 }); // [T, E]
     const attnOut = ops.linear(merged, `${h}attn.c_proj`, E, E);
     hidden = g.op('Add', [hidden, attnOut]);
 
@@ -129,7 +140,13 @@ interface AttentionGroup {
   /** [rows, blocks]: blocks covering the keys before each row's last query. */
   blockTable: string;
   /** Prefill only: puts the chunk's new K or V rows into a gathered copy of its past (scatterInto). */
-  scatter?: (gathered: string, fresh: string) => string;
+  scatter?: (g: GraphBuilder, gathered: string, fresh: string) => string;
+}
+
+/** A group's key slots per row ([1]: blocks x block size) and its key bias (causalMask). */
+interface KeyLayout {
+  keys: string;
+  mask: string;
 }
 
 /**
@@ -137,12 +154,12 @@ interface AttentionGroup {
  * gathered key p when p < its position; its own key is a separate term (see groupAttention).
  * Keys sit at their own position, so one rule covers past and chunk alike.
  */
-function causalMask(g: GraphBuilder, group: AttentionGroup, positions: string, blockSize: string): string {
+function causalMask(g: GraphBuilder, group: AttentionGroup, positions: string, blockSize: string): KeyLayout {
   const keys = g.op('Mul', [g.op('Shape', [group.blockTable], { start: 1, end: 2 }), blockSize]);
   const range = g.op('Range', [g.constInt64([0], []), g.op('Squeeze', [keys]), g.constInt64([1], [])]); // [keys]
   const queryPos = g.op('Unsqueeze', [g.op('Gather', [positions, group.tokenIndex], { axis: 0 }), g.constInt64([-1, -2])]); // [rows, S, 1, 1]
   const visible = g.op('Less', [range, queryPos]); // [rows, S, 1, keys]
-  return g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]);
+  return { keys, mask: g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]) };
 }
 
 /**
@@ -161,7 +178,7 @@ function groupAttention(
   { H, D, E }: { H: number; D: number; E: number },
   flat: { q: string; k: string; v: string },
   group: AttentionGroup,
-  mask: string,
+  { keys: slots, mask }: KeyLayout,
   pool: { key: string; value: string },
 ): string {
   const rows = g.op('Shape', [group.tokenIndex], { start: 0, end: 1 });
@@ -172,18 +189,19 @@ function groupAttention(
   const q = queries(flat.q);
   const ownKey = queries(flat.k);
   const ownValue = queries(flat.v);
+  // Shapes are spelled out (no -1): a group may have no rows, and Reshape cannot infer a dimension of an empty tensor.
+  const gatheredShape = g.op('Concat', [g.constInt64([H]), rows, slots, g.constInt64([D])], { axis: 0 });
   const earlier = (pooled: string, fresh: string) => {
     // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, blocks * bs, D] (-> chunk's keys in place)
-    const past = g.op('Reshape', [g.op('Gather', [pooled, group.blockTable], { axis: 1 }), g.constInt64([0, 0, -1, D])]);
-    return g.op('Unsqueeze', [group.scatter ? group.scatter(past, fresh) : past, g.constInt64([2])]); // [H, rows, 1, keys, D]
+    const past = g.op('Reshape', [g.op('Gather', [pooled, group.blockTable], { axis: 1 }), gatheredShape]);
+    return g.op('Unsqueeze', [group.scatter ? group.scatter(g, past, fresh) : past, g.constInt64([2])]); // [H, rows, 1, keys, D]
   };
   const keys = earlier(pool.key, flat.k);
   const values = earlier(pool.value, flat.v);
   const scoresEarlier = g.op('Add', [g.op('MatMul', [q, g.op('Transpose', [keys], { perm: [0, 1, 2, 4, 3] })]), mask]); // [H, rows, S, 1, keys]
   const scoreOwn = g.op('MatMul', [q, g.op('Transpose', [ownKey], { perm: [0, 1, 2, 4, 3] })]); // [H, rows, S, 1, 1]
   const probs = g.op('Softmax', [g.op('Concat', [scoresEarlier, scoreOwn], { axis: -1 })], { axis: -1 });
-  const keyCount = g.op('Shape', [scoresEarlier], { start: 4, end: 5 });
-  const [probsEarlier, probOwn] = g.opN('Split', [probs, g.op('Concat', [keyCount, g.constInt64([1])], { axis: 0 })], 2, { axis: -1 });
+  const [probsEarlier, probOwn] = g.opN('Split', [probs, g.op('Concat', [slots, g.constInt64([1])], { axis: 0 })], 2, { axis: -1 });
   const attn = g.op('Add', [g.op('MatMul', [probsEarlier, values]), g.op('Mul', [probOwn, ownValue])]); // [H, rows, S, 1, D]
   return g.op('Reshape', [g.op('Transpose', [attn], { perm: [1, 2, 3, 0, 4] }), g.constInt64([-1, E])]);
 }
@@ -193,12 +211,12 @@ function groupAttention(
  * position). ONNX Runtime's CPU ScatterND copies its input, so this costs one copy of the
  * gathered keys: prefill only, where the chunk's queries outweigh it.
  */
-function scatterInto(g: GraphBuilder, H: number, D: number, at: { tokens: string; slots: string }): (gathered: string, fresh: string) => string {
+function scatterInto(g: GraphBuilder, H: number, D: number, at: { tokens: string; slots: string }): (g: GraphBuilder, gathered: string, fresh: string) => string {
   const n = g.op('Shape', [at.tokens], { start: 0, end: 1 });
   const heads = g.op('Expand', [g.op('Reshape', [g.op('Range', [g.constInt64([0], []), g.constInt64([H], []), g.constInt64([1], [])]), g.constInt64([H, 1, 1])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([1])], { axis: 0 })]);
   const slots = g.op('Expand', [g.op('Unsqueeze', [at.slots, g.constInt64([0])]), g.op('Concat', [g.constInt64([H]), n, g.constInt64([2])], { axis: 0 })]);
   const index = g.op('Concat', [heads, slots], { axis: 2 }); // [H, n, 3] = (head, row, position)
-  return (gathered, fresh) => {
+  return (g, gathered, fresh) => {
     const updates = g.op('Transpose', [g.op('Reshape', [g.op('Gather', [fresh, at.tokens], { axis: 0 }), g.constInt64([-1, H, D])])], { perm: [1, 0, 2] }); // [H, n, D]
     return g.op('ScatterND', [gathered, index, updates]);
   };
