@@ -37,6 +37,10 @@ const NOT_ON_DASHBOARD = new Set([
   // The prefix cache panel reads the gpt2_ counters; these are the same counts under vLLM's names.
   'vllm:prefix_cache_queries_total',
   'vllm:prefix_cache_hits_total',
+  // Likewise for the speculative decoding panel.
+  'vllm:spec_decode_num_drafts_total',
+  'vllm:spec_decode_num_draft_tokens_total',
+  'vllm:spec_decode_num_accepted_tokens_total',
 ]);
 
 // Parsed files are plain JSON-like data; the assertions check each field they use.

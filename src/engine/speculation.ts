@@ -8,7 +8,7 @@
 // attention; each decode row already produces one token. A draft token is worth adding when the
 // chance it is kept is at least its marginal cost in units of what a token costs in the plain
 // decode step:
-//     rate^j  >=  (predicted step ms with the token - without it) / (plain step ms / decode rows)
+//     rate^j  >=  (predicted step ms with the token - without it + proposing it) / (plain step ms / decode rows)
 // where rate is the sequence's measured acceptance rate and j the draft's place (the j-th draft is
 // kept only if the j-1 before it were). One stream: the step is mostly reading the weights, a token
 // more costs a few percent of it, and drafts pay at low acceptance. A full batch already shares
@@ -56,6 +56,9 @@ class Acceptance {
   }
 }
 
+/** Weight of the newest measurement in the running mean of proposing's cost per draft token. */
+const PROPOSE_COST_WEIGHT = 0.1;
+
 /** Per decode step: evidence halves in about 70 steps. */
 export const ACCEPTANCE_DECAY = 0.99;
 
@@ -83,6 +86,8 @@ function negative(s: StepShape): StepShape {
 export class Speculator {
   private readonly acceptance = new WeakMap<Sequence, Acceptance>();
   readonly stats: SpeculationStats = { drafts: 0, draftTokens: 0, acceptedTokens: 0 };
+  /** What proposing costs per draft token (a draft model's runs; ~0 for prompt lookup), measured. */
+  private proposeMsPerToken = 0;
 
   constructor(
     private readonly settings: SpeculationSettings,
@@ -121,10 +126,13 @@ export class Speculator {
       wants.push(want);
     }
     if (drafting.length === 0) return;
+    const started = performance.now();
     const drafts = await this.proposer.propose(
       drafting.map((r) => r.seq),
       wants,
     );
+    const proposed = drafts.reduce((n, d) => n + d.length, 0);
+    if (proposed > 0) this.proposeMsPerToken += PROPOSE_COST_WEIGHT * ((performance.now() - started) / proposed - this.proposeMsPerToken);
     drafting.forEach((row, i) => {
       const draft = drafts[i]!.slice(0, wants[i]);
       const fits = Math.min(draft.length, scheduler.growForDraft(row.seq, row.start + 1 + draft.length) - row.start - 1);
@@ -150,7 +158,7 @@ export class Speculator {
   /** Whether a draft kept with probability `kept`, adding `more` to the step, is worth its cost. */
   private pays(kept: number, shape: StepShape, more: StepShape, perTokenMs: number): boolean {
     if (!this.cost) return true;
-    return kept * perTokenMs >= this.cost.predictMs(plus(shape, more)) - this.cost.predictMs(shape);
+    return kept * perTokenMs >= this.cost.predictMs(plus(shape, more)) - this.cost.predictMs(shape) + this.proposeMsPerToken;
   }
 
   private acceptanceOf(seq: Sequence): Acceptance {
