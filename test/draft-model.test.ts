@@ -150,7 +150,8 @@ test('a different draft model: drafts are rejected, output stays bit-identical (
     const together = await runAll(e, list, true);
     assert.deepEqual(together.map(outputBits), expected.map(outputBits));
     const s = e.stats();
-    assert.ok(s.specDecodeDrafts > 20, `verifications ran (${s.specDecodeDrafts})`);
+    // Few: a draft model that is never right, and costs a run per draft token, soon stops paying.
+    assert.ok(s.specDecodeDrafts > 5, `verifications ran (${s.specDecodeDrafts})`);
     assert.ok(s.specDecodeDraftTokens > s.specDecodeAcceptedTokens, `drafts were rejected (${s.specDecodeAcceptedTokens} of ${s.specDecodeDraftTokens} kept)`);
     assert.equal(s.kvBlocksUsed, 0, 'target and draft blocks are all freed');
   });
