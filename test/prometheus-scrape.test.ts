@@ -13,6 +13,7 @@ import { test, type TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { adapterQueries, adapterRules, dashboardQueries, metricNames, readDashboard, renderGrafana, ROOT } from './helpers/monitoring.js';
 import { spawnServer } from './helpers/server-process.js';
+import { copyingModel } from './helpers/tiny-model.js';
 import { MODEL } from './helpers/serving.js';
 
 const JOB = 'gpt2-serve';
@@ -126,7 +127,7 @@ function wsCompletion(url: URL): Promise<number> {
   });
 }
 
-/** A short load: JSON, a repeated prompt (a prefix-cache hit), SSE, three sequences that cannot share a 320-token KV cache, a 400, a websocket. */
+/** A short load: JSON, a repeated prompt (a prefix-cache hit), a passage to repeat (speculation), SSE, three sequences that cannot share a 320-token KV cache, a 400, a websocket. */
 async function runLoad(url: URL): Promise<{ generated: number }> {
   let generated = 0;
   const json = await post(url, { prompt: 'The quick brown fox', max_tokens: 8, ignore_eos: true });
@@ -138,6 +139,11 @@ async function runLoad(url: URL): Promise<{ generated: number }> {
     assert.equal(repeated.status, 200, repeated.text);
     generated += JSON.parse(repeated.text).usage.completion_tokens;
   }
+  // A passage and its start again: the copying model repeats it, prompt lookup drafts it.
+  const passage = 'The quick brown fox jumps over the lazy dog near the bank of the quiet river, and then it runs home. ';
+  const grounded = await post(url, { prompt: `${passage}\n\nRepeat:\n${passage.slice(0, 20)}`, max_tokens: 24, ignore_eos: true });
+  assert.equal(grounded.status, 200, grounded.text);
+  generated += JSON.parse(grounded.text).usage.completion_tokens;
   const sse = await post(url, { prompt: 'Hello', max_tokens: 8, ignore_eos: true, stream: true, stream_options: { include_usage: true } });
   assert.equal(sse.status, 200, sse.text);
   const usage = sse.text.split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6))).find((c) => c.usage)?.usage;
@@ -162,7 +168,9 @@ test('Prometheus scrapes the server: every series the dashboard and the HPA adap
   const port = await freePort();
   const instance = `127.0.0.1:${port}`;
   const [server, prom] = await Promise.all([
-    spawnServer(t, ['--port', String(port), '--kv-cache-tokens', '320', '--block-size', '16']),
+    // The copying model with speculation on, so that drafts are proposed and kept (a random
+    // model's output rarely repeats anything).
+    copyingModel().then((model) => spawnServer(t, ['--port', String(port), '--kv-cache-tokens', '320', '--block-size', '16', '--model', model, '--speculative', 'ngram'])),
     startPrometheus(t, bin, instance),
   ]);
 
