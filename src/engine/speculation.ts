@@ -1,6 +1,6 @@
 // Speculative decoding's planning side: which decode rows carry draft tokens this step, and how
 // many. A row with d drafts feeds its pending token and the d drafts as one chunk of the sequence;
-// graph contract 4 computes every position of a chunk bit-identically to decoding them one by one
+// the serving graph computes every position of a chunk bit-identically to decoding them one by one
 // (docs/design.md, "Exact under any schedule"), so the engine can check the drafts against the
 // target's own picks and keep what matches (engine-core.ts `verify`).
 //
@@ -14,10 +14,10 @@
 // more costs a few percent of it, and drafts pay at low acceptance. A full batch already shares
 // the weights between its rows, a token more costs about what a row's token costs, and only drafts
 // that are nearly sure to be kept pay. Both come from the step-cost model the engine calibrates and
-// corrects online; without one (engine tests), every sequence drafts all it can.
+// corrects online; without one (unit tests), every sequence drafts all it can.
 //
-// Drafts ride only steps that are all decode rows: a prefill chunk in the step would pad every
-// verification row to its length.
+// Drafts ride only steps that are all decode rows: a verification row sharing a prefill group with
+// a prompt's chunk would be padded to that chunk's query tile.
 import { plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 import type { ScheduledRow, Scheduler, Sequence } from './scheduler.js';
 import { lookupDraft } from './prompt-lookup.js';
@@ -79,10 +79,6 @@ export class PromptLookupProposer implements DraftProposer {
   }
 }
 
-function negative(s: StepShape): StepShape {
-  return { tokens: -s.tokens, attended: -s.attended, chunkPast: -(s.chunkPast ?? 0) };
-}
-
 export class Speculator {
   private readonly acceptance = new WeakMap<Sequence, Acceptance>();
   readonly stats: SpeculationStats = { drafts: 0, draftTokens: 0, acceptedTokens: 0 };
@@ -115,8 +111,9 @@ export class Speculator {
       const room = Math.min(this.settings.numTokens, seq.outputLeft - 1, contextLength - seq.tokens.length - 1);
       let want = 0;
       for (; want < room && shape.tokens < scheduler.config.maxNumBatchedTokens; want++) {
-        // The row as it would be with one draft more, against the row as it is.
-        const more = plus(rowShape(row.start, want + 2), negative(rowShape(row.start, want + 1)));
+        // One draft more: a token at position start + want + 1, and a first draft makes the row a
+        // chunk whose past the graph copies once more.
+        const more: StepShape = { tokens: 1, attended: row.start + want + 2, chunkPast: want === 0 ? row.start : 0 };
         if (!this.pays(acceptance.rate ** (want + 1), shape, more, perTokenMs)) break;
         shape = plus(shape, more);
       }
@@ -127,10 +124,7 @@ export class Speculator {
     }
     if (drafting.length === 0) return;
     const started = performance.now();
-    const drafts = await this.proposer.propose(
-      drafting.map((r) => r.seq),
-      wants,
-    );
+    const drafts = await this.proposer.propose(drafting.map((r) => r.seq), wants);
     const proposed = drafts.reduce((n, d) => n + d.length, 0);
     if (proposed > 0) this.proposeMsPerToken += PROPOSE_COST_WEIGHT * ((performance.now() - started) / proposed - this.proposeMsPerToken);
     drafting.forEach((row, i) => {
@@ -141,6 +135,7 @@ export class Speculator {
       row.count = 1 + fits;
     });
   }
+
   dispose(): Promise<void> {
     return this.proposer.dispose?.() ?? Promise.resolve();
   }
