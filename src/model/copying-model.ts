@@ -40,7 +40,7 @@ import { Rng } from '../util/rng.js';
 export const COPYING_TEST_SHAPE: TinyShape = { layers: 3, heads: 4, embd: 256, positions: 1024 };
 
 /** How many tokens before a position the induction head compares. */
-const NGRAM = 8;
+export const NGRAM = 8;
 /** Frequencies of the position code, geometric from FREQ_MAX down to 2*pi/4096 rad/position. */
 const FREQS = 16;
 const FREQ_MAX = 2.5;
