@@ -179,7 +179,7 @@ test('cancellation and preemption under KV pressure leave no block behind, and o
   });
 });
 
-test('a draft model whose token ids mean something else is refused at start, naming both folders', async () => {
+test('a draft model whose token ids mean something else, or that cannot be served, is refused at start, naming the folders', async () => {
   const copy = (edit: (dir: string) => void) => {
     const dir = join(tempDir(), 'draft');
     cpSync(other, dir, { recursive: true });
@@ -215,4 +215,9 @@ test('a draft model whose token ids mean something else is refused at start, nam
       what,
     );
   }
+  // A draft folder that cannot be served at all: the flag is named, not only the target.
+  const missing = join(tempDir(), 'no-such-draft');
+  await assert.rejects(InProcessEngine.start(engineOptions(target, { speculation: draftWith(missing) })), (err: Error) =>
+    err.message.includes(`--draft-model ${missing}: ${missing} cannot be served: the folder does not exist`),
+  );
 });

@@ -105,7 +105,7 @@ test('a folder that cannot be served fails the start with one JSON line naming i
     // A graph ONNX Runtime cannot load: the engine fails to start, still one line.
     cpSync(path.join(await tinyModel(), 'tokenizer.json'), path.join(model, 'tokenizer.json'));
     writeFileSync(path.join(model, 'model.onnx'), 'not a graph');
-    assert.match(fatalOf(runMain(['--model', model, '--port', '0'])), /^the model in .*gpt2 could not be loaded: /);
+    assert.match(fatalOf(runMain(['--model', model, '--port', '0'])), /^the engine could not start on the model in .*gpt2: /);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

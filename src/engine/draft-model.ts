@@ -75,10 +75,21 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
   ): Promise<DraftModelProposer> {
     const dir = options.speculation?.draftModelDir;
     if (!dir) throw new Error('--speculative draft needs --draft-model DIR');
-    const manifest = readManifest(dir);
-    const mismatch = tokenizerMismatch(target, { manifest, tokenizer: await loadTokenizer(dir) });
+    // Errors about the draft's folder name the flag: the target's folder is not the one at fault.
+    const asDraft = (err: unknown) => new Error(`--draft-model ${dir}: ${(err as Error).message}`);
+    let manifest: Manifest;
+    let tokenizer: Tokenizer;
+    try {
+      manifest = readManifest(dir);
+      tokenizer = await loadTokenizer(dir);
+    } catch (err) {
+      throw asDraft(err);
+    }
+    const mismatch = tokenizerMismatch(target, { manifest, tokenizer });
     if (mismatch) throw new Error(`the draft model ${dir} does not share the tokenizer of ${options.modelDir}: ${mismatch}`);
-    const runner = await createRunner({ ...options, modelDir: dir }, { manifest, numBlocks, log: (msg) => log(`draft model: ${msg}`) });
+    const runner = await createRunner({ ...options, modelDir: dir }, { manifest, numBlocks, log: (msg) => log(`draft model: ${msg}`) }).catch((err: unknown) => {
+      throw asDraft(err);
+    });
     log(`draft model ${basename(dir)}: ${describeModel(manifest)} (target: ${describeModel(target.manifest)})`);
     const proposer = new DraftModelProposer(runner, scheduler, { maxCatchUp: options.maxNumBatchedTokens, contextLength: manifest.contextLength, log });
     scheduler.sideBlocks = proposer;
