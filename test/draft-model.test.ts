@@ -12,6 +12,7 @@ import { DraftModelProposer } from '../src/engine/draft-model.js';
 import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
 import { Scheduler, Sequence } from '../src/engine/scheduler.js';
 import type { EngineOptions, SamplingParams } from '../src/engine/types.js';
+import { readManifest } from '../src/model/manifest.js';
 import { events, outputBits, request, runAll, type Spec } from './helpers/engine-run.js';
 import { greedyTokens, ScriptedRunner } from './helpers/scripted-runner.js';
 import { engineOptions, tempDir, tinyModel } from './helpers/tiny-model.js';
@@ -119,6 +120,17 @@ test('the target as its own draft model: every greedy draft is kept, and output 
     assert.ok(s.steps < 2 * list.length * 40, `fewer steps than tokens (${s.steps})`);
     assert.equal(s.kvBlocksUsed, 0);
   });
+});
+
+test('the startup log gives the KV cache size, and the draft model cache beside it', async () => {
+  const logs: string[] = [];
+  const e = await InProcessEngine.start(engineOptions(target, { speculation: draftWith(other) }), (m) => logs.push(m));
+  await e.shutdown();
+  // 8192 tokens in 512 blocks of 16, plus the null block; each token holds K and V of every layer.
+  const { numLayers, hiddenSize } = readManifest(target);
+  const mib = ((513 * 16 * numLayers * 2 * hiddenSize * 4) / 2 ** 20).toFixed(1);
+  assert.ok(logs.includes(`KV cache: 8192 tokens in 512 blocks of 16, ${mib} MiB`), logs.join('\n'));
+  assert.ok(logs.includes(`draft model KV cache: 8192 tokens in 512 blocks of 16, ${mib} MiB`), logs.join('\n'));
 });
 
 /** Greedy and seeded requests with the processors that keep state from token to token, n > 1. */

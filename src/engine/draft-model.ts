@@ -18,7 +18,7 @@
 import { basename } from 'node:path';
 import { describeWeights, readManifest, type Manifest } from '../model/manifest.js';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
-import { blocksFor } from './kv-cache.js';
+import { blocksFor, describePool, poolShape } from './kv-cache.js';
 import { createRunner } from './runner-factory.js';
 import type { ModelRunner, RunnerRow } from './runner.js';
 import type { Scheduler, Sequence, SideBlockHolder } from './scheduler.js';
@@ -91,6 +91,9 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
       throw asDraft(err);
     });
     log(`draft model ${basename(dir)}: ${describeModel(manifest)} (target: ${describeModel(target.manifest)})`);
+    // Its pool has a slot for every block id the allocator hands out: once drafts have used them
+    // all, the server holds this beside the target's cache.
+    log(`draft model KV cache: ${describePool(poolShape(manifest, numBlocks, options.blockSize))}`);
     const proposer = new DraftModelProposer(runner, scheduler, { maxCatchUp: options.maxNumBatchedTokens, contextLength: manifest.contextLength, log });
     scheduler.sideBlocks = proposer;
     return proposer;

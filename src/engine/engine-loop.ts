@@ -6,7 +6,7 @@ import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
-import { BLOCK_SIZE_MULTIPLE, BlockAllocator } from './kv-cache.js';
+import { BLOCK_SIZE_MULTIPLE, BlockAllocator, describePool, poolShape } from './kv-cache.js';
 import { calibrateStepCost } from './calibrate.js';
 import { DraftModelProposer } from './draft-model.js';
 import { createRunner } from './runner-factory.js';
@@ -134,6 +134,7 @@ export async function buildEngineCore(
   const tokenizer = await loadTokenizer(options.modelDir);
   const numBlocks = Math.ceil(options.kvCacheTokens / options.blockSize) + 1; // + the null block
   const runner = await createRunner(options, { manifest, numBlocks, log });
+  log(`KV cache: ${describePool(poolShape(manifest, numBlocks, options.blockSize))}`);
   const allocator = new BlockAllocator(numBlocks, options.prefixCaching);
   const scheduler = new Scheduler(
     {
@@ -176,3 +177,4 @@ export async function buildEngineCore(
   };
   return { core, model, tokenizer };
 }
+

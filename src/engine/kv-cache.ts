@@ -155,6 +155,22 @@ export interface KvStorage {
  * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
  * follows the blocks actually used.
  */
+/** The pool shape of a model folder's graph. */
+export function poolShape(manifest: { numLayers: number; numHeads: number; headDim: number }, numBlocks: number, blockSize: number): PoolShape {
+  return { layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks, blockSize };
+}
+
+/**
+ * `32768 tokens in 2048 blocks of 16, 2305.1 MiB` (GPT-2 small): what the pool takes once every block was used.
+ * Its pages are committed as blocks are first written, and prefix caching keeps freed blocks until
+ * the pool needs them, so a busy server's memory reaches all of it.
+ */
+export function describePool(shape: PoolShape): string {
+  const blocks = shape.numBlocks - 1; // the null block holds no tokens
+  const mib = (shape.numBlocks * KvPool.blockBytes(shape)) / 2 ** 20;
+  return `${blocks * shape.blockSize} tokens in ${blocks} blocks of ${shape.blockSize}, ${mib.toFixed(1)} MiB`;
+}
+
 export class KvPool implements KvStorage {
   readonly keys: Float32Array[] = [];
   readonly values: Float32Array[] = [];

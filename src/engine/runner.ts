@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Manifest } from '../model/manifest.js';
-import { KvPool, NULL_BLOCK, type KvStorage } from './kv-cache.js';
+import { KvPool, NULL_BLOCK, poolShape, type KvStorage } from './kv-cache.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
 import { createSession, type ExecutionProvider } from './ort-session.js';
 import type { ExecutionProviderChoice, OrtLogLevel } from './types.js';
@@ -318,13 +318,7 @@ export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ run
     ...opts,
     externalData: join(opts.modelDir, opts.manifest.graph.externalData),
   });
-  const pool = new KvPool({
-    layers: opts.manifest.numLayers,
-    heads: opts.manifest.numHeads,
-    headDim: opts.manifest.headDim,
-    numBlocks: opts.numBlocks,
-    blockSize: opts.blockSize,
-  });
+  const pool = new KvPool(poolShape(opts.manifest, opts.numBlocks, opts.blockSize));
   const feedName = opts.feed ?? (provider === 'cpu' ? 'whole-pool' : 'used-blocks');
   const feed = feedName === 'whole-pool' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool);
   return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize), provider };

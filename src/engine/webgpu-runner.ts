@@ -12,7 +12,7 @@ import { exportedWeights } from '../model/exported-weights.js';
 import { manifestPlan, type Manifest } from '../model/manifest.js';
 import { GraphBuilder } from '../model/onnx-builder.js';
 import { buildWebGpuGraph, buildZerosGraph, cacheName, floatTypeOf, type DeviceDtype } from '../model/webgpu-graph.js';
-import { NULL_BLOCK, type KvStorage, type PoolShape } from './kv-cache.js';
+import { NULL_BLOCK, poolShape, type KvStorage, type PoolShape } from './kv-cache.js';
 import { rowOutput, type ModelRunner, type RowOutput, type RunnerRow } from './runner.js';
 import type { OrtLogLevel } from './types.js';
 import { createWebGpuSession } from './webgpu.js';
@@ -108,7 +108,7 @@ export class WebGpuRunner implements ModelRunner {
       await session.release();
       throw err;
     }
-    return new WebGpuRunner(session, zeros.session, zeros.caches, dtype, { layers: m.numLayers, heads: m.numHeads, headDim: m.headDim, numBlocks, blockSize }, m.vocabSize);
+    return new WebGpuRunner(session, zeros.session, zeros.caches, dtype, poolShape(m, numBlocks, blockSize), m.vocabSize);
   }
 
   /** Bytes the device pool takes (keys and values, every layer). */
