@@ -150,11 +150,6 @@ export interface KvStorage {
   copyBlock?(from: number, to: number): void;
 }
 
-/**
- * Per layer, a key and a value array laid out [heads, numBlocks, blockSize, headDim]. Allocated
- * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
- * follows the blocks actually used.
- */
 /** The pool shape of a model folder's graph. */
 export function poolShape(manifest: { numLayers: number; numHeads: number; headDim: number }, numBlocks: number, blockSize: number): PoolShape {
   return { layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks, blockSize };
@@ -171,6 +166,14 @@ export function describePool(shape: PoolShape): string {
   return `${blocks * shape.blockSize} tokens in ${blocks} blocks of ${shape.blockSize}, ${mib.toFixed(1)} MiB`;
 }
 
+/**
+ * Per layer, a key and a value array laid out [heads, numBlocks, blockSize, headDim]. Allocated
+ * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
+ * follows the blocks actually used. Committing it all at start, as vLLM and llama.cpp do, would
+ * make memory predictable but nearly doubled a server's start on the development VM
+ * (docs/benchmark.md, "Figures behind the code"); with prefix caching a busy server reaches every
+ * block in the end anyway, and the startup log gives the size it will reach (describePool).
+ */
 export class KvPool implements KvStorage {
   readonly keys: Float32Array[] = [];
   readonly values: Float32Array[] = [];
