@@ -21,7 +21,6 @@ const HEADS = 12;
 const HEAD_DIM = 64;
 /** probs·V slices: MLAS never blocks an inner dimension of 256 or less when N is 64 or less. */
 const SLICE = 256;
-const MAX_KEYS = 1024;
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '20' } } });
 const rounds = Number(values.rounds);
@@ -45,6 +44,17 @@ const tensor = (data: Float32Array, dims: number[]) => new ort.Tensor('float32',
 const lastTwoSwapped = (g: GraphBuilder, x: string, rank: number) =>
   g.op('Transpose', [x], { perm: [...Array.from({ length: rank - 2 }, (_, i) => i), rank - 1, rank - 2] });
 
+/** probs·V as a sum, in key order, of products over SLICE-key slices (the key axis of each given). */
+function overKeySlices(g: GraphBuilder, probs: string, probsAxis: number, values: string, valuesAxis: number, keys: number): string {
+  const slice = (x: string, from: number, axis: number) => g.op('Slice', [x, g.constInt64([from]), g.constInt64([from + SLICE]), g.constInt64([axis])]);
+  let sum = '';
+  for (let from = 0; from < keys; from += SLICE) {
+    const part = g.op('MatMul', [slice(probs, from, probsAxis), slice(values, from, valuesAxis)]);
+    sum = sum ? g.op('Add', [sum, part]) : part;
+  }
+  return sum;
+}
+
 /** 1. Which row counts and thread counts change row 0's bits. */
 async function exactness(): Promise<void> {
   console.log('row 0 of A·B against A of 2 rows on 1 thread (bitwise):');
@@ -61,12 +71,7 @@ async function exactness(): Promise<void> {
       const s = await session((g) => {
         const x = g.input('a', DataType.FLOAT, ['m', c.inner]);
         const y = g.input('b', DataType.FLOAT, c.transB ? [c.cols, c.inner] : [c.inner, c.cols]);
-        let product = c.sliced ? '' : g.op('MatMul', [x, c.transB ? lastTwoSwapped(g, y, 2) : y]);
-        for (let from = 0; c.sliced && from < c.inner; from += SLICE) {
-          const slice = (t: string, axis: number) => g.op('Slice', [t, g.constInt64([from]), g.constInt64([from + SLICE]), g.constInt64([axis])]);
-          const part = g.op('MatMul', [slice(x, 1), slice(y, 0)]);
-          product = product ? g.op('Add', [product, part]) : part;
-        }
+        const product = c.sliced ? overKeySlices(g, x, 1, y, 0, c.inner) : g.op('MatMul', [x, c.transB ? lastTwoSwapped(g, y, 2) : y]);
         g.output(product, 'c', DataType.FLOAT, ['m', c.cols]);
       }, threads);
       for (const m of [1, 2, 3, 17, 128]) {
@@ -114,12 +119,7 @@ function products(rows: number, queries: number, keys: number, oneRow: boolean) 
       out = g.op('Reshape', [g.op('MatMul', [scores, at(v, 2)]), g.constInt64(dims(queries))]);
     } else {
       const scores = g.op('MatMul', [q, lastTwoSwapped(g, k, 4)]); // [H, rows, S, keys]
-      const slice = (x: string, from: number, axis: number) => g.op('Slice', [x, g.constInt64([from]), g.constInt64([from + SLICE]), g.constInt64([axis])]);
-      out = '';
-      for (let from = 0; from < Math.min(keys, MAX_KEYS); from += SLICE) {
-        const part = g.op('MatMul', [slice(scores, from, 3), slice(v, from, 2)]);
-        out = out ? g.op('Add', [out, part]) : part;
-      }
+      out = overKeySlices(g, scores, 3, v, 2, keys);
     }
     g.output(out, 'out', DataType.FLOAT, dims(queries));
   };

@@ -177,4 +177,3 @@ export async function buildEngineCore(
   };
   return { core, model, tokenizer };
 }
-

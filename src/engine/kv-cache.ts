@@ -170,8 +170,8 @@ export function describePool(shape: PoolShape): string {
  * Per layer, a key and a value array laid out [heads, numBlocks, blockSize, headDim]. Allocated
  * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
  * follows the blocks actually used. Committing it all at start, as vLLM and llama.cpp do, would
- * make memory predictable but nearly doubled a server's start on the development VM
- * (docs/benchmark.md, "Figures behind the code"); with prefix caching a busy server reaches every
+ * make memory predictable but slowed a server's start more than it is worth where first touches
+ * of memory are slow (docs/benchmark.md, "Figures behind the code"); with prefix caching a busy server reaches every
  * block in the end anyway, and the startup log gives the size it will reach (describePool).
  */
 export class KvPool implements KvStorage {
