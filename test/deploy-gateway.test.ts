@@ -130,7 +130,7 @@ test('every metric the endpoint picker reads is on /metrics with the protocol\'s
   const value = (m: Awaited<ReturnType<typeof scrape>>, name: string) => m.get(name)!.samples[0]![1];
 
   const load = Array.from({ length: 5 }, () =>
-    request(app.server).post('/v1/chat/completions').send({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 12 }),
+    request(app.server).post('/v1/chat/completions').send({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 40 }),
   );
   const settled = Promise.all(load.map((r) => r.then((res) => res.status)));
   let busy = await scrape();

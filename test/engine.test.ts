@@ -291,13 +291,25 @@ test('the worker-backed engine streams the same tokens and shuts down cleanly', 
 });
 
 test('shutdown drains running requests, then ends the rest with an error', async () => {
+  // What finishes within the drain is decided by the test, not by the machine's speed: both
+  // requests start paused (a stalled reader), so neither can finish before shutdown begins; the
+  // short one is resumed once the drain has begun and must complete, the long one never is.
   const e = await InProcessEngine.start(engineOptions(dir));
-  const short = collect(e, request(prompt(4), { maxTokens: 3 }));
-  const long = collect(e, request(prompt(4, 2), { maxTokens: 900, ignoreEos: true }));
-  await new Promise((r) => setTimeout(r, 20));
-  await e.shutdown({ drainMs: 300 });
-  assert.equal((await short).choices[0].tokens.length, 3);
-  assert.equal((await long).error?.code, 'shutting_down');
+  const shortReq = request(prompt(4), { maxTokens: 3 });
+  const longReq = request(prompt(4, 2), { maxTokens: 900, ignoreEos: true });
+  const short = collect(e, shortReq);
+  const long = collect(e, longReq);
+  e.pause(shortReq.id);
+  e.pause(longReq.id);
+  const draining = e.shutdown({ drainMs: 2000 });
+  e.resume(shortReq.id);
+  const s = await short;
+  assert.equal(s.error, null);
+  assert.equal(s.choices[0].tokens.length, 3);
+  await draining;
+  const l = await long;
+  assert.equal(l.error?.code, 'shutting_down');
+  assert.equal(l.choices.length, 0, 'the paused request never ran');
   const late = await collect(e, request(prompt(4), { maxTokens: 3 }));
   assert.equal(late.error?.code, 'shutting_down');
 });

@@ -213,8 +213,11 @@ test('SIGTERM during 32 streams: new work gets 503, every admitted stream comple
   const streams = Array.from({ length: 32 }, (_, i) => streamCompletion(server.url, { prompt: `stream ${i}`, max_tokens: i % 2 ? 10 : 1000 }));
   await Promise.all(streams.map((s) => s.firstChunk));
   server.kill('SIGTERM');
-  await new Promise((r) => setTimeout(r, 150));
-  assert.equal(await get(server.url, '/health'), 503, 'draining');
+  // The signal reaches the server when its process gets to it: poll rather than guess how soon.
+  // (Within the drain: the long streams hold it open for at least 1000 x 15 ms.)
+  let health = await get(server.url, '/health');
+  for (const deadline = Date.now() + 2500; health === 200 && Date.now() < deadline; ) health = await get(server.url, '/health');
+  assert.equal(health, 503, 'draining');
   const late = await streamCompletion(server.url, { prompt: 'late' }).done;
   assert.equal(late.status, 503);
   const outcomes = (await Promise.all(streams.map((s) => s.done))).map((r) => {
@@ -251,10 +254,11 @@ test('the engine worker exits mid-stream: streams end with an error event, new w
     assert.equal(r.status, 200);
     assert.equal(endedCleanly(r.events, 1), 'engine_unavailable');
   }
-  // Dead for good: answered at once, not after a timeout.
+  // Dead for good: answered at once, not after a timeout (the step timeout, 60 s by default, is
+  // what waiting on the dead engine would take; the bound leaves a loaded machine room below it).
   const started = Date.now();
   const [health, fresh] = await Promise.all([get(server.url, '/health').catch(() => 0), streamCompletion(server.url, { prompt: 'x' }).done.catch(() => null)]);
-  assert.ok(Date.now() - started < 1000);
+  assert.ok(Date.now() - started < 10_000, `answered after ${Date.now() - started} ms`);
   assert.ok(health === 503 || health === 0, `health ${health}`); // 0: the process already exited
   if (fresh) assert.equal(fresh.status, 503);
   assert.equal(await server.exited, 1, 'a supervisor restarts a dead server');

@@ -422,7 +422,8 @@ test('the KV cache bounds a sequence too: a request that could never fit it is a
 
 test('admission: past --max-concurrent-requests a request is a 429 with Retry-After before any work', async (t) => {
   const { spy, app } = await setup(t, { runner: { stepDelayMs: 5 } }, { maxConcurrentRequests: 2 });
-  const slow = [post(app, { model: MODEL, prompt: 'a', max_tokens: 40 }), post(app, { model: MODEL, prompt: 'b', max_tokens: 40 })];
+  // Each step sleeps 5 ms, so these hold their slots for at least a second, whatever the machine.
+  const slow = [post(app, { model: MODEL, prompt: 'a', max_tokens: 200 }), post(app, { model: MODEL, prompt: 'b', max_tokens: 200 })];
   const inflight = slow.map((r) => r.then((x) => x));
   await waitFor(() => spy.submitted.length === 2, 2000, 'two requests in flight');
   const busy = await post(app, { model: MODEL, prompt: 'c' }).expect(429);
@@ -455,7 +456,7 @@ test('fan-out: a request whose prompts x max(n, best_of) sequences no admission 
 
 test('admission counts sequences: past --max-seqs-in-flight a request is a 429 before any work; its sequences are freed with its response', async (t) => {
   const { spy, app } = await setup(t, { runner: { stepDelayMs: 5 } }, { maxSeqsInFlight: 4 });
-  const slow = post(app, { model: MODEL, prompt: 'a', n: 3, max_tokens: 40 }).then((x) => x);
+  const slow = post(app, { model: MODEL, prompt: 'a', n: 3, max_tokens: 200 }).then((x) => x); // >= 1 s of 5 ms steps
   await waitFor(() => spy.submitted.length === 1, 2000, 'three sequences in flight');
   const busy = await post(app, { model: MODEL, prompt: 'b', n: 2 }).expect(429);
   assert.equal(busy.headers['retry-after'], '1');

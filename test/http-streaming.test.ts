@@ -132,7 +132,9 @@ test('the 200 and its headers go out once the engine queues the request, before 
   // One sequence at a time: the second request waits in the engine's queue behind the first.
   const { app, spy } = await setup(t, { worker: true, runner: { stepDelayMs: 20 }, engine: { maxNumSeqs: 1 } });
   const port = await listen(app);
-  const first = rawStream(port, { prompt: 'a', max_tokens: 30 });
+  // 60 steps of at least 20 ms: the second request's tokens cannot come within 100 ms of its
+  // headers unless the first had all but finished before the second was even queued.
+  const first = rawStream(port, { prompt: 'a', max_tokens: 60 });
   t.after(async () => first.destroy());
   await waitFor(() => spy.submitted.length === 1, 2000, 'the first request');
   let headersAt = 0;
@@ -201,7 +203,9 @@ test('a disconnect while the request waits in the engine queue cancels it too', 
 const FLOOD = { prompt: Array(900).fill(11), n: 16, echo: true, logprobs: 20, max_tokens: 100, temperature: 0 };
 
 test('SSE flow control: a client that stops reading pauses its sequences in the engine; after the stall timeout they are cancelled', async (t) => {
-  const { app, spy, engine } = await setup(t, { worker: true }, { stallTimeoutMs: 1500 });
+  // The stall clock starts when the socket fills, before the engine reports every sequence paused
+  // (which takes longer on a loaded machine): the timeout leaves seconds between the two.
+  const { app, spy, engine } = await setup(t, { worker: true }, { stallTimeoutMs: 5000 });
   const port = await listen(app);
   let response: http.IncomingMessage | null = null;
   t.after(async () => response?.destroy());
@@ -219,7 +223,7 @@ test('SSE flow control: a client that stops reading pauses its sequences in the 
   assert.ok(delivered() - atPause <= 2 * 16, `output after the pause is bounded by a step or two (${delivered() - atPause} events)`);
   assert.ok(engine.stats().generatedTokensTotal < 16 * 100, 'paused long before the end');
   assert.equal(spy.cancelled.length, 0, 'a pause shorter than the stall timeout cancels nothing');
-  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 3000, 'stalled request cancelled');
+  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 10_000, 'stalled request cancelled');
   await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 1000, 'engine idle');
   assert.equal(engine.stats().kvBlocksUsed, 0);
 });

@@ -22,7 +22,8 @@ export type EngineCommand =
   | { type: 'pause'; id: string }
   | { type: 'resume'; id: string };
 
-type Internal = { type: 'drain' } | { type: 'stop'; error: EngineError };
+/** `drain` says when it was applied: from then on every command sent before it counts as open work. */
+type Internal = { type: 'drain'; applied: () => void } | { type: 'stop'; error: EngineError };
 
 export interface EngineLoopOptions {
   log: (msg: string) => void;
@@ -53,8 +54,10 @@ export class EngineLoop {
 
   /** Stop admitting, let open requests finish for up to drainMs, end the rest, stop the loop. */
   async shutdown(drainMs: number): Promise<void> {
-    this.inbox.push({ type: 'drain' });
     const deadline = Date.now() + drainMs;
+    // Requests still in the inbox are open too: wait until the loop has taken everything sent before.
+    // (A loop that stopped on its own never applies it.)
+    await Promise.race([new Promise<void>((applied) => this.inbox.push({ type: 'drain', applied })), this.done]);
     while (!this.stopped && this.core.openRequests > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.inbox.push({ type: 'stop', error: { code: 'shutting_down', message: 'The server shut down before the request finished.' } });
     await this.done;
@@ -91,7 +94,8 @@ export class EngineLoop {
   private apply(cmd: EngineCommand | Internal): void {
     switch (cmd.type) {
       case 'drain':
-        return this.core.startDraining();
+        this.core.startDraining();
+        return cmd.applied();
       case 'stop':
         this.report(this.core.abortAll(cmd.error));
         this.stopped = true;
