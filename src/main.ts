@@ -137,10 +137,24 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
       weights: describeWeights(engine.model.weights),
       chatTemplate: engine.chatTemplate.source,
       address,
+      memory: memoryOutlook(engine),
     },
     'model loaded; serving',
   );
   return { app, engine, address };
+}
+
+/**
+ * Memory now and the most it should reach: the KV pools commit their pages as blocks are first
+ * written, so RSS grows by what they have not committed yet; the rest of what the process holds
+ * (weights, sessions) is in place once the model is loaded.
+ */
+function memoryOutlook(engine: EngineClient): { rssMiB: number; kvCacheMiB: number; kvCommittedMiB: number; expectedMaxRssMiB: number } {
+  const mib = (bytes: number) => Math.round(bytes / 2 ** 20);
+  const rss = process.memoryUsage.rss();
+  const committed = engine.stats().kvBytesCommitted;
+  const pools = engine.model.kvCacheBytes;
+  return { rssMiB: mib(rss), kvCacheMiB: mib(pools), kvCommittedMiB: mib(committed), expectedMaxRssMiB: mib(rss - committed + pools) };
 }
 
 /** What the server listens on, as a URL (0.0.0.0 stays 0.0.0.0: every interface, not just loopback). */

@@ -57,6 +57,20 @@ test('allocator: a named block outlives its readers until an allocation needs it
   assert.equal(a.freeCount, 4);
 });
 
+test("allocator: under pressure a released chain loses its tail first, so its head is still found", () => {
+  const a = new BlockAllocator(9, true);
+  const chain = a.allocate(4)!;
+  const names = ['c0', 'c1', 'c2', 'c3'];
+  chain.forEach((b, i) => a.register(b, names[i]!));
+  a.release(chain);
+  const other = a.allocate(4)!; // the never-used blocks
+  assert.equal(a.cachedPrefix(names), 4);
+  a.allocate(2); // evicts two of the chain's blocks
+  assert.equal(a.cachedPrefix(names), 2, 'c2 and c3 went, c0 and c1 are still a usable prefix');
+  a.release(other);
+  assert.deepEqual(a.acquireCached(names.slice(0, 2)), chain.slice(0, 2));
+});
+
 test('allocator without prefix caching: nothing is named, released blocks are free at once', () => {
   const a = new BlockAllocator(3, false);
   const [b] = a.allocate(1)!;
@@ -110,6 +124,27 @@ test('scheduler: blocks of a finished or preempted sequence are found again; off
   off.add(y);
   assert.deepEqual(runStep(off).rows.map((r) => r.start), [0]);
   assert.equal(off.prefixCacheHits, 0);
+});
+
+test("scheduler: cached tokens are counted at the first admission only; a preempted prompt's own blocks are not a hit", () => {
+  // 5 blocks of 4, 8 tokens a step: a's 12-token prompt fills 2 blocks, then a is paused and b's
+  // 16 tokens need 4 blocks, so a is preempted. When a comes back its first block is still cached.
+  const s = new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 8, blockSize: BS, admissionReserveTokens: 0 }, new BlockAllocator(6, true));
+  const a = seq('a', Array.from({ length: 12 }, (_, i) => i + 1));
+  s.add(a);
+  runStep(s);
+  assert.equal(a.numComputed, 8);
+  s.pause('a');
+  const b = seq('b', Array.from({ length: 16 }, (_, i) => 100 + i));
+  s.add(b);
+  runStep(s);
+  assert.equal(a.status, 'waiting', 'a was preempted for b');
+  runStep(s);
+  s.finish(b);
+  s.resume('a');
+  const plan = runStep(s);
+  assert.ok(plan.rows.find((r) => r.seq === a)!.start > 0, "a took its own first block from the cache");
+  assert.equal(a.cachedTokens, 0, 'its first admission found nothing');
 });
 
 // Through the real engine, production defaults ('auto' step cap, ONNX Runtime's default threads).
@@ -171,3 +206,21 @@ test('HTTP: a repeated prompt reports usage.prompt_tokens_details.cached_tokens 
   await complete(off.app);
   assert.deepEqual(await complete(off.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43 });
 });
+
+test('HTTP: under memory pressure a prompt seen earlier still hits its first blocks (a chain is evicted tail first)', async (t) => {
+  // 4096 tokens of KV (256 blocks of 16): a 900-token prompt, then four of 1,000 tokens that need
+  // most of the pool, then the first prompt again.
+  const { app } = await serveTest(t, { engine: { kvCacheTokens: 4096 } });
+  const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729 + 13) % 50000);
+  const complete = async (prompt: number[]) =>
+    (await supertest(app.server).post('/v1/completions').send({ model: MODEL, prompt, max_tokens: 4, temperature: 0 }).expect(200)).body.usage;
+  const first = ids(900, 0);
+  await complete(first);
+  for (let i = 1; i <= 4; i++) await complete(ids(1000, i));
+  const again = await complete(first);
+  // The four prompts and their outputs take 4 x 63 of the 256 blocks: the first prompt's 56 full
+  // blocks lose all but their head.
+  t.diagnostic(`cached_tokens of the repeated prompt: ${again.prompt_tokens_details?.cached_tokens ?? 0}`);
+  assert.ok((again.prompt_tokens_details?.cached_tokens ?? 0) >= 3 * 16, JSON.stringify(again));
+});
+

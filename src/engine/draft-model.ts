@@ -18,7 +18,7 @@
 import { basename } from 'node:path';
 import { describeWeights, readManifest, type Manifest } from '../model/manifest.js';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
-import { blocksFor, describePool, poolShape } from './kv-cache.js';
+import { blocksFor, describePool, poolShape, type KvStorage } from './kv-cache.js';
 import { createRunner } from './runner-factory.js';
 import type { ModelRunner, RunnerRow } from './runner.js';
 import type { Scheduler, Sequence, SideBlockHolder } from './scheduler.js';
@@ -60,6 +60,11 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
     private readonly scheduler: Scheduler,
     private readonly settings: DraftModelSettings,
   ) {}
+
+  /** The draft model's KV storage (its blocks are the allocator's 'draft' group). */
+  get pool(): KvStorage {
+    return this.runner.pool;
+  }
 
   /**
    * Loads the draft model folder next to the target's: same tokenizer (checked token by token),
@@ -211,7 +216,7 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
   private grow(cache: DraftCache, positions: number, free: number): { positions: number; taken: number } {
     const bs = this.scheduler.config.blockSize;
     const need = Math.min(blocksFor(positions, bs) - cache.blocks.length, Math.max(0, free));
-    if (need > 0) cache.blocks.push(...this.scheduler.allocator.allocate(need)!);
+    if (need > 0) cache.blocks.push(...this.scheduler.allocator.allocate(need, 'draft')!);
     return { positions: Math.min(positions, cache.blocks.length * bs), taken: Math.max(0, need) };
   }
 }

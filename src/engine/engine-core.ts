@@ -10,7 +10,7 @@ import type { Tokenizer } from '../model/tokenizer.js';
 import type { CompiledConstraint } from '../structured/constraint.js';
 import { TokenConstraint, VocabularyIndex } from '../structured/token-mask.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
-import { blocksFor } from './kv-cache.js';
+import { blocksFor, hostBlockBytes, type KvStorage } from './kv-cache.js';
 import { plus, rowShape, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
@@ -29,6 +29,8 @@ export interface EngineCoreOptions {
   cost?: StepCostModel;
   /** Speculative decoding: drafts verified exactly in the same step (off when absent). */
   speculator?: Speculator;
+  /** A draft model's KV storage, whose blocks are the allocator's 'draft' group. */
+  draftKv?: KvStorage;
 }
 
 /** Per-request state; sequences hold per-choice state the scheduler needs, this holds the rest. */
@@ -246,6 +248,8 @@ export class EngineCore {
       kvBlocksTotal: total,
       kvBlocksUsed: alloc.usedCount,
       kvUsage: alloc.usedCount / total,
+      kvBytesCommitted:
+        alloc.touchedCount('target') * hostBlockBytes(this.runner.pool) + (this.opts.draftKv ? alloc.touchedCount('draft') * hostBlockBytes(this.opts.draftKv) : 0),
       blockSize: this.scheduler.config.blockSize,
       steps: this.steps,
       consecutiveFailedSteps: this.consecutiveFailedSteps,

@@ -6,7 +6,7 @@ import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
-import { BLOCK_SIZE_MULTIPLE, BlockAllocator, describePool, poolShape } from './kv-cache.js';
+import { BLOCK_SIZE_MULTIPLE, BlockAllocator, describePool, hostBlockBytes, poolShape } from './kv-cache.js';
 import { calibrateStepCost } from './calibrate.js';
 import { DraftModelProposer } from './draft-model.js';
 import { createRunner } from './runner-factory.js';
@@ -168,13 +168,15 @@ export async function buildEngineCore(
     log(`step cost calibrated on ${samples.length} timed runs: ${samples.map((s) => `${s.shape.tokens} tok ${s.ms.toFixed(0)} ms`).join(', ')}`);
   }
   const speculator = proposer && new Speculator(options.speculation!, proposer, cost);
-  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost, speculator });
+  const draftKv = proposer instanceof DraftModelProposer ? proposer.pool : undefined;
+  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost, speculator, draftKv });
   const model: ModelInfo = {
     name: options.servedModelName ?? basename(options.modelDir),
     contextLength: manifest.contextLength,
     vocabSize: manifest.vocabSize,
     eosTokenId: manifest.eosTokenId,
     kvCacheTokens: (numBlocks - 1) * options.blockSize,
+    kvCacheBytes: numBlocks * (hostBlockBytes(runner.pool) + (draftKv ? hostBlockBytes(draftKv) : 0)),
     maxNumSeqs: options.maxNumSeqs,
     maxTokenBytes: tokenizer.maxTokenBytes,
     weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },

@@ -29,13 +29,25 @@ export function blockHash(parent: BlockHash | null, tokens: ArrayLike<number>): 
  */
 export const BLOCK_SIZE_MULTIPLE = 16;
 
+/**
+ * Who writes a block's K/V: the served model, or a draft model (its own pool, same block ids).
+ * The allocator counts, per group, the block ids ever handed out: their pages are the ones the OS
+ * has committed, since a pool's pages are committed only as its blocks are first written.
+ */
+export type KvGroup = 'target' | 'draft';
+const GROUP_BIT: Record<KvGroup, number> = { target: 1, draft: 2 };
+
 export class BlockAllocator {
+  /** Unnamed free blocks, a stack: the most recently freed (warm, committed) are reused first. */
   private readonly free: number[] = [];
   private readonly refs: Uint16Array;
+  /** Bit g set: group g has used the block (its pages in that group's pool are committed). */
+  private readonly touchedBy: Uint8Array;
+  private readonly touched: Record<KvGroup, number> = { target: 0, draft: 0 };
   /** Named (cached) blocks, by name, whether in use or not. */
   private readonly byHash = new Map<BlockHash, number>();
   private readonly hashOf = new Map<number, BlockHash>();
-  /** Named blocks nobody reads, least recently released first: reusable until evicted. */
+  /** Named blocks nobody reads, in eviction order (least recently released first, a table's tail before its head). */
   private readonly evictable = new Set<number>();
 
   /**
@@ -48,6 +60,7 @@ export class BlockAllocator {
   ) {
     if (numBlocks < 2) throw new Error('the KV cache needs at least one block besides the null block');
     this.refs = new Uint16Array(numBlocks);
+    this.touchedBy = new Uint8Array(numBlocks);
     // Highest ids at the bottom of the stack so low ids are handed out first (tidier tables in tests).
     for (let b = numBlocks - 1; b >= 1; b--) this.free.push(b);
   }
@@ -67,8 +80,19 @@ export class BlockAllocator {
     return this.evictable.size;
   }
 
-  /** Takes `n` fresh blocks, or returns null (and takes none) when fewer are available. */
-  allocate(n: number): number[] | null {
+  /** Block ids `group` has ever been handed: the blocks of its pool that hold committed pages. */
+  touchedCount(group: KvGroup): number {
+    return this.touched[group];
+  }
+
+  /**
+   * Takes `n` fresh blocks for `group`, or returns null (and takes none) when fewer are available.
+   * Order: unnamed free blocks, warm before never used ones, then named blocks nobody reads, in
+   * eviction order. A never used block goes before a cached one: the pool's size is the user's
+   * choice (--kv-cache-tokens), and what it does not hold for running sequences serves as prefix
+   * cache, even though every page of it is then committed in the end (docs/design.md, "KV memory").
+   */
+  allocate(n: number, group: KvGroup = 'target'): number[] | null {
     if (n > this.freeCount) return null;
     const out = this.free.splice(Math.max(0, this.free.length - n), n).reverse();
     for (const b of this.evictable) {
@@ -78,7 +102,14 @@ export class BlockAllocator {
       this.hashOf.delete(b);
       out.push(b);
     }
-    for (const b of out) this.refs[b] = 1;
+    const bit = GROUP_BIT[group];
+    for (const b of out) {
+      this.refs[b] = 1;
+      if ((this.touchedBy[b]! & bit) === 0) {
+        this.touchedBy[b]! |= bit;
+        this.touched[group]++;
+      }
+    }
     return out;
   }
 
@@ -91,8 +122,14 @@ export class BlockAllocator {
     return this.refs[block];
   }
 
+  /**
+   * The reader of `blocks` (a block table, in order) lets go. Named blocks join the eviction order
+   * tail first: a chain is found from its first block on, so evicting its head first would leave
+   * the rest unreachable while it still took room (vLLM frees in reverse order for the same reason).
+   */
   release(blocks: readonly number[]): void {
-    for (const b of blocks) {
+    for (let i = blocks.length - 1; i >= 0; i--) {
+      const b = blocks[i]!;
       if (b === NULL_BLOCK || this.refs[b] === 0) throw new Error(`double free of KV block ${b}`);
       if (--this.refs[b] > 0) continue;
       if (this.hashOf.has(b)) this.evictable.add(b);
@@ -148,6 +185,11 @@ export interface PoolShape {
 export interface KvStorage {
   readonly shape: PoolShape;
   copyBlock?(from: number, to: number): void;
+}
+
+/** Bytes of process memory one block takes in `storage` (0 for a pool in device memory). */
+export function hostBlockBytes(storage: KvStorage): number {
+  return storage instanceof KvPool ? KvPool.blockBytes(storage.shape) : 0;
 }
 
 /** The pool shape of a model folder's graph. */

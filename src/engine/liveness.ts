@@ -18,6 +18,7 @@ export const EMPTY_STATS: EngineStats = {
   kvBlocksTotal: 0,
   kvBlocksUsed: 0,
   kvUsage: 0,
+  kvBytesCommitted: 0,
   prefixCacheQueries: 0,
   prefixCacheHits: 0,
   specDecodeDrafts: 0,

@@ -62,8 +62,11 @@ export class Sequence {
   paused = false;
   /** Leading blocks already offered to the prefix cache (named, or taken from it). */
   registered = 0;
-  /** Prompt tokens the last admission found in the prefix cache. */
-  cachedTokens = 0;
+  /**
+   * Prompt tokens its first admission found in the prefix cache (usage's cached_tokens). Recorded
+   * once, as vLLM does: after a preemption the blocks found again are mostly its own.
+   */
+  cachedTokens: number | undefined = undefined;
   /** Names of its full blocks so far (memo: its tokens only ever grow). */
   private readonly hashes: BlockHash[] = [];
   /**
@@ -372,7 +375,7 @@ export class Scheduler {
     seq.blocks = this.allocator.acquireCached(hashes.slice(0, hit));
     seq.numComputed = hit * bs;
     seq.registered = hit;
-    if (seq.choice === 0 && seq.outputLength === 0) seq.cachedTokens = hit * bs;
+    if (seq.choice === 0) seq.cachedTokens ??= hit * bs;
     return hit;
   }
 

@@ -141,6 +141,12 @@ export interface EngineStats {
   kvBlocksUsed: number;
   /** kvBlocksUsed / kvBlocksTotal */
   kvUsage: number;
+  /**
+   * Process memory the KV pools have committed: pages are committed as blocks are first written,
+   * so this grows toward the pools' full size (the startup log gives it) and never shrinks.
+   * Device-resident pools count 0.
+   */
+  kvBytesCommitted: number;
   blockSize: number;
   steps: number;
   /** Steps whose model run failed, in a row; 0 after any step that succeeded. */
@@ -178,6 +184,11 @@ export interface ModelInfo {
   eosTokenId: number;
   /** Tokens the KV cache holds over all sequences: no single sequence can be longer. */
   kvCacheTokens: number;
+  /**
+   * Process memory the KV pools (a draft model's included) take once every block has been written:
+   * what kvBytesCommitted grows toward. 0 for pools in device memory.
+   */
+  kvCacheBytes: number;
   /** Sequences one batch runs (--max-num-seqs): a prompt's choices, admitted together, fit in it. */
   maxNumSeqs: number;
   /**

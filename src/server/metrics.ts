@@ -37,6 +37,7 @@ export class ServerMetrics {
   readonly inflightRequests: Gauge;
   readonly kvUsage: Gauge;
   readonly kvBlocksUsed: Gauge;
+  readonly kvCommittedBytes: Gauge;
   readonly steps: Counter;
   readonly stepSeconds: Counter;
   readonly promptTokens: Counter;
@@ -113,6 +114,11 @@ export class ServerMetrics {
       help: 'KV cache blocks in use',
       registers,
     });
+    this.kvCommittedBytes = new Gauge({
+      name: `${PREFIX}kv_cache_committed_bytes`,
+      help: 'Process memory the KV cache pools have committed: grows as blocks are first written, up to the pools\' size in the startup log',
+      registers,
+    });
     this.steps = new Counter({
       name: `${PREFIX}engine_steps_total`,
       help: 'Engine steps (model runs over the batch)',
@@ -182,6 +188,7 @@ export class ServerMetrics {
     this.pausedSequences.set(stats.paused);
     this.kvUsage.set(stats.kvUsage);
     this.kvBlocksUsed.set(stats.kvBlocksUsed);
+    this.kvCommittedBytes.set(stats.kvBytesCommitted);
     this.gatewayWaiting.set(stats.waiting);
     this.gatewayRunning.set(stats.running);
     this.gatewayKvUsage.set(stats.kvUsage);

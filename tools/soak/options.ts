@@ -11,12 +11,14 @@ stalled readers over SSE and websockets that the server must pause and cut off, 
 that must get their 4xx. /health is polled every 100 ms throughout. At the end it waits for the
 server to go quiet, scrapes /metrics and prints requests by scenario and outcome plus the checks:
 no unexpected 5xx, every outcome one its scenario allows, KV blocks and in-flight requests back to
-0, RSS growth past the warm-up peak under 10 %, nothing logged at error level, the server still up. Exits 1
+0, RSS growth past the warm-up peak under 10 % (net of the KV cache's committed pages, which grow
+toward the pool's size as blocks are first used), nothing logged at error level, the server still up. Exits 1
 when a check fails (and names it), 2 on bad usage.
 
   --duration S               seconds of traffic (default 120). Warm-up: at least 15 % of it, until
-                             every kind of request was answered 3 times; RSS at the end must stay
-                             within 10 % of the most RSS held in warm-up
+                             every kind of request was answered 3 times; RSS at the end, net of
+                             the KV cache's committed pages, must stay within 10 % of the most
+                             held in warm-up
   --model DIR                model folder (default ${DEFAULT_MODEL_DIR}: a GPT-2-small-shaped
                              random model, made once as the serving benchmark makes it)
   --concurrency N            client loops running at once (default 16; more than

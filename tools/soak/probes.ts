@@ -11,6 +11,7 @@ import { httpRequest, type HttpTarget } from './http-client.js';
 /** The server metrics the soak reads (names as GET /metrics exposes them). */
 export const METRICS = {
   rssBytes: 'gpt2_process_resident_memory_bytes',
+  kvCommittedBytes: 'gpt2_kv_cache_committed_bytes',
   inflight: 'gpt2_num_requests_inflight',
   kvBlocksUsed: 'gpt2_kv_cache_blocks_used',
   running: 'gpt2_num_sequences_running',

@@ -14,7 +14,7 @@ import { Rng } from '../../src/util/rng.js';
 import { parseSoakArgs, USAGE, type SoakOptions } from './options.js';
 import { OUTCOMES, OUTCOME_LABELS, type Outcome, type RequestRecord } from './outcome.js';
 import { HealthProbe, MetricsSampler, scrapeMetrics, type HealthFailure, type MetricValues, type MetricsSample } from './probes.js';
-import { checks, checksTable, countRows, isFinding, outcomeTable, rssGrowthPct, verdictLine, type Check, type RowCounts } from './report.js';
+import { checks, checksTable, countRows, isFinding, netRss, outcomeTable, rssGrowthPct, verdictLine, type Check, type RowCounts } from './report.js';
 import { floodPromptTokens, type ModelFacts } from './requests.js';
 import { ROWS, TASKS, type SoakContext, type Task } from './scenarios.js';
 
@@ -37,7 +37,7 @@ export interface SoakIo {
 
 export interface SoakResult {
   soak: 'gpt2-serve soak';
-  format_version: 1;
+  format_version: 2;
   created_at: string;
   ok: boolean;
   config: SoakOptions & { model_dir: string; served_model: string; context_length: number; max_body_bytes: number; flood_prompt_tokens: number; server_args: string[] };
@@ -63,7 +63,15 @@ export interface SoakResult {
   health: { probes: number; failures: number; failure_samples: HealthFailure[]; latency_ms: Summary; slow_probes: Array<{ atS: number; ms: number }> };
   client_event_loop_delay_ms: { p50: number; p99: number; max: number };
   /** after_warmup_bytes: the peak in warm-up, which ended at warmup_s (see measureWarmupPeak); max_bytes: the most in the whole run. */
-  rss: { warmup_s: number | null; after_warmup_bytes: number | null; end_bytes: number | null; max_bytes: number; growth_pct: number | null };
+  /** RSS, and RSS net of the KV pools' committed pages (what the growth check reads; report.ts netRss). */
+  rss: {
+    warmup_s: number | null;
+    net_after_warmup_bytes: number | null;
+    end_bytes: number | null;
+    kv_committed_end_bytes: number | null;
+    max_bytes: number;
+    net_growth_pct: number | null;
+  };
   /** Metrics once the server went quiet. */
   end: MetricValues | null;
   max_paused_sequences: number;
@@ -157,7 +165,7 @@ function progressLine(elapsedS: number, durationS: number, records: readonly Req
 }
 
 /**
- * The RSS the server reached in warm-up: the most it held (per-second samples) until the run was
+ * The RSS the server reached in warm-up, net of the KV pools' committed pages (netRss): the most it held (per-second samples) until the run was
  * past WARMUP_FRACTION and every task had finished WARMUP_ROUNDS times, the stalled readers' floods
  * back to back meanwhile. The floods' long prefills with logits at every position grow ONNX
  * Runtime's arena in steps, as much as the shapes that happen to meet in a step ask for: on
@@ -165,20 +173,20 @@ function progressLine(elapsedS: number, durationS: number, records: readonly Req
  * to 360 s in a 6-minute run). Memory held once is not growth; a leak still shows as RSS at the end
  * above that peak. Null if warm-up outlasts the run.
  */
-async function measureWarmupPeak(mix: Mix, sampler: MetricsSampler, start: number, deadline: number, io: SoakIo): Promise<{ rssAfterWarmup: number | null; warmupS: number | null }> {
+async function measureWarmupPeak(mix: Mix, sampler: MetricsSampler, start: number, deadline: number, io: SoakIo): Promise<{ netRssAfterWarmup: number | null; warmupS: number | null }> {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   await sleep((deadline - start) * WARMUP_FRACTION);
   while (!mix.everyTaskFinished(WARMUP_ROUNDS) && performance.now() < deadline) await sleep(250);
   mix.warm = true;
   if (!mix.everyTaskFinished(WARMUP_ROUNDS)) {
     io.status(`soak: warm-up outlasted the run (not every kind of request finished ${WARMUP_ROUNDS} times); RSS growth is not measured`);
-    return { rssAfterWarmup: null, warmupS: null };
+    return { netRssAfterWarmup: null, warmupS: null };
   }
   await sampler.sample();
   const warmupS = (performance.now() - start) / 1000;
-  const peak = Math.max(...sampler.samples.map((x) => x.rssBytes));
-  io.status(`soak: warm-up over after ${warmupS.toFixed(0)} s; RSS peaked at ${(peak / 2 ** 20).toFixed(0)} MiB`);
-  return { rssAfterWarmup: peak, warmupS };
+  const peak = Math.max(...sampler.samples.map(netRss));
+  io.status(`soak: warm-up over after ${warmupS.toFixed(0)} s; RSS net of committed KV pages peaked at ${(peak / 2 ** 20).toFixed(0)} MiB`);
+  return { netRssAfterWarmup: peak, warmupS };
 }
 
 /** Polls /metrics until nothing is in flight, running, paused, waiting or holding KV blocks. */
@@ -259,7 +267,7 @@ export async function runSoak(opts: SoakOptions, io: SoakIo): Promise<SoakResult
     const mix = new Mix(TASKS, start);
     const warmup = measureWarmupPeak(mix, sampler, start, deadline, io);
     await Promise.all(Array.from({ length: opts.concurrency }, (_, i) => clientLoop(i, ctx, mix, opts.seed, deadline, records)));
-    const { rssAfterWarmup, warmupS } = await warmup;
+    const { netRssAfterWarmup, warmupS } = await warmup;
     const trafficS = (performance.now() - start) / 1000;
     for (const t of timers) clearTimeout(t);
     io.status(`soak: traffic over after ${trafficS.toFixed(1)} s (${records.length} requests); waiting for the server to go quiet ...`);
@@ -270,11 +278,11 @@ export async function runSoak(opts: SoakOptions, io: SoakIo): Promise<SoakResult
 
     const rows = countRows(ROWS, records);
     const alive = server.isRunning();
-    const list = checks({ rows, healthFailures: health.failures.length, end: quiet.end, rssAfterWarmup, warmupS, serverExit: server.exitStatus(), serverErrorLines: errorLines });
+    const list = checks({ rows, healthFailures: health.failures.length, end: quiet.end, netRssAfterWarmup, warmupS, serverExit: server.exitStatus(), serverErrorLines: errorLines });
     const rss = sampler.samples.map((s) => s.rssBytes);
     return {
       soak: 'gpt2-serve soak',
-      format_version: 1,
+      format_version: 2,
       created_at: new Date().toISOString(),
       ok: list.every((c) => c.ok),
       config: {
@@ -311,10 +319,11 @@ export async function runSoak(opts: SoakOptions, io: SoakIo): Promise<SoakResult
       client_event_loop_delay_ms: { p50: loopDelay.percentile(50) / 1e6, p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 },
       rss: {
         warmup_s: warmupS,
-        after_warmup_bytes: rssAfterWarmup,
+        net_after_warmup_bytes: netRssAfterWarmup,
         end_bytes: quiet.end?.rssBytes ?? null,
+        kv_committed_end_bytes: quiet.end?.kvCommittedBytes ?? null,
         max_bytes: Math.max(0, ...rss),
-        growth_pct: rssGrowthPct(rssAfterWarmup, quiet.end?.rssBytes ?? null),
+        net_growth_pct: rssGrowthPct(netRssAfterWarmup, quiet.end ? netRss(quiet.end) : null),
       },
       end: quiet.end,
       max_paused_sequences: Math.max(0, ...sampler.samples.map((s) => s.paused)),
