@@ -155,7 +155,7 @@ test('every metric the endpoint picker reads is on /metrics with the protocol\'s
   assert.equal(flags.get('lora-info-metric'), '', 'no LoRA: the picker is told not to look for it');
 
   assert.deepEqual(await settled, [200, 200, 200, 200, 200]);
-  await waitFor(() => app.serving.engine!.stats().running === 0, 2000, 'idle');
+  await waitFor(() => app.serving.engine!.stats().running === 0, 30_000, 'idle');
   const idle = await scrape();
   for (const flag of ['total-queued-requests-metric', 'total-running-requests-metric', 'kv-cache-usage-percentage-metric']) {
     assert.equal(value(idle, flags.get(flag)!), 0, `${flag} idle`);

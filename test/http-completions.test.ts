@@ -425,7 +425,7 @@ test('admission: past --max-concurrent-requests a request is a 429 with Retry-Af
   // Each step sleeps 5 ms, so these hold their slots for at least a second, whatever the machine.
   const slow = [post(app, { model: MODEL, prompt: 'a', max_tokens: 200 }), post(app, { model: MODEL, prompt: 'b', max_tokens: 200 })];
   const inflight = slow.map((r) => r.then((x) => x));
-  await waitFor(() => spy.submitted.length === 2, 2000, 'two requests in flight');
+  await waitFor(() => spy.submitted.length === 2, 30_000, 'two requests in flight');
   const busy = await post(app, { model: MODEL, prompt: 'c' }).expect(429);
   assert.equal(busy.headers['retry-after'], '1');
   assert.deepEqual(busy.body.error, {
@@ -457,7 +457,7 @@ test('fan-out: a request whose prompts x max(n, best_of) sequences no admission 
 test('admission counts sequences: past --max-seqs-in-flight a request is a 429 before any work; its sequences are freed with its response', async (t) => {
   const { spy, app } = await setup(t, { runner: { stepDelayMs: 5 } }, { maxSeqsInFlight: 4 });
   const slow = post(app, { model: MODEL, prompt: 'a', n: 3, max_tokens: 200 }).then((x) => x); // >= 1 s of 5 ms steps
-  await waitFor(() => spy.submitted.length === 1, 2000, 'three sequences in flight');
+  await waitFor(() => spy.submitted.length === 1, 30_000, 'three sequences in flight');
   const busy = await post(app, { model: MODEL, prompt: 'b', n: 2 }).expect(429);
   assert.equal(busy.headers['retry-after'], '1');
   assert.equal(busy.body.error.message, 'The server is overloaded: 3 sequences are in flight and this request brings 2 (--max-seqs-in-flight 4). Retry shortly');
@@ -472,8 +472,8 @@ test('a failing prompt fails the request and cancels the other prompts in the en
   const { spy, app, engine } = await setup(t, { runner: { failRuns: [1] }, engine: { maxNumSeqs: 1 } });
   const res = await post(app, { model: MODEL, prompt: ['a', 'b'], max_tokens: 20 }).expect(500);
   assert.equal(res.body.error.code, 'internal_error');
-  await waitFor(() => spy.cancelled.includes('cmpl-test-1'), 1000, 'cancel of prompt 1');
-  await waitFor(() => engine.stats().running === 0 && engine.stats().waiting === 0, 1000, 'an idle engine');
+  await waitFor(() => spy.cancelled.includes('cmpl-test-1'), 30_000, 'cancel of prompt 1');
+  await waitFor(() => engine.stats().running === 0 && engine.stats().waiting === 0, 30_000, 'an idle engine');
 });
 
 test('a client that disconnects cancels its request in the engine at once', async (t) => {
@@ -484,10 +484,10 @@ test('a client that disconnects cancels its request in the engine at once', asyn
   req.on('error', () => {});
   req.end(JSON.stringify({ model: MODEL, prompt: 'A', max_tokens: 200 }));
   const delivered = () => spy.delivered.get('cmpl-test-0')?.length ?? 0;
-  await waitFor(() => delivered() >= 4, 2000, 'generation to start');
+  await waitFor(() => delivered() >= 4, 30_000, 'generation to start');
   req.destroy();
-  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 1000, 'engine cancel');
-  await waitFor(() => engine.stats().running === 0, 1000, 'engine idle');
+  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 30_000, 'engine cancel');
+  await waitFor(() => engine.stats().running === 0, 30_000, 'engine idle');
   assert.ok(delivered() < 100, 'generation stopped early');
   assert.equal(engine.stats().kvBlocksUsed, 0);
 });

@@ -98,7 +98,7 @@ test('/health answers from the heartbeat in milliseconds while the engine is bus
 test('/ready: 503 at_capacity while --max-concurrent-requests are in flight; /health stays 200 (a busy pod is alive)', async (t) => {
   const { app, spy } = await setup(t, { worker: true, runner: { stepDelayMs: 5 } }, { maxConcurrentRequests: 1 });
   const pending = request(app.server).post('/v1/completions').send({ model: MODEL, prompt: 'A', max_tokens: 60 }).then((r) => r);
-  await waitFor(() => spy.submitted.length === 1, 2000, 'request in flight');
+  await waitFor(() => spy.submitted.length === 1, 30_000, 'request in flight');
   const ready = await request(app.server).get('/ready').expect(503);
   assert.equal(ready.body.error.code, 'at_capacity');
   await request(app.server).get('/health').expect(200);
@@ -142,7 +142,7 @@ test('/metrics gauges show running sequences and requests in flight; registries 
   const { app, engine } = await setup(t, { worker: true, runner: { stepDelayMs: 5 } });
   const other = await setup(t);
   const pending = request(app.server).post('/v1/completions').send({ model: MODEL, prompt: 'A', n: 3, max_tokens: 200 }).then((r) => r);
-  await waitFor(() => engine.stats().running === 3, 2000, 'request running');
+  await waitFor(() => engine.stats().running === 3, 30_000, 'request running');
   const res = await request(app.server).get('/metrics').expect(200);
   assert.match(res.text, /^gpt2_num_sequences_running 3$/m);
   assert.match(res.text, /^gpt2_num_requests_inflight 1$/m);
@@ -316,7 +316,7 @@ test('engine internals never reach a client, but the server log has them', async
 test('drain: /health and new completions get 503 at once, in-flight streams finish, engine shuts down, app closes', async (t) => {
   const { spy, app, engine } = await setup(t, { worker: true, runner: { stepDelayMs: 10 } });
   const inflight = request(app.server).post('/v1/completions').send({ model: MODEL, prompt: 'A', max_tokens: 20, stream: true, temperature: 0 }).then((r) => r);
-  await waitFor(() => (spy.delivered.get('cmpl-test-0')?.length ?? 0) > 3, 2000, 'stream started');
+  await waitFor(() => (spy.delivered.get('cmpl-test-0')?.length ?? 0) > 3, 30_000, 'stream started');
   const draining = app.drain({ timeoutMs: 5000 });
   const health = await app.inject({ method: 'GET', url: '/health' });
   assert.equal(health.statusCode, 503);
@@ -336,14 +336,14 @@ test('drain: /health and new completions get 503 at once, in-flight streams fini
   assert.equal(app.server.listening, false);
   const late: string[] = [];
   engine.submit({ id: 'late', promptTokens: [1], params: { ...spy.submitted[0]!.params } }, (e) => late.push(e.type === 'error' ? e.error.code : e.type));
-  await waitFor(() => late.length > 0, 1000, 'an answer');
+  await waitFor(() => late.length > 0, 30_000, 'an answer');
   assert.deepEqual(late, ['shutting_down'], 'the engine was shut down');
 });
 
 test('drain timeout: what is still running is cut off with an error event, then [DONE]', async (t) => {
   const { spy, app } = await setup(t, { worker: true, runner: { stepDelayMs: 10 } });
   const inflight = request(app.server).post('/v1/completions').send({ model: MODEL, prompt: 'A', max_tokens: 500, stream: true }).then((r) => r);
-  await waitFor(() => (spy.delivered.get('cmpl-test-0')?.length ?? 0) > 3, 2000, 'stream started');
+  await waitFor(() => (spy.delivered.get('cmpl-test-0')?.length ?? 0) > 3, 30_000, 'stream started');
   const started = Date.now();
   await app.drain({ timeoutMs: 100 });
   assert.ok(Date.now() - started < 2000);
@@ -371,12 +371,12 @@ test('a body over the limit gets its 413 even when the client reads only after s
   await new Promise<void>((resolve) => socket.write(Buffer.alloc(size, 0x61), () => resolve()));
   socket.on('data', (d) => (received += d.toString('latin1')));
   socket.resume();
-  await waitFor(() => received.includes('request_too_large') || failure !== null, 5000, 'the answer');
+  await waitFor(() => received.includes('request_too_large') || failure !== null, 30_000, 'the answer');
   assert.equal(failure, null, 'no reset');
   assert.match(received, /^HTTP\/1\.1 413 /);
   // The rest of the body was read and discarded: the connection serves the next request.
   socket.write('GET /health HTTP/1.1\r\nhost: x\r\n\r\n');
-  await waitFor(() => /HTTP\/1\.1 200 [\s\S]*"status":"ok"/.test(received), 5000, 'the next answer on the same connection');
+  await waitFor(() => /HTTP\/1\.1 200 [\s\S]*"status":"ok"/.test(received), 30_000, 'the next answer on the same connection');
   socket.destroy();
 });
 
@@ -398,7 +398,7 @@ test('a body over the limit from a client that asked for Connection: close: its 
   await new Promise<void>((resolve) => socket.write(Buffer.alloc(size, 0x61), () => resolve()));
   socket.on('data', (d) => (received += d.toString('latin1')));
   socket.resume();
-  await waitFor(() => ended || failure !== null, 5000, 'the server closing its side');
+  await waitFor(() => ended || failure !== null, 30_000, 'the server closing its side');
   assert.equal(failure, null, 'no reset');
   assert.match(received, /^HTTP\/1\.1 413 [\s\S]*request_too_large/);
   socket.destroy();

@@ -136,7 +136,7 @@ test('the 200 and its headers go out once the engine queues the request, before 
   // headers unless the first had all but finished before the second was even queued.
   const first = rawStream(port, { prompt: 'a', max_tokens: 60 });
   t.after(async () => first.destroy());
-  await waitFor(() => spy.submitted.length === 1, 2000, 'the first request');
+  await waitFor(() => spy.submitted.length === 1, 30_000, 'the first request');
   let headersAt = 0;
   const second = new Promise<http.IncomingMessage>((resolve) =>
     rawStream(port, { prompt: 'b', max_tokens: 3 }, (res) => {
@@ -180,8 +180,8 @@ test('a client that disconnects mid-stream cancels the engine request at once', 
   const res = await new Promise<http.IncomingMessage>((resolve) => rawStream(port, { prompt: 'A', max_tokens: 500 }, (r) => r.once('data', () => resolve(r))));
   assert.equal(res.statusCode, 200);
   res.destroy();
-  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 1000, 'engine cancel');
-  await waitFor(() => engine.stats().running === 0, 1000, 'engine idle');
+  await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 30_000, 'engine cancel');
+  await waitFor(() => engine.stats().running === 0, 30_000, 'engine idle');
   assert.ok(spy.delivered.get('cmpl-test-0')!.length < 100);
   assert.equal(engine.stats().kvBlocksUsed, 0);
 });
@@ -191,11 +191,11 @@ test('a disconnect while the request waits in the engine queue cancels it too', 
   const port = await listen(app);
   rawStream(port, { prompt: 'first', max_tokens: 100 });
   const req = rawStream(port, { prompt: 'A' });
-  await waitFor(() => spy.delivered.get('cmpl-test1-0')?.some((e) => e.type === 'accepted') ?? false, 2000, 'second request queued');
+  await waitFor(() => spy.delivered.get('cmpl-test1-0')?.some((e) => e.type === 'accepted') ?? false, 30_000, 'second request queued');
   assert.equal(engine.stats().waiting, 1);
   req.destroy();
-  await waitFor(() => spy.cancelled.includes('cmpl-test1-0'), 1000, 'engine cancel');
-  await waitFor(() => engine.stats().waiting === 0, 1000, 'queue empty');
+  await waitFor(() => spy.cancelled.includes('cmpl-test1-0'), 30_000, 'engine cancel');
+  await waitFor(() => engine.stats().waiting === 0, 30_000, 'queue empty');
 });
 
 // One 900-token prompt echoed with 20 logprobs to each of 16 choices: ~10 MB of SSE before the
@@ -224,7 +224,7 @@ test('SSE flow control: a client that stops reading pauses its sequences in the 
   assert.ok(engine.stats().generatedTokensTotal < 16 * 100, 'paused long before the end');
   assert.equal(spy.cancelled.length, 0, 'a pause shorter than the stall timeout cancels nothing');
   await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 10_000, 'stalled request cancelled');
-  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 1000, 'engine idle');
+  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 30_000, 'engine idle');
   assert.equal(engine.stats().kvBlocksUsed, 0);
 });
 

@@ -52,13 +52,13 @@ class Client {
     this.send({ type: 'completion.create', id, model: MODEL, ...body });
   }
 
-  async frame(pred: (f: Frame) => boolean, timeoutMs = 2000, what = 'frame'): Promise<Frame> {
+  async frame(pred: (f: Frame) => boolean, timeoutMs = 30_000, what = 'frame'): Promise<Frame> {
     await waitFor(() => this.frames.some(pred), timeoutMs, what);
     return this.frames.find(pred)!;
   }
 
   /** Waits for the request's terminal frame (done or error) and returns all of its frames. */
-  async finished(id: string, timeoutMs = 3000): Promise<Frame[]> {
+  async finished(id: string, timeoutMs = 30_000): Promise<Frame[]> {
     await this.frame((f) => f.id === id && (f.type === 'completion.done' || f.type === 'error'), timeoutMs, `end of ${id}`);
     return this.frames.filter((f) => f.id === id);
   }
@@ -165,7 +165,7 @@ test('completion.cancel stops the request in the engine and ends it with a cance
   assert.ok(!spy.cancelled.includes('cmpl-test1-0'));
   await new Promise((r) => setTimeout(r, 60));
   assert.equal(c.frames.filter((f) => f.id === 'long').length, frames.length, 'nothing after the done frame');
-  await waitFor(() => engine.stats().kvBlocksUsed === 0, 1000, 'memory freed');
+  await waitFor(() => engine.stats().kvBlocksUsed === 0, 30_000, 'memory freed');
 });
 
 test('chat.completion.create streams chat.completion.chunk frames on the same socket as completions, and cancels like them', async (t) => {
@@ -174,7 +174,7 @@ test('chat.completion.create streams chat.completion.chunk frames on the same so
   c.send({ type: 'chat.completion.create', id: 'chat', model: MODEL, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 3, n: 2, temperature: 0 });
   c.create('plain', { prompt: 'User: Hello\nAssistant:', max_tokens: 3, temperature: 0 });
   c.send({ type: 'chat.completion.create', id: 'long', model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 500 });
-  await c.frame((f) => f.id === 'chat' && f.type === 'chat.completion.done', 5000, 'chat done');
+  await c.frame((f) => f.id === 'chat' && f.type === 'chat.completion.done', 30_000, 'chat done');
   const chat = c.frames.filter((f) => f.id === 'chat');
   const plain = await c.finished('plain');
   assert.deepEqual(chat[0], {
@@ -279,7 +279,7 @@ test('malformed messages get error frames (id null when unknown) and the socket 
   c.send({ type: 'completion.create', model: MODEL, prompt: 'A' });
   c.send({ type: 'completion.create', id: 42, model: MODEL, prompt: 'A' });
   c.send({ type: 'completion.explode', id: 'q' });
-  await waitFor(() => c.frames.length >= 5, 2000, 'five error frames');
+  await waitFor(() => c.frames.length >= 5, 30_000, 'five error frames');
   assert.deepEqual(
     c.frames.map((f) => [f.type, f.id, f.error!.code, f.error!.param]),
     [
@@ -315,11 +315,11 @@ test('closing the socket cancels all of its requests in the engine, even those s
   const c = await connect();
   c.create('a', { prompt: 'A', max_tokens: 500, n: 2 });
   c.create('b', { prompt: 'A', max_tokens: 500, n: 2 });
-  await waitFor(() => engine.stats().running === 2 && engine.stats().waiting === 1, 2000, 'a running, b queued');
+  await waitFor(() => engine.stats().running === 2 && engine.stats().waiting === 1, 30_000, 'a running, b queued');
   c.close();
-  await waitFor(() => spy.cancelled.length === 2, 1000, 'both cancelled');
+  await waitFor(() => spy.cancelled.length === 2, 30_000, 'both cancelled');
   assert.deepEqual([...spy.cancelled].sort(), ['cmpl-test-0', 'cmpl-test1-0']);
-  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 1000, 'engine idle');
+  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 30_000, 'engine idle');
 });
 
 test('keep-alive: app-level ping gets pong; protocol pings keep answering clients alive and drop silent ones', async (t) => {
@@ -330,7 +330,7 @@ test('keep-alive: app-level ping gets pong; protocol pings keep answering client
   let pings = 0;
   alive.ws.on('ping', () => pings++);
   const silent = await connect({ autoPong: false });
-  await waitFor(() => silent.closed, 2000, 'silent client dropped');
+  await waitFor(() => silent.closed, 30_000, 'silent client dropped');
   assert.ok(pings >= 2, `server pinged (${pings})`);
   assert.equal(alive.closed, false);
   alive.create('still', { prompt: 'A', max_tokens: 1 });
@@ -362,10 +362,10 @@ test('flow control: a client that stops reading pauses its requests in the engin
   assert.equal(spy.cancelled.length, 0, 'a pause shorter than the stall timeout cancels nothing');
   // ... and a client that never resumes is cut off: its request is cancelled in the engine.
   await waitFor(() => spy.cancelled.includes('cmpl-test-0'), 10_000, 'stalled request cancelled');
-  await waitFor(() => engine.stats().running === 0, 1000, 'engine idle');
+  await waitFor(() => engine.stats().running === 0, 30_000, 'engine idle');
   assert.equal(engine.stats().kvBlocksUsed, 0);
   socket.resume();
-  await waitFor(() => c.closed, 3000, 'socket closed by the server');
+  await waitFor(() => c.closed, 30_000, 'socket closed by the server');
   assert.ok(!c.frames.some((f) => f.type === 'completion.done'), 'the flood never completed');
 });
 
@@ -396,7 +396,7 @@ test('a flood of completion.create frames from a client that does not read is bo
   const sent = 40_000;
   for (let i = 0; i < sent; i++) c.create(`f${i}`, { prompt: 'flood', max_tokens: 5 });
   const [serverSide] = await (async () => {
-    await waitFor(() => app.websocketServer.clients.size === 1, 1000, 'server socket');
+    await waitFor(() => app.websocketServer.clients.size === 1, 30_000, 'server socket');
     return [...app.websocketServer.clients];
   })();
   // The server stops reading once its send buffer passes the mark, so it stops producing too.
@@ -413,14 +413,14 @@ test('a flood of completion.create frames from a client that does not read is bo
   assert.ok(peak > hwm, `the send buffer passed the mark (peak ${peak})`);
   assert.ok(peak < hwm + 512 * 1024, `and stayed within the mark plus one read batch (peak ${peak} bytes)`);
   assert.ok(spy.submitted.length < sent / 100, `most of the flood was refused or never read (${spy.submitted.length} submitted)`);
-  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 2000, 'engine idle');
+  await waitFor(() => engine.stats().running + engine.stats().waiting === 0, 30_000, 'engine idle');
 });
 
 test('a frame over --max-body-bytes closes the socket with 1009', async (t) => {
   const { connect } = await serve(t, {}, { maxBodyBytes: 4096 });
   const c = await connect();
   c.create('big', { prompt: 'x'.repeat(10_000) });
-  await waitFor(() => c.closed, 2000, 'socket closed');
+  await waitFor(() => c.closed, 30_000, 'socket closed');
   assert.equal(c.closeCode, 1009);
 });
 
@@ -435,7 +435,7 @@ test('a frame far over --max-body-bytes, still being sent, gets close code 1009 
     const c = await Client.connect(`ws://127.0.0.1:${port}/v1/completions/ws`);
     t.after(() => c.ws.terminate());
     c.create('big', { prompt: 'x'.repeat(4 * 2 ** 20) });
-    await waitFor(() => c.closed, 5000, 'socket closed');
+    await waitFor(() => c.closed, 30_000, 'socket closed');
     assert.equal(c.closeCode, 1009, `attempt ${i}`);
   }
   const errors = lines.filter((l) => (l.level as number) >= 50);
@@ -474,6 +474,6 @@ test('drain closes sockets with 1001 and does not wait on a client that stopped 
   const started = Date.now();
   await app.drain({ timeoutMs: 200 });
   assert.ok(Date.now() - started < 5000, `drained in ${Date.now() - started} ms`);
-  await waitFor(() => polite.closed, 1000, 'polite client closed');
+  await waitFor(() => polite.closed, 30_000, 'polite client closed');
   assert.equal(polite.closeCode, 1001);
 });

@@ -97,8 +97,12 @@ export function parseSse(body: string): unknown[] {
     });
 }
 
-/** Resolves when `predicate` holds, polling; rejects after `timeoutMs`. */
-export async function waitFor(predicate: () => boolean, timeoutMs = 2000, what = 'condition'): Promise<void> {
+/**
+ * Resolves when `predicate` holds, polling; rejects after `timeoutMs`. The bound only catches a
+ * hang: a loaded machine may take many times as long as a quiet one, so what a test means by "at
+ * once" or "early" it asserts with counts (tokens delivered, steps run), never with this bound.
+ */
+export async function waitFor(predicate: () => boolean, timeoutMs = 30_000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
