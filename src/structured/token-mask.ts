@@ -169,15 +169,6 @@ export class TokenConstraint {
     return best;
   }
 
-  /** Allowed token ids of a state (tests and the reference sampler). */
-  allowed(state: number): number[] {
-    const mask = this.maskOf(state);
-    if (mask.ids) return [...mask.ids];
-    const out: number[] = [];
-    for (let id = 0; id < this.vocab.vocabSize; id++) if ((mask.bits![id >>> 5]! >>> (id & 31)) & 1) out.push(id);
-    return out;
-  }
-
   private maskOf(state: number): StateMask {
     let mask = this.masks[state];
     if (!mask) {
