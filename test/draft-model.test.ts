@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
-import { InProcessEngine } from '../src/engine/client.js';
 import { DraftModelProposer } from '../src/engine/draft-model.js';
 import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
 import { Scheduler, Sequence } from '../src/engine/scheduler.js';
 import type { EngineOptions, SamplingParams } from '../src/engine/types.js';
 import { readManifest } from '../src/model/manifest.js';
 import { events, outputBits, request, runAll, type Spec } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { greedyTokens, ScriptedRunner } from './helpers/scripted-runner.js';
 import { engineOptions, tempDir, tinyModel } from './helpers/tiny-model.js';
 

@@ -9,7 +9,6 @@ import { after, before, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import request from 'supertest';
 import { quantizeQ8_0, toHalfBits, writeGpt2Gguf } from '../tools/bench/gguf.js';
-import { InProcessEngine } from '../src/engine/client.js';
 import { buildApp } from '../src/server/app.js';
 import { createOnnxRunner, type ModelRunner } from '../src/engine/runner.js';
 import { exportCheckpoint } from '../src/model/export.js';
@@ -20,6 +19,7 @@ import { weightPlan, type WeightFormatOptions } from '../src/model/weight-format
 import { Rng } from '../src/util/rng.js';
 import { dequantizeBlockwise, dequantizePerColumn, writeDequantizedCheckpoint, type QuantizedMatrix } from './helpers/dequantized-checkpoint.js';
 import { assertBatchInvariance } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { testConfig } from './helpers/serving.js';
 import { argmax, ReferenceGpt2 } from './helpers/reference-gpt2.js';
 import { engineOptions, tempDir, tinyModel } from './helpers/tiny-model.js';

@@ -6,13 +6,13 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { Ajv } from 'ajv';
-import { InProcessEngine } from '../src/engine/client.js';
 import type { EngineClient, SamplingParams } from '../src/engine/types.js';
 import { loadTokenizer } from '../src/model/tokenizer.js';
 import type { ByteDfa } from '../src/structured/byte-automaton.js';
 import { ConstraintCompiler, compileConstraint, type CompiledConstraint, type ConstraintSpec } from '../src/structured/constraint.js';
 import { TokenConstraint, VocabularyIndex } from '../src/structured/token-mask.js';
 import { collect, request } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { ReferenceGpt2 } from './helpers/reference-gpt2.js';
 import { engineOptions, tinyModel } from './helpers/tiny-model.js';
 

@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { before, test, type TestContext } from 'node:test';
 import { greedyDecode } from '../tools/bench/runner-decode.js';
 import { compareLogits, FP32_LOGIT_TOLERANCE, fp16LogitTolerance, webgpuUnavailable } from '../tools/bench/webgpu-checks.js';
-import { InProcessEngine } from '../src/engine/client.js';
 import { createRunner } from '../src/engine/runner-factory.js';
 import { createOnnxRunner, OnnxRunner } from '../src/engine/runner.js';
 import type { EngineClient } from '../src/engine/types.js';
@@ -18,6 +17,7 @@ import { gpuDeviceNodes, softwareAdapterInUse } from '../src/engine/webgpu.js';
 import { exportCheckpoint } from '../src/model/export.js';
 import { readManifest } from '../src/model/manifest.js';
 import { collect, events, request } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { ReferenceGpt2 } from './helpers/reference-gpt2.js';
 import { engineOptions, tempDir, tinyModel } from './helpers/tiny-model.js';
 

@@ -255,14 +255,6 @@ export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';
 
 export type OrtLogLevel = 'verbose' | 'info' | 'warning' | 'error' | 'fatal';
 
-/** A module that builds the engine's model runner instead of ONNX Runtime (fault-injection tests). */
-export interface RunnerModuleSpec {
-  /** URL of a module exporting `createRunner(context: RunnerContext): Promise<ModelRunner>`. */
-  url: string;
-  /** Structured-clone-safe options handed to createRunner. */
-  options?: unknown;
-}
-
 export interface EngineOptions {
   /** Exported model folder (model.onnx, manifest.json, tokenizer.json, config.json). */
   modelDir: string;
@@ -291,6 +283,4 @@ export interface EngineOptions {
   maxConsecutiveStepFailures: number;
   /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */
   stepTimeoutMs: number;
-  /** Replaces the ONNX Runtime runner (tests). */
-  runner?: RunnerModuleSpec;
 }
