@@ -110,11 +110,6 @@ export class TokenConstraint {
     return b.length === 0 ? -1 : state;
   }
 
-  /** Whether the output so far is a complete string of the constraint. */
-  isComplete(state: number): boolean {
-    return this.dfa.accepting[state] === 1;
-  }
-
   /**
    * Writes `logits` with every token outside the constraint at -Infinity into `out`, and returns
    * out. EOS is allowed exactly where the constraint is complete.
