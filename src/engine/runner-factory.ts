@@ -63,7 +63,7 @@ export async function createRunner(options: EngineOptions, ctx: RunnerContext): 
     passed.push('no CUDA provider library');
   }
   // Without a GPU device node any adapter Dawn finds is a software one: skip WebGPU without
-  // creating a device (that alone starts lavapipe's threads and costs seconds).
+  // creating a device (that alone starts lavapipe's threads, a start-up cost for nothing).
   const nodes = gpuDeviceNodes();
   if (nodes.length === 0) {
     passed.push('no GPU device node for WebGPU (/dev/nvidia*, /dev/dri/renderD*)');
