@@ -1,6 +1,7 @@
 // Drives an EngineCore: apply the inbox, step while there is work, wait while there is none, and
 // report each step's events with a heartbeat (the edge's only liveness source). The same loop
-// runs inside the worker and in-process. The core is only touched here, between steps.
+// runs inside the worker and, for tests, on their own thread. The core is only touched here,
+// between steps.
 import { basename } from 'node:path';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';

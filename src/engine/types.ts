@@ -205,7 +205,7 @@ export interface EngineHealth {
 }
 
 /**
- * What the HTTP edge needs from an engine; in-process and worker-backed engines implement it.
+ * What the HTTP edge needs from an engine: WorkerEngine (and the tests' in-process engine).
  * Tokenization runs off the calling thread in the worker-backed engine, so it is asynchronous.
  */
 export interface EngineClient {
