@@ -6,6 +6,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { test } from 'node:test';
 import { benchMain, benchModelKind, type BenchResult } from '../tools/bench/bench.js';
+import { gpt2Tokenizer } from '../tools/bench/gpt2-tokenizer.js';
 import { computeMetrics, type RunMetrics } from '../tools/bench/metrics.js';
 import { parseBenchArgs, planRuns, UsageError } from '../tools/bench/options.js';
 import { docsProse, prosePassages } from '../tools/bench/passages.js';
@@ -17,7 +18,6 @@ import { SseParser } from '../tools/bench/sse-client.js';
 import { percentile, summarize } from '../tools/bench/stats.js';
 import { renderSvg } from '../tools/bench/svg.js';
 import { GROUNDED_INSTRUCTION, GROUNDED_LEAD_TOKENS, makeGroundedWorkload, makeWorkload, minGroundedPromptTokens, poissonArrivals, PROMPT_VOCAB, runSeed } from '../tools/bench/workload.js';
-import { gpt2Tokenizer } from '../src/model/tokenizer.js';
 import { copyingModel, tempDir, tinyModel } from './helpers/tiny-model.js';
 
 const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);

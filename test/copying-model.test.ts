@@ -1,16 +1,16 @@
-// The copying checkpoint (src/model/copying-model.ts): greedy decoding through the real engine
+// The copying checkpoint (tools/bench/copying-model.ts): greedy decoding through the real engine
 // continues a passage quoted earlier in the prompt, in float32 and int8, while a random model
 // scored on the same prompts does not. It is what speculative decoding's acceptance is measured on.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { InProcessEngine } from '../src/engine/client.js';
-import { COPYING_TEST_SHAPE, copyingLayout, NGRAM } from '../src/model/copying-model.js';
+import { COPYING_TEST_SHAPE, copyingLayout, NGRAM } from '../tools/bench/copying-model.js';
 import { loadTokenizer } from '../src/model/tokenizer.js';
 import type { WeightDtype } from '../src/model/weight-format.js';
 import { docsProse } from '../tools/bench/passages.js';
 import { GROUNDED_LEAD_TOKENS, makeGroundedWorkload, type BenchRequest } from '../tools/bench/workload.js';
 import { collect, request } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { copyingModel, engineOptions, tinyModel } from './helpers/tiny-model.js';
 
 const ROOT = join(import.meta.dirname, '..');

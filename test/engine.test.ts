@@ -3,10 +3,11 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { InProcessEngine, WorkerEngine } from '../src/engine/client.js';
+import { WorkerEngine } from '../src/engine/client.js';
 import type { Scheduler } from '../src/engine/scheduler.js';
 import type { EngineClient, EngineOptions } from '../src/engine/types.js';
 import { assertBatchInvariance, collect, events, outputBits, request } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { argmax, ReferenceGpt2 } from './helpers/reference-gpt2.js';
 import { engineOptions, tinyModel } from './helpers/tiny-model.js';
 

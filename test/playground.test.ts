@@ -11,13 +11,15 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { selectWebsocketProtocol, WS_BEARER_PROTOCOL_PREFIX, WS_PROTOCOL } from '../src/server/auth.js';
+import { selectWebsocketProtocol, WS_BEARER_PROTOCOL_PREFIX } from '../src/server/auth.js';
 import { playgroundDir, playgroundRoutes } from '../src/server/routes/playground.js';
 import Fastify from 'fastify';
 import { MODEL, memoryLogger, serveTest } from './helpers/serving.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const FILES = path.join(ROOT, 'playground');
+/** The plain subprotocol the playground offers beside the key one (the server selects it). */
+const WS_PROTOCOL = /^const WS_PROTOCOL = '([^']+)';$/m.exec(readFileSync(path.join(FILES, 'app.js'), 'utf8'))![1]!;
 const KEY = 'sk-play ground/ü'; // not a token as it is: the subprotocol must carry it encoded
 
 const bearer = (key: string) => `${WS_BEARER_PROTOCOL_PREFIX}${Buffer.from(key, 'utf8').toString('base64url')}`;

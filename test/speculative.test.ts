@@ -5,7 +5,6 @@
 // draft rejected) and output must still be the same bits.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { InProcessEngine } from '../src/engine/client.js';
 import { lookupDraft } from '../src/engine/prompt-lookup.js';
 import { BlockAllocator } from '../src/engine/kv-cache.js';
 import { Scheduler, Sequence, type ScheduledRow } from '../src/engine/scheduler.js';
@@ -13,6 +12,7 @@ import { Speculator, type DraftProposer } from '../src/engine/speculation.js';
 import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
 import { ConstraintCompiler } from '../src/structured/constraint.js';
 import { collect, outputBits, request, runAll, type Spec } from './helpers/engine-run.js';
+import { InProcessEngine } from './helpers/in-process-engine.js';
 import { engineOptions, tinyModel } from './helpers/tiny-model.js';
 
 const SPECULATION: EngineOptions['speculation'] = { method: 'ngram', numTokens: 4, lookupMin: 2, lookupMax: 5 };

@@ -12,7 +12,7 @@ const truth = (s: StepShape) => 20 + 0.5 * s.tokens + 0.0001 * s.attended;
 
 test('cost model: least squares on calibration runs recovers a linear cost; online updates follow a change', () => {
   const m = new StepCostModel();
-  assert.equal(m.ready, false);
+  assert.equal(m.predictMs({ tokens: 512, attended: attendedBy(0, 512) }), 0, 'before any timing it predicts 0: plan by tokens only');
   const shapes: StepShape[] = [
     { tokens: 1, attended: 17 },
     { tokens: 8, attended: 8 * 257 },

@@ -2,7 +2,9 @@
 // sizes over short and long pasts, prefill chunks of a few lengths, and short chunks after a long
 // past (a prompt's later chunks, speculative verification), run through the real
 // runner on scratch KV blocks (freed again; what they leave in the pool is overwritten before any
-// sequence reads it). About a dozen shapes, each run twice: a few seconds for GPT-2 small on a CPU.
+// sequence reads it). About a dozen shapes, each run twice: few, since start-up waits for them,
+// yet each feature of the cost model (tokens, attended keys, a chunk's past) varied across the
+// range the scheduler plans in.
 import type { BlockAllocator } from './kv-cache.js';
 import { blocksFor } from './kv-cache.js';
 import type { ModelRunner, RunnerRow } from './runner.js';
@@ -36,7 +38,7 @@ export async function calibrateStepCost(
   const blocksOf = (row: number) => blocks[distinct ? row : 0]!;
   const samples: Array<{ shape: StepShape; ms: number }> = [];
   // The first run of a shape pays for what serving pays once: its KV blocks' pages faulted in for
-  // the first time, ONNX Runtime's arena grown. That one-off cost can be ten times the step's and
+  // the first time, ONNX Runtime's arena grown. That one-off cost can dwarf the step's own and
   // skews the fit until it predicts nothing for a long prefill (docs/benchmark.md, "Figures behind
   // the code"). The faster of two runs is what a step of that shape costs.
   const time = async (rows: RunnerRow[]): Promise<number> => {

@@ -1,7 +1,7 @@
-// EngineClient implementations. Both route a step's event batch to per-request sinks and judge
-// liveness from heartbeats; they differ only in where the loop runs: a worker thread (production:
-// the main thread never waits on a model step or a tokenizer) or this thread (tests that want to
-// step the engine deterministically).
+// The EngineClient: WorkerEngine runs the engine loop in a worker thread and the tokenizer in
+// another, so the main thread never waits on a model step or a tokenizer. BaseEngineClient, what
+// it shares with the tests' in-process engine (test/helpers/in-process-engine.ts), routes a step's
+// event batch to per-request sinks and judges liveness from heartbeats.
 //
 // Death is final: when the worker exits or errors, the engine gives up after repeated step
 // failures, or work is pending with no progress for stepTimeoutMs, every open request gets an
@@ -9,10 +9,10 @@
 // CLI drains what can still be answered and exits non-zero so that a supervisor restarts it).
 import type { Worker } from 'node:worker_threads';
 import { loadChatTemplate, type ChatRenderRequest, type ChatTemplateInfo, type ChatTemplateSpec } from '../model/chat-template.js';
-import { InlineCodec, TokenizerThread, type ChatEncoding, type TextCodec } from '../model/tokenizer-thread.js';
+import { TokenizerThread, type ChatEncoding, type TextCodec } from '../model/tokenizer-thread.js';
 import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
-import { EngineLoop, buildEngineCore, type EngineCommand, type EngineHooks } from './engine-loop.js';
+import type { EngineCommand } from './engine-loop.js';
 import { LivenessMonitor } from './liveness.js';
 import { EngineStartError } from './start-error.js';
 import type {
@@ -29,7 +29,7 @@ import type {
 import type { FromWorker, ToWorker } from './worker-protocol.js';
 import type { CompileResult, ConstraintSpec } from '../structured/constraint.js';
 
-abstract class BaseEngineClient implements EngineClient {
+export abstract class BaseEngineClient implements EngineClient {
   /** The one main-thread registry of engine requests: id -> where its events go. */
   private readonly sinks = new Map<string, EventSink>();
   private readonly liveness: LivenessMonitor;
@@ -170,34 +170,6 @@ const SHUTTING_DOWN: EngineEvent = {
   error: { code: 'shutting_down', message: 'The server shut down before the request finished.' },
 };
 
-export class InProcessEngine extends BaseEngineClient {
-  private loop!: EngineLoop;
-
-  static async start(options: EngineOptions, log: (msg: string) => void = () => {}, hooks: EngineHooks = {}): Promise<InProcessEngine> {
-    const chat = chatTemplateOf(options);
-    const { core, model, tokenizer } = await buildEngineCore(options, log, hooks).catch((err: unknown) => {
-      throw new EngineStartError(options.modelDir, (err as Error).message);
-    });
-    const engine = new InProcessEngine(model, new InlineCodec(tokenizer, chat), chat, options.stepTimeoutMs);
-    engine.loop = new EngineLoop(core, (batch, heartbeat) => engine.deliver(batch, heartbeat), {
-      log,
-      maxConsecutiveStepFailures: options.maxConsecutiveStepFailures,
-      onFatal: (reason) => engine.die(reason),
-    });
-    return engine;
-  }
-
-  protected post(command: ToWorker): void {
-    if (command.type !== 'shutdown') this.loop.send(command);
-  }
-
-  protected stopLoop(drainMs: number): Promise<void> {
-    return this.loop.shutdown(drainMs);
-  }
-
-  protected async abandon(): Promise<void> {}
-}
-
 export class WorkerEngine extends BaseEngineClient {
   private readonly exited: Promise<void>;
 
@@ -228,11 +200,21 @@ export class WorkerEngine extends BaseEngineClient {
     );
   }
 
-  static async start(options: EngineOptions, log: (msg: string) => void = () => {}): Promise<WorkerEngine> {
+  /**
+   * `spawn` starts the engine's worker thread. The server keeps the default (worker.ts); tests
+   * give one that starts their own entry, which runs the same runEngineWorker with a scripted
+   * runner (test/helpers/scripted-worker.ts): the narrowest seam that puts a test's model inside
+   * the real worker, since functions cannot travel to a worker and no option should load code.
+   */
+  static async start(
+    options: EngineOptions,
+    log: (msg: string) => void = () => {},
+    spawn: (options: EngineOptions) => Worker = (o) => spawnWorker(import.meta.url, 'worker', o),
+  ): Promise<WorkerEngine> {
     let engine: WorkerEngine | null = null;
     const chat = chatTemplateOf(options);
     const codecStart = TokenizerThread.start({ modelDir: options.modelDir, chatTemplate: chat }, (reason) => engine?.die(reason));
-    const worker = spawnWorker(import.meta.url, 'worker', options);
+    const worker = spawn(options);
     try {
       const [codec, model] = await Promise.all([codecStart, waitReady(worker, log)]);
       for (const event of ['message', 'error', 'exit']) worker.removeAllListeners(event); // not Node's own listeners
@@ -260,7 +242,7 @@ export class WorkerEngine extends BaseEngineClient {
 }
 
 /** The chat template, chosen before anything starts: one that does not parse fails the start. */
-function chatTemplateOf(options: EngineOptions): ChatTemplateSpec {
+export function chatTemplateOf(options: EngineOptions): ChatTemplateSpec {
   try {
     return loadChatTemplate(options.modelDir, options.chatTemplate);
   } catch (err) {

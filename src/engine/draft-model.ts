@@ -180,13 +180,6 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
     return true;
   }
 
-  /** Blocks held for draft caches (tests; the allocator counts them as used). */
-  get blocksHeld(): number {
-    let n = 0;
-    for (const cache of this.caches.values()) n += cache.blocks.length;
-    return n;
-  }
-
   dispose(): Promise<void> {
     for (const seq of [...this.caches.keys()]) this.forget(seq);
     return this.runner.dispose();

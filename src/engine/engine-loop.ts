@@ -1,6 +1,7 @@
 // Drives an EngineCore: apply the inbox, step while there is work, wait while there is none, and
 // report each step's events with a heartbeat (the edge's only liveness source). The same loop
-// runs inside the worker and in-process. The core is only touched here, between steps.
+// runs inside the worker and, for tests, on their own thread. The core is only touched here,
+// between steps.
 import { basename } from 'node:path';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
@@ -9,7 +10,8 @@ import { EngineCore, type EventBatch } from './engine-core.js';
 import { BLOCK_SIZE_MULTIPLE, BlockAllocator, describePool, hostBlockBytes, poolShape } from './kv-cache.js';
 import { calibrateStepCost } from './calibrate.js';
 import { DraftModelProposer } from './draft-model.js';
-import { createRunner } from './runner-factory.js';
+import { createRunner, type RunnerContext } from './runner-factory.js';
+import type { ModelRunner } from './runner.js';
 import { PromptLookupProposer, Speculator, type DraftProposer } from './speculation.js';
 import { StepCostModel } from './step-cost.js';
 import { Scheduler } from './scheduler.js';
@@ -121,10 +123,16 @@ export class EngineLoop {
   }
 }
 
-/** What an in-process engine can be given besides its (structured-clone-safe) options: tests' scripts. */
+/**
+ * What the engine can be given besides its (structured-clone-safe) options: tests' scripts, as
+ * functions, so that no setting can load one. The server never passes any. A test hands them to
+ * buildEngineCore in its own thread, or through its own worker entry (runEngineWorker).
+ */
 export interface EngineHooks {
   /** Replaces the speculation method's own drafts (tests that script acceptances and rejections). */
   draftProposer?: DraftProposer;
+  /** Replaces ONNX Runtime (tests that need the real engine around a scripted model, faults included). */
+  runner?: (ctx: RunnerContext & { blockSize: number }) => Promise<ModelRunner>;
 }
 
 /** Loads the model folder and wires runner, scheduler and core together. */
@@ -137,7 +145,7 @@ export async function buildEngineCore(
   const manifest = readManifest(options.modelDir);
   const tokenizer = await loadTokenizer(options.modelDir);
   const numBlocks = Math.ceil(options.kvCacheTokens / options.blockSize) + 1; // + the null block
-  const runner = await createRunner(options, { manifest, numBlocks, log });
+  const runner = await (hooks.runner ? hooks.runner({ manifest, numBlocks, blockSize: options.blockSize, log }) : createRunner(options, { manifest, numBlocks, log }));
   log(`KV cache: ${describePool(poolShape(manifest, numBlocks, options.blockSize))}`);
   const allocator = new BlockAllocator(numBlocks, options.prefixCaching);
   const scheduler = new Scheduler(

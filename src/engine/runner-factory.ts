@@ -1,7 +1,7 @@
-// Which ModelRunner the engine drives: ONNX Runtime on the chosen execution provider, or a module
-// named in EngineOptions.runner (a deterministic runner with injected faults, for tests that need
-// the real engine around it). `auto` prefers CUDA, then WebGPU on a hardware GPU, then CPU, and
-// logs one line saying which and why.
+// Which ModelRunner the engine drives: ONNX Runtime on the chosen execution provider. `auto`
+// prefers CUDA, then WebGPU on a hardware GPU, then CPU, and logs one line saying which and why.
+// (Tests that need the real engine around a scripted runner pass their own runner factory through
+// EngineHooks instead; see engine-loop.ts.)
 import { existsSync } from 'node:fs';
 import type { Manifest } from '../model/manifest.js';
 import { cudaProviderPath } from './ort-session.js';
@@ -10,26 +10,15 @@ import type { EngineOptions } from './types.js';
 import { WebGpuRunner, deviceDtypeFor } from './webgpu-runner.js';
 import { gpuDeviceNodes, softwareAdapterInUse } from './webgpu.js';
 
-/** What a runner module's `createRunner` receives. */
+/** What a model runner is built for: the model, and the KV pool's size. */
 export interface RunnerContext {
   manifest: Manifest;
   /** KV blocks in the pool, the null block included. */
   numBlocks: number;
-  blockSize: number;
-  /** EngineOptions.runner.options, as given. */
-  options: unknown;
   log: (msg: string) => void;
 }
 
-export async function createRunner(
-  options: EngineOptions,
-  ctx: { manifest: Manifest; numBlocks: number; log: (msg: string) => void },
-): Promise<ModelRunner> {
-  if (options.runner) {
-    const mod = (await import(options.runner.url)) as { createRunner?: (c: RunnerContext) => Promise<ModelRunner> };
-    if (typeof mod.createRunner !== 'function') throw new Error(`${options.runner.url} does not export createRunner`);
-    return mod.createRunner({ ...ctx, blockSize: options.blockSize, options: options.runner.options });
-  }
+export async function createRunner(options: EngineOptions, ctx: RunnerContext): Promise<ModelRunner> {
   const host = (executionProvider: CreateRunnerOptions['executionProvider'], why?: string) =>
     createOnnxRunner({
       modelDir: options.modelDir,
@@ -74,7 +63,7 @@ export async function createRunner(
     passed.push('no CUDA provider library');
   }
   // Without a GPU device node any adapter Dawn finds is a software one: skip WebGPU without
-  // creating a device (that alone starts lavapipe's threads and costs seconds).
+  // creating a device (that alone starts lavapipe's threads, a start-up cost for nothing).
   const nodes = gpuDeviceNodes();
   if (nodes.length === 0) {
     passed.push('no GPU device node for WebGPU (/dev/nvidia*, /dev/dri/renderD*)');

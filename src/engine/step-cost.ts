@@ -53,16 +53,10 @@ export class StepCostModel implements StepCost {
   /** RLS inverse-covariance estimate, row-major N x N. */
   private readonly p = new Float64Array(N * N);
   private readonly px = new Float64Array(N);
-  private samples = 0;
 
   /** `forgetting` < 1 weights recent steps more: 0.98 forgets half of the past in ~35 steps. */
   constructor(private readonly forgetting = 0.98) {
     for (let i = 0; i < N; i++) this.p[i * N + i] = 1e4;
-  }
-
-  /** Whether any timing has been seen: before that the model predicts 0 (plan by tokens only). */
-  get ready(): boolean {
-    return this.samples > 0;
   }
 
   predictMs(shape: StepShape): number {
@@ -87,7 +81,6 @@ export class StepCostModel implements StepCost {
     for (let i = 0; i < N; i++) a[i * N + i] += 1e-6;
     this.w.set(nonNegativeLeastSquares(a, b));
     this.p.set(invert(a, N));
-    this.samples += samples.length;
   }
 
   /** One measured step: w moves toward explaining it (recursive least squares). */
@@ -101,7 +94,6 @@ export class StepCostModel implements StepCost {
     for (let i = 0; i < N; i++) {
       for (let j = 0; j < N; j++) this.p[i * N + j] = (this.p[i * N + j]! - (px[i]! * px[j]!) / denom) / this.forgetting;
     }
-    this.samples++;
   }
 }
 

@@ -216,7 +216,7 @@ export interface EngineHealth {
 }
 
 /**
- * What the HTTP edge needs from an engine; in-process and worker-backed engines implement it.
+ * What the HTTP edge needs from an engine: WorkerEngine (and the tests' in-process engine).
  * Tokenization runs off the calling thread in the worker-backed engine, so it is asynchronous.
  */
 export interface EngineClient {
@@ -266,14 +266,6 @@ export type ExecutionProviderChoice = 'auto' | 'cpu' | 'cuda' | 'webgpu';
 
 export type OrtLogLevel = 'verbose' | 'info' | 'warning' | 'error' | 'fatal';
 
-/** A module that builds the engine's model runner instead of ONNX Runtime (fault-injection tests). */
-export interface RunnerModuleSpec {
-  /** URL of a module exporting `createRunner(context: RunnerContext): Promise<ModelRunner>`. */
-  url: string;
-  /** Structured-clone-safe options handed to createRunner. */
-  options?: unknown;
-}
-
 export interface EngineOptions {
   /** Exported model folder (model.onnx, manifest.json, tokenizer.json, config.json). */
   modelDir: string;
@@ -302,6 +294,4 @@ export interface EngineOptions {
   maxConsecutiveStepFailures: number;
   /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */
   stepTimeoutMs: number;
-  /** Replaces the ONNX Runtime runner (tests). */
-  runner?: RunnerModuleSpec;
 }

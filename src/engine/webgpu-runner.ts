@@ -50,11 +50,11 @@ export interface StepTransfer {
 const NO_LOGITS = new Float32Array(0);
 const OPSET = 20;
 /**
- * Most tokens of one row per session.run. Measured on Mesa's software driver (onnxruntime-node
- * 1.30.0): a row of 32 or more new tokens gets wrong attention from both MultiHeadAttention
- * (fp32) and PagedAttention (fp16), logits up to 0.9 off, while rows of up to 31 match the CPU
- * provider; longer chunks are run as several passes of at most this many tokens per row (each
- * pass attends to the K/V the previous one wrote). Not checked on a hardware GPU.
+ * Most tokens of one row per session.run. On Mesa's software driver a row of 32 or more new tokens
+ * gets wrong attention from both MultiHeadAttention (fp32) and PagedAttention (fp16), while
+ * shorter rows match the CPU provider (docs/webgpu-notes.md, "Found while building the runner");
+ * longer chunks are run as several passes of at most this many tokens per row (each pass attends
+ * to the K/V the previous one wrote). Not checked on a hardware GPU.
  */
 export const MAX_ROW_TOKENS_PER_RUN = 16;
 

@@ -3,17 +3,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
 
-/**
- * Why WebGPU cannot run on this machine, when `err` (thrown while creating a webgpu session) says
- * Dawn found no adapter: no Vulkan driver or no Vulkan loader. Null for any other error, which is
- * a real failure and must not be mistaken for a missing driver.
- */
-export function webgpuUnavailable(err: unknown): string | null {
-  const message = err instanceof Error ? err.message : String(err);
-  const found = /Failed to get a WebGPU adapter[^\n]*/.exec(message);
-  return found ? `${found[0]} (no Vulkan driver or loader; Debian: sudo scripts/ci/install-vulkan.sh)` : null;
-}
-
 export async function createWebGpuSession(
   model: string | Uint8Array,
   options: ort.InferenceSession.SessionOptions = {},

@@ -1,27 +1,6 @@
-// Engine worker entry: owns the model runner, the KV pool and the scheduler loop, so that a model
-// step (tens of milliseconds of blocking native work) never stalls HTTP handling.
-import { parentPort, workerData } from 'node:worker_threads';
-import { EngineLoop, buildEngineCore } from './engine-loop.js';
+// Engine worker entry, the module WorkerEngine spawns: the engine with its options and no hooks.
+import { workerData } from 'node:worker_threads';
 import type { EngineOptions } from './types.js';
-import type { FromWorker, ToWorker } from './worker-protocol.js';
+import { runEngineWorker } from './worker-loop.js';
 
-const port = parentPort!;
-const post = (msg: FromWorker) => port.postMessage(msg);
-const log = (message: string) => post({ type: 'log', message });
-const options = workerData as EngineOptions;
-
-try {
-  const { core, model } = await buildEngineCore(options, log);
-  const loop = new EngineLoop(core, (batch, heartbeat) => post({ type: 'events', batch, heartbeat }), {
-    log,
-    maxConsecutiveStepFailures: options.maxConsecutiveStepFailures,
-    onFatal: (message) => post({ type: 'fatal', message }),
-  });
-  port.on('message', (msg: ToWorker) => {
-    if (msg.type === 'shutdown') void loop.shutdown(msg.drainMs).then(() => port.close());
-    else loop.send(msg);
-  });
-  post({ type: 'ready', model });
-} catch (err) {
-  post({ type: 'fatal', message: (err as Error).message });
-}
+await runEngineWorker(workerData as EngineOptions);

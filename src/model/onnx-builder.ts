@@ -128,11 +128,6 @@ export class GraphBuilder {
     );
   }
 
-  /** A float32 weight whose bytes live in the external data file at `ref`. */
-  externalFloat(name: string, dims: number[], ref: ExternalTensorRef): string {
-    return this.external(name, DataType.FLOAT, dims, ref);
-  }
-
   /**
    * A weight of any type whose bytes live in the external data file at `ref`. Two initializers
    * may name the same bytes with different shapes (a tied embedding read by two ops).

@@ -1,6 +1,7 @@
 // Weight quantization done by the exporter, one tensor at a time, in the byte layouts that ONNX
 // Runtime's quantized kernels read. Pure functions over Float32Arrays: the exporter streams
-// tensors through them, and the tests use the dequantizers to build reference models.
+// tensors through them (the tests' dequantizers, which build reference models from these layouts,
+// are in test/helpers/dequantized-checkpoint.ts).
 //
 // Two encodings:
 //   blockwise   `com.microsoft.MatMulNBits` B / `GatherBlockQuantized` data. A matrix of N rows
@@ -73,24 +74,6 @@ export function quantizeBlockwise(w: Float32Array, n: number, k: number, layout:
   return { data, scales };
 }
 
-/** [n, k] float32 weights exactly as the kernels see them. */
-export function dequantizeBlockwise(t: BlockwiseTensor, n: number, k: number, bits: QuantBits, blockSize: number): Float32Array {
-  const kb = blockCount(k, blockSize);
-  const blob = (blockSize * bits) / 8;
-  const zero = 1 << (bits - 1);
-  const mask = (1 << bits) - 1;
-  const out = new Float32Array(n * k);
-  for (let row = 0; row < n; row++) {
-    for (let col = 0; col < k; col++) {
-      const b = Math.floor(col / blockSize);
-      const bit = (col - b * blockSize) * bits;
-      const code = (t.data[(row * kb + b) * blob + (bit >> 3)] >> (bit & 7)) & mask;
-      out[row * k + col] = (code - zero) * t.scales[row * kb + b];
-    }
-  }
-  return out;
-}
-
 /** `w` is [k, n] (GPT-2's Conv1D layout, which is already MatMulIntegerToFloat's B layout). */
 export function quantizePerColumn(w: Float32Array, k: number, n: number): PerColumnTensor {
   if (w.length !== n * k) throw new Error(`quantizePerColumn: ${w.length} values for a ${k}x${n} matrix`);
@@ -105,13 +88,4 @@ export function quantizePerColumn(w: Float32Array, k: number, n: number): PerCol
     for (let col = 0; col < n; col++) data[row * n + col] = Math.max(-127, Math.min(127, Math.round(w[row * n + col] * inv[col])));
   }
   return { data, scales };
-}
-
-/** [k, n] float32 weights exactly as the kernel sees them. */
-export function dequantizePerColumn(t: PerColumnTensor, k: number, n: number): Float32Array {
-  const out = new Float32Array(k * n);
-  for (let row = 0; row < k; row++) {
-    for (let col = 0; col < n; col++) out[row * n + col] = t.data[row * n + col] * t.scales[col];
-  }
-  return out;
 }

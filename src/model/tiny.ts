@@ -90,8 +90,9 @@ export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknow
  * then has clear winners, and float32-vs-float64 comparisons never hinge on near ties. Matrices
  * and embeddings shrink with 1/sqrt(width) from the 32-wide tiny model's scale, so that every
  * width has the same gain per layer and the same logit spread: at a fixed 0.3 a 768-wide model
- * multiplies activations by ~8 per matrix, and its outputs are chaotic (rounding the weights to
- * bfloat16 changed the top token at 80% of positions), which no quantization could be measured on.
+ * multiplies activations by ~8 per matrix, and its outputs are chaotic (rounding its weights to
+ * bfloat16 changes most of its top tokens), which no quantization could be measured on (figures:
+ * docs/benchmark.md, "Figures behind the code").
  */
 function writeRandomCheckpoint(dir: string, shape: TinyShape, seed: number): void {
   const config = tinyConfig(shape);

@@ -1,12 +1,12 @@
 // Text <-> token ids for the edge, off the calling thread. TextCodec is what the engine client
-// offers; TokenizerThread runs a tokenizer in a worker (production), InlineCodec in this thread
-// (the in-process engine of tests, where stepping is synchronous anyway). Chat templates are
-// rendered here too: rendering and tokenizing a conversation is one trip to the thread.
+// offers; TokenizerThread runs a tokenizer in a worker (the tests' in-process engine has an inline
+// codec of its own, test/helpers/in-process-engine.ts). Chat templates are rendered here too:
+// rendering and tokenizing a conversation is one trip to the thread.
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../util/spawn-worker.js';
-import { ChatRenderer, type ChatRenderRequest, type ChatTemplateSpec } from './chat-template.js';
+import type { ChatRenderer, ChatRenderRequest, ChatTemplateSpec } from './chat-template.js';
 import type { Tokenizer } from './tokenizer.js';
-import { ConstraintCompiler, type CompileResult, type ConstraintSpec } from '../structured/constraint.js';
+import type { CompileResult, ConstraintSpec } from '../structured/constraint.js';
 
 /** A rendered and tokenized conversation, or why its template failed (the client's problem). */
 export type ChatEncoding = { ok: true; tokens: number[] } | { ok: false; problem: string };
@@ -37,40 +37,10 @@ export interface CodecWorkerData {
   chatTemplate: ChatTemplateSpec;
 }
 
-/** The chat op of both codecs: render, then tokenize (special tokens in the text recognized). */
+/** Render, then tokenize (special tokens in the text recognized): the chat op of every codec. */
 export function encodeChat(tokenizer: Tokenizer, renderer: ChatRenderer, request: ChatRenderRequest): ChatEncoding {
   const rendered = renderer.render(request);
   return rendered.ok ? { ok: true, tokens: tokenizer.encode(rendered.text) } : rendered;
-}
-
-export class InlineCodec implements TextCodec {
-  private readonly renderer: ChatRenderer;
-  private readonly compiler = new ConstraintCompiler();
-
-  constructor(
-    private readonly tokenizer: Tokenizer,
-    chatTemplate: ChatTemplateSpec,
-  ) {
-    this.renderer = new ChatRenderer(chatTemplate);
-  }
-
-  async encodeChat(request: ChatRenderRequest): Promise<ChatEncoding> {
-    return encodeChat(this.tokenizer, this.renderer, request);
-  }
-
-  async encode(texts: string[]): Promise<number[][]> {
-    return texts.map((t) => this.tokenizer.encode(t));
-  }
-
-  async decode(lists: number[][]): Promise<string[]> {
-    return lists.map((ids) => this.tokenizer.decode(ids));
-  }
-
-  async compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
-    return this.compiler.compile(spec);
-  }
-
-  async close(): Promise<void> {}
 }
 
 interface Pending {

@@ -1,6 +1,8 @@
 // Tokenizer worker entry: encodes, decodes and renders chat templates for the edge, so a long
-// prompt (BPE is several microseconds per character) never stalls the main thread's event loop.
-// Structured-output constraints compile here too (tens to hundreds of milliseconds for a schema).
+// prompt, whose BPE costs time in proportion to its length, never stalls the main thread's event
+// loop. Structured-output constraints compile here too: building a schema's automaton can take
+// longer than the event loop may ever block (figures: docs/benchmark.md, "Figures behind the
+// code" for BPE, "Structured outputs" for compile times).
 import { parentPort, workerData } from 'node:worker_threads';
 import { ChatRenderer } from './chat-template.js';
 import { loadTokenizer } from './tokenizer.js';

@@ -160,14 +160,13 @@ function pythonBytesRepr(b: Uint8Array): string {
 }
 
 export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
-  const json = JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')) as TokenizerJson;
-  if (typeof json?.model?.vocab !== 'object') throw new Error(`${modelDir}/tokenizer.json has no model.vocab`);
-  return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}));
+  return tokenizerFromJson(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), `${modelDir}/tokenizer.json`);
 }
 
-/** GPT-2's tokenizer without a model folder (what every GPT-2 checkpoint ships). */
-export async function gpt2Tokenizer(): Promise<Tokenizer> {
-  const json = (await gpt2TokenizerJsonFromGpt3Encoder()) as TokenizerJson;
+/** A tokenizer from the parsed contents of a `tokenizer.json`; `source` names it in errors. */
+export function tokenizerFromJson(parsed: unknown, source = 'tokenizer.json'): Tokenizer {
+  const json = parsed as TokenizerJson;
+  if (typeof json?.model?.vocab !== 'object') throw new Error(`${source} has no model.vocab`);
   return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}));
 }
 

@@ -42,7 +42,6 @@ import type { WeightPlan } from './weight-format.js';
 import { WeightOps, type WeightSource } from './weight-ops.js';
 
 export type DeviceDtype = 'fp16' | 'fp32';
-export const DEVICE_DTYPES: readonly DeviceDtype[] = ['fp16', 'fp32'];
 
 export interface DevicePoolShape {
   numBlocks: number;
@@ -168,33 +167,4 @@ function layerNorm(g: GraphBuilder, x: string, scale: string, bias: string, epsi
 export function buildZerosGraph(g: GraphBuilder, dtype: DeviceDtype): void {
   const shape = g.input('shape', DataType.INT64, [4]);
   g.output(g.op('Expand', [g.constZero(floatTypeOf(dtype)), shape], {}, 'zeros'), 'zeros', floatTypeOf(dtype), ['a', 'b', 'c', 'd']);
-}
-
-/**
- * Logit tolerances of the WebGPU graphs against the float32 CPU graph. fp32: the same arithmetic
- * in another order (measured 1e-5 on the tiny model). fp16: a logit's path rounds to float16
- * (unit roundoff u = 2^-11) at 3 * layers + 3 points (the embeddings, then per layer the
- * layer-norm output, the attention output and the MLP activation, then the final norm and the
- * head); a rounding of a product of two rounded factors is off by up to 2u of the values it
- * touches, and those values (residual stream, pre-softmax scores) exceed the logit that results,
- * taken as twice the largest logit: 4u per point. Measured on the tiny model (2 layers): 0.14 at
- * largest logit 16, the bound there 0.28.
- */
-export const FP32_LOGIT_TOLERANCE = 1e-3;
-export const FP16_UNIT_ROUNDOFF = 2 ** -11;
-export function fp16LogitTolerance(largestLogit: number, layers: number): number {
-  return 4 * (3 * layers + 3) * FP16_UNIT_ROUNDOFF * Math.max(1, largestLogit);
-}
-
-/** Largest |a - b| over logits rows of two runs, and the largest |logit| of the first. */
-export function compareLogits(a: readonly Float32Array[], b: readonly Float32Array[]): { maxDiff: number; maxLogit: number } {
-  let maxDiff = 0;
-  let maxLogit = 0;
-  a.forEach((row, i) =>
-    row.forEach((v, j) => {
-      maxDiff = Math.max(maxDiff, Math.abs(v - b[i]![j]!));
-      maxLogit = Math.max(maxLogit, Math.abs(v));
-    }),
-  );
-  return { maxDiff, maxLogit };
 }

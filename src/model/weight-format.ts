@@ -9,10 +9,10 @@ export type WeightDtype = (typeof WEIGHT_DTYPES)[number];
 export const DEFAULT_QUANT_BLOCK_SIZE = 32;
 /**
  * Block sizes whose kernels give a row the same result whatever the other rows of the batch.
- * Measured with onnxruntime-node 1.30 (MLAS, AVX512-VNNI): MatMulNBits with accuracy_level 4 at
- * block 64 (4-bit) or 128 and 256 computes a single row through a different accumulation order
- * than several rows (results differ in the last bits), so a request's output would depend on its
- * batch neighbours. Blocks 16 and 32 gave bit-identical rows for M = 1..96 at every GPT-2 shape.
+ * At larger blocks MatMulNBits (accuracy_level 4) computes a single row through a different
+ * accumulation order than several rows (results differ in the last bits), so a request's output
+ * would depend on its batch neighbours (what was checked, and on which kernels:
+ * docs/quantization.md).
  */
 export const BATCH_INVARIANT_BLOCK_SIZES: readonly number[] = [16, 32];
 

@@ -13,8 +13,6 @@ import { ApiError } from './openai/errors.js';
 
 const PROTECTED = /^\/(v1|tokenize|detokenize)(\/|\?|$)/;
 
-/** The subprotocol a websocket client offers (and the server selects) beside a key one. */
-export const WS_PROTOCOL = 'gpt2-serve';
 /** Prefix of the subprotocol that carries the key, base64url-encoded (subprotocols are HTTP tokens). */
 export const WS_BEARER_PROTOCOL_PREFIX = 'gpt2-serve.bearer.';
 

@@ -253,15 +253,3 @@ function coReachable(next: Int32Array, accepting: Uint8Array, classCount: number
   }
   return live;
 }
-
-/** The state after reading `bytes` from `state`, or -1 where no accepted string continues. */
-export function walk(dfa: ByteDfa, state: number, bytes: Uint8Array): number {
-  for (let i = 0; i < bytes.length && state >= 0; i++) state = dfa.next[state * dfa.classCount + dfa.classOf[bytes[i]!]!]!;
-  return state;
-}
-
-/** Whether the DFA accepts `text` in full (tests and reference checks). */
-export function accepts(dfa: ByteDfa, text: string): boolean {
-  const s = walk(dfa, dfa.start, Buffer.from(text, 'utf8'));
-  return s >= 0 && dfa.accepting[s] === 1;
-}

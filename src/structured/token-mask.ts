@@ -110,11 +110,6 @@ export class TokenConstraint {
     return b.length === 0 ? -1 : state;
   }
 
-  /** Whether the output so far is a complete string of the constraint. */
-  isComplete(state: number): boolean {
-    return this.dfa.accepting[state] === 1;
-  }
-
   /**
    * Writes `logits` with every token outside the constraint at -Infinity into `out`, and returns
    * out. EOS is allowed exactly where the constraint is complete.
@@ -167,15 +162,6 @@ export class TokenConstraint {
       }
     }
     return best;
-  }
-
-  /** Allowed token ids of a state (tests and the reference sampler). */
-  allowed(state: number): number[] {
-    const mask = this.maskOf(state);
-    if (mask.ids) return [...mask.ids];
-    const out: number[] = [];
-    for (let id = 0; id < this.vocab.vocabSize; id++) if ((mask.bits![id >>> 5]! >>> (id & 31)) & 1) out.push(id);
-    return out;
   }
 
   private maskOf(state: number): StateMask {

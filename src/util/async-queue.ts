@@ -13,10 +13,6 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
     return this.items.length - this.head;
   }
 
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
   /** Hands `item` to a waiting consumer, or queues it. Ignored once closed. */
   push(item: T): void {
     if (this.closed) return;

@@ -2,11 +2,13 @@
 // exactly what the quantized graph's kernels multiply by. It is built by running the real graph
 // builder with a weight source that quantizes like the exporter and then dequantizes, so it
 // follows the plan (which tensors, which layout, the folded attention scale) without restating it.
+// The dequantizers (the inverse of src/model/quantize.ts's layouts) are here too: the server
+// never dequantizes, the kernels read the codes.
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Gpt2Weights, readGpt2Config } from '../../src/model/gpt2-checkpoint.js';
 import { GraphBuilder } from '../../src/model/onnx-builder.js';
-import { dequantizeBlockwise, dequantizePerColumn, quantizeBlockwise, quantizePerColumn } from '../../src/model/quantize.js';
+import { blockCount, quantizeBlockwise, quantizePerColumn, type BlockwiseTensor, type PerColumnTensor, type QuantBits } from '../../src/model/quantize.js';
 import { SafetensorsFile, writeSafetensors } from '../../src/model/safetensors.js';
 import { buildServingGraph } from '../../src/model/serving-graph.js';
 import type { WeightPlan } from '../../src/model/weight-format.js';
@@ -99,5 +101,32 @@ export function writeDequantizedCheckpoint(checkpoint: string, out: string, plan
 function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(a.length);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c];
+  return out;
+}
+
+/** [n, k] float32 weights exactly as the kernels see them. */
+export function dequantizeBlockwise(t: BlockwiseTensor, n: number, k: number, bits: QuantBits, blockSize: number): Float32Array {
+  const kb = blockCount(k, blockSize);
+  const blob = (blockSize * bits) / 8;
+  const zero = 1 << (bits - 1);
+  const mask = (1 << bits) - 1;
+  const out = new Float32Array(n * k);
+  for (let row = 0; row < n; row++) {
+    for (let col = 0; col < k; col++) {
+      const b = Math.floor(col / blockSize);
+      const bit = (col - b * blockSize) * bits;
+      const code = (t.data[(row * kb + b) * blob + (bit >> 3)] >> (bit & 7)) & mask;
+      out[row * k + col] = (code - zero) * t.scales[row * kb + b];
+    }
+  }
+  return out;
+}
+
+/** [k, n] float32 weights exactly as the kernel sees them. */
+export function dequantizePerColumn(t: PerColumnTensor, k: number, n: number): Float32Array {
+  const out = new Float32Array(k * n);
+  for (let row = 0; row < k; row++) {
+    for (let col = 0; col < n; col++) out[row * n + col] = t.data[row * n + col] * t.scales[col];
+  }
   return out;
 }

@@ -6,8 +6,8 @@
 // pool (one float per token, in the pool's real block layout) and computes a row's logits from
 // the history it reads back through the row's block table. A scheduler or pool bug (a wrong
 // block, a lost preemption, a bad copy-on-write) therefore changes the output, exactly as it
-// would with the real model. The engine loads it through EngineOptions.runner, in-process or in
-// the worker (test/helpers/serving.ts).
+// would with the real model. The engine takes it as EngineHooks.runner: in-process directly, in
+// the worker through the tests' own worker entry (scripted-worker.ts; see serving.ts).
 //
 // The model: after tokens t_0..t_{k-1}, the next token is
 //   target = (sum_i t_i * (i + 1) + 7919 * k) mod (V - 1)
@@ -16,7 +16,7 @@
 // a few plausible choices.
 import { isMainThread } from 'node:worker_threads';
 import { KvPool } from '../../src/engine/kv-cache.js';
-import type { RunnerContext } from '../../src/engine/runner-factory.js';
+import type { EngineHooks } from '../../src/engine/engine-loop.js';
 import { rowOutput, type ModelRunner, type RowOutput, type RunnerRow } from '../../src/engine/runner.js';
 
 export interface ScriptedRunnerOptions {
@@ -160,7 +160,7 @@ export class ScriptedRunner implements ModelRunner {
   }
 }
 
-/** The runner-module entry point the engine calls (EngineOptions.runner.url). */
-export async function createRunner(ctx: RunnerContext): Promise<ModelRunner> {
-  return new ScriptedRunner(ctx.manifest.vocabSize, ctx.numBlocks, ctx.blockSize, (ctx.options ?? {}) as ScriptedRunnerOptions);
+/** The runner factory the engine calls in place of ONNX Runtime (EngineHooks.runner). */
+export function scriptedRunner(options: ScriptedRunnerOptions = {}): NonNullable<EngineHooks['runner']> {
+  return async (ctx) => new ScriptedRunner(ctx.manifest.vocabSize, ctx.numBlocks, ctx.blockSize, options);
 }

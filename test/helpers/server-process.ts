@@ -7,12 +7,12 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ScriptedRunnerOptions } from './scripted-runner.js';
-import { MODEL, RUNNER_URL } from './serving.js';
+import { MODEL } from './serving.js';
 import { tinyModel } from './tiny-model.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
-const WORKER_ENGINE = path.join(ROOT, 'src', 'engine', 'client.ts');
+const SERVING = path.join(ROOT, 'test', 'helpers', 'serving.ts');
 
 export interface ServerProcess {
   url: URL;
@@ -34,13 +34,15 @@ export async function spawnServer(
 ): Promise<ServerProcess> {
   const modelDir = await tinyModel();
   const argv = ['serve', '--host', '127.0.0.1', '--port', '0', ...(runner ? ['--max-step-ms', '0'] : []), '--model', modelDir, '--served-model-name', MODEL, ...args];
-  const deps = runner
-    ? `{ startEngine: (o) => WorkerEngine.start({ ...o, runner: { url: ${JSON.stringify(RUNNER_URL)}, options: ${JSON.stringify(runner)} } }) }`
-    : '{}';
-  const script = `
+  const script = runner
+    ? `
     import { main } from ${JSON.stringify(MAIN)};
-    import { WorkerEngine } from ${JSON.stringify(WORKER_ENGINE)};
-    await main(${JSON.stringify(argv)}, process.env, ${deps});
+    import { startScriptedWorkerEngine } from ${JSON.stringify(SERVING)};
+    await main(${JSON.stringify(argv)}, process.env, { startEngine: (o) => startScriptedWorkerEngine(o, ${JSON.stringify(runner)}) });
+  `
+    : `
+    import { main } from ${JSON.stringify(MAIN)};
+    await main(${JSON.stringify(argv)}, process.env, {});
   `;
   const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
     cwd: ROOT,

@@ -6,15 +6,17 @@ import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { loadConfig, type ServerConfig } from '../../src/config.js';
-import { InProcessEngine, WorkerEngine } from '../../src/engine/client.js';
+import { WorkerEngine } from '../../src/engine/client.js';
 import type { EngineClient, EngineEvent, EngineOptions, EngineRequest, EventSink } from '../../src/engine/types.js';
 import { loadTokenizer, type Tokenizer } from '../../src/model/tokenizer.js';
 import { buildApp, type AppOptions } from '../../src/server/app.js';
-import { greedyTokens, type ScriptedRunnerOptions } from './scripted-runner.js';
+import { spawnWorker } from '../../src/util/spawn-worker.js';
+import { InProcessEngine } from './in-process-engine.js';
+import { greedyTokens, scriptedRunner, type ScriptedRunnerOptions } from './scripted-runner.js';
+import type { ScriptedWorkerData } from './scripted-worker.js';
 import { engineOptions, tinyModel } from './tiny-model.js';
 
 export const MODEL = 'tiny-model';
-export const RUNNER_URL = new URL('./scripted-runner.ts', import.meta.url).href;
 export const VOCAB = 50257;
 export const EOS = 50256;
 
@@ -26,12 +28,13 @@ export interface EngineSetup {
 }
 
 export async function startTestEngine(setup: EngineSetup = {}): Promise<EngineClient> {
-  const options = engineOptions(await tinyModel(), {
-    servedModelName: MODEL,
-    runner: { url: RUNNER_URL, options: setup.runner ?? {} },
-    ...setup.engine,
-  });
-  return setup.worker ? WorkerEngine.start(options) : InProcessEngine.start(options);
+  const options = engineOptions(await tinyModel(), { servedModelName: MODEL, ...setup.engine });
+  return setup.worker ? startScriptedWorkerEngine(options, setup.runner) : InProcessEngine.start(options, () => {}, { runner: scriptedRunner(setup.runner) });
+}
+
+/** The production WorkerEngine, its worker running the scripted runner (scripted-worker.ts). */
+export function startScriptedWorkerEngine(options: EngineOptions, runner: ScriptedRunnerOptions = {}, log?: (msg: string) => void): Promise<WorkerEngine> {
+  return WorkerEngine.start(options, log, (o) => spawnWorker(import.meta.url, 'scripted-worker', { options: o, runner } satisfies ScriptedWorkerData));
 }
 
 /** The server's defaults, with overrides; never reads the real environment. */

@@ -3,7 +3,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { makeCopyingModel } from '../../src/model/copying-model.js';
+import { makeCopyingModel } from '../../tools/bench/copying-model.js';
 import { makeTinyModel, type TinyShape } from '../../src/model/tiny.js';
 import type { WeightDtype } from '../../src/model/weight-format.js';
 import type { EngineOptions } from '../../src/engine/types.js';
@@ -76,7 +76,7 @@ const copying = new Map<string, Promise<string>>();
 
 /**
  * A model folder whose greedy output continues a passage seen earlier in its prompt
- * (src/model/copying-model.ts; the test shape, seed 0), exported in `dtype`.
+ * (tools/bench/copying-model.ts; the test shape, seed 0), exported in `dtype`.
  */
 export function copyingModel(dtype: WeightDtype = 'fp32'): Promise<string> {
   let dir = copying.get(dtype);

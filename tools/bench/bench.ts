@@ -5,11 +5,11 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { makeCopyingModel } from '../../src/model/copying-model.js';
 import { CONTRACT_VERSION } from '../../src/model/serving-graph.js';
 import { makeTinyModel, PRESETS } from '../../src/model/tiny.js';
-import { gpt2Tokenizer } from '../../src/model/tokenizer.js';
 import type { WeightDtype } from '../../src/model/weight-format.js';
+import { makeCopyingModel } from './copying-model.js';
+import { gpt2Tokenizer } from './gpt2-tokenizer.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
 import { computeMetrics, type RunMetrics, type RunProbes } from './metrics.js';
@@ -81,7 +81,7 @@ interface Target {
 
 /**
  * The benchmark's own model folders, made when missing: `bench-gpt2-small` (random weights) or
- * `bench-gpt2-small-copy` (src/model/copying-model.ts), GPT-2-small shapes, seed 0, optionally
+ * `bench-gpt2-small-copy` (tools/bench/copying-model.ts), GPT-2-small shapes, seed 0, optionally
  * followed by the export dtype (`-int8`, `-int4`, `-fp16`).
  */
 export function benchModelKind(dir: string): { weights: 'random' | 'copying'; dtype: WeightDtype } | null {

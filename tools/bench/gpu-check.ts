@@ -8,11 +8,10 @@ import { join } from 'node:path';
 import { blocksFor, KvPool } from '../../src/engine/kv-cache.js';
 import { createOnnxRunner, type ModelRunner } from '../../src/engine/runner.js';
 import { WebGpuRunner, type StepTransfer } from '../../src/engine/webgpu-runner.js';
-import { webgpuUnavailable } from '../../src/engine/webgpu.js';
 import { readManifest, type Manifest } from '../../src/model/manifest.js';
 import { makeTinyModel, PRESETS, type TinyShape } from '../../src/model/tiny.js';
-import { compareLogits, FP32_LOGIT_TOLERANCE, fp16LogitTolerance } from '../../src/model/webgpu-graph.js';
 import { greedyDecode } from './runner-decode.js';
+import { compareLogits, FP32_LOGIT_TOLERANCE, fp16LogitTolerance, webgpuUnavailable } from './webgpu-checks.js';
 
 /** CPU provider (host pool), or the WebGPU runner's fp16 (production) or fp32 step graph. */
 export type Variant = 'cpu' | 'webgpu-fp16' | 'webgpu-fp32';

@@ -93,10 +93,6 @@ export class CompletionJob {
     this.accepted.catch(() => {}); // a job that is never awaited for acceptance (JSON) must not warn
   }
 
-  get cancelled(): boolean {
-    return this.cancelReason !== null;
-  }
-
   get promptTokens(): number {
     return this.request?.prompts.reduce((sum, p) => sum + p.tokens.length, 0) ?? 0;
   }

@@ -74,7 +74,8 @@ export async function resolveCompletionRequest(
   const singleIdList = Array.isArray(body.prompt) && typeof body.prompt[0] === 'number';
   // Refuse what cannot fit before tokenizing: a text of L UTF-16 units has at least L UTF-8 bytes,
   // and no token covers more than maxTokenBytes bytes, so it encodes to >= ceil(L / maxTokenBytes)
-  // tokens. A 4 MiB prompt is thus refused in O(1), without a second of BPE.
+  // tokens. A prompt that cannot fit the context thus costs no BPE at all. (Bodies larger still
+  // never get here: the body limit, --max-body-bytes, refuses them before they are parsed.)
   raw.forEach((p, i) => {
     const atLeast = typeof p === 'string' ? Math.ceil(p.length / model.maxTokenBytes) : p.length;
     checkLength(model, atLeast, body.max_tokens, where(i), typeof p === 'string');

@@ -1,6 +1,6 @@
 // GET /health (liveness) and GET /ready (readiness), answered by the main thread from the
-// engine's last heartbeat: never a round trip to the engine, so they answer in milliseconds
-// however busy the engine is, and a loaded server is never reported dead.
+// engine's last heartbeat: never a round trip to the engine, so they answer at once however
+// busy the engine is, and a loaded server is never reported dead.
 //
 // /health: 200 while the engine is alive; 503 while the model loads, after a failed load, while
 //   draining, and when the engine is dead or stuck (work pending, no step for --step-timeout-ms).

@@ -30,11 +30,11 @@
 // a GPT-2-small-shaped copying model costs what GPT-2-small costs.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { expectedShapes } from './gpt2-checkpoint.js';
-import type { Manifest } from './manifest.js';
-import { writeSafetensors } from './safetensors.js';
-import { makeModelFolder, tinyConfig, type MakeTinyOptions, type TinyShape } from './tiny.js';
-import { Rng } from '../util/rng.js';
+import { expectedShapes } from '../../src/model/gpt2-checkpoint.js';
+import type { Manifest } from '../../src/model/manifest.js';
+import { writeSafetensors } from '../../src/model/safetensors.js';
+import { makeModelFolder, tinyConfig, type MakeTinyOptions, type TinyShape } from '../../src/model/tiny.js';
+import { Rng } from '../../src/util/rng.js';
 
 /** The shape the tests use: 64-wide heads, room for one output head, 8 previous-token heads in 2 layers. */
 export const COPYING_TEST_SHAPE: TinyShape = { layers: 3, heads: 4, embd: 256, positions: 1024 };
