@@ -96,7 +96,7 @@ test('tokenBytes equals js-tiktoken bytes for every id, as views of one buffer',
   assert.equal(tok.tokenBytes(-1).length, 0);
 });
 
-test('tokenText: text when valid UTF-8 alone, else bytes:\\xNN like OpenAI', () => {
+test('tokenText: text when valid UTF-8 alone, else bytes:\\xNN like OpenAI; decodesAlone tells which', () => {
   assert.equal(tok.tokenText(15496), 'Hello');
   assert.equal(tok.tokenText(995), ' world');
   assert.equal(tok.tokenText(50256), '<|endoftext|>');
@@ -112,6 +112,7 @@ test('tokenText: text when valid UTF-8 alone, else bytes:\\xNN like OpenAI', () 
       ? b.toString('utf8')
       : 'bytes:' + [...b].map((x) => (x >= 0x20 && x < 0x7f ? String.fromCharCode(x) : hex(x))).join('');
     assert.equal(tok.tokenText(id), expected, `token ${id}`);
+    assert.equal(tok.decodesAlone(id), valid, `token ${id}`);
   }
   assert.ok(partial > 100, `GPT-2 has many partial-UTF-8 tokens (found ${partial})`);
   // "’" is e2 80 99, split after its second byte.

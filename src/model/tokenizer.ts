@@ -26,6 +26,8 @@ export interface Tokenizer {
   tokenBytes(id: number): Uint8Array;
   /** The token as shown in logprobs: its text, or `bytes:\xNN...` when its bytes are not valid UTF-8 alone. */
   tokenText(id: number): string;
+  /** Whether the token's bytes are valid UTF-8 alone, so that tokenText is its text and not a `bytes:` placeholder. */
+  decodesAlone(id: number): boolean;
 }
 
 export const END_OF_TEXT = '<|endoftext|>';
@@ -58,6 +60,8 @@ class ByteLevelBpeTokenizer implements Tokenizer {
   private readonly offsets: Uint32Array;
   private readonly views: Array<Uint8Array | undefined>;
   private readonly texts: Array<string | undefined>;
+  /** Ids whose tokenText is a `bytes:` placeholder (filled in as tokenText meets them). */
+  private readonly partial = new Set<number>();
   // ignoreBOM: a leading U+FEFF is text the model produced, not a byte-order mark to drop.
   private readonly lossy = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -121,9 +125,15 @@ class ByteLevelBpeTokenizer implements Tokenizer {
       text = this.strict.decode(b);
     } catch {
       text = 'bytes:' + pythonBytesRepr(b);
+      this.partial.add(id);
     }
     if (b !== EMPTY) this.texts[id] = text;
     return text;
+  }
+
+  decodesAlone(id: number): boolean {
+    this.tokenText(id);
+    return !this.partial.has(id);
   }
 }
 
@@ -140,10 +150,11 @@ function byteLevelToBytes(token: string): Uint8Array {
 }
 
 /**
- * OpenAI's legacy completions name a token that is not valid UTF-8 on its own as `bytes:` plus
- * Python's repr of the bytes (e.g. `bytes:\xe2\x80`, `bytes: \xf0`): printable ASCII stays.
+ * Python's repr of bytes, without its b'': printable ASCII stays, other bytes are `\xNN`. OpenAI
+ * names a token that is not valid UTF-8 on its own by it: `bytes:` plus it in legacy completions
+ * (e.g. `bytes:\xe2\x80`, `bytes: \xf0`), it alone in chat (`\xe2\x80`).
  */
-function pythonBytesRepr(b: Uint8Array): string {
+export function pythonBytesRepr(b: Uint8Array | readonly number[]): string {
   // repr switches to " delimiters when the bytes hold ' but no ", so ' needs escaping only when both occur.
   const escapeQuote = b.includes(0x27) && b.includes(0x22);
   let s = '';
