@@ -146,6 +146,26 @@ test('vocab.json + merges.txt converts to the same tokenizer', async (t) => {
   );
 });
 
+test('special tokens: tokenizer.json added_tokens marked special, and tokenizer_config.json added_tokens_decoder', async (t) => {
+  assert.deepEqual(tok.specialTokenIds, [50256]);
+  const dir = await mkdtemp(join(tmpdir(), 'tokenizer-special-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  // A fine-tune's tokens: one added to tokenizer.json as special, one added but not special
+  // (ordinary text), and one only in vocab.json, marked special by tokenizer_config.json (as a
+  // checkpoint converted from vocab.json + merges.txt has it).
+  const json = JSON.parse(await readFile(join(tmp, 'tokenizer.json'), 'utf8'));
+  json.model.vocab['<|im_start|>'] = 50257;
+  const added = { single_word: false, lstrip: false, rstrip: false, normalized: false };
+  json.added_tokens.push({ id: 50258, content: '<|im_end|>', ...added, special: true }, { id: 50259, content: '<plain>', ...added, special: false });
+  await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+  assert.deepEqual((await loadTokenizer(dir)).specialTokenIds, [50256, 50258]);
+  const decoder = { '50257': { content: '<|im_start|>', special: true }, '50259': { content: '<plain>', special: false }, '60000': { content: 'gone', special: true } };
+  await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify({ added_tokens_decoder: decoder }));
+  const withConfig = await loadTokenizer(dir);
+  assert.deepEqual(withConfig.specialTokenIds, [50256, 50257, 50258], 'ids the tokenizer does not have are left out');
+  assert.equal(Buffer.from(withConfig.tokenBytes(50257)).toString(), '<|im_start|>');
+});
+
 test('newer tokenizer.json files with merges as pairs load the same', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'tokenizer-pairs-'));
   t.after(() => rm(dir, { recursive: true, force: true }));

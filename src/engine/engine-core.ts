@@ -303,7 +303,7 @@ export class EngineCore {
   private tokenConstraint(compiled: CompiledConstraint): TokenConstraint {
     let tc = this.constraints.get(compiled.key);
     if (!tc) {
-      this.vocabulary ??= new VocabularyIndex(this.runner.vocabSize, (id) => this.tokenizer.tokenBytes(id), new Set([this.opts.eosTokenId]));
+      this.vocabulary ??= VocabularyIndex.forTokenizer(this.runner.vocabSize, this.tokenizer, this.opts.eosTokenId);
       tc = new TokenConstraint(compiled.dfa, this.vocabulary, this.opts.eosTokenId);
       this.constraints.set(compiled.key, tc);
     }

@@ -11,11 +11,18 @@ import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { TOKENIZER_CONFIG_FILE } from './chat-template.js';
 
 export interface Tokenizer {
   /** One more than the largest token id (vocabulary plus added tokens). */
   readonly vocabSize: number;
   readonly eosTokenId: number;
+  /**
+   * The added tokens marked special (tokenizer.json's `added_tokens`, tokenizer_config.json's
+   * `added_tokens_decoder`), `<|endoftext|>` among them: control tokens such as a fine-tune's
+   * `<|im_end|>`, which are never text the model writes.
+   */
+  readonly specialTokenIds: readonly number[];
   /** Bytes of the longest token, added tokens included: any text needs >= its UTF-8 bytes / this many tokens. */
   readonly maxTokenBytes: number;
   /** Recognizes `<|endoftext|>` (and any other added token) in the text. */
@@ -48,12 +55,13 @@ const utf8 = new TextEncoder();
 
 interface TokenizerJson {
   model: { vocab: Record<string, number> };
-  added_tokens?: Array<{ id: number; content: string }>;
+  added_tokens?: Array<{ id: number; content: string; special?: boolean }>;
 }
 
 class ByteLevelBpeTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly eosTokenId: number;
+  readonly specialTokenIds: readonly number[];
   readonly maxTokenBytes: number;
   private readonly bytes: Uint8Array;
   /** Token id's bytes are bytes[offsets[id], offsets[id + 1]). */
@@ -66,7 +74,8 @@ class ByteLevelBpeTokenizer implements Tokenizer {
   private readonly lossy = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-  constructor(json: TokenizerJson, private readonly hf: HfTokenizer) {
+  /** `configSpecial`: ids tokenizer_config.json marks special. */
+  constructor(json: TokenizerJson, private readonly hf: HfTokenizer, configSpecial: readonly number[] = []) {
     const byId = new Map<number, Uint8Array>();
     for (const [token, id] of Object.entries(json.model.vocab)) byId.set(id, byteLevelToBytes(token));
     // Added tokens are plain text, not byte-level encoded.
@@ -91,6 +100,8 @@ class ByteLevelBpeTokenizer implements Tokenizer {
     const eos = json.added_tokens?.find((t) => t.content === END_OF_TEXT)?.id ?? json.model.vocab[END_OF_TEXT];
     // GPT-2 convention when a tokenizer does not name it: the last id.
     this.eosTokenId = eos ?? this.vocabSize - 1;
+    const special = new Set([...(json.added_tokens ?? []).filter((t) => t.special === true).map((t) => t.id), ...configSpecial]);
+    this.specialTokenIds = [...special].filter((id) => byId.has(id)).sort((a, b) => a - b);
   }
 
   encode(text: string): number[] {
@@ -173,7 +184,27 @@ export function pythonBytesRepr(b: Uint8Array | readonly number[]): string {
 export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
   const json = JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')) as TokenizerJson;
   if (typeof json?.model?.vocab !== 'object') throw new Error(`${modelDir}/tokenizer.json has no model.vocab`);
-  return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}));
+  return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}), await configSpecialIds(modelDir));
+}
+
+/**
+ * Ids that tokenizer_config.json's `added_tokens_decoder` marks special. transformers writes them
+ * to tokenizer.json as well, but a checkpoint with only vocab.json + merges.txt has them here alone.
+ */
+async function configSpecialIds(modelDir: string): Promise<number[]> {
+  const file = join(modelDir, TOKENIZER_CONFIG_FILE);
+  if (!existsSync(file)) return [];
+  let config: { added_tokens_decoder?: Record<string, { special?: unknown } | null> } | null;
+  try {
+    config = JSON.parse(await readFile(file, 'utf8')) as typeof config;
+  } catch (err) {
+    throw new Error(`${file}: not valid JSON (${(err as Error).message})`);
+  }
+  const decoder = config?.added_tokens_decoder;
+  if (decoder === null || typeof decoder !== 'object') return [];
+  return Object.entries(decoder)
+    .filter(([id, t]) => t?.special === true && /^\d+$/.test(id))
+    .map(([id]) => Number(id));
 }
 
 /** GPT-2's tokenizer without a model folder (what every GPT-2 checkpoint ships). */
