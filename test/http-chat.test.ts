@@ -2,13 +2,14 @@
 // prompt (built-in transcript, a DialoGPT-shaped model's own template, --chat-template), the
 // response and chunk shapes, n, logprobs, echo and continue_final_message, and the refusals.
 import assert from 'node:assert/strict';
+import { isUtf8 } from 'node:buffer';
 import { test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import request from 'supertest';
 import type { ServerConfig } from '../src/config.js';
 import { BUILT_IN_STOP } from '../src/model/chat-template.js';
 import { DEFAULT_PARAMS } from './helpers/engine-run.js';
-import { scriptedLogprob } from './helpers/scripted-runner.js';
+import { alternative, scriptedLogprob, targetAfter } from './helpers/scripted-runner.js';
 import { EOS, MODEL, VOCAB, greedy, gpt2Tokenizer, parseSse, serveTest, spyOn, type EngineSetup } from './helpers/serving.js';
 import { dialoGptModel } from './helpers/tiny-model.js';
 
@@ -154,6 +155,58 @@ test('logprobs in chat\'s shape: token, logprob, bytes and top_logprobs, streame
     deltas.flatMap((c) => c.logprobs.content),
     content,
   );
+});
+
+test('logprobs of tokens that are part of a character: raw bytes, token as \\xNN escapes, bytes concatenate to the content', async (t) => {
+  const { app } = await setup(t);
+  const tok = await gpt2Tokenizer();
+  const char = '我';
+  const pieces = tok.encode(char); // e6 88 | 91: neither token is a character on its own
+  assert.equal(pieces.length, 2);
+  const partial = (id: number) => !isUtf8(tok.tokenBytes(id));
+  assert.ok(pieces.every(partial));
+  // OpenAI's form: each byte that is not printable ASCII as \xNN.
+  const shown = (id: number) =>
+    partial(id) ? [...tok.tokenBytes(id)].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('') : tok.decode([id]);
+  // A user message after which the model's own likeliest tokens (the alternatives) include a
+  // partial one as well, at the first or the second step.
+  const neighbours = (prefix: number[]) => [0, 1, 2, 3].map((k) => alternative(targetAfter(prefix, VOCAB), k, VOCAB));
+  let content = '';
+  let steps: number[][] = [];
+  for (let i = 0; !steps.flat().some(partial); i++) {
+    content = `Say it ${i}`;
+    const promptIds = tok.encode(`User: ${content}\nAssistant:`);
+    steps = [neighbours(promptIds), neighbours([...promptIds, pieces[0]!])];
+  }
+  const body = {
+    messages: [{ role: 'user', content }],
+    guided_choice: [char],
+    logit_bias: { [pieces[0]!]: 100 }, // the two-byte token, not the lone e6 the choice also allows
+    logprobs: true,
+    top_logprobs: 20,
+    temperature: 0,
+  };
+  const res = await chat(app, body).expect(200);
+  const choice = res.body.choices[0];
+  assert.equal(choice.message.content, char);
+  const all = choice.logprobs.content as Array<{ token: string; bytes: number[]; top_logprobs: Array<{ token: string; logprob: number; bytes: number[] }> }>;
+  // The <|endoftext|> that ended the reply has the last entry; its text is not content.
+  assert.equal(all.at(-1)!.token, '<|endoftext|>');
+  const entries = all.slice(0, -1);
+  assert.deepEqual(entries.map((e) => e.token), ['\\xe6\\x88', '\\x91']);
+  assert.deepEqual(entries.map((e) => e.bytes), pieces.map((id) => [...tok.tokenBytes(id)]));
+  assert.equal(Buffer.from(entries.flatMap((e) => e.bytes)).toString('utf8'), choice.message.content);
+  entries.forEach((e, i) => {
+    assert.equal(e.top_logprobs.length, 20);
+    steps[i]!.forEach((id, k) => {
+      assert.deepEqual(e.top_logprobs[k], { token: shown(id), logprob: e.top_logprobs[k]!.logprob, bytes: [...tok.tokenBytes(id)] }, `step ${i}, alternative ${k}`);
+      assert.ok(Math.abs(e.top_logprobs[k]!.logprob - scriptedLogprob(k, VOCAB)) < 1e-4);
+    });
+  });
+
+  const streamed = await chat(app, { ...body, stream: true }).expect(200);
+  const deltas = (parseSse(streamed.text).slice(0, -1) as Array<Record<string, any>>).flatMap((c) => c.choices).filter((c) => c.logprobs !== null);
+  assert.deepEqual(deltas.flatMap((c) => c.logprobs.content), all);
 });
 
 test('echo and continue_final_message behave as vLLM\'s', async (t) => {

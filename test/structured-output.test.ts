@@ -14,7 +14,7 @@ import { TokenConstraint, VocabularyIndex } from '../src/structured/token-mask.j
 import { collect, request } from './helpers/engine-run.js';
 import { InProcessEngine } from './helpers/in-process-engine.js';
 import { ReferenceGpt2 } from './helpers/reference-gpt2.js';
-import { engineOptions, tinyModel } from './helpers/tiny-model.js';
+import { IM_END, IM_END_ID, engineOptions, imEndModel, tinyModel } from './helpers/tiny-model.js';
 
 const EOS = 50256;
 let dir: string;
@@ -43,8 +43,7 @@ function accepts(dfa: ByteDfa, text: string): boolean {
 }
 
 /** The token ids the constraint's mask lets through in `state` (read off the real mask). */
-function allowedIds(tc: TokenConstraint, state: number): number[] {
-  const V = 50257;
+function allowedIds(tc: TokenConstraint, state: number, V = 50257): number[] {
   const masked = tc.maskInto(state, new Float32Array(V), new Float32Array(V));
   const ids: number[] = [];
   masked.forEach((v, id) => v === 0 && ids.push(id));
@@ -184,7 +183,7 @@ test('choice: every sample is one of the list, also for choices that share prefi
 
 test('greedy output equals the float64 reference with the same mask applied in TypeScript', async () => {
   const tokenizer = await loadTokenizer(dir);
-  const vocab = new VocabularyIndex(50257, (id) => tokenizer.tokenBytes(id), new Set([EOS]));
+  const vocab = VocabularyIndex.forTokenizer(50257, tokenizer, EOS);
   const STEPS = 30;
   for (const spec of [schema(SCHEMAS.enum!), schema(SCHEMAS.numbers!), { kind: 'regex', pattern: '[a-z]{3,8}@[a-z]{2,5}\\.(com|org)', where: 'r' } as ConstraintSpec]) {
     const constraint = compiled(spec);
@@ -269,6 +268,49 @@ test('min_tokens cannot push a complete constraint past its end: EOS still comes
     assert.equal(r.choices[0]!.text, 'ok');
     assert.equal(r.choices[0]!.finish, 'stop');
     assert.equal(r.choices[0]!.tokens.at(-1), EOS);
+  }
+});
+
+// Constraints under which the text "<|im_end|>" is valid output, so only its being a special
+// token keeps token 50257 out.
+const IM_END_TEXT: ConstraintSpec[] = [
+  schema({ type: 'object', properties: { a: { type: 'string', minLength: 12, maxLength: 30 } }, required: ['a'] }),
+  { kind: 'regex', pattern: '[<|>_a-z]{1,24}', where: 'guided_regex' },
+  { kind: 'choice', choices: [IM_END, 'ok'], where: 'guided_choice' },
+];
+
+test('an added special token (<|im_end|>) is never allowed by a mask; EOS is, exactly where the constraint may end', async () => {
+  const tokenizer = await loadTokenizer(await imEndModel());
+  assert.deepEqual(tokenizer.encode(IM_END), [IM_END_ID]);
+  assert.deepEqual(tokenizer.specialTokenIds, [EOS, IM_END_ID]);
+  const vocab = VocabularyIndex.forTokenizer(IM_END_ID + 1, tokenizer, EOS);
+  for (const spec of IM_END_TEXT) {
+    const constraint = compiled(spec);
+    assert.ok(accepts(constraint.dfa, spec.kind === 'json_schema' ? `{"a":"${IM_END} ${IM_END}"}` : IM_END), spec.kind);
+    const tc = new TokenConstraint(constraint.dfa, vocab, EOS);
+    for (let state = 0; state < constraint.dfa.stateCount; state++) {
+      const allowed = allowedIds(tc, state, IM_END_ID + 1);
+      assert.ok(!allowed.includes(IM_END_ID), `${spec.kind}: state ${state} allows ${IM_END}`);
+      assert.equal(tc.advance(state, IM_END_ID), -1);
+      assert.equal(allowed.includes(EOS), constraint.dfa.accepting[state] === 1, `${spec.kind}: EOS at state ${state}`);
+    }
+  }
+});
+
+test('a +100 logit_bias toward <|im_end|> under a constraint does not produce it; free text it takes over', async (t) => {
+  const special = await InProcessEngine.start(engineOptions(await imEndModel()));
+  t.after(() => special.shutdown());
+  const logitBias: Array<[number, number]> = [[IM_END_ID, 100]];
+  const free = await collect(special, request(prompt(0), { maxTokens: 3, logitBias }));
+  assert.deepEqual(free.choices[0]!.tokens, [IM_END_ID, IM_END_ID, IM_END_ID]);
+  for (const spec of IM_END_TEXT) {
+    const constraint = compiled(spec);
+    for (const temperature of [0, 1]) {
+      const r = await collect(special, request(prompt(0), { maxTokens: 40, temperature, seed: 1, logitBias, constraint }));
+      const c = r.choices[0]!;
+      assert.ok(!c.tokens.includes(IM_END_ID), `${spec.kind}, temperature ${temperature}: ${JSON.stringify(c.text)}`);
+      assert.ok(walk(constraint.dfa, constraint.dfa.start, Buffer.from(c.text)) >= 0, c.text);
+    }
   }
 });
 

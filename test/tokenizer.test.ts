@@ -96,7 +96,7 @@ test('tokenBytes equals js-tiktoken bytes for every id, as views of one buffer',
   assert.equal(tok.tokenBytes(-1).length, 0);
 });
 
-test('tokenText: text when valid UTF-8 alone, else bytes:\\xNN like OpenAI', () => {
+test('tokenText: text when valid UTF-8 alone, else bytes:\\xNN like OpenAI; decodesAlone tells which', () => {
   assert.equal(tok.tokenText(15496), 'Hello');
   assert.equal(tok.tokenText(995), ' world');
   assert.equal(tok.tokenText(50256), '<|endoftext|>');
@@ -112,6 +112,7 @@ test('tokenText: text when valid UTF-8 alone, else bytes:\\xNN like OpenAI', () 
       ? b.toString('utf8')
       : 'bytes:' + [...b].map((x) => (x >= 0x20 && x < 0x7f ? String.fromCharCode(x) : hex(x))).join('');
     assert.equal(tok.tokenText(id), expected, `token ${id}`);
+    assert.equal(tok.decodesAlone(id), valid, `token ${id}`);
   }
   assert.ok(partial > 100, `GPT-2 has many partial-UTF-8 tokens (found ${partial})`);
   // "’" is e2 80 99, split after its second byte.
@@ -143,6 +144,26 @@ test('vocab.json + merges.txt converts to the same tokenizer', async (t) => {
     await readFile(join(dir, 'copy', 'tokenizer.json'), 'utf8'),
     await readFile(join(tmp, 'tokenizer.json'), 'utf8'),
   );
+});
+
+test('special tokens: tokenizer.json added_tokens marked special, and tokenizer_config.json added_tokens_decoder', async (t) => {
+  assert.deepEqual(tok.specialTokenIds, [50256]);
+  const dir = await mkdtemp(join(tmpdir(), 'tokenizer-special-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  // A fine-tune's tokens: one added to tokenizer.json as special, one added but not special
+  // (ordinary text), and one only in vocab.json, marked special by tokenizer_config.json (as a
+  // checkpoint converted from vocab.json + merges.txt has it).
+  const json = JSON.parse(await readFile(join(tmp, 'tokenizer.json'), 'utf8'));
+  json.model.vocab['<|im_start|>'] = 50257;
+  const added = { single_word: false, lstrip: false, rstrip: false, normalized: false };
+  json.added_tokens.push({ id: 50258, content: '<|im_end|>', ...added, special: true }, { id: 50259, content: '<plain>', ...added, special: false });
+  await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+  assert.deepEqual((await loadTokenizer(dir)).specialTokenIds, [50256, 50258]);
+  const decoder = { '50257': { content: '<|im_start|>', special: true }, '50259': { content: '<plain>', special: false }, '60000': { content: 'gone', special: true } };
+  await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify({ added_tokens_decoder: decoder }));
+  const withConfig = await loadTokenizer(dir);
+  assert.deepEqual(withConfig.specialTokenIds, [50256, 50257, 50258], 'ids the tokenizer does not have are left out');
+  assert.equal(Buffer.from(withConfig.tokenBytes(50257)).toString(), '<|im_start|>');
 });
 
 test('newer tokenizer.json files with merges as pairs load the same', async (t) => {

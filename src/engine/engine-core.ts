@@ -16,7 +16,7 @@ import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
 import type { Speculator } from './speculation.js';
-import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, TokenLogprob } from './types.js';
+import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, LogprobToken, TokenLogprob } from './types.js';
 
 export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
 
@@ -307,7 +307,7 @@ export class EngineCore {
   private tokenConstraint(compiled: CompiledConstraint): TokenConstraint {
     let tc = this.constraints.get(compiled.key);
     if (!tc) {
-      this.vocabulary ??= new VocabularyIndex(this.runner.vocabSize, (id) => this.tokenizer.tokenBytes(id), new Set([this.opts.eosTokenId]));
+      this.vocabulary ??= VocabularyIndex.forTokenizer(this.runner.vocabSize, this.tokenizer, this.opts.eosTokenId);
       tc = new TokenConstraint(compiled.dfa, this.vocabulary, this.opts.eosTokenId);
       this.constraints.set(compiled.key, tc);
     }
@@ -458,12 +458,13 @@ export class EngineCore {
   }
 
   private tokenLogprob(tokenId: number, logprob: number | null, top: TopEntry[]): TokenLogprob {
-    return {
-      token: this.tokenizer.tokenText(tokenId),
-      tokenId,
-      logprob,
-      top: top.map((t) => ({ token: this.tokenizer.tokenText(t.tokenId), tokenId: t.tokenId, logprob: t.logprob })),
-    };
+    return { ...this.logprobToken(tokenId), logprob, top: top.map((t) => ({ ...this.logprobToken(t.tokenId), logprob: t.logprob })) };
+  }
+
+  /** Raw bytes travel only with the few tokens whose text cannot carry them (part of a character). */
+  private logprobToken(tokenId: number): LogprobToken {
+    const token = this.tokenizer.tokenText(tokenId);
+    return this.tokenizer.decodesAlone(tokenId) ? { token, tokenId } : { token, tokenId, bytes: Array.from(this.tokenizer.tokenBytes(tokenId)) };
   }
 
   private emit(requestId: string, event: EngineEvent): void {

@@ -53,16 +53,21 @@ export interface EngineRequest {
 
 export type FinishReason = 'stop' | 'length';
 
-export interface TopLogprob {
+/** A token as logprobs name it. */
+export interface LogprobToken {
+  /** Its text, or `bytes:\xNN...` when its bytes are not valid UTF-8 alone (Tokenizer.tokenText). */
   token: string;
   tokenId: number;
+  /** Its raw bytes, only where `token` is that placeholder (elsewhere they are token's UTF-8). */
+  bytes?: number[];
+}
+
+export interface TopLogprob extends LogprobToken {
   logprob: number;
 }
 
 /** Logprob record of one emitted (or echoed) token. */
-export interface TokenLogprob {
-  token: string;
-  tokenId: number;
+export interface TokenLogprob extends LogprobToken {
   /** null only for the first prompt token, which has no preceding context. */
   logprob: number | null;
   top: TopLogprob[];

@@ -36,6 +36,11 @@ export interface MakeTinyOptions {
   gpt3EncoderDir?: string;
   /** Written as the checkpoint's tokenizer_config.json (e.g. a chat_template); none by default. */
   tokenizerConfig?: Record<string, unknown>;
+  /**
+   * Added special tokens after GPT-2's own (a fine-tune's, such as `<|im_end|>`), ids 50257 on;
+   * the vocabulary (embedding and head rows) grows to hold them, as it does in such fine-tunes.
+   */
+  specialTokens?: string[];
 }
 
 /**
@@ -44,21 +49,27 @@ export interface MakeTinyOptions {
  */
 export async function makeTinyModel(opts: MakeTinyOptions): Promise<Manifest> {
   const shape = { ...TINY_DEFAULT, ...opts.shape };
-  return makeModelFolder(opts, (dir) => writeRandomCheckpoint(dir, shape, opts.seed ?? 0));
+  return makeModelFolder(opts, (dir, vocabSize) => writeRandomCheckpoint(dir, shape, vocabSize, opts.seed ?? 0));
 }
 
 /**
- * makeTinyModel with other weights: `writeWeights` writes config.json and model.safetensors into
- * the staging folder it is given; the tokenizer, the export and the move into place are shared.
+ * makeTinyModel with other weights: `writeWeights` writes config.json and model.safetensors, for a
+ * vocabulary of `vocabSize` tokens, into the staging folder it is given; the tokenizer, the export
+ * and the move into place are shared.
  */
-export async function makeModelFolder(opts: MakeTinyOptions, writeWeights: (dir: string) => void): Promise<Manifest> {
+export async function makeModelFolder(opts: MakeTinyOptions, writeWeights: (dir: string, vocabSize: number) => void): Promise<Manifest> {
   const out = resolve(opts.out);
   const staging = join(dirname(out), `.${basename(out)}.checkpoint-${process.pid}`);
   rmSync(staging, { recursive: true, force: true });
   try {
     mkdirSync(staging, { recursive: true });
-    writeWeights(staging);
-    writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(await gpt2TokenizerJsonFromGpt3Encoder(opts.gpt3EncoderDir)));
+    const specials = opts.specialTokens ?? [];
+    writeWeights(staging, GPT2_VOCAB + specials.length);
+    const tokenizer = (await gpt2TokenizerJsonFromGpt3Encoder(opts.gpt3EncoderDir)) as { added_tokens: object[] };
+    specials.forEach((content, i) =>
+      tokenizer.added_tokens.push({ id: GPT2_VOCAB + i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }),
+    );
+    writeFileSync(join(staging, 'tokenizer.json'), JSON.stringify(tokenizer));
     if (opts.tokenizerConfig) writeFileSync(join(staging, 'tokenizer_config.json'), JSON.stringify(opts.tokenizerConfig, null, 2) + '\n');
     const manifest = await exportCheckpoint({ checkpoint: staging, out, force: opts.force, weights: opts.weights, onProgress: opts.onProgress });
     renameSync(staging, join(out, 'checkpoint'));
@@ -68,7 +79,7 @@ export async function makeModelFolder(opts: MakeTinyOptions, writeWeights: (dir:
   }
 }
 
-export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknown> {
+export function tinyConfig(shape: TinyShape, vocabSize = GPT2_VOCAB): Gpt2Config & Record<string, unknown> {
   return {
     model_type: 'gpt2',
     architectures: ['GPT2LMHeadModel'],
@@ -77,7 +88,7 @@ export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknow
     n_embd: shape.embd,
     n_positions: shape.positions,
     n_ctx: shape.positions,
-    vocab_size: GPT2_VOCAB,
+    vocab_size: vocabSize,
     layer_norm_epsilon: 1e-5,
     activation_function: 'gelu_new',
     bos_token_id: 50256,
@@ -94,13 +105,13 @@ export function tinyConfig(shape: TinyShape): Gpt2Config & Record<string, unknow
  * bfloat16 changes most of its top tokens), which no quantization could be measured on (figures:
  * docs/benchmark.md, "Figures behind the code").
  */
-function writeRandomCheckpoint(dir: string, shape: TinyShape, seed: number): void {
-  const config = tinyConfig(shape);
+function writeRandomCheckpoint(dir: string, shape: TinyShape, vocabSize: number, seed: number): void {
+  const config = tinyConfig(shape, vocabSize);
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   const rng = new Rng(seed);
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
   const widthScale = Math.sqrt(TINY_DEFAULT.embd / shape.embd);
-  for (const [name, dims] of expectedShapes(shape.layers, shape.embd, GPT2_VOCAB, shape.positions, true)) {
+  for (const [name, dims] of expectedShapes(shape.layers, shape.embd, vocabSize, shape.positions, true)) {
     const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
     const isNormWeight = /ln_\w+\.weight$/.test(name);
     const std = name.startsWith('wte') || name.startsWith('wpe') ? 0.5 * widthScale : name.endsWith('.bias') ? 0.05 : isNormWeight ? 0.1 : 0.3 * widthScale;

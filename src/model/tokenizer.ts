@@ -11,11 +11,18 @@ import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { TOKENIZER_CONFIG_FILE } from './chat-template.js';
 
 export interface Tokenizer {
   /** One more than the largest token id (vocabulary plus added tokens). */
   readonly vocabSize: number;
   readonly eosTokenId: number;
+  /**
+   * The added tokens marked special (tokenizer.json's `added_tokens`, tokenizer_config.json's
+   * `added_tokens_decoder`), `<|endoftext|>` among them: control tokens such as a fine-tune's
+   * `<|im_end|>`, which are never text the model writes.
+   */
+  readonly specialTokenIds: readonly number[];
   /** Bytes of the longest token, added tokens included: any text needs >= its UTF-8 bytes / this many tokens. */
   readonly maxTokenBytes: number;
   /** Recognizes `<|endoftext|>` (and any other added token) in the text. */
@@ -26,6 +33,8 @@ export interface Tokenizer {
   tokenBytes(id: number): Uint8Array;
   /** The token as shown in logprobs: its text, or `bytes:\xNN...` when its bytes are not valid UTF-8 alone. */
   tokenText(id: number): string;
+  /** Whether the token's bytes are valid UTF-8 alone, so that tokenText is its text and not a `bytes:` placeholder. */
+  decodesAlone(id: number): boolean;
 }
 
 export const END_OF_TEXT = '<|endoftext|>';
@@ -46,23 +55,27 @@ const utf8 = new TextEncoder();
 
 interface TokenizerJson {
   model: { vocab: Record<string, number> };
-  added_tokens?: Array<{ id: number; content: string }>;
+  added_tokens?: Array<{ id: number; content: string; special?: boolean }>;
 }
 
 class ByteLevelBpeTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly eosTokenId: number;
+  readonly specialTokenIds: readonly number[];
   readonly maxTokenBytes: number;
   private readonly bytes: Uint8Array;
   /** Token id's bytes are bytes[offsets[id], offsets[id + 1]). */
   private readonly offsets: Uint32Array;
   private readonly views: Array<Uint8Array | undefined>;
   private readonly texts: Array<string | undefined>;
+  /** Ids whose tokenText is a `bytes:` placeholder (filled in as tokenText meets them). */
+  private readonly partial = new Set<number>();
   // ignoreBOM: a leading U+FEFF is text the model produced, not a byte-order mark to drop.
   private readonly lossy = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-  constructor(json: TokenizerJson, private readonly hf: HfTokenizer) {
+  /** `configSpecial`: ids tokenizer_config.json marks special. */
+  constructor(json: TokenizerJson, private readonly hf: HfTokenizer, configSpecial: readonly number[] = []) {
     const byId = new Map<number, Uint8Array>();
     for (const [token, id] of Object.entries(json.model.vocab)) byId.set(id, byteLevelToBytes(token));
     // Added tokens are plain text, not byte-level encoded.
@@ -87,6 +100,8 @@ class ByteLevelBpeTokenizer implements Tokenizer {
     const eos = json.added_tokens?.find((t) => t.content === END_OF_TEXT)?.id ?? json.model.vocab[END_OF_TEXT];
     // GPT-2 convention when a tokenizer does not name it: the last id.
     this.eosTokenId = eos ?? this.vocabSize - 1;
+    const special = new Set([...(json.added_tokens ?? []).filter((t) => t.special === true).map((t) => t.id), ...configSpecial]);
+    this.specialTokenIds = [...special].filter((id) => byId.has(id)).sort((a, b) => a - b);
   }
 
   encode(text: string): number[] {
@@ -121,9 +136,15 @@ class ByteLevelBpeTokenizer implements Tokenizer {
       text = this.strict.decode(b);
     } catch {
       text = 'bytes:' + pythonBytesRepr(b);
+      this.partial.add(id);
     }
     if (b !== EMPTY) this.texts[id] = text;
     return text;
+  }
+
+  decodesAlone(id: number): boolean {
+    this.tokenText(id);
+    return !this.partial.has(id);
   }
 }
 
@@ -140,10 +161,11 @@ function byteLevelToBytes(token: string): Uint8Array {
 }
 
 /**
- * OpenAI's legacy completions name a token that is not valid UTF-8 on its own as `bytes:` plus
- * Python's repr of the bytes (e.g. `bytes:\xe2\x80`, `bytes: \xf0`): printable ASCII stays.
+ * Python's repr of bytes, without its b'': printable ASCII stays, other bytes are `\xNN`. OpenAI
+ * names a token that is not valid UTF-8 on its own by it: `bytes:` plus it in legacy completions
+ * (e.g. `bytes:\xe2\x80`, `bytes: \xf0`), it alone in chat (`\xe2\x80`).
  */
-function pythonBytesRepr(b: Uint8Array): string {
+export function pythonBytesRepr(b: Uint8Array | readonly number[]): string {
   // repr switches to " delimiters when the bytes hold ' but no ", so ' needs escaping only when both occur.
   const escapeQuote = b.includes(0x27) && b.includes(0x22);
   let s = '';
@@ -160,14 +182,37 @@ function pythonBytesRepr(b: Uint8Array): string {
 }
 
 export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
-  return tokenizerFromJson(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), `${modelDir}/tokenizer.json`);
+  return tokenizerFromJson(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), `${modelDir}/tokenizer.json`, await configSpecialIds(modelDir));
 }
 
-/** A tokenizer from the parsed contents of a `tokenizer.json`; `source` names it in errors. */
-export function tokenizerFromJson(parsed: unknown, source = 'tokenizer.json'): Tokenizer {
+/**
+ * Ids that tokenizer_config.json's `added_tokens_decoder` marks special. transformers writes them
+ * to tokenizer.json as well, but a checkpoint with only vocab.json + merges.txt has them here alone.
+ */
+async function configSpecialIds(modelDir: string): Promise<number[]> {
+  const file = join(modelDir, TOKENIZER_CONFIG_FILE);
+  if (!existsSync(file)) return [];
+  let config: { added_tokens_decoder?: Record<string, { special?: unknown } | null> } | null;
+  try {
+    config = JSON.parse(await readFile(file, 'utf8')) as typeof config;
+  } catch (err) {
+    throw new Error(`${file}: not valid JSON (${(err as Error).message})`);
+  }
+  const decoder = config?.added_tokens_decoder;
+  if (decoder === null || typeof decoder !== 'object') return [];
+  return Object.entries(decoder)
+    .filter(([id, t]) => t?.special === true && /^\d+$/.test(id))
+    .map(([id]) => Number(id));
+}
+
+/**
+ * A tokenizer from the parsed contents of a `tokenizer.json`; `source` names it in errors, and
+ * `configSpecial` adds ids tokenizer_config.json marks special.
+ */
+export function tokenizerFromJson(parsed: unknown, source = 'tokenizer.json', configSpecial: number[] = []): Tokenizer {
   const json = parsed as TokenizerJson;
   if (typeof json?.model?.vocab !== 'object') throw new Error(`${source} has no model.vocab`);
-  return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}));
+  return new ByteLevelBpeTokenizer(json, new HfTokenizer(json, {}), configSpecial);
 }
 
 /** A `tokenizer.json` equivalent to the official gpt2 one, from GPT-2's vocab and merges. */

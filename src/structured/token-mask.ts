@@ -1,6 +1,7 @@
 // Which tokens keep the output inside a constraint, per DFA state: computed the first time a
 // state is met, then cached with the constraint, so a decoding step costs one copy of the logits
 // row per constrained sequence and no automaton work beyond walking the sampled token's bytes.
+import type { Tokenizer } from '../model/tokenizer.js';
 import type { ByteDfa } from './byte-automaton.js';
 
 /** The vocabulary's byte strings in byte order, so tokens sharing a prefix are walked once. */
@@ -12,7 +13,17 @@ export class VocabularyIndex {
   private readonly bytes: Uint8Array[];
   readonly maxLength: number;
 
-  /** `skip`: ids that are never ordinary text (EOS and other added tokens). */
+  /**
+   * What constraints spell text with: every token of the tokenizer but its special ones and EOS.
+   * A special token (a fine-tune's `<|im_end|>`) has bytes that could pass for text inside a JSON
+   * string, but it is a control token: sampled there it would end or derail a reply, never write
+   * those bytes. EOS comes back through TokenConstraint where a constraint may end.
+   */
+  static forTokenizer(vocabSize: number, tokenizer: Pick<Tokenizer, 'tokenBytes' | 'specialTokenIds'>, eosTokenId: number): VocabularyIndex {
+    return new VocabularyIndex(vocabSize, (id) => tokenizer.tokenBytes(id), new Set([...tokenizer.specialTokenIds, eosTokenId]));
+  }
+
+  /** `skip`: ids that are never ordinary text (EOS and other special tokens). */
   constructor(
     readonly vocabSize: number,
     tokenBytes: (id: number) => Uint8Array,

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { makeCopyingModel } from '../../tools/bench/copying-model.js';
-import { makeTinyModel, type TinyShape } from '../../src/model/tiny.js';
+import { makeTinyModel, type MakeTinyOptions, type TinyShape } from '../../src/model/tiny.js';
 import type { WeightDtype } from '../../src/model/weight-format.js';
 import type { EngineOptions } from '../../src/engine/types.js';
 
@@ -35,23 +35,39 @@ export function tinyModel(seed = 1, shape: Partial<TinyShape> = {}): Promise<str
 /** DialoGPT's own chat template: every turn followed by <|endoftext|>, no generation prompt. */
 export const DIALOGPT_TEMPLATE = '{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}';
 
-let dialoGpt: Promise<string> | null = null;
+const variants = new Map<string, Promise<string>>();
+
+/** The tiny model (seed 1, so tinyModel()'s weights where the vocabularies agree) made with `options`, once per process. */
+function tinyVariant(name: string, options: Omit<MakeTinyOptions, 'out' | 'seed'>): Promise<string> {
+  let dir = variants.get(name);
+  if (!dir) {
+    dir = tinyModel().then(async () => {
+      const out = join(root!, `tiny-${name}`);
+      await makeTinyModel({ out, seed: 1, ...options });
+      return out;
+    });
+    variants.set(name, dir);
+  }
+  return dir;
+}
 
 /**
  * A DialoGPT-shaped model folder: the tiny model (seed 1, so the same weights as tinyModel())
  * whose checkpoint carries DialoGPT's tokenizer_config.json, copied into the folder by the export.
  */
 export function dialoGptModel(): Promise<string> {
-  dialoGpt ??= tinyModel().then(async () => {
-    const out = join(root!, 'tiny-dialogpt');
-    await makeTinyModel({
-      out,
-      seed: 1,
-      tokenizerConfig: { model_max_length: 1024, bos_token: '<|endoftext|>', eos_token: '<|endoftext|>', chat_template: DIALOGPT_TEMPLATE },
-    });
-    return out;
+  return tinyVariant('dialogpt', {
+    tokenizerConfig: { model_max_length: 1024, bos_token: '<|endoftext|>', eos_token: '<|endoftext|>', chat_template: DIALOGPT_TEMPLATE },
   });
-  return dialoGpt;
+}
+
+/** A ChatML fine-tune's end-of-turn token: an added special token. */
+export const IM_END = '<|im_end|>';
+export const IM_END_ID = 50257;
+
+/** The tiny model with IM_END added as special token 50257, its vocabulary grown to 50,258 as a fine-tune's is. */
+export function imEndModel(): Promise<string> {
+  return tinyVariant('im-end', { specialTokens: [IM_END] });
 }
 
 export function engineOptions(modelDir: string, overrides: Partial<EngineOptions> = {}): EngineOptions {

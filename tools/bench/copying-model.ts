@@ -96,14 +96,14 @@ export function copyingLayout(shape: TinyShape): CopyingLayout {
 /** Writes `<out>/checkpoint/` (config.json, model.safetensors, tokenizer.json) and exports it to `<out>`. */
 export async function makeCopyingModel(opts: MakeTinyOptions): Promise<Manifest> {
   const shape = { ...COPYING_TEST_SHAPE, ...opts.shape };
-  return makeModelFolder(opts, (dir) => {
-    writeFileSync(join(dir, 'config.json'), JSON.stringify(tinyConfig(shape), null, 2) + '\n');
-    writeSafetensors(join(dir, 'model.safetensors'), copyingTensors(shape, opts.seed ?? 0));
+  return makeModelFolder(opts, (dir, vocabSize) => {
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(tinyConfig(shape, vocabSize), null, 2) + '\n');
+    writeSafetensors(join(dir, 'model.safetensors'), copyingTensors(shape, opts.seed ?? 0, vocabSize));
   });
 }
 
-export function copyingTensors(shape: TinyShape, seed: number): Map<string, { shape: number[]; data: Float32Array }> {
-  const config = tinyConfig(shape);
+export function copyingTensors(shape: TinyShape, seed: number, vocabSize?: number): Map<string, { shape: number[]; data: Float32Array }> {
+  const config = tinyConfig(shape, vocabSize);
   const E = shape.embd;
   const lay = copyingLayout(shape);
   const { headDim: D, kM } = lay;

@@ -1,12 +1,13 @@
 // OpenAI response shapes of the Chat Completions API (`chat.completion`, `chat.completion.chunk`)
 // and the helpers that build them. Key order follows OpenAI's own responses.
-import type { TokenLogprob } from '../../engine/types.js';
+import type { LogprobToken, TokenLogprob } from '../../engine/types.js';
+import { pythonBytesRepr } from '../../model/tokenizer.js';
 import type { CompletionUsage, ResponseMeta } from './responses.js';
 
 export interface ChatTopLogprob {
   token: string;
   logprob: number;
-  /** UTF-8 bytes of `token`. */
+  /** The token's raw bytes (those of `token`'s text unless it is part of a character). */
   bytes: number[];
 }
 
@@ -69,15 +70,19 @@ export interface ChatCompletionChunk {
 /** Engine logprob records in chat's shape, with the `top` most likely alternatives per token. */
 export function toChatLogprobs(records: TokenLogprob[], top: number): ChatTokenLogprob[] {
   return records.map((r) => ({
-    token: r.token,
-    logprob: r.logprob ?? 0,
-    bytes: utf8Bytes(r.token),
-    top_logprobs: r.top.slice(0, top).map((alt) => ({ token: alt.token, logprob: alt.logprob, bytes: utf8Bytes(alt.token) })),
+    ...chatToken(r, r.logprob ?? 0),
+    top_logprobs: r.top.slice(0, top).map((alt) => chatToken(alt, alt.logprob)),
   }));
 }
 
-function utf8Bytes(s: string): number[] {
-  return Array.from(Buffer.from(s, 'utf8'));
+/**
+ * As OpenAI's chat names a token: `bytes` are its raw bytes, so that a character split over tokens
+ * is whole again when they are concatenated; a token that is only part of a character shows them
+ * as `\xNN` escapes (legacy completions' `bytes:` placeholder, without the prefix).
+ */
+function chatToken(t: LogprobToken, logprob: number): ChatTopLogprob {
+  if (t.bytes) return { token: pythonBytesRepr(t.bytes), logprob, bytes: t.bytes };
+  return { token: t.token, logprob, bytes: Array.from(Buffer.from(t.token, 'utf8')) };
 }
 
 export function makeChatResponse(meta: ResponseMeta, choices: ChatChoice[], usage: CompletionUsage): ChatCompletionResponse {
