@@ -191,6 +191,33 @@ test('cancellation and preemption under KV pressure leave no block behind, and o
   });
 });
 
+test('a draft model with a shorter context drafts only within it: no run past it, output bit-identical, every block freed', async () => {
+  // The draft attends to 64 positions, the target to 1024. One prompt is longer than the draft's
+  // context (its catch-up, 16 tokens a call, would run past it); the other drafts, then grows past it.
+  const short = await tinyModel(2, { positions: 64 });
+  const options: Partial<EngineOptions> = { maxNumBatchedTokens: 16, maxNumSeqs: 4 };
+  const list: Spec[] = [
+    { prompt: prompt(100, 1), params: { maxTokens: 30, ignoreEos: true, logprobs: 2 } },
+    { prompt: prompt(40, 2), params: { maxTokens: 60, ignoreEos: true, temperature: 0.8, seed: 4 } },
+  ];
+  const expected = await withEngine(options, (e) => runAll(e, list, false));
+  const logs: string[] = [];
+  const e = await InProcessEngine.start(engineOptions(target, { maxStepMs: 'auto', intraOpThreads: 0, ...options, speculation: draftWith(short) }), (m) => logs.push(m));
+  try {
+    assert.ok(logs.includes('draft model context: 64 positions, the target 1024: sequences longer than 64 tokens are not drafted'), logs.join('\n'));
+    const alone = await runAll(e, list, false);
+    const together = await runAll(e, list, true);
+    assert.deepEqual(alone.map(outputBits), expected.map(outputBits));
+    assert.deepEqual(together.map(outputBits), expected.map(outputBits));
+    assert.doesNotMatch(logs.join('\n'), /draft model run failed/);
+    const s = e.stats();
+    assert.ok(s.specDecodeDrafts > 0, 'drafts were verified within the draft context');
+    assert.equal(s.kvBlocksUsed, 0, 'target and draft blocks are all freed');
+  } finally {
+    await e.shutdown();
+  }
+});
+
 test('a draft model whose token ids mean something else, or that cannot be served, is refused at start, naming the folders', async () => {
   const copy = (edit: (dir: string) => void) => {
     const dir = join(tempDir(), 'draft');

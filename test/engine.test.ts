@@ -69,6 +69,33 @@ test('preemption under KV pressure recomputes exactly: output bit-identical to a
   });
 });
 
+test('an echo+logprobs request preempted after its first tokens keeps the prompt logprobs it emitted once, bit for bit', async () => {
+  // The recomputed prefill covers the prompt again, but only for the K/V: its logits rows are not
+  // fetched, so the prompt logprobs already sent must not be rebuilt from them.
+  const specs = Array.from({ length: 4 }, (_, i) => ({
+    prompt: prompt(20, i),
+    params: { maxTokens: 160, ignoreEos: true, echo: true, logprobs: 2 },
+  }));
+  const alone = await Promise.all(specs.map((s) => collect(engine, request(s.prompt, s.params))));
+  const promptBits = (r: Awaited<ReturnType<typeof collect>>) => r.prompt!.tokens.map((t) => [t.tokenId, t.logprob, t.top.map((x) => [x.tokenId, x.logprob])]);
+  await withEngine({ kvCacheTokens: 20 * 16, blockSize: 16, admissionReserveTokens: 0, intraOpThreads: 0 }, async (small) => {
+    const scheduler = (small as unknown as { loop: { core: { scheduler: Scheduler } } }).loop.core.scheduler;
+    const preemptedWithOutput = new Set<string>();
+    const internals = scheduler as unknown as { preempt(seq: { requestId: string; outputLength: number }): void };
+    const preempt = internals.preempt.bind(scheduler);
+    internals.preempt = (seq) => {
+      if (seq.outputLength > 0) preemptedWithOutput.add(seq.requestId);
+      preempt(seq);
+    };
+    const got = await Promise.all(specs.map((s) => collect(small, request(s.prompt, s.params))));
+    assert.ok(preemptedWithOutput.size > 0, 'some request was preempted after producing output');
+    for (const r of got) assert.equal(r.events.filter((e) => e.type === 'prompt').length, 1, 'the prompt is emitted once');
+    assert.deepEqual(got.map(promptBits), alone.map(promptBits));
+    assert.deepEqual(got.map(outputBits), alone.map(outputBits));
+    assert.equal((await small.stats()).kvBlocksUsed, 0);
+  });
+});
+
 test('KV memory follows tokens held: at most one partly used block per sequence', async () => {
   await withEngine({ blockSize: 16 }, async (e) => {
     const streams = [5, 17, 33].map((n, i) => events(e, request(prompt(n, i), { maxTokens: 200, ignoreEos: true })));

@@ -4,17 +4,18 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { BlockAllocator, blocksFor, KvPool } from '../src/engine/kv-cache.js';
 import { WholePoolFeed } from '../src/engine/kv-feed.js';
+import { createSession, readWeightsFile, WEIGHTS_READ_LIMITS, type WeightsReadLimits } from '../src/engine/ort-session.js';
 import { createOnnxRunner, OnnxRunner, type ModelRunner } from '../src/engine/runner.js';
 import { exportCheckpoint } from '../src/model/export.js';
 import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
-import { readManifest } from '../src/model/manifest.js';
+import { readManifest, type Manifest } from '../src/model/manifest.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { argmax, ReferenceGpt2, type ReferenceSequence } from './helpers/reference-gpt2.js';
 import { tempDir, tinyModel } from './helpers/tiny-model.js';
@@ -121,14 +122,52 @@ test('ONNX Runtime copies in-memory weights when it creates a session: the buffe
     externalData: [{ path: manifest.graph.externalData, data: weights }],
   });
   weights.fill(0xff);
+  const got = await lastLogits(session, manifest);
+  const [want] = await (await runnerFor(dir, 'whole-pool', 16, 4)).run([FIVE_TOKENS]);
+  assert.ok(got.every((v) => Number.isFinite(v)));
+  assert.deepEqual(Array.from(got), Array.from(want!.logits));
+});
+
+const FIVE_TOKENS = { tokens: [5, 9, 2, 7, 1], pastLength: 0, blocks: [1], logitsFrom: 4, fetchLogits: true };
+
+/** The session's logits after five tokens, through the serving contract. */
+async function lastLogits(session: ort.InferenceSession, manifest: Manifest): Promise<Float32Array> {
   const pool = new KvPool({ layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks: 4, blockSize: 16 });
-  const copied = new OnnxRunner(session, pool, new WholePoolFeed(pool), manifest.vocabSize);
-  const reference = await runnerFor(dir, 'whole-pool', 16, 4);
-  const rows = [{ tokens: [5, 9, 2, 7, 1], pastLength: 0, blocks: [1], logitsFrom: 4, fetchLogits: true }];
-  const [got] = await copied.run(rows);
-  const [want] = await reference.run(rows);
-  assert.ok(got!.logits.every((v) => Number.isFinite(v)));
-  assert.deepEqual(Array.from(got!.logits), Array.from(want!.logits));
+  const [out] = await new OnnxRunner(session, pool, new WholePoolFeed(pool), manifest.vocabSize).run([FIVE_TOKENS]);
+  return out!.logits;
+}
+
+test('the weights file is read in pieces into one buffer (fs reads stop at 2 GiB): the same bytes whatever the piece size', async () => {
+  const file = join(await tinyModel(3), readManifest(await tinyModel(3)).graph.externalData);
+  const want = readFileSync(file);
+  for (const chunkBytes of [4093, want.length - 1, want.length, want.length + 1, WEIGHTS_READ_LIMITS.chunkBytes]) {
+    const got = readWeightsFile(file, { maxBytes: WEIGHTS_READ_LIMITS.maxBytes, chunkBytes });
+    assert.ok(got?.equals(want), `pieces of ${chunkBytes} bytes`);
+  }
+  assert.ok(readWeightsFile(file, { maxBytes: want.length, chunkBytes: 4093 })?.equals(want), 'a file of exactly the largest size is read');
+  assert.equal(readWeightsFile(file, { maxBytes: want.length - 1, chunkBytes: 4093 }), null, 'a bigger one is not');
+});
+
+test('a weights file bigger than one buffer is left to ONNX Runtime to map, with a log line; the logits are the same bits either way', async () => {
+  const dir = await tinyModel(3);
+  const manifest = readManifest(dir);
+  const weights = join(dir, manifest.graph.externalData);
+  const size = statSync(weights).size;
+  const session = async (weightsRead: WeightsReadLimits) => {
+    const lines: string[] = [];
+    const { session } = await createSession(join(dir, manifest.graph.file), { executionProvider: 'cpu', intraOpThreads: 1, log: (m) => lines.push(m), externalData: weights, weightsRead });
+    return { logits: Array.from(await lastLogits(session, manifest)), lines };
+  };
+  const whole = await session(WEIGHTS_READ_LIMITS);
+  const pieces = await session({ maxBytes: size, chunkBytes: 4093 });
+  const mapped = await session({ maxBytes: size - 1, chunkBytes: 4093 });
+  assert.deepEqual(pieces.logits, whole.logits);
+  assert.deepEqual(mapped.logits, whole.logits);
+  assert.ok(!whole.lines.some((l) => l.startsWith('weights:')) && !pieces.lines.some((l) => l.startsWith('weights:')), whole.lines.join('\n'));
+  assert.ok(
+    mapped.lines.includes(`weights: ${manifest.graph.externalData} (${size} bytes) is larger than one buffer (${size - 1} bytes): ONNX Runtime reads it through a file mapping`),
+    mapped.lines.join('\n'),
+  );
 });
 
 test('the tiny model is deterministic: same seed, same bytes; another seed differs', async () => {

@@ -15,6 +15,10 @@
 // is preempted (`forget`), and dropped whole when the scheduler needs room (`reclaim`) before it
 // would preempt anything: rebuilding a draft cache costs a draft-model prefill, a preemption a
 // target-model one.
+//
+// A draft whose context is shorter than the target's drafts a sequence only while the sequence
+// fits in it: past that, the draft has no position for its next guess, so the sequence's draft
+// cache is freed and the target decodes it alone.
 import { basename } from 'node:path';
 import { describeWeights, readManifest, type Manifest } from '../model/manifest.js';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
@@ -99,6 +103,9 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
     // Its pool has a slot for every block id the allocator hands out: once drafts have used them
     // all, the server holds this beside the target's cache.
     log(`draft model KV cache: ${describePool(poolShape(manifest, numBlocks, options.blockSize))}`);
+    if (manifest.contextLength < target.manifest.contextLength) {
+      log(`draft model context: ${manifest.contextLength} positions, the target ${target.manifest.contextLength}: sequences longer than ${manifest.contextLength} tokens are not drafted`);
+    }
     const proposer = new DraftModelProposer(runner, scheduler, { maxCatchUp: options.maxNumBatchedTokens, contextLength: manifest.contextLength, log });
     scheduler.sideBlocks = proposer;
     return proposer;
@@ -114,9 +121,15 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
     let batch: BatchRow[] = [];
     let free = this.spareBlocks();
     seqs.forEach((seq, index) => {
+      const L = seq.tokens.length;
+      if (L > this.settings.contextLength) {
+        // Its next guess would sit past the last position the draft can attend to, and the
+        // sequence only grows: it is done drafting, and its draft cache is only memory.
+        this.forget(seq);
+        return;
+      }
       const cache = this.cacheOf(seq);
       rollBack(cache, seq);
-      const L = seq.tokens.length;
       if (L - cache.computed > this.settings.maxCatchUp) {
         // A long catch-up (a new or preempted sequence) is spread over steps, without drafts.
         const reach = this.grow(cache, cache.computed + this.settings.maxCatchUp, free);

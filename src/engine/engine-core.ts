@@ -176,10 +176,7 @@ export class EngineCore {
       const state = this.requests.get(row.seq.requestId);
       if (!state || row.seq.status !== 'running') return; // cancelled while the step ran
       try {
-        const first = rows[i].logitsFrom;
-        if (first < row.count && state.promptLogprobs && row.seq.choice === 0 && row.start < row.seq.promptLength) {
-          this.collectPromptLogprobs(state, row, outputs[i].logits);
-        }
+        if (this.wantsPromptLogprobs(state, row)) this.collectPromptLogprobs(state, row, outputs[i].logits);
         if (row.draft) {
           this.verify(state, row.seq, row.draft, outputs[i]);
         } else if (row.sample) {
@@ -317,7 +314,7 @@ export class EngineCore {
   private runnerRow(row: ScheduledRow): RunnerRow {
     const { seq } = row;
     const state = this.requests.get(seq.requestId);
-    const wantsPrompt = !!state?.promptLogprobs && seq.choice === 0 && row.start < seq.promptLength && seq.outputLength === 0;
+    const wantsPrompt = this.wantsPromptLogprobs(state, row);
     const sampler = state?.choices[seq.choice]?.sampler;
     return {
       // A verification row: the pending token, then the drafts (every position picks a token).
@@ -327,6 +324,16 @@ export class EngineCore {
       logitsFrom: wantsPrompt || row.draft ? 0 : row.sample ? row.count - 1 : row.count,
       fetchLogits: wantsPrompt || (row.sample && (sampler?.needsLogits(seq.outputLength) ?? true)),
     };
+  }
+
+  /**
+   * Whether this row's logits score prompt tokens (echo with logprobs): choice 0's prompt chunks
+   * before its first output token. A preempted sequence recomputes its prompt for the K/V only:
+   * the prompt logprobs were emitted already, and its row fetches no logits for them.
+   */
+  private wantsPromptLogprobs(state: RequestState | undefined, row: ScheduledRow): boolean {
+    const { seq } = row;
+    return !!state?.promptLogprobs && seq.choice === 0 && row.start < seq.promptLength && seq.outputLength === 0;
   }
 
   /**

@@ -2,7 +2,7 @@
 // here prefers CUDA and falls back to CPU with one log line saying why; a CPU-only machine never
 // touches CUDA code beyond a file-existence check. The engine's full `auto` order (CUDA, then
 // WebGPU, then CPU) is in runner-factory.ts.
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { constants as bufferConstants } from 'node:buffer';
 import { createRequire } from 'node:module';
 import { basename, dirname, join } from 'node:path';
@@ -27,6 +27,38 @@ export interface SessionOptions {
   why?: string;
   /** The graph's external weights file (next to the graph), read into memory; see inMemoryWeights. */
   externalData?: string;
+  /** How that file is read (default WEIGHTS_READ_LIMITS; tests pass small limits). */
+  weightsRead?: WeightsReadLimits;
+}
+
+export interface WeightsReadLimits {
+  /** Largest file read into one Buffer; ONNX Runtime maps a bigger one itself. */
+  maxBytes: number;
+  /**
+   * Bytes per read call. One fs read moves at most 2 GiB - 1 bytes, which is also why
+   * readFileSync refuses bigger files: the file is read in pieces into one preallocated Buffer.
+   */
+  chunkBytes: number;
+}
+
+export const WEIGHTS_READ_LIMITS: WeightsReadLimits = { maxBytes: bufferConstants.MAX_LENGTH, chunkBytes: 64 * 2 ** 20 };
+
+/** The file's bytes in one Buffer, read `chunkBytes` at a time; null when it is over `maxBytes`. */
+export function readWeightsFile(file: string, limits: WeightsReadLimits = WEIGHTS_READ_LIMITS): Buffer | null {
+  const size = statSync(file).size;
+  if (size > limits.maxBytes) return null;
+  const data = Buffer.allocUnsafe(size);
+  const fd = openSync(file, 'r');
+  try {
+    for (let at = 0; at < size; ) {
+      const read = readSync(fd, data, at, Math.min(limits.chunkBytes, size - at), at);
+      if (read === 0) throw new Error(`${file} ended at byte ${at} of ${size} while it was being read (was it replaced?)`);
+      at += read;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return data;
 }
 
 /**
@@ -34,14 +66,17 @@ export interface SessionOptions {
  * reads the weights through that mapping every step). Under memory pressure the kernel may drop a
  * mapping's clean pages and read them back while the model runs, which makes step times erratic
  * and slow; memory the process owns is not dropped (figures: docs/benchmark.md, "Figures behind
- * the code"). Files too big for one Buffer (over buffer.constants.MAX_LENGTH) keep the mapping.
- * ONNX Runtime copies the weights while it creates the session, so the buffer is garbage once the
- * session exists (test/model-export.test.ts overwrites it and checks the logits); holding it would
- * keep the file's size in memory twice.
+ * the code"). Files too big for one Buffer (over buffer.constants.MAX_LENGTH) keep the mapping,
+ * with a log line saying so. ONNX Runtime copies the weights while it creates the session, so the
+ * buffer is garbage once the session exists (test/model-export.test.ts overwrites it and checks
+ * the logits); holding it would keep the file's size in memory twice.
  */
-function inMemoryWeights(file: string | undefined): ort.InferenceSession.SessionOptions {
-  if (!file || !existsSync(file) || statSync(file).size > bufferConstants.MAX_LENGTH) return {};
-  return { externalData: [{ path: basename(file), data: readFileSync(file) }] };
+function inMemoryWeights(file: string | undefined, limits: WeightsReadLimits, log: (msg: string) => void): ort.InferenceSession.SessionOptions {
+  if (!file || !existsSync(file)) return {};
+  const data = readWeightsFile(file, limits);
+  if (data) return { externalData: [{ path: basename(file), data }] };
+  log(`weights: ${basename(file)} (${statSync(file).size} bytes) is larger than one buffer (${limits.maxBytes} bytes): ONNX Runtime reads it through a file mapping`);
+  return {};
 }
 
 /** The CUDA provider is a separate download (design.md); without it, asking for CUDA cannot work. */
@@ -58,7 +93,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     enableCpuMemArena: true,
     enableMemPattern: true,
     ...(opts.intraOpThreads > 0 ? { intraOpNumThreads: opts.intraOpThreads } : {}),
-    ...inMemoryWeights(opts.externalData),
+    ...inMemoryWeights(opts.externalData, opts.weightsRead ?? WEIGHTS_READ_LIMITS, opts.log),
   };
   const cpu = async (why: string): Promise<SessionResult> => {
     opts.log(`execution provider: cpu (${why})`);
