@@ -240,6 +240,11 @@ test('the startup log names the address actually listened on (0.0.0.0 is not 127
   const loaded = server.logs.find((l) => l.msg === 'model loaded; serving')!;
   assert.equal(loaded.weights, 'float32', 'and the weight dtype');
   assert.equal(loaded.chatTemplate, 'built-in', 'and which chat template /v1/chat/completions renders with');
+  // And memory: the KV pools' full size, and the RSS the process grows to as they fill.
+  const memory = loaded.memory as { rssMiB: number; kvCacheMiB: number; kvCommittedMiB: number; expectedMaxRssMiB: number };
+  assert.ok(memory.kvCacheMiB >= 0 && memory.kvCommittedMiB <= memory.kvCacheMiB, JSON.stringify(memory));
+  // (Each figure is rounded to MiB on its own.)
+  assert.ok(Math.abs(memory.expectedMaxRssMiB - (memory.rssMiB - memory.kvCommittedMiB + memory.kvCacheMiB)) <= 1, JSON.stringify(memory));
   assert.equal(await get(new URL(`http://127.0.0.1:${server.url.port}`), '/health'), 200);
   server.kill('SIGTERM');
   assert.equal(await server.exited, 0);
