@@ -443,6 +443,25 @@ test('a frame far over --max-body-bytes, still being sent, gets close code 1009 
   assert.ok(lines.some((l) => l.msg === 'websocket closed after a protocol error by the client'));
 });
 
+test("a browser page of another origin cannot open the websocket (403); the server's own pages, --allowed-origins and non-browser clients can", async (t) => {
+  const { url, connect } = await serve(t);
+  const host = new URL(url).host;
+  await assert.rejects(Client.connect(url, { origin: 'http://evil.example' }), (err: { status?: number }) => err.status === 403);
+  await assert.rejects(Client.connect(url, { origin: 'null' }), (err: { status?: number }) => err.status === 403, 'a sandboxed page');
+  await assert.rejects(Client.connect(url, { origin: `http://${host}.evil.example` }), (err: { status?: number }) => err.status === 403);
+  const works = async (c: Client) => {
+    c.create('o', { prompt: 'A', max_tokens: 1 });
+    assert.equal((await c.finished('o')).at(-1)!.type, 'completion.done');
+  };
+  await works(await connect({ origin: `http://${host}` })); // the playground, served by this server
+  await works(await connect()); // no Origin: not a browser
+  const listed = await serve(t, {}, { allowedOrigins: ['https://app.example'] });
+  await works(await listed.connect({ origin: 'https://app.example' }));
+  await assert.rejects(Client.connect(listed.url, { origin: 'https://other.example' }), (err: { status?: number }) => err.status === 403);
+  const any = await serve(t, {}, { allowedOrigins: ['*'] });
+  await works(await any.connect({ origin: 'http://evil.example' }));
+});
+
 test('the websocket requires the API key when one is set', async (t) => {
   const { url, connect } = await serve(t, {}, { apiKey: 'sk-ws' });
   await assert.rejects(Client.connect(url), (err: { status?: number }) => err.status === 401);

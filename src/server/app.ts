@@ -13,6 +13,7 @@ import type { z } from 'zod';
 import { defaultBodyLimit, seqsInFlightLimit, type ServerConfig } from '../config.js';
 import type { EngineClient } from '../engine/types.js';
 import { makeApiKeyCheck, selectWebsocketProtocol } from './auth.js';
+import { makeWebsocketOriginCheck } from './ws-origin.js';
 import { drain } from './drain.js';
 import { ServerMetrics } from './metrics.js';
 import { ApiError, toApiError } from './openai/errors.js';
@@ -71,6 +72,8 @@ const core = fp(
     app.addHook('onRequest', async (request, reply) => {
       reply.header('x-request-id', request.id);
     });
+    const originCheck = makeWebsocketOriginCheck(o.config.allowedOrigins);
+    app.addHook('onRequest', async (request) => originCheck(request));
     if (o.config.apiKey) {
       const check = makeApiKeyCheck(o.config.apiKey);
       app.addHook('onRequest', async (request) => check(request));

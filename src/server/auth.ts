@@ -29,7 +29,7 @@ function offeredProtocols(request: IncomingMessage): string[] {
   return typeof header === 'string' ? header.split(',').map((p) => p.trim()).filter((p) => p.length > 0) : [];
 }
 
-function isWebsocketUpgrade(request: IncomingMessage): boolean {
+export function isWebsocketUpgrade(request: IncomingMessage): boolean {
   return request.method === 'GET' && (request.headers.upgrade ?? '').toLowerCase() === 'websocket';
 }
 

@@ -12,6 +12,8 @@ export const ERROR_TABLE = {
   context_length_exceeded: { status: 400, type: 'invalid_request_error' },
   // 401: the API key is missing or wrong (OpenAI uses this code and type).
   invalid_api_key: { status: 401, type: 'invalid_request_error' },
+  // 403: a websocket upgrade from a browser page of another origin (see ws-origin.ts).
+  origin_not_allowed: { status: 403, type: 'invalid_request_error' },
   // 404: unknown model or route; also an unknown id in a websocket `completion.cancel`.
   model_not_found: { status: 404, type: 'invalid_request_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
