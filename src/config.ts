@@ -12,6 +12,8 @@ interface SettingSpec {
   schema: z.ZodType;
   /** An on/off setting: `--flag` and `--no-flag` on the command line, true/false (1/0, yes/no, on/off) in the environment. */
   switch?: true;
+  /** A list: the flag may be given several times, the environment variable is comma-separated. */
+  repeatable?: true;
 }
 
 const int = (min: number) => z.coerce.number().int().min(min);
@@ -46,11 +48,14 @@ export const SETTINGS = {
       'tokenizer_config.json chat_template, else a built-in "User:/Assistant:" transcript for base models (docs/api.md)',
     schema: z.string().min(1).optional(),
   },
-  apiKey: {
+  apiKeys: {
     flag: 'api-key',
     env: 'GPT2_API_KEY',
-    help: 'Require "Authorization: Bearer <key>" on /v1/*, /tokenize and /detokenize (a websocket may send it as a subprotocol: docs/api.md)',
-    schema: z.string().min(1).optional(),
+    help:
+      'Require "Authorization: Bearer <key>" on /v1/*, /tokenize and /detokenize (a websocket may send it as a subprotocol: docs/api.md). ' +
+      'Repeat the flag (or comma-separate the variable) for several keys: each is a tenant, and no prefix-cache hit crosses tenants',
+    schema: csv,
+    repeatable: true,
   },
   executionProvider: {
     flag: 'execution-provider',
@@ -99,6 +104,13 @@ export const SETTINGS = {
       .max(1024)
       .refine((v) => v % BLOCK_SIZE_MULTIPLE === 0, `must be a multiple of ${BLOCK_SIZE_MULTIPLE} (the KV layout the attention kernels are built and tested for)`)
       .default(16),
+  },
+  enablePromptTokensDetails: {
+    flag: 'enable-prompt-tokens-details',
+    env: 'GPT2_ENABLE_PROMPT_TOKENS_DETAILS',
+    help: "Report usage.prompt_tokens_details.cached_tokens (vLLM's flag; off by default: a prefix-cache hit tells a client that someone sent that prompt before)",
+    schema: z.stringbool().default(false),
+    switch: true,
   },
   prefixCaching: {
     flag: 'prefix-caching',
@@ -241,16 +253,16 @@ export class ConfigError extends Error {}
 
 /** Resolves flags over environment over defaults; throws ConfigError naming the bad setting. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
-  const options: Record<string, { type: 'string' | 'boolean' }> = {};
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {};
   for (const spec of Object.values(SETTINGS) as SettingSpec[]) {
     if (spec.switch) {
       options[spec.flag] = { type: 'boolean' };
       options[`no-${spec.flag}`] = { type: 'boolean' };
     } else {
-      options[spec.flag] = { type: 'string' };
+      options[spec.flag] = spec.repeatable ? { type: 'string', multiple: true } : { type: 'string' };
     }
   }
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | Array<string | boolean> | undefined>;
   try {
     ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }));
   } catch (err) {
@@ -258,7 +270,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   const out: Record<string, unknown> = {};
   for (const [key, spec] of Object.entries(SETTINGS) as Array<[string, SettingSpec]>) {
-    const raw = spec.switch ? switchValue(values, spec.flag) ?? env[spec.env] : values[spec.flag] ?? env[spec.env];
+    const given = values[spec.flag];
+    // A repeated flag's values go through the same parsing as the variable's comma-separated list.
+    const flagValue = Array.isArray(given) ? given.join(',') : given;
+    const raw = spec.switch ? switchValue(values, spec.flag) ?? env[spec.env] : flagValue ?? env[spec.env];
     const parsed = spec.schema.safeParse(raw === '' ? undefined : raw);
     if (!parsed.success) {
       const why = parsed.error.issues.map((i) => i.message).join('; ');
@@ -291,7 +306,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 /** A switch's command-line value as the environment would spell it (both --x and --no-x: an error). */
-function switchValue(values: Record<string, string | boolean | undefined>, flag: string): string | undefined {
+function switchValue(values: Record<string, unknown>, flag: string): string | undefined {
   const on = values[flag] === true;
   const off = values[`no-${flag}`] === true;
   if (on && off) throw new ConfigError(`--${flag} and --no-${flag} were both given`);
@@ -312,7 +327,11 @@ export function defaultBodyLimit(contextLength: number): number {
 
 export function configHelp(): string {
   const rows = Object.values(SETTINGS as Record<string, SettingSpec>).map((spec) => {
-    if (spec.switch) return `  --${`no-${spec.flag}`.padEnd(24)} ${spec.help}\n  ${' '.repeat(26)} env ${spec.env}=false`;
+    if (spec.switch) {
+      // The flag that changes something: --no-x for what is on by default, --x for what is off.
+      const on = spec.schema.safeParse(undefined).data === true;
+      return `  --${(on ? `no-${spec.flag}` : spec.flag).padEnd(24)} ${spec.help}\n  ${' '.repeat(26)} env ${spec.env}=${on ? 'false' : 'true'}`;
+    }
     const def = spec.schema.safeParse(undefined);
     const value = def.success ? (Array.isArray(def.data) ? def.data.join(',') : def.data) : undefined;
     const shown = value !== undefined && value !== '' ? ` (default: ${String(value)})` : '';

@@ -9,7 +9,7 @@ import { dialoGptModel } from './helpers/tiny-model.js';
 const KEY = 'sk-client-test';
 
 async function serve(t: { after: (fn: () => Promise<unknown>) => void }, modelDir?: string) {
-  const { app, engine } = await serveTest(t, { config: { apiKey: KEY }, engine: modelDir ? { modelDir } : {} });
+  const { app, engine } = await serveTest(t, { config: { apiKeys: [KEY] }, engine: modelDir ? { modelDir } : {} });
   const spy = spyOn(engine);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;

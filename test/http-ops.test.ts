@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import request from 'supertest';
-import type { ServerConfig } from '../src/config.js';
+import { loadConfig, type ServerConfig } from '../src/config.js';
 import type { EngineClient } from '../src/engine/types.js';
 import type { AppOptions } from '../src/server/app.js';
 import { MODEL, greedy, makeApp, memoryLogger, parseSse, serveTest, spyOn, startTestEngine, waitFor, type EngineSetup } from './helpers/serving.js';
@@ -197,7 +197,7 @@ test('a body over --max-body-bytes is 413', async (t) => {
 });
 
 test('API key: Bearer required on /v1/*, /tokenize, /detokenize; /health, /ready and /metrics stay open', async (t) => {
-  const { spy: engine, app } = await setup(t, {}, { apiKey: 'sk-test-123' });
+  const { spy: engine, app } = await setup(t, {}, { apiKeys: ['sk-test-123'] });
   const none = await request(app.server).post('/v1/completions').send({ model: MODEL, prompt: 'A' }).expect(401);
   assert.equal(none.headers['www-authenticate'], 'Bearer');
   assert.equal(none.body.error.code, 'invalid_api_key');
@@ -225,6 +225,25 @@ test('API key: Bearer required on /v1/*, /tokenize, /detokenize; /health, /ready
   await request(app.server).get('/health').expect(200);
   await request(app.server).get('/ready').expect(200);
   await request(app.server).get('/metrics').expect(200);
+});
+
+test('API keys are tenants: --api-key repeated or GPT2_API_KEY comma-separated; each key works, and no prefix-cache hit crosses tenants', async (t) => {
+  assert.deepEqual(loadConfig(['--api-key', 'sk-a', '--api-key', 'sk-b'], {}).apiKeys, ['sk-a', 'sk-b']);
+  assert.deepEqual(loadConfig([], { GPT2_API_KEY: 'sk-a, sk-b' }).apiKeys, ['sk-a', 'sk-b']);
+  assert.deepEqual(loadConfig([], {}).apiKeys, []);
+  const { app, spy } = await setup(t, {}, { apiKeys: ['sk-a', 'sk-b'], enablePromptTokensDetails: true });
+  const prompt = Array.from({ length: 40 }, (_, i) => 3000 + i);
+  const as = async (key: string) =>
+    (await request(app.server).post('/v1/completions').set('authorization', `Bearer ${key}`).send({ model: MODEL, prompt, max_tokens: 3, temperature: 0 }).expect(200)).body;
+  const cached = (b: { usage: { prompt_tokens_details?: { cached_tokens: number } } }) => b.usage.prompt_tokens_details?.cached_tokens ?? 0;
+  const a1 = await as('sk-a');
+  assert.equal(cached(await as('sk-a')), 32, 'a tenant hits its own cache');
+  const b1 = await as('sk-b');
+  assert.equal(cached(b1), 0, 'the other tenant does not');
+  assert.equal(cached(await as('sk-b')), 32);
+  assert.deepEqual(b1.choices, a1.choices, 'the same output either way');
+  await request(app.server).post('/v1/completions').set('authorization', 'Bearer sk-c').send({ model: MODEL, prompt: 'A' }).expect(401);
+  assert.equal(spy.submitted.length, 4);
 });
 
 test('CORS is off by default; --allowed-origins answers preflights and tags responses for browsers', async (t) => {

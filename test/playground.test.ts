@@ -69,7 +69,7 @@ test('/ serves the page and /playground/ its script and style, under a strict CS
 });
 
 test('with an API key the page is the same file (no key or server detail in it) while the API still wants the key', async (t) => {
-  const { app } = await serveTest(t, { config: { apiKey: KEY } });
+  const { app } = await serveTest(t, { config: { apiKeys: [KEY] } });
   for (const [url, file] of [['/', 'index.html'], ['/playground/app.js', 'app.js'], ['/playground/style.css', 'style.css']] as const) {
     const res = await app.inject({ method: 'GET', url });
     assert.equal(res.statusCode, 200, url);
@@ -114,7 +114,7 @@ function openWith(url: string, protocols: string[], headers: Record<string, stri
 
 async function listen(t: { after: (fn: () => Promise<unknown>) => void }, apiKey?: string) {
   const log = memoryLogger();
-  const { app } = await serveTest(t, { config: apiKey ? { apiKey } : {}, app: { logger: log.logger } });
+  const { app } = await serveTest(t, { config: apiKey ? { apiKeys: [apiKey] } : {}, app: { logger: log.logger } });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;
   return { port, url: `ws://127.0.0.1:${port}/v1/completions/ws`, lines: log.lines };

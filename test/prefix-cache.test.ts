@@ -195,22 +195,69 @@ test('settings: on by default, --no-prefix-caching or GPT2_PREFIX_CACHING=false 
   assert.equal(serverEngineOptions(loadConfig(['--no-prefix-caching'], {}), '/m').prefixCaching, false);
 });
 
-test('HTTP: a repeated prompt reports usage.prompt_tokens_details.cached_tokens (whole blocks, never the last token); none without a hit or when off', async (t) => {
+test('HTTP: with --enable-prompt-tokens-details a repeated prompt reports usage.prompt_tokens_details.cached_tokens (whole blocks, never the last token); none without a hit, when off, or without the flag', async (t) => {
   const prompt = Array.from({ length: 40 }, (_, i) => 1000 + i);
   const complete = async (app: TestServer['app']) =>
     (await supertest(app.server).post('/v1/completions').send({ model: MODEL, prompt, max_tokens: 3, temperature: 0 }).expect(200)).body.usage;
-  const on = await serveTest(t);
+  const on = await serveTest(t, { config: { enablePromptTokensDetails: true } });
   assert.deepEqual(await complete(on.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43 });
   assert.deepEqual(await complete(on.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43, prompt_tokens_details: { cached_tokens: 32 } });
-  const off = await serveTest(t, { engine: { prefixCaching: false } });
+  const off = await serveTest(t, { engine: { prefixCaching: false }, config: { enablePromptTokensDetails: true } });
   await complete(off.app);
   assert.deepEqual(await complete(off.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43 });
+  // The default (vLLM's too): a hit is not announced, since it tells a client that someone sent
+  // that prompt before.
+  const quiet = await serveTest(t);
+  await complete(quiet.app);
+  assert.deepEqual(await complete(quiet.app), { prompt_tokens: 40, completion_tokens: 3, total_tokens: 43 });
+  assert.equal(quiet.engine.stats().prefixCacheHits, 32, 'the hit happened all the same');
+});
+
+test('blocks named under a cache salt are another chain: same tokens, other names; same salt, same names', () => {
+  const tokens = [1, 2, 3, 4];
+  const plain = blockHash(null, tokens);
+  assert.notEqual(blockHash(null, tokens, ['salt:a']), plain);
+  assert.notEqual(blockHash(null, tokens, ['salt:a']), blockHash(null, tokens, ['salt:b']));
+  assert.equal(blockHash(null, tokens, ['salt:a']), blockHash(null, tokens, ['salt:a']));
+  assert.notEqual(blockHash(null, tokens, ['ab', 'c']), blockHash(null, tokens, ['a', 'bc']), 'keys are length-prefixed');
+  assert.equal(blockHash(plain, tokens, ['salt:a']), blockHash(plain, tokens), 'only the first block takes the keys; the rest inherit them through the parent');
+});
+
+test('HTTP: cache_salt isolates prefix-cache entries: hits within a salt, none across salts or with no salt; output bit-identical either way', async (t) => {
+  const { app, engine } = await serveTest(t, { config: { enablePromptTokensDetails: true } });
+  const prompt = Array.from({ length: 40 }, (_, i) => 2000 + i);
+  const complete = async (salt: string | undefined) =>
+    (
+      await supertest(app.server)
+        .post('/v1/completions')
+        .send({ model: MODEL, prompt, max_tokens: 5, temperature: 0, logprobs: 2, ...(salt === undefined ? {} : { cache_salt: salt }) })
+        .expect(200)
+    ).body;
+  const first = await complete('tenant-a');
+  assert.equal(first.usage.prompt_tokens_details, undefined);
+  const cached = (b: { usage: { prompt_tokens_details?: { cached_tokens: number } } }) => b.usage.prompt_tokens_details?.cached_tokens ?? 0;
+  const same = await complete('tenant-a');
+  assert.equal(cached(same), 32, 'same salt: a hit');
+  assert.equal(cached(await complete('tenant-b')), 0, 'another salt: no hit');
+  assert.equal(cached(await complete(undefined)), 0, 'no salt: no hit on salted blocks');
+  assert.equal(cached(await complete(undefined)), 32, 'the unsalted cache works as before');
+  // Exactness: a hit or not, the same tokens and logprobs (deepEqual compares numbers with Object.is).
+  assert.deepEqual(same.choices, first.choices);
+  assert.deepEqual((await complete('tenant-c')).choices, first.choices);
+  assert.equal(engine.stats().kvBlocksUsed, 0);
+  // Chat and the websocket take it too (the same schema); a bad one is a 400 naming the field.
+  const chat = async () =>
+    (await supertest(app.server).post('/v1/chat/completions').send({ model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(80) }], max_tokens: 2, cache_salt: 's' }).expect(200)).body;
+  await chat();
+  assert.ok(cached(await chat()) > 0, 'a chat hit within its salt');
+  const bad = await supertest(app.server).post('/v1/completions').send({ model: MODEL, prompt: 'a', cache_salt: '' }).expect(400);
+  assert.equal(bad.body.error.param, 'cache_salt');
 });
 
 test('HTTP: under memory pressure a prompt seen earlier still hits its first blocks (a chain is evicted tail first)', async (t) => {
   // 4096 tokens of KV (256 blocks of 16): a 900-token prompt, then four of 1,000 tokens that need
   // most of the pool, then the first prompt again.
-  const { app } = await serveTest(t, { engine: { kvCacheTokens: 4096 } });
+  const { app } = await serveTest(t, { engine: { kvCacheTokens: 4096 }, config: { enablePromptTokensDetails: true } });
   const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729 + 13) % 50000);
   const complete = async (prompt: number[]) =>
     (await supertest(app.server).post('/v1/completions').send({ model: MODEL, prompt, max_tokens: 4, temperature: 0 }).expect(200)).body.usage;

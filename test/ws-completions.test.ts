@@ -463,7 +463,7 @@ test("a browser page of another origin cannot open the websocket (403); the serv
 });
 
 test('the websocket requires the API key when one is set', async (t) => {
-  const { url, connect } = await serve(t, {}, { apiKey: 'sk-ws' });
+  const { url, connect } = await serve(t, {}, { apiKeys: ['sk-ws'] });
   await assert.rejects(Client.connect(url), (err: { status?: number }) => err.status === 401);
   await assert.rejects(Client.connect(url, { headers: { authorization: 'Bearer nope' } }), (err: { status?: number }) => err.status === 401);
   const c = await connect({ headers: { authorization: 'Bearer sk-ws' } });

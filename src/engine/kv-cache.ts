@@ -13,12 +13,28 @@ import { createHash } from 'node:crypto';
 
 export const NULL_BLOCK = 0;
 
-/** The name of a full block: a digest of the parent block's name and the block's token ids. */
+/**
+ * The name of a full block: a digest of the parent block's name and the block's token ids; the
+ * first block of a chain mixes in the chain's extra keys instead of a parent.
+ */
 export type BlockHash = string;
 
-export function blockHash(parent: BlockHash | null, tokens: ArrayLike<number>): BlockHash {
+/**
+ * `extraKeys` (first block only) keep chains apart that must never share K/V although their
+ * tokens agree: a cache salt (vLLM's `cache_salt`, against prefix-cache timing side channels
+ * between users) today; a LoRA adapter's name would be another. Each key is length-prefixed, so
+ * no two lists of keys digest alike.
+ */
+export function blockHash(parent: BlockHash | null, tokens: ArrayLike<number>, extraKeys: readonly string[] = []): BlockHash {
   const h = createHash('sha256');
   if (parent !== null) h.update(parent, 'base64');
+  else {
+    for (const key of extraKeys) {
+      const bytes = Buffer.from(key, 'utf8');
+      h.update(new Uint8Array(Uint32Array.of(bytes.length).buffer));
+      h.update(bytes);
+    }
+  }
   h.update(new Uint8Array(Int32Array.from(tokens).buffer));
   return h.digest('base64');
 }

@@ -89,6 +89,8 @@ export class Sequence {
     readonly maxOutput = Infinity,
     /** False when every prompt position's logits are wanted (echo with logprobs): all are computed. */
     readonly usesPrefixCache = true,
+    /** Mixed into its first block's name: only sequences with the same keys share cached blocks. */
+    readonly cacheKeys: readonly string[] = [],
   ) {}
 
   get outputLength(): number {
@@ -98,7 +100,7 @@ export class Sequence {
   /** The prefix-cache names of its first `count` blocks (each must be full of known tokens). */
   blockHashes(count: number, blockSize: number): readonly BlockHash[] {
     for (let i = this.hashes.length; i < count; i++) {
-      this.hashes.push(blockHash(i === 0 ? null : this.hashes[i - 1]!, this.tokens.slice(i * blockSize, (i + 1) * blockSize)));
+      this.hashes.push(blockHash(i === 0 ? null : this.hashes[i - 1]!, this.tokens.slice(i * blockSize, (i + 1) * blockSize), this.cacheKeys));
     }
     return this.hashes.length === count ? this.hashes : this.hashes.slice(0, count);
   }

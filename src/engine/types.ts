@@ -49,6 +49,12 @@ export interface EngineRequest {
   id: string;
   promptTokens: number[];
   params: SamplingParams;
+  /**
+   * Prefix-cache isolation: mixed into the first block's name, so cached blocks are shared only
+   * between requests with the same keys (the edge's: the tenant, and vLLM's `cache_salt`).
+   * Absent or empty: the shared cache.
+   */
+  cacheKeys?: readonly string[];
 }
 
 export type FinishReason = 'stop' | 'length';

@@ -59,6 +59,7 @@ const core = fp(
     app.decorate('appOptions', o.options);
     app.decorateRequest('completionStats', null);
     app.decorateRequest('finishRecorded', false);
+    app.decorateRequest('tenant', null);
 
     // Zod validates bodies; failures become OpenAI-shaped 400s naming the field.
     app.setValidatorCompiler<z.ZodType>(({ schema }) => (data: unknown) => {
@@ -74,9 +75,11 @@ const core = fp(
     });
     const originCheck = makeWebsocketOriginCheck(o.config.allowedOrigins);
     app.addHook('onRequest', async (request) => originCheck(request));
-    if (o.config.apiKey) {
-      const check = makeApiKeyCheck(o.config.apiKey);
-      app.addHook('onRequest', async (request) => check(request));
+    if (o.config.apiKeys.length > 0) {
+      const check = makeApiKeyCheck(o.config.apiKeys);
+      app.addHook('onRequest', async (request) => {
+        request.tenant = check(request);
+      });
     }
     app.addHook('onResponse', async (request, reply) => {
       recordFinished(app, request, reply.statusCode, reply.elapsedTime);

@@ -51,23 +51,31 @@ export function selectWebsocketProtocol(protocols: Set<string>): string | false 
   return false;
 }
 
-export function makeApiKeyCheck(apiKey: string): (request: FastifyRequest) => void {
-  const expected = digest(apiKey);
+/**
+ * The check of the API keys (--api-key, one or several): returns the tenant of a protected
+ * request (the index of its key), or null for an unprotected path. Every key is compared, so the
+ * time taken does not say which one matched.
+ */
+export function makeApiKeyCheck(apiKeys: readonly string[]): (request: FastifyRequest) => number | null {
+  const expected = apiKeys.map(digest);
   return (request) => {
     // The matched route template too, so no encoding trick reaches a protected handler unchecked.
     const route = request.routeOptions?.url;
-    if (!isProtectedPath(request.url) && !(route && isProtectedPath(route))) return;
+    if (!isProtectedPath(request.url) && !(route && isProtectedPath(route))) return null;
     const header = request.headers.authorization ?? '';
     const match = /^Bearer\s+(.+)$/i.exec(header.trim());
     const key = match ? match[1]! : keyFromSubprotocol(request.raw);
-    const given = key !== null ? digest(key) : Buffer.alloc(expected.length);
-    if (key === null || !timingSafeEqual(given, expected)) {
-      throw new ApiError(
-        'invalid_api_key',
-        key !== null ? 'Incorrect API key provided' : 'Missing API key: send "Authorization: Bearer <key>"',
-        null,
-        { 'www-authenticate': 'Bearer' },
-      );
-    }
+    const given = key !== null ? digest(key) : Buffer.alloc(32);
+    let tenant = -1;
+    expected.forEach((e, i) => {
+      if (timingSafeEqual(given, e) && key !== null) tenant = i;
+    });
+    if (tenant >= 0) return tenant;
+    throw new ApiError(
+      'invalid_api_key',
+      key !== null ? 'Incorrect API key provided' : 'Missing API key: send "Authorization: Bearer <key>"',
+      null,
+      { 'www-authenticate': 'Bearer' },
+    );
   };
 }

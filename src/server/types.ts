@@ -44,5 +44,7 @@ declare module 'fastify' {
     completionStats: CompletionStats | null;
     /** Set once the "request finished" line was written (hijacked replies write it themselves). */
     finishRecorded: boolean;
+    /** With --api-key: which key the request carried (its index), the tenant; null otherwise. */
+    tenant: number | null;
   }
 }

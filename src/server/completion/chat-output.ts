@@ -12,7 +12,6 @@ import {
   type ChatLogprobs,
   type ChatTokenLogprob,
 } from '../openai/chat-responses.js';
-import { makeUsage } from '../openai/responses.js';
 import type { CompletionJob } from './job.js';
 
 /** Runs the job to the end and builds the non-streaming response. */
@@ -40,7 +39,7 @@ export async function collectChat(job: CompletionJob): Promise<ChatCompletionRes
     logprobs: c.logprobs ? { content: c.logprobs, refusal: null } : null,
     finish_reason: c.finishReason,
   }));
-  return makeChatResponse(job.meta, choices, makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens));
+  return makeChatResponse(job.meta, choices, job.usage);
 }
 
 /**
@@ -71,5 +70,5 @@ export async function* chatChunks(job: CompletionJob, options: { includeUsage: b
       yield makeChatChunk(meta, [{ index: out.choice, delta, logprobs: null, finish_reason: out.reason }], usageField);
     }
   }
-  if (options.includeUsage) yield makeChatChunk(meta, [], makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens));
+  if (options.includeUsage) yield makeChatChunk(meta, [], job.usage);
 }

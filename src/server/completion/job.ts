@@ -7,7 +7,7 @@
 import type { EngineClient, EngineEvent, FinishReason, TokenLogprob } from '../../engine/types.js';
 import { AsyncQueue } from '../../util/async-queue.js';
 import { ApiError, fromEngineError } from '../openai/errors.js';
-import type { ResponseMeta } from '../openai/responses.js';
+import { makeUsage, type CompletionUsage, type ResponseMeta } from '../openai/responses.js';
 import type { RequestLimits, ValidCompletionRequest } from './request.js';
 
 /**
@@ -63,6 +63,10 @@ export interface JobContext {
   observer?: JobObserver;
   clock?: () => number;
   forceStream?: boolean;
+  /** --enable-prompt-tokens-details: usage reports cached tokens. */
+  promptTokensDetails?: boolean;
+  /** Prefix-cache isolation keys of the request's tenant (EngineRequest.cacheKeys); its cache_salt adds one. */
+  cacheKeys?: readonly string[];
 }
 
 export class CompletionJob {
@@ -102,6 +106,11 @@ export class CompletionJob {
     return this.sources.reduce((sum, s) => sum + s.cachedTokens, 0);
   }
 
+  /** OpenAI's usage; cached tokens only with --enable-prompt-tokens-details. */
+  get usage(): CompletionUsage {
+    return makeUsage(this.promptTokens, this.completionTokens, this.ctx.promptTokensDetails ? this.cachedTokens : 0);
+  }
+
   /** Generated tokens over all choices (best_of included): the engine's count, or what arrived so far. */
   get completionTokens(): number {
     return this.sources.reduce((sum, s) => sum + (s.completionTokens ?? s.generated), 0);
@@ -119,7 +128,9 @@ export class CompletionJob {
     prompts.forEach((prompt, i) => {
       const src: Source = { engineId: `${this.meta.id}-${i}`, accepted: false, finished: false, generated: 0, completionTokens: null, cachedTokens: 0, lastTokenAt: new Map() };
       this.sources.push(src);
-      this.engine.submit({ id: src.engineId, promptTokens: prompt.tokens, params: { ...params, maxTokens: prompt.maxTokens } }, (event) =>
+      const cacheKeys = [...(this.ctx.cacheKeys ?? []), ...(request.cacheSalt === undefined ? [] : [`salt:${request.cacheSalt}`])];
+      const engineRequest = { id: src.engineId, promptTokens: prompt.tokens, params: { ...params, maxTokens: prompt.maxTokens }, ...(cacheKeys.length > 0 ? { cacheKeys } : {}) };
+      this.engine.submit(engineRequest, (event) =>
         this.onEvent(i, event),
       );
       if (this.paused) this.engine.pause(src.engineId);

@@ -9,7 +9,6 @@ import {
   emptyLogprobs,
   makeChunk,
   makeEnvelope,
-  makeUsage,
   toOpenAILogprobs,
   type CompletionChoice,
   type CompletionChunk,
@@ -75,7 +74,7 @@ export async function collectCompletion(job: CompletionJob): Promise<CompletionR
       choices.push({ text: c.text, index: p * n + rank, logprobs: c.logprobs, finish_reason: c.finishReason ?? 'length' });
     });
   });
-  return { ...makeEnvelope(job.meta, choices), usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens) };
+  return { ...makeEnvelope(job.meta, choices), usage: job.usage };
 }
 
 /**
@@ -112,7 +111,7 @@ export async function* completionChunks(job: CompletionJob, options: { includeUs
     }
   }
   if (options.includeUsage) {
-    yield makeChunk(meta, [], makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens));
+    yield makeChunk(meta, [], job.usage);
   }
 }
 

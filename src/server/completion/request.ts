@@ -35,6 +35,8 @@ export interface ValidCompletionRequest {
   params: Omit<SamplingParams, 'maxTokens'>;
   /** Set for a chat completion (see chat-request.ts). */
   chat?: ChatDetails;
+  /** The request's `cache_salt` (EngineRequest.cacheSalt). */
+  cacheSalt?: string;
 }
 
 export interface ChatDetails {
@@ -107,6 +109,7 @@ export async function resolveCompletionRequest(
     includeUsage: stream && (body.stream_options?.include_usage ?? false),
     echo,
     logprobs,
+    ...(body.cache_salt ? { cacheSalt: body.cache_salt } : {}),
     params: {
       minTokens,
       temperature: body.temperature ?? 1,

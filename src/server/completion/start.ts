@@ -14,11 +14,17 @@ export interface AdmittedCompletion {
   end: () => void;
 }
 
-export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
+/** How a request is admitted: `tenant` is its API key's (FastifyRequest.tenant). */
+export interface AdmitOptions {
+  forceStream?: boolean;
+  tenant?: number | null;
+}
+
+export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: AdmitOptions = {}): AdmittedCompletion {
   return admit(app, 'cmpl', body, (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
 }
 
-export function admitChat(app: FastifyInstance, body: ChatBody, options: { forceStream?: boolean } = {}): AdmittedCompletion {
+export function admitChat(app: FastifyInstance, body: ChatBody, options: AdmitOptions = {}): AdmittedCompletion {
   // One conversation is one prompt.
   return admit(app, 'chatcmpl', { prompt: null, n: body.n, best_of: null }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
 }
@@ -33,7 +39,7 @@ function admit(
   idPrefix: string,
   fanOut: Pick<CompletionBody, 'prompt' | 'n' | 'best_of'>,
   resolve: RequestResolver,
-  options: { forceStream?: boolean },
+  options: AdmitOptions,
 ): AdmittedCompletion {
   const state = app.serving;
   const engine = state.acceptNewWork();
@@ -50,6 +56,9 @@ function admit(
     observer: jobObserver(app),
     clock: opts.clock,
     forceStream: options.forceStream,
+    promptTokensDetails: app.config.enablePromptTokensDetails,
+    // Each tenant's prefix-cache entries are its own: no hit, and so no timing, crosses tenants.
+    cacheKeys: options.tenant == null ? [] : [`tenant:${options.tenant}`],
   });
   return { job, end: state.admit(job, sequences) };
 }

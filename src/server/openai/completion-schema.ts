@@ -91,6 +91,8 @@ export const SamplingFields = {
   min_tokens: z.number().int().min(0).nullish(),
   ignore_eos: z.boolean().nullish(),
   stop_token_ids: z.array(z.number().int().min(0)).nullish(),
+  // vLLM: prefix-cache entries are shared only between requests with the same salt.
+  cache_salt: z.string().min(1).max(256).nullish(),
   ...structuredOutputFields,
 };
 

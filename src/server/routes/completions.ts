@@ -9,9 +9,9 @@ import { CompletionBodySchema } from '../openai/completion-schema.js';
 
 export const completionsRoutes: FastifyPluginAsyncZod = async (app) => {
   app.post('/v1/completions', { schema: { body: CompletionBodySchema } }, async (request, reply) =>
-    respond(app, request, reply, admitCompletion(app, request.body), COMPLETION_FORMAT),
+    respond(app, request, reply, admitCompletion(app, request.body, { tenant: request.tenant }), COMPLETION_FORMAT),
   );
   app.post('/v1/chat/completions', { schema: { body: ChatBodySchema } }, async (request, reply) =>
-    respond(app, request, reply, admitChat(app, request.body), CHAT_FORMAT),
+    respond(app, request, reply, admitChat(app, request.body, { tenant: request.tenant }), CHAT_FORMAT),
   );
 };

@@ -27,7 +27,7 @@ import { admitChat, admitCompletion, type AdmittedCompletion } from '../completi
 import { ChatBodySchema } from '../openai/chat-schema.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
 import { ApiError, toApiError } from '../openai/errors.js';
-import { makeUsage, serializeChunk } from '../openai/responses.js';
+import { serializeChunk } from '../openai/responses.js';
 import { parseOrThrow } from '../openai/zod-errors.js';
 import { CLIENT_CLOSED, logServerFailure, statsOf } from '../telemetry.js';
 
@@ -37,14 +37,14 @@ const OPEN = 1;
 const DRAIN_POLL_MS = 25;
 
 /** What a create frame of each kind admits, and how its outputs are framed. */
-const CREATE_FRAMES: Record<string, { admit: (app: FastifyInstance, msg: Record<string, unknown>) => AdmittedCompletion; format: ResponseFormat }> = {
+const CREATE_FRAMES: Record<string, { admit: (app: FastifyInstance, msg: Record<string, unknown>, tenant: number | null) => AdmittedCompletion; format: ResponseFormat }> = {
   'completion.create': {
     // The websocket always streams; `type` and `id` are not body fields and are stripped.
-    admit: (app, msg) => admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true }),
+    admit: (app, msg, tenant) => admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
     format: COMPLETION_FORMAT,
   },
   'chat.completion.create': {
-    admit: (app, msg) => admitChat(app, parseOrThrow(ChatBodySchema, { ...msg, stream: true }), { forceStream: true }),
+    admit: (app, msg, tenant) => admitChat(app, parseOrThrow(ChatBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
     format: CHAT_FORMAT,
   },
 };
@@ -194,7 +194,7 @@ class WsSession {
     const startedAt = this.app.appOptions.clock();
     let admitted: AdmittedCompletion;
     try {
-      admitted = kind.admit(this.app, msg);
+      admitted = kind.admit(this.app, msg, this.request.tenant);
     } catch (err) {
       const apiErr = toApiError(err);
       this.sendError(id, apiErr);
@@ -219,7 +219,7 @@ class WsSession {
         const { id: completionId, ...rest } = chunk;
         this.send({ type: `${format.frame}.chunk`, id: req.id, completion_id: completionId, ...rest });
       }
-      this.send({ type: `${format.frame}.done`, id: req.id, completion_id: job.meta.id, usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens) });
+      this.send({ type: `${format.frame}.done`, id: req.id, completion_id: job.meta.id, usage: job.usage });
     } catch (err) {
       if (err instanceof JobCancelledError) {
         status = CLIENT_CLOSED;
@@ -229,7 +229,7 @@ class WsSession {
             type: `${format.frame}.done`,
             id: req.id,
             completion_id: job.meta.id,
-            usage: makeUsage(job.promptTokens, job.completionTokens, job.cachedTokens),
+            usage: job.usage,
             cancelled: true,
           });
         } else {
