@@ -462,6 +462,22 @@ test("a browser page of another origin cannot open the websocket (403); the serv
   await works(await any.connect({ origin: 'http://evil.example' }));
 });
 
+test('over websockets too, each API key is a tenant: its prefix cache is its own', async (t) => {
+  const { connect } = await serve(t, {}, { apiKeys: ['sk-a', 'sk-b'], enablePromptTokensDetails: true });
+  const prompt = Array.from({ length: 40 }, (_, i) => 4000 + i);
+  const cachedOf = async (c: Client, id: string) => {
+    c.create(id, { prompt, max_tokens: 2, temperature: 0 });
+    const done = (await c.finished(id)).at(-1)! as { usage?: { prompt_tokens_details?: { cached_tokens: number } } };
+    return done.usage?.prompt_tokens_details?.cached_tokens ?? 0;
+  };
+  const a = await connect({ headers: { authorization: 'Bearer sk-a' } });
+  const b = await connect({ headers: { authorization: 'Bearer sk-b' } });
+  assert.equal(await cachedOf(a, 'a1'), 0);
+  assert.equal(await cachedOf(a, 'a2'), 32, 'a tenant hits its own cache');
+  assert.equal(await cachedOf(b, 'b1'), 0, 'the other tenant does not');
+  assert.equal(await cachedOf(b, 'b2'), 32);
+});
+
 test('the websocket requires the API key when one is set', async (t) => {
   const { url, connect } = await serve(t, {}, { apiKeys: ['sk-ws'] });
   await assert.rejects(Client.connect(url), (err: { status?: number }) => err.status === 401);

@@ -34,6 +34,8 @@ export function recordFinished(
       completionTokens: stats?.completionTokens,
       ttftMs: stats?.ttftMs ?? undefined,
       error: stats?.error,
+      // Which API key (its index among --api-key), never the key.
+      tenant: request.tenant ?? undefined,
       durationMs: Math.round(durationMs * 10) / 10,
       ...extra,
     },
