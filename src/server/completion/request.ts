@@ -35,7 +35,7 @@ export interface ValidCompletionRequest {
   params: Omit<SamplingParams, 'maxTokens'>;
   /** Set for a chat completion (see chat-request.ts). */
   chat?: ChatDetails;
-  /** The request's `cache_salt` (EngineRequest.cacheSalt). */
+  /** The request's `cache_salt`: the job adds it to the tenant's EngineRequest.cacheKeys. */
   cacheSalt?: string;
 }
 
