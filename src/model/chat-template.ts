@@ -17,27 +17,42 @@ export const TOKENIZER_CONFIG_FILE = 'tokenizer_config.json';
 /**
  * The built-in template: a transcript a base model can continue.
  *
+ *     <tool instructions and definitions>\n\n   (when the request has tools)
  *     <system message>\n\n          (system and developer messages, if any)
  *     User: <content>\n
- *     Assistant: <content>\n
+ *     Assistant: <content> <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>\n
+ *     Tool: <a tool's result>\n
  *     ...
  *     Assistant:                      (the generation prompt)
  *
  * The model writes the assistant's turn after "Assistant:" (its reply starts with the space
  * GPT-2's tokens carry before a word) and BUILT_IN_STOP ends it where it would begin the next
- * user turn.
+ * user or tool turn. Tool calls are written in TOOL_CALL_FORMAT, the format the server enforces
+ * and parses.
  */
 export const BUILT_IN_TEMPLATE =
+  '{%- if tools -%}' +
+  "{{- 'You can call these functions. To call one, write <tool_call>, then on a new line {\"name\": <the function name>, \"arguments\": <its arguments as a JSON object>}, then on a new line </tool_call>.\\n' -}}" +
+  "{%- for tool in tools -%}{{- (tool | tojson) + '\\n' -}}{%- endfor -%}" +
+  "{{- '\\n' -}}" +
+  '{%- endif -%}' +
   "{%- for message in messages -%}" +
   "{%- if message.role == 'system' or message.role == 'developer' -%}{{- message.content + '\\n\\n' -}}" +
   "{%- elif message.role == 'user' -%}{{- 'User: ' + message.content + '\\n' -}}" +
-  "{%- else -%}{{- 'Assistant: ' + message.content + '\\n' -}}" +
+  "{%- elif message.role == 'tool' -%}{{- 'Tool: ' + message.content + '\\n' -}}" +
+  "{%- else -%}{{- 'Assistant:' -}}{%- if message.content -%}{{- ' ' + message.content -}}{%- endif -%}" +
+  '{%- for call in message.tool_calls or [] -%}' +
+  "{{- ' <tool_call>\\n{\"name\": \"' + call.function.name + '\", \"arguments\": ' -}}" +
+  '{%- if call.function.arguments is string -%}{{- call.function.arguments -}}{%- else -%}{{- call.function.arguments | tojson -}}{%- endif -%}' +
+  "{{- '}\\n</tool_call>' -}}" +
+  '{%- endfor -%}' +
+  "{{- '\\n' -}}" +
   '{%- endif -%}' +
   '{%- endfor -%}' +
   "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}";
 
-/** Stop strings the built-in template adds to every chat request: the next user turn. */
-export const BUILT_IN_STOP = ['\nUser:'];
+/** Stop strings the built-in template adds to every chat request: the next user or tool turn. */
+export const BUILT_IN_STOP = ['\nUser:', '\nTool:'];
 
 export type ChatTemplateSource = 'tokenizer_config.json' | '--chat-template' | 'built-in';
 
@@ -59,6 +74,10 @@ export interface TemplateMessage {
   role: string;
   content: string | Array<{ type: string; text?: string }> | null | undefined;
   name?: string | null;
+  /** An assistant message's calls; `arguments` is the JSON text the client sent. */
+  tool_calls?: Array<{ id: string; type: 'function'; function: { name: string; arguments: string } }> | null;
+  /** A tool message's answer to this call. */
+  tool_call_id?: string | null;
 }
 
 export interface ChatRenderRequest {
@@ -67,6 +86,8 @@ export interface ChatRenderRequest {
   continueFinalMessage: boolean;
   /** Extra template variables (vLLM's chat_template_kwargs). */
   kwargs: Record<string, unknown>;
+  /** The request's tools in Hugging Face's shape (`{type: "function", function: {...}}`), if any. */
+  tools?: Array<Record<string, unknown>> | null;
 }
 
 export type ChatRenderResult = { ok: true; text: string } | { ok: false; problem: string };
@@ -143,6 +164,20 @@ function contentText(content: TemplateMessage['content']): string {
   return content.map((p) => p.text ?? '').join('\n');
 }
 
+/**
+ * A call as templates expect it: `arguments` parsed to an object, as transformers' and vLLM's
+ * (templates write it back with `tojson`); text that is not JSON stays text.
+ */
+function templateToolCall(call: NonNullable<TemplateMessage['tool_calls']>[number]): Record<string, unknown> {
+  let args: unknown = call.function.arguments;
+  try {
+    args = JSON.parse(call.function.arguments);
+  } catch {
+    // kept as the string the client sent
+  }
+  return { id: call.id, type: call.type, function: { name: call.function.name, arguments: args } };
+}
+
 export class ChatRenderer {
   private readonly template: Template;
 
@@ -158,12 +193,15 @@ export class ChatRenderer {
     const messages = req.messages.map((m) => {
       const out: Record<string, unknown> = { role: m.role, content: contentText(m.content) };
       if (m.name != null) out.name = m.name;
+      if (m.tool_call_id != null) out.tool_call_id = m.tool_call_id;
+      if (m.tool_calls != null) out.tool_calls = m.tool_calls.map(templateToolCall);
       return out;
     });
     let text: string;
     try {
       text = this.template.render({
         ...req.kwargs,
+        ...(req.tools != null ? { tools: req.tools } : {}),
         messages,
         add_generation_prompt: req.addGenerationPrompt,
         bos_token: this.spec.bosToken,

@@ -83,6 +83,21 @@ export function optional(part: NFA): NFA {
   return repeat(part, 0, 1);
 }
 
+/** Any bytes at all, any number of them. */
+export function anyBytes(): NFA {
+  return repeat(byteRange(0, MAX_BYTE), 0, Infinity);
+}
+
+/**
+ * Every byte string in which `marker` does not occur: free text that can only reach what follows
+ * it (a tool call) by writing the marker. Built as the complement of "contains the marker".
+ */
+export function textWithout(marker: string): NFA {
+  const contains = DFA.fromFA(concat([anyBytes(), literal(marker), anyBytes()]));
+  contains.complement();
+  return NFA.fromFA(contains, factory);
+}
+
 const SURROGATES = range(0xd800, 0xdfff);
 
 /** Code points as their UTF-8 byte sequences (lone surrogates have none and are dropped). */

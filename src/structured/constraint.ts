@@ -7,8 +7,11 @@ import { concat, literal, regexNfa, toByteDfa, union, withStateBudget, type Byte
 import { JSON_OBJECT_DEPTH, JsonSchemaCompiler } from './json-schema.js';
 import { ConstraintError } from './constraint-error.js';
 import { LRUCache } from 'lru-cache';
+import type { NFA } from 'refa';
+import { toolCallsNfa, type ToolSpec } from './tool-call-grammar.js';
 
-export type ConstraintSpec =
+/** A constraint on the whole output text. */
+export type TextConstraintSpec =
   /** Any JSON object. */
   | { kind: 'json_object' }
   /** A JSON text valid against this schema; `where` names the request field in errors. */
@@ -17,6 +20,19 @@ export type ConstraintSpec =
   | { kind: 'regex'; pattern: string; where: string }
   /** Exactly one of these strings. */
   | { kind: 'choice'; choices: string[]; where: string };
+
+/**
+ * Tool calls in TOOL_CALL_FORMAT, arguments valid against each tool's schema; `text` is what may
+ * stand instead of (or, when 'free', before) the calls: null when calls are required.
+ */
+export interface ToolCallsSpec {
+  kind: 'tool_calls';
+  tools: ToolSpec[];
+  parallel: boolean;
+  text: null | 'free' | TextConstraintSpec;
+}
+
+export type ConstraintSpec = TextConstraintSpec | ToolCallsSpec;
 
 /** A compiled constraint as it travels to the engine; `key` identifies it for the engine's cache. */
 export interface CompiledConstraint {
@@ -29,7 +45,15 @@ export type CompileResult = { ok: CompiledConstraint; compileMs: number } | { er
 /** Identifies a spec by content (a digest: keys travel with every request and index caches). */
 export function constraintKey(spec: ConstraintSpec): string {
   const content =
-    spec.kind === 'json_object' ? '' : spec.kind === 'json_schema' ? JSON.stringify(spec.schema) : spec.kind === 'regex' ? spec.pattern : JSON.stringify(spec.choices);
+    spec.kind === 'json_object'
+      ? ''
+      : spec.kind === 'json_schema'
+        ? JSON.stringify(spec.schema)
+        : spec.kind === 'regex'
+          ? spec.pattern
+          : spec.kind === 'choice'
+            ? JSON.stringify(spec.choices)
+            : JSON.stringify([spec.tools.map((t) => [t.name, t.parameters]), spec.parallel, spec.text]);
   return `${spec.kind}:${createHash('sha256').update(content).digest('base64url')}`;
 }
 
@@ -39,16 +63,28 @@ export function compileConstraint(spec: ConstraintSpec): ByteDfa {
 }
 
 function compileWithinBudget(spec: ConstraintSpec): ByteDfa {
+  return toByteDfa(specNfa(spec));
+}
+
+function specNfa(spec: ConstraintSpec): NFA {
   switch (spec.kind) {
     case 'json_object':
-      return toByteDfa(JsonSchemaCompiler.anyObject(JSON_OBJECT_DEPTH));
+      return JsonSchemaCompiler.anyObject(JSON_OBJECT_DEPTH);
     case 'json_schema':
-      return toByteDfa(new JsonSchemaCompiler(spec.schema as boolean | Record<string, unknown>, spec.where).compile());
+      return new JsonSchemaCompiler(spec.schema as boolean | Record<string, unknown>, spec.where).compile();
     case 'regex':
-      return toByteDfa(regexNfa(spec.pattern, 'raw', spec.where));
+      return regexNfa(spec.pattern, 'raw', spec.where);
     case 'choice':
       if (spec.choices.length === 0) throw new ConstraintError(`${spec.where}: must list at least one choice`);
-      return toByteDfa(union(spec.choices.map((c) => concat([literal(c)]))));
+      return union(spec.choices.map((c) => concat([literal(c)])));
+    case 'tool_calls': {
+      const { text } = spec;
+      return toolCallsNfa({
+        tools: spec.tools,
+        parallel: spec.parallel,
+        text: text === null ? { kind: 'none' } : text === 'free' ? { kind: 'free' } : { kind: 'structured', nfa: () => specNfa(text) },
+      });
+    }
   }
 }
 

@@ -33,6 +33,13 @@ export interface ScriptedRunnerOptions {
   /** This run blocks its thread for hangMs (a hung native call). */
   hangAtRun?: number;
   hangMs?: number;
+  /**
+   * Tokens the model would rather write, in this order, than its usual target: where the history
+   * ends with the script's first j tokens (the longest such j), the most likely next token is
+   * script[j], and script[0] where it ends with none. A test gets a known text this way (a tool
+   * call, say) while every other token keeps its scripted logit.
+   */
+  script?: number[];
 }
 
 const BASE = -30;
@@ -134,10 +141,13 @@ export class ScriptedRunner implements ModelRunner {
     const m = V - 1;
     const { blockSize } = this.pool.shape;
     const keys = this.pool.keys[0]!;
+    const script = this.options.script;
+    const history: number[] = [];
     let hash = 0;
     for (let pos = 0; pos < row.pastLength; pos++) {
       const token = keys[row.blocks[(pos / blockSize) | 0]! * blockSize + (pos % blockSize)]!;
       hash = extend(hash, token, pos, m);
+      if (script) history.push(token);
     }
     const count = row.tokens.length;
     const rows = count - row.logitsFrom;
@@ -148,8 +158,9 @@ export class ScriptedRunner implements ModelRunner {
       const token = row.tokens[i]!;
       keys[row.blocks[(pos / blockSize) | 0]! * blockSize + (pos % blockSize)] = token;
       hash = extend(hash, token, pos, m);
+      if (script) history.push(token);
       if (i < row.logitsFrom) continue;
-      const target = targetOf(hash, pos + 1, m);
+      const target = script ? scriptTarget(history, script) : targetOf(hash, pos + 1, m);
       argmaxes[i - row.logitsFrom] = BigInt(target);
       if (logits.length) {
         const base = (i - row.logitsFrom) * V;
@@ -158,6 +169,16 @@ export class ScriptedRunner implements ModelRunner {
     }
     return rowOutput(logits, argmaxes);
   }
+}
+
+/** script[j] for the longest j < script.length such that `history` ends with script[0..j). */
+function scriptTarget(history: readonly number[], script: readonly number[]): number {
+  for (let j = Math.min(script.length - 1, history.length); j > 0; j--) {
+    let match = true;
+    for (let k = 0; k < j && match; k++) match = history[history.length - j + k] === script[k];
+    if (match) return script[j]!;
+  }
+  return script[0]!;
 }
 
 /** The runner factory the engine calls in place of ONNX Runtime (EngineHooks.runner). */

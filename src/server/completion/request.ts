@@ -7,6 +7,7 @@
 import type { EngineClient, ModelInfo, SamplingParams } from '../../engine/types.js';
 import { END_OF_TEXT } from '../../model/tokenizer.js';
 import type { CompletionBody } from '../openai/completion-schema.js';
+import type { ConstraintSpec } from '../../structured/constraint.js';
 import { ApiError } from '../openai/errors.js';
 import { compileStructuredOutput, structuredOutputSpec } from '../openai/structured-output.js';
 
@@ -44,6 +45,14 @@ export interface ChatDetails {
   role: string;
   /** With `echo`: the final message's content, which starts every choice's content; else null. */
   echo: string | null;
+  /** The output may hold tool calls (TOOL_CALL_FORMAT), to be returned as `tool_calls`. */
+  toolCalls: boolean;
+}
+
+export interface ResolveOptions {
+  forceStream?: boolean;
+  /** The constraint decided by the caller (chat's tools), instead of the body's structured output. */
+  constraint?: ConstraintSpec | null;
 }
 
 export interface RequestLimits {
@@ -56,7 +65,7 @@ export async function resolveCompletionRequest(
   body: CompletionBody,
   engine: EngineClient,
   limits: RequestLimits,
-  options: { forceStream?: boolean } = {},
+  options: ResolveOptions = {},
 ): Promise<ValidCompletionRequest> {
   const { servedModel } = limits;
   checkModel(body.model, servedModel);
@@ -87,7 +96,7 @@ export async function resolveCompletionRequest(
   const minTokens = body.min_tokens ?? 0;
   if (body.max_tokens !== null) checkMinTokens(minTokens, body.max_tokens ?? DEFAULT_MAX_TOKENS);
 
-  const constraintSpec = structuredOutputSpec(body);
+  const constraintSpec = options.constraint !== undefined ? options.constraint : structuredOutputSpec(body);
   if (constraintSpec && body.ignore_eos) {
     throw new ApiError('invalid_value', '`ignore_eos`: cannot be combined with a structured output (its end is where the output is complete)', 'ignore_eos');
   }

@@ -20,17 +20,28 @@ export interface ChatLogprobs {
   refusal: null;
 }
 
+export type ChatFinishReason = 'stop' | 'length' | 'tool_calls';
+
+export interface ChatToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
 export interface ChatMessageOut {
   role: string;
-  content: string;
+  /** null when the message is only tool calls, as OpenAI's. */
+  content: string | null;
   refusal: null;
+  /** Present only when the model called tools. */
+  tool_calls?: ChatToolCall[];
 }
 
 export interface ChatChoice {
   index: number;
   message: ChatMessageOut;
   logprobs: ChatLogprobs | null;
-  finish_reason: 'stop' | 'length';
+  finish_reason: ChatFinishReason;
 }
 
 export interface ChatCompletionResponse {
@@ -43,17 +54,26 @@ export interface ChatCompletionResponse {
   usage: CompletionUsage;
 }
 
+/** A piece of a streamed call: the first carries `id`, `type` and the name, the rest arguments. */
+export interface ChatToolCallDelta {
+  index: number;
+  id?: string;
+  type?: 'function';
+  function: { name?: string; arguments: string };
+}
+
 export interface ChatDelta {
   role?: string;
   content?: string;
   refusal?: null;
+  tool_calls?: ChatToolCallDelta[];
 }
 
 export interface ChatChunkChoice {
   index: number;
   delta: ChatDelta;
   logprobs: ChatLogprobs | null;
-  finish_reason: 'stop' | 'length' | null;
+  finish_reason: ChatFinishReason | null;
 }
 
 export interface ChatCompletionChunk {

@@ -3,6 +3,7 @@
 // OpenAI is silent; checks that need the model (vocabulary, context length) live in
 // completion-request.ts. Unknown fields are stripped (ignored), as OpenAI-compatible servers do.
 import { z } from 'zod';
+import { ShallowJsonObject } from './json-depth.js';
 
 const PROMPT_SHAPE =
   'must be a string, an array of strings, an array of token ids, or an array of token-id arrays';
@@ -25,7 +26,7 @@ export const StopSchema = z.preprocess(
   z.array(z.string().min(1)).max(4),
 );
 
-const JsonSchemaValue = z.union([z.record(z.string(), z.unknown()), z.boolean()], { error: 'must be a JSON Schema (an object)' });
+const JsonSchemaValue = z.union([ShallowJsonObject, z.boolean()], { error: 'must be a JSON Schema (an object)' });
 
 /**
  * Structured outputs, in OpenAI's spelling (`response_format`) and vLLM's (`guided_*`, and the

@@ -2,15 +2,16 @@
 // ConstraintSpec, and its compilation (off the main thread) into what the engine enforces.
 import type { z } from 'zod';
 import type { EngineClient } from '../../engine/types.js';
-import type { CompiledConstraint, ConstraintSpec } from '../../structured/constraint.js';
+import type { CompiledConstraint, ConstraintSpec, TextConstraintSpec } from '../../structured/constraint.js';
 import type { structuredOutputFields } from './completion-schema.js';
 import { ApiError } from './errors.js';
+import { DEPTH_MESSAGE, MAX_JSON_DEPTH, nestsDeeperThan } from './json-depth.js';
 
 type Fields = { [K in keyof typeof structuredOutputFields]?: z.output<(typeof structuredOutputFields)[K]> };
 
 /** Which constraint the fields ask for, or null for free text. Throws ApiError (400). */
-export function structuredOutputSpec(body: Fields): ConstraintSpec | null {
-  const found: Array<{ field: string; spec: ConstraintSpec }> = [];
+export function structuredOutputSpec(body: Fields): TextConstraintSpec | null {
+  const found: Array<{ field: string; spec: TextConstraintSpec }> = [];
   const so = body.structured_outputs;
   const rf = body.response_format;
   if (body.guided_grammar != null || so?.grammar != null) {
@@ -36,13 +37,16 @@ export function structuredOutputSpec(body: Fields): ConstraintSpec | null {
   return found[0]?.spec ?? null;
 }
 
-function jsonSpec(value: string | boolean | Record<string, unknown>, where: string): ConstraintSpec {
+function jsonSpec(value: string | boolean | Record<string, unknown>, where: string): TextConstraintSpec {
   if (typeof value !== 'string') return { kind: 'json_schema', schema: value, where };
+  let schema: unknown;
   try {
-    return { kind: 'json_schema', schema: JSON.parse(value) as unknown, where };
+    schema = JSON.parse(value);
   } catch {
     throw new ApiError('invalid_value', `\`${where}\`: is not valid JSON`, where);
   }
+  if (nestsDeeperThan(schema, MAX_JSON_DEPTH)) throw new ApiError('invalid_value', `\`${where}\`: ${DEPTH_MESSAGE}`, where);
+  return { kind: 'json_schema', schema, where };
 }
 
 /** Compiles the spec in the tokenizer thread; a constraint that cannot be enforced is a 400. */
@@ -50,7 +54,7 @@ export async function compileStructuredOutput(spec: ConstraintSpec | null, engin
   if (!spec) return null;
   const result = await engine.compileConstraint(spec);
   if ('error' in result) {
-    const param = spec.kind === 'json_object' ? 'response_format' : spec.where.split(' ')[0]!;
+    const param = spec.kind === 'json_object' ? 'response_format' : spec.kind === 'tool_calls' ? 'tools' : spec.where.split(' ')[0]!;
     throw new ApiError('invalid_value', result.error, param);
   }
   return result.ok;
