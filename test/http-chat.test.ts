@@ -63,7 +63,7 @@ test('base model: the built-in transcript is the prompt, the reply is the assist
   ]);
   // The request's own stop strings come first; the template's turn boundary is added.
   await chat(app, { messages: HELLO, max_tokens: 1, stop: 'END' }).expect(200);
-  assert.deepEqual(spy.submitted[1]!.params.stop, ['END', '\nUser:']);
+  assert.deepEqual(spy.submitted[1]!.params.stop, ['END', '\nUser:', '\nTool:']);
   const models = await request(app.server).get('/v1/models').expect(200);
   assert.equal(models.body.data[0].chat_template, 'built-in');
 });
@@ -237,16 +237,16 @@ test('echo and continue_final_message behave as vLLM\'s', async (t) => {
   assert.equal(both.body.error.param, 'continue_final_message');
 });
 
-test('tools, images, audio and tool messages are 400 unsupported_parameter; other mistakes name their field', async (t) => {
+test('images, audio and the legacy functions API are 400 unsupported_parameter; other mistakes name their field', async (t) => {
   const { app, spy } = await setup(t);
   const cases: Array<[Record<string, unknown>, number, string, string]> = [
-    [{ messages: HELLO, tools: [{ type: 'function', function: { name: 'f' } }] }, 400, 'unsupported_parameter', 'tools'],
-    [{ messages: HELLO, tool_choice: 'auto' }, 400, 'unsupported_parameter', 'tool_choice'],
+    [{ messages: HELLO, tool_choice: 'auto' }, 400, 'invalid_value', 'tool_choice'],
     [{ messages: [{ role: 'user', content: [{ type: 'text', text: 'x' }, { type: 'image_url', image_url: { url: 'data:' } }] }] }, 400, 'unsupported_parameter', 'messages[0].content[1].type'],
     [{ messages: [{ role: 'user', content: [{ type: 'input_audio', input_audio: {} }] }] }, 400, 'unsupported_parameter', 'messages[0].content[0].type'],
     [{ messages: HELLO, audio: { voice: 'alloy' }, modalities: ['text', 'audio'] }, 400, 'unsupported_parameter', 'audio'],
     [{ messages: HELLO, modalities: ['audio'] }, 400, 'unsupported_parameter', 'modalities'],
-    [{ messages: [{ role: 'tool', content: 'r', tool_call_id: 'x' }] }, 400, 'unsupported_parameter', 'messages[0].role'],
+    [{ messages: [{ role: 'function', content: 'r', name: 'x' }] }, 400, 'unsupported_parameter', 'messages[0].role'],
+    [{ messages: HELLO, functions: [{ name: 'f' }] }, 400, 'unsupported_parameter', 'functions'],
     [{ messages: [{ role: 'wizard', content: 'x' }] }, 400, 'invalid_value', 'messages[0].role'],
     [{ messages: [] }, 400, 'invalid_value', 'messages'],
     [{}, 400, 'missing_required_parameter', 'messages'],
@@ -262,8 +262,8 @@ test('tools, images, audio and tool messages are 400 unsupported_parameter; othe
     assert.equal(res.body.error.code, code, JSON.stringify(body).slice(0, 120));
     assert.equal(res.body.error.param, param, JSON.stringify(body).slice(0, 120));
   }
-  const tools = await chat(app, { messages: HELLO, tools: [] }).expect(400);
-  assert.equal(tools.body.error.message, '`tools`: is not supported by this server');
+  const functions = await chat(app, { messages: HELLO, function_call: 'auto' }).expect(400);
+  assert.equal(functions.body.error.message, '`function_call`: is not supported by this server');
   assert.equal(spy.submitted.length, 0, 'nothing reached the engine');
 });
 

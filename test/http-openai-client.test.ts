@@ -162,10 +162,9 @@ test('openai client: chat errors are the client\'s typed errors', async (t) => {
   await assert.rejects(
     client.chat.completions.create({
       model: MODEL,
-      messages: [{ role: 'user', content: 'x' }],
-      tools: [{ type: 'function', function: { name: 'f', parameters: {} } }],
+      messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:' } }] }],
     }),
-    (err: unknown) => err instanceof OpenAI.BadRequestError && err.code === 'unsupported_parameter' && err.param === 'tools',
+    (err: unknown) => err instanceof OpenAI.BadRequestError && err.code === 'unsupported_parameter' && err.param === 'messages[0].content[0].type',
   );
 });
 

@@ -9,7 +9,7 @@ import { Ajv } from 'ajv';
 import OpenAI from 'openai';
 import type { ChatCompletionCreateParamsNonStreaming, ChatCompletionTool } from 'openai/resources/chat/completions';
 import request from 'supertest';
-import { formatToolCall } from '../src/structured/tool-call-format.js';
+import { formatToolCall } from './helpers/tool-calls.js';
 import { MODEL, gpt2Tokenizer, serveTest, spyOn } from './helpers/serving.js';
 import type { ScriptedRunnerOptions } from './helpers/scripted-runner.js';
 
@@ -119,7 +119,7 @@ test('"auto": a model that writes text gets a plain message; "none" is not const
 
 test('streaming: the client assembles the same calls, names first and arguments in pieces', async (t: T) => {
   const { client } = await serve(t, { script: await script(` Let me check. ${SCRIPTED_CALL}`) });
-  const body: ChatCompletionCreateParamsNonStreaming = { model: MODEL, messages: MESSAGES, tools: TOOLS, parallel_tool_calls: false, temperature: 0, max_completion_tokens: 100 };
+  const body: Omit<ChatCompletionCreateParamsNonStreaming, 'stream'> = { model: MODEL, messages: MESSAGES, tools: TOOLS, parallel_tool_calls: false, temperature: 0, max_completion_tokens: 100 };
   const whole = await client.chat.completions.create(body);
   const stream = client.chat.completions.stream(body);
   const toolDeltas: OpenAI.Chat.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];

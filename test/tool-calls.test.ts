@@ -7,7 +7,7 @@ import { BUILT_IN_TEMPLATE, ChatRenderer } from '../src/model/chat-template.js';
 import { textEvents, ToolCallParser, type ToolCallEvent } from '../src/server/completion/tool-call-parser.js';
 import type { ByteDfa } from '../src/structured/byte-automaton.js';
 import { compileConstraint, constraintKey, type ConstraintSpec } from '../src/structured/constraint.js';
-import { formatToolCall } from '../src/structured/tool-call-format.js';
+import { formatToolCall } from './helpers/tool-calls.js';
 
 const WEATHER = { type: 'object', properties: { city: { type: 'string', maxLength: 12 }, unit: { enum: ['c', 'f'] } }, required: ['city', 'unit'], additionalProperties: false };
 const ADD = { type: 'object', properties: { a: { type: 'integer' }, b: { type: 'integer' } }, required: ['a', 'b'] };

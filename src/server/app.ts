@@ -19,6 +19,7 @@ import { ServerMetrics } from './metrics.js';
 import { ApiError, toApiError } from './openai/errors.js';
 import { parseOrThrow } from './openai/zod-errors.js';
 import { completionsRoutes } from './routes/completions.js';
+import { responsesRoutes } from './routes/responses.js';
 import { healthRoutes } from './routes/health.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { modelsRoutes } from './routes/models.js';
@@ -185,6 +186,7 @@ export function buildApp(
   app.register(core, { engine, config, options });
   const typed = app.withTypeProvider<ZodTypeProvider>();
   typed.register(completionsRoutes);
+  typed.register(responsesRoutes);
   typed.register(wsRoutes);
   typed.register(modelsRoutes);
   typed.register(healthRoutes);

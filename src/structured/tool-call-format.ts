@@ -21,8 +21,3 @@ export const TOOL_CALL_FORMAT = {
   separator: '\n',
 } as const;
 
-/** The JSON text of one call, as the grammar writes it (a conversation's earlier calls use it). */
-export function formatToolCall(name: string, argumentsJson: string): string {
-  const f = TOOL_CALL_FORMAT;
-  return `${f.open}${f.nameOpen}${name}${f.argumentsOpen}${argumentsJson}${f.close}`;
-}

@@ -6,7 +6,6 @@
 // the request, so a client sees the response start even while it waits for a batch slot.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { toApiError } from '../openai/errors.js';
-import { SSE_DONE, sseData } from '../openai/responses.js';
 import { CLIENT_CLOSED, logServerFailure, recordFinished, statsOf } from '../telemetry.js';
 import type { ResponseFormat } from './api.js';
 import { StallGuard } from './flow-control.js';
@@ -87,11 +86,12 @@ export async function respond(
   });
   const onDrain = () => guard.drained();
   res.on('drain', onDrain);
+  const stream = format.stream(job, { includeUsage: job.request.includeUsage });
   try {
-    for await (const chunk of format.chunks(job, { includeUsage: job.request.includeUsage })) {
-      if (!res.write(sseData(chunk))) guard.full();
+    for await (const chunk of stream.chunks) {
+      if (!res.write(format.sse.chunk(chunk))) guard.full();
     }
-    res.write(SSE_DONE);
+    res.write(format.sse.end);
   } catch (err) {
     if (err instanceof JobCancelledError) {
       status = CLIENT_CLOSED;
@@ -104,8 +104,8 @@ export async function respond(
       status = apiErr.statusCode;
       errorCode = apiErr.code;
       if (!res.destroyed) {
-        res.write(sseData(apiErr.toBody()));
-        res.write(SSE_DONE);
+        res.write(format.sse.chunk(stream.error(apiErr)));
+        res.write(format.sse.end);
       }
     }
   } finally {

@@ -7,6 +7,8 @@ import { resolveChatRequest } from './chat-request.js';
 import { checkFanOut } from './fan-out.js';
 import { CompletionJob, type RequestResolver } from './job.js';
 import { resolveCompletionRequest } from './request.js';
+import { resolveResponsesRequest } from './responses-request.js';
+import type { ResponsesBody } from '../openai/responses-schema.js';
 
 export interface AdmittedCompletion {
   job: CompletionJob;
@@ -21,16 +23,20 @@ export interface AdmitOptions {
 }
 
 export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: AdmitOptions = {}): AdmittedCompletion {
-  return admit(app, 'cmpl', body, (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
+  return admit(app, 'cmpl-', body, (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
 }
 
 export function admitChat(app: FastifyInstance, body: ChatBody, options: AdmitOptions = {}): AdmittedCompletion {
   // One conversation is one prompt.
-  return admit(app, 'chatcmpl', { prompt: null, n: body.n, best_of: null }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
+  return admit(app, 'chatcmpl-', { prompt: null, n: body.n, best_of: null }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
+}
+
+export function admitResponse(app: FastifyInstance, body: ResponsesBody, options: AdmitOptions = {}): AdmittedCompletion {
+  return admit(app, 'resp_', { prompt: null, n: 1, best_of: null }, (engine, limits, o) => resolveResponsesRequest(body, engine, limits, o), options);
 }
 
 /**
- * Admits a request (a completion or a chat) before any work is done on it: throws ApiError 503
+ * Admits a request (a completion, a chat or a response) before any work is done on it: throws ApiError 503
  * (loading, draining, engine dead), 400 (a fan-out no admission could take: checkFanOut) or 429
  * (--max-concurrent-requests or --max-seqs-in-flight reached). The caller then runs job.submit().
  */
@@ -52,7 +58,7 @@ function admit(
   const job = new CompletionJob(resolve, {
     engine,
     limits: { servedModel: state.modelId },
-    meta: { id: `${idPrefix}-${opts.newId()}`, created: Math.floor(opts.now() / 1000), model: state.modelId, systemFingerprint: state.systemFingerprint },
+    meta: { id: `${idPrefix}${opts.newId()}`, created: Math.floor(opts.now() / 1000), model: state.modelId, systemFingerprint: state.systemFingerprint },
     observer: jobObserver(app),
     clock: opts.clock,
     forceStream: options.forceStream,

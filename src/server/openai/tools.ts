@@ -39,7 +39,8 @@ const NO_PARAMETERS = { type: 'object', properties: {} };
 /** `fieldPrefix` is where the function's fields are: `tools[2].function.` (Chat), `tools[2].` (Responses). */
 export function functionTool(fn: { name: string; description?: string | null; parameters?: Record<string, unknown> | null }, fieldPrefix: string): FunctionTool {
   const parametersField = `${fieldPrefix}parameters`;
-  const parameters = fn.parameters ?? NO_PARAMETERS;
+  // `{}` and other schemas that leave `type` out describe the arguments object all the same.
+  const parameters = fn.parameters == null ? NO_PARAMETERS : fn.parameters.type === undefined ? { type: 'object', ...fn.parameters } : fn.parameters;
   if (parameters.type !== 'object') {
     throw new ApiError('invalid_value', `\`${parametersField}\`: must be a JSON schema of \`"type": "object"\` (a function's arguments are an object)`, parametersField);
   }
@@ -68,7 +69,7 @@ export function toolCallsSpec(
 ): ToolCallsSpec | null {
   if (choice === 'none') return null;
   if (tools.length === 0) {
-    if (choice === 'auto') return null;
+    // As OpenAI: naming a tool_choice (other than "none") without tools is a mistake.
     throw new ApiError('invalid_value', `\`${fields.choice}\`: is only allowed when \`tools\` are given`, fields.choice);
   }
   let offered = tools;

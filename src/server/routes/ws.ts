@@ -4,11 +4,15 @@
 // Client -> server:
 //   {"type":"completion.create","id":"<client id>", ...the /v1/completions body}
 //   {"type":"chat.completion.create","id":"<client id>", ...the /v1/chat/completions body}
-//   {"type":"completion.cancel","id":"<client id>"}   (either kind; "chat.completion.cancel" is the same)
+//   {"type":"response.create","id":"<client id>", ...the /v1/responses body}
+//   {"type":"completion.cancel","id":"<client id>"}   (any kind; "chat.completion.cancel" and
+//                                                      "response.cancel" are the same)
 //   {"type":"ping"}                                   (answered with {"type":"pong"})
 // Server -> client (chat's frames are "chat.completion.chunk" and "chat.completion.done"):
 //   {"type":"completion.chunk","id","completion_id", ...the SSE chunk without its own id}
-//   {"type":"completion.done","id","completion_id","usage"}       (+ "cancelled":true after a cancel)
+//   {"type":"response.output_text.delta", ..., "id"}   (a response's events, each with the client id)
+//   {"type":"completion.done","id","completion_id","usage"}       (+ "cancelled":true after a cancel;
+//                                                      a response's is "response.done")
 //   {"type":"error","id","error":{message,type,param,code}}        (id null if unknown; socket stays open)
 //
 // Flow control: once more than --ws-high-water-mark bytes wait to be sent (ws.bufferedAmount),
@@ -23,7 +27,10 @@ import type { RawData, WebSocket } from 'ws';
 import { CHAT_FORMAT, COMPLETION_FORMAT, type ResponseFormat } from '../completion/api.js';
 import { StallGuard } from '../completion/flow-control.js';
 import { type CompletionJob, JobCancelledError } from '../completion/job.js';
-import { admitChat, admitCompletion, type AdmittedCompletion } from '../completion/start.js';
+import { responsesFormat } from '../completion/responses-output.js';
+import { admitChat, admitCompletion, admitResponse, type AdmittedCompletion } from '../completion/start.js';
+import { responseSettings } from '../openai/response-object.js';
+import { ResponsesBodySchema } from '../openai/responses-schema.js';
 import { ChatBodySchema } from '../openai/chat-schema.js';
 import { CompletionBodySchema } from '../openai/completion-schema.js';
 import { ApiError, toApiError } from '../openai/errors.js';
@@ -36,19 +43,25 @@ const MAX_ID_LENGTH = 256;
 const OPEN = 1;
 const DRAIN_POLL_MS = 25;
 
+type Started = { admitted: AdmittedCompletion; format: ResponseFormat };
+
 /** What a create frame of each kind admits, and how its outputs are framed. */
-const CREATE_FRAMES: Record<string, { admit: (app: FastifyInstance, msg: Record<string, unknown>, tenant: number | null) => AdmittedCompletion; format: ResponseFormat }> = {
-  'completion.create': {
-    // The websocket always streams; `type` and `id` are not body fields and are stripped.
-    admit: (app, msg, tenant) => admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
+const CREATE_FRAMES: Record<string, (app: FastifyInstance, msg: Record<string, unknown>, tenant: number | null) => Started> = {
+  // The websocket always streams; `type` and `id` are not body fields and are stripped.
+  'completion.create': (app, msg, tenant) => ({
+    admitted: admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
     format: COMPLETION_FORMAT,
-  },
-  'chat.completion.create': {
-    admit: (app, msg, tenant) => admitChat(app, parseOrThrow(ChatBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
+  }),
+  'chat.completion.create': (app, msg, tenant) => ({
+    admitted: admitChat(app, parseOrThrow(ChatBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
     format: CHAT_FORMAT,
+  }),
+  'response.create': (app, msg, tenant) => {
+    const body = parseOrThrow(ResponsesBodySchema, { ...msg, stream: true });
+    return { admitted: admitResponse(app, body, { forceStream: true, tenant }), format: responsesFormat(responseSettings(body)) };
   },
 };
-const CANCEL_FRAMES = new Set(['completion.cancel', 'chat.completion.cancel']);
+const CANCEL_FRAMES = new Set(['completion.cancel', 'chat.completion.cancel', 'response.cancel']);
 
 interface WsRequest {
   id: string;
@@ -164,7 +177,7 @@ class WsSession {
     if (!create && !(typeof type === 'string' && CANCEL_FRAMES.has(type))) {
       this.sendError(
         validId ? id : null,
-        new ApiError('invalid_value', '`type`: must be "completion.create", "chat.completion.create", "completion.cancel" or "ping"', 'type'),
+        new ApiError('invalid_value', '`type`: must be "completion.create", "chat.completion.create", "response.create", "completion.cancel" or "ping"', 'type'),
       );
       return;
     }
@@ -192,20 +205,20 @@ class WsSession {
       return;
     }
     const startedAt = this.app.appOptions.clock();
-    let admitted: AdmittedCompletion;
+    let started: Started;
     try {
-      admitted = kind.admit(this.app, msg, this.request.tenant);
+      started = kind(this.app, msg, this.request.tenant);
     } catch (err) {
       const apiErr = toApiError(err);
       this.sendError(id, apiErr);
       this.record(id, apiErr.statusCode, startedAt, null, apiErr.code);
       return;
     }
-    const req: WsRequest = { id, job: admitted.job, cancelledByClient: false };
+    const req: WsRequest = { id, job: started.admitted.job, cancelledByClient: false };
     if (this.guard.paused) req.job.pause();
     this.requests.set(id, req);
     this.completions++;
-    void this.pump(req, admitted.end, startedAt, kind.format);
+    void this.pump(req, started.admitted.end, startedAt, started.format);
   }
 
   private async pump(req: WsRequest, end: () => void, startedAt: number, format: ResponseFormat): Promise<void> {
@@ -215,10 +228,7 @@ class WsSession {
     try {
       await job.submit();
       await job.ready();
-      for await (const chunk of format.chunks(job, { includeUsage: false })) {
-        const { id: completionId, ...rest } = chunk;
-        this.send({ type: `${format.frame}.chunk`, id: req.id, completion_id: completionId, ...rest });
-      }
+      for await (const chunk of format.stream(job, { includeUsage: false }).chunks) this.send(format.wsFrame(chunk, req.id));
       this.send({ type: `${format.frame}.done`, id: req.id, completion_id: job.meta.id, usage: job.usage });
     } catch (err) {
       if (err instanceof JobCancelledError) {
