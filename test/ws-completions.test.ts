@@ -202,7 +202,7 @@ test('chat.completion.create streams chat.completion.chunk frames on the same so
   assert.equal(c.frames.find((f) => f.id === 'long' && f.type === 'chat.completion.done')!.cancelled, true);
   assert.ok(spy.cancelled.some((id) => id.startsWith('chatcmpl-')));
 
-  c.send({ type: 'chat.completion.create', id: 'bad', model: MODEL, messages: [{ role: 'user', content: 'x' }], tools: [] });
+  c.send({ type: 'chat.completion.create', id: 'bad', model: MODEL, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:' } }] }] });
   const err = await c.frame((f) => f.id === 'bad');
   assert.equal(err.type, 'error');
   assert.equal(err.error!.code, 'unsupported_parameter');
