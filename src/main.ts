@@ -83,6 +83,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     kvCacheTokens: config.kvCacheTokens,
     blockSize: config.blockSize,
     prefixCaching: config.prefixCaching,
+    schedulingPolicy: config.schedulingPolicy,
     speculation: {
       method: config.speculative,
       numTokens: config.numSpeculativeTokens,
