@@ -37,7 +37,7 @@ const OPEN = 1;
 const DRAIN_POLL_MS = 25;
 
 /** What a create frame of each kind admits, and how its outputs are framed. */
-const CREATE_FRAMES: Record<string, { admit: (app: FastifyInstance, msg: Record<string, unknown>, tenant: number | null) => AdmittedCompletion; format: ResponseFormat }> = {
+const CREATE_FRAMES: Record<string, { admit: (app: FastifyInstance, msg: Record<string, unknown>, tenant: string | null) => AdmittedCompletion; format: ResponseFormat }> = {
   'completion.create': {
     // The websocket always streams; `type` and `id` are not body fields and are stripped.
     admit: (app, msg, tenant) => admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
