@@ -57,6 +57,22 @@ export const SETTINGS = {
     schema: csv,
     repeatable: true,
   },
+  apiKeysFile: {
+    flag: 'api-keys-file',
+    env: 'GPT2_API_KEYS_FILE',
+    help:
+      'A file of API keys, one "KEY NAME" per line (# comments and blank lines ignored), joining --api-key\'s: each is a tenant, ' +
+      'named in logs and metrics by NAME (keys given by flag are key0, key1, ...). Re-read on SIGHUP; a bad file at start is an error, on reload it is logged and the old keys stay',
+    schema: z.string().min(1).optional(),
+  },
+  schedulingPolicy: {
+    flag: 'scheduling-policy',
+    env: 'GPT2_SCHEDULING_POLICY',
+    help:
+      "fcfs: a tenant's requests in arrival order, and a request's `priority` must be 0 (vLLM's rule); priority: lower `priority` first within a tenant, " +
+      'and a waiting request preempts running ones of its tenant with a higher value. Either way tenants share the batch fairly (the one with the fewest running sequences is admitted next)',
+    schema: z.enum(['fcfs', 'priority']).default('fcfs'),
+  },
   executionProvider: {
     flag: 'execution-provider',
     env: 'GPT2_EXECUTION_PROVIDER',
@@ -154,8 +170,14 @@ export const SETTINGS = {
   maxConcurrentRequests: {
     flag: 'max-concurrent-requests',
     env: 'GPT2_MAX_CONCURRENT_REQUESTS',
-    help: 'Completion requests (HTTP or websocket) in flight at once; more get 429 before any work is done',
+    help: 'Requests in flight at once (completions and chats, HTTP or websocket, and /tokenize); more get 429 before any work is done',
     schema: int(1).default(256),
+  },
+  maxConcurrentRequestsPerKey: {
+    flag: 'max-concurrent-requests-per-key',
+    env: 'GPT2_MAX_CONCURRENT_REQUESTS_PER_KEY',
+    help: 'Requests (completions, chats, /tokenize) one API key may have in flight at once; more get 429 before any work is done (without keys: all requests together). Default: no limit but --max-concurrent-requests',
+    schema: int(1).optional(),
   },
   maxSeqsInFlight: {
     flag: 'max-seqs-in-flight',

@@ -1,5 +1,5 @@
 // CLI entry: `gpt2-serve [serve] [flags]` (npm start). Resolves the model folder, starts the
-// engine, listens, and drains gracefully on SIGTERM/SIGINT. Every setting has a flag and an
+// engine, listens, drains gracefully on SIGTERM/SIGINT, and re-reads --api-keys-file on SIGHUP. Every setting has a flag and an
 // environment variable (src/config.ts); --help lists them.
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -14,6 +14,7 @@ import type { EngineClient, EngineOptions } from './engine/types.js';
 import { describeWeights } from './model/manifest.js';
 import { CONTRACT_VERSION } from './model/serving-graph.js';
 import { buildApp } from './server/app.js';
+import { Tenants } from './server/tenants.js';
 
 export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
 export const TINY_MODEL_DIR = path.join('models', 'tiny-random-gpt2');
@@ -83,6 +84,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     kvCacheTokens: config.kvCacheTokens,
     blockSize: config.blockSize,
     prefixCaching: config.prefixCaching,
+    schedulingPolicy: config.schedulingPolicy,
     speculation: {
       method: config.speculative,
       numTokens: config.numSpeculativeTokens,
@@ -196,6 +198,17 @@ export function installSignalHandlers(app: FastifyInstance, config: ServerConfig
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  if (config.apiKeysFile !== undefined) process.on('SIGHUP', () => reloadApiKeys(app, logger));
+}
+
+/** SIGHUP: re-reads --api-keys-file; a bad file is logged and the keys in use stay (never a crash). */
+export function reloadApiKeys(app: FastifyInstance, logger: Logger): void {
+  try {
+    app.tenants.reload();
+    logger.info({ tenants: app.tenants.names }, 'API keys reloaded');
+  } catch (err) {
+    logger.error({ problem: (err as Error).message }, 'API keys not reloaded: the keys in use stay');
+  }
 }
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env, deps: ServeDeps = {}): Promise<void> {
@@ -216,6 +229,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env,
   let config: ServerConfig;
   try {
     config = loadConfig(args, env);
+    // A bad --api-keys-file stops the start here, naming its line, before the model loads.
+    Tenants.fromConfig(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`error: ${err.message}\n`);

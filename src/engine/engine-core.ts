@@ -109,7 +109,18 @@ export class EngineCore {
     this.requests.set(request.id, state);
     this.promptTokensTotal += promptTokens.length;
     if (params.echo && !state.promptLogprobs) this.emitPrompt(state);
-    const seq = new Sequence(request.id, 0, [...promptTokens], promptTokens.length, this.arrivals++, params.maxTokens, !state.promptLogprobs, request.cacheKeys);
+    const seq = new Sequence(
+      request.id,
+      0,
+      [...promptTokens],
+      promptTokens.length,
+      this.arrivals++,
+      params.maxTokens,
+      !state.promptLogprobs,
+      request.cacheKeys,
+      request.tenant,
+      request.priority,
+    );
     seq.unforked = params.n - 1; // admitted together with choice 0, forked from it after the prompt
     state.choices[0] = this.newChoice(state, seq);
     if (params.maxTokens === 0 && !state.promptLogprobs) {
@@ -242,6 +253,7 @@ export class EngineCore {
       waiting: this.scheduler.waiting.length,
       running: this.scheduler.running.length,
       paused: this.scheduler.pausedCount,
+      tenants: [...this.scheduler.tenantLoad()].map(([tenant, load]) => ({ tenant, ...load })),
       kvBlocksTotal: total,
       kvBlocksUsed: alloc.usedCount,
       kvUsage: alloc.usedCount / total,
@@ -376,7 +388,7 @@ export class EngineCore {
     const targets = [seq];
     if (seq.choice === 0 && seq.outputLength === 0 && state.choices.filter(Boolean).length < params.n) {
       for (let c = 1; c < params.n; c++) {
-        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival, params.maxTokens, true, seq.cacheKeys);
+        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival, params.maxTokens, true, seq.cacheKeys, seq.tenant, seq.priority);
         state.choices[c] = this.newChoice(state, child);
         const { pool } = this.runner;
         const copy = this.scheduler.fork(seq, child, pool.copyBlock !== undefined);

@@ -155,6 +155,7 @@ export async function buildEngineCore(
       blockSize: options.blockSize,
       maxStepMs: options.maxStepMs,
       admissionReserveTokens: options.admissionReserveTokens,
+      policy: options.schedulingPolicy,
     },
     allocator,
   );

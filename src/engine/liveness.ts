@@ -15,6 +15,7 @@ export const EMPTY_STATS: EngineStats = {
   waiting: 0,
   running: 0,
   paused: 0,
+  tenants: [],
   kvBlocksTotal: 0,
   kvBlocksUsed: 0,
   kvUsage: 0,

@@ -10,8 +10,10 @@
 //      returns to the front of the queue, to be recomputed (prompt + what it generated so far)
 //      when memory allows;
 //   3. then prefill, oldest first: running sequences still prefilling, then waiting sequences,
-//      admitted first-come-first-served (see `admits`): a request's choices as one unit, and only
-//      with room for their whole current length plus some output to come. Admission first takes
+//      admitted in fair-share order (see fair-share.ts: first come, first served while one tenant
+//      waits; the tenant holding the fewest slots first when several do; `priority` within a
+//      tenant under that policy) and only as a unit (see `admits`): a request's choices together,
+//      and only with room for their whole current length plus some output to come. Admission first takes
 //      the sequence's leading blocks that the prefix cache holds (takeCachedPrefix), so only the
 //      rest is prefilled; committed steps name the blocks they filled (commit). Chunks stop where
 //      the token budget, or the step's predicted time
@@ -21,6 +23,10 @@
 //      always advances by at least MIN_PREFILL_CHUNK tokens per step, so nothing starves.
 // A paused sequence (its client stopped reading) takes no part in steps and is the first to be
 // preempted when a running sequence or the head of the queue needs its blocks or its batch slot.
+// Under the `priority` policy (vLLM's), a victim is the least urgent sequence rather than the
+// newest, and before each step a waiting sequence that cannot be admitted preempts running ones
+// of its own tenant that are less urgent (see preemptForPriority).
+import { DEFAULT_TENANT, lessUrgent, nextToAdmit, type SchedulingPolicy } from './fair-share.js';
 import { BlockAllocator, blockHash, blocksFor, type BlockHash } from './kv-cache.js';
 import { attendedBy, plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 
@@ -38,6 +44,8 @@ export interface SchedulerConfig {
   maxStepMs?: number | 'auto';
   /** Output tokens admission keeps room for per sequence (default ADMISSION_RESERVE_TOKENS). */
   admissionReserveTokens?: number;
+  /** fcfs (default): `priority` is ignored; priority: it orders a tenant's sequences and may preempt. */
+  policy?: SchedulingPolicy;
 }
 
 /** The first prefill in line advances at least this many tokens per step, whatever the time cap. */
@@ -91,6 +99,10 @@ export class Sequence {
     readonly usesPrefixCache = true,
     /** Mixed into its first block's name: only sequences with the same keys share cached blocks. */
     readonly cacheKeys: readonly string[] = [],
+    /** Who sent it (the API key's name): admission shares the batch fairly between tenants. */
+    readonly tenant: string = DEFAULT_TENANT,
+    /** Lower goes first within its tenant, under the `priority` policy only. */
+    readonly priority = 0,
   ) {}
 
   get outputLength(): number {
@@ -176,6 +188,8 @@ export class Scheduler {
       rows.push(row);
       shape = plus(shape, rowShape(row.start, row.count));
     };
+    // Before any row is planned, so that a victim has none to take back.
+    if (this.config.policy === 'priority') this.preemptForPriority(preempted);
 
     // 1. Decode rows: every running sequence with exactly one pending token.
     for (let i = 0; i < this.running.length && shape.tokens < this.config.maxNumBatchedTokens; i++) {
@@ -212,12 +226,9 @@ export class Scheduler {
       i = this.running.indexOf(seq);
       add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
     }
-    for (let w = 0; w < this.waiting.length; ) {
-      const seq = this.waiting[w];
-      if (seq.paused) {
-        w++;
-        continue;
-      }
+    for (;;) {
+      const seq = nextToAdmit(this.waiting, this.running, this.config.policy ?? 'fcfs');
+      if (seq === undefined) break;
       if (preempted.includes(seq)) break; // not back in the same step it was evicted in
       const cached = this.takeCachedPrefix(seq);
       const rollback = () => {
@@ -241,7 +252,6 @@ export class Scheduler {
       this.waiting.splice(this.waiting.indexOf(seq), 1);
       this.insertRunning(seq);
       add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
-      w = 0; // sequences preempted to make room went to the front of the queue
     }
     return { rows, preempted };
   }
@@ -525,8 +535,59 @@ export class Scheduler {
   private victim(): Sequence {
     const paused = this.newestPaused();
     if (paused) return paused;
+    if (this.config.policy === 'priority') {
+      // vLLM's choice under this policy: the least urgent, not the newest.
+      const spareable = this.running.filter((s) => s.preemptions < SPARE_AFTER_PREEMPTIONS);
+      return leastUrgent(spareable.length > 0 ? spareable : this.running)!;
+    }
     for (let i = this.running.length - 1; i >= 0; i--) if (this.running[i].preemptions < SPARE_AFTER_PREEMPTIONS) return this.running[i];
     return this.running[this.running.length - 1];
+  }
+
+  /**
+   * The priority policy's forced preemption (vLLM's, from its priority scheduling): when the
+   * sequence admission tries next cannot be admitted, running sequences of its tenant with a
+   * larger priority value go back to the queue, least urgent first, until it can. Nothing is
+   * preempted unless preempting all of them would make room (see couldAdmitWithout), so no work
+   * is thrown away for an admission that would not happen anyway. Other tenants' sequences are
+   * never taken: priority orders a tenant's own requests (fair-share.ts).
+   */
+  private preemptForPriority(preempted: Sequence[]): void {
+    const head = nextToAdmit(this.waiting, this.running, 'priority');
+    if (head === undefined || this.admits(head)) return;
+    const victims = this.running.filter((s) => s.tenant === head.tenant && s.priority > head.priority).sort((a, b) => (lessUrgent(a, b) ? -1 : 1));
+    if (victims.length === 0 || !this.couldAdmitWithout(head, victims)) return;
+    for (const victim of victims) {
+      if (this.admits(head)) return;
+      this.preempt(victim);
+      preempted.push(victim);
+    }
+  }
+
+  /**
+   * Whether `seq` would be admitted once `gone` (and every paused sequence, which admission
+   * preempts anyway) left the batch: `admits` with their slots and claims removed and their
+   * blocks counted free. Blocks shared with another reader would not come free, so this can be
+   * optimistic; then admission simply waits, as without the preemption.
+   */
+  private couldAdmitWithout(seq: Sequence, gone: readonly Sequence[]): boolean {
+    const leaves = (s: Sequence) => s.paused || gone.includes(s);
+    const stay = this.running.filter((s) => !leaves(s));
+    const slots = stay.reduce((n, s) => n + 1 + s.unforked, 0);
+    if (slots + 1 + seq.unforked > this.config.maxNumSeqs) return false;
+    const free = this.allocator.freeCount + this.running.filter(leaves).reduce((n, s) => n + s.blocks.length, 0);
+    if (stay.length === 0) return Math.min(this.claim(seq, 0), this.allocator.numBlocks - 1) <= free;
+    const reserve = this.config.admissionReserveTokens ?? ADMISSION_RESERVE_TOKENS;
+    return stay.reduce((n, s) => n + this.claim(s, reserve), this.claim(seq, reserve)) <= free;
+  }
+
+  /** Sequences running and waiting per tenant (each choice counts; paused ones included). */
+  tenantLoad(): Map<string, { running: number; waiting: number }> {
+    const load = new Map<string, { running: number; waiting: number }>();
+    const of = (t: string) => load.get(t) ?? load.set(t, { running: 0, waiting: 0 }).get(t)!;
+    for (const s of this.running) of(s.tenant).running++;
+    for (const s of this.waiting) of(s.tenant).waiting++;
+    return load;
   }
 
   private preempt(seq: Sequence): void {
@@ -555,6 +616,10 @@ export class Scheduler {
     while (i > 0 && older(seq, this.running[i - 1])) i--;
     this.running.splice(i, 0, seq);
   }
+}
+
+function leastUrgent(seqs: readonly Sequence[]): Sequence | undefined {
+  return seqs.reduce<Sequence | undefined>((worst, s) => (worst === undefined || lessUrgent(s, worst) ? s : worst), undefined);
 }
 
 /** The largest c in 0..max with fits(c), for fits monotone (true up to some c, then false). */

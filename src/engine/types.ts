@@ -4,6 +4,7 @@ import type { ChatRenderRequest, ChatTemplateInfo } from '../model/chat-template
 import type { Manifest } from '../model/manifest.js';
 import type { ChatEncoding } from '../model/tokenizer-thread.js';
 import type { CompiledConstraint, CompileResult, ConstraintSpec } from '../structured/constraint.js';
+import type { SchedulingPolicy } from './fair-share.js';
 
 /** Fully resolved sampling settings: the edge applies defaults and validates ranges before this. */
 export interface SamplingParams {
@@ -55,6 +56,10 @@ export interface EngineRequest {
    * Absent or empty: the shared cache.
    */
   cacheKeys?: readonly string[];
+  /** Who sent it (an API key's name; absent: the default tenant): admission is fair between tenants. */
+  tenant?: string;
+  /** Lower is admitted first within its tenant, under the `priority` scheduling policy (default 0). */
+  priority?: number;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -148,6 +153,8 @@ export interface EngineStats {
   running: number;
   /** Sequences whose client stopped reading: kept out of steps until resumed. */
   paused: number;
+  /** Per tenant with sequences in the engine: its running and waiting sequences (each choice counts). */
+  tenants: Array<{ tenant: string; running: number; waiting: number }>;
   kvBlocksTotal: number;
   kvBlocksUsed: number;
   /** kvBlocksUsed / kvBlocksTotal */
@@ -301,6 +308,8 @@ export interface EngineOptions {
   speculation?: SpeculationOptions;
   /** Output tokens admission keeps room for per sequence (tests set 0 to force preemption); see SchedulerConfig. */
   admissionReserveTokens?: number;
+  /** fcfs (default) or priority (a request's `priority` orders its tenant's requests, and may preempt); see fair-share.ts. */
+  schedulingPolicy?: SchedulingPolicy;
   /** Consecutive failed model steps after which the engine declares itself dead. */
   maxConsecutiveStepFailures: number;
   /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */

@@ -27,6 +27,7 @@ import { playgroundRoutes } from './routes/playground.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { wsRoutes } from './routes/ws.js';
 import { ServingState } from './state.js';
+import { Tenants } from './tenants.js';
 import { recordFinished } from './telemetry.js';
 import type { AppOptions, ResolvedAppOptions } from './types.js';
 
@@ -53,7 +54,7 @@ function resolveOptions(opts: AppOptions): ResolvedAppOptions {
 /** The app-wide decorations and hooks, not encapsulated so every route plugin sees them. */
 const core = fp(
   async (app: FastifyInstance, o: { engine: EngineClient | Promise<EngineClient>; config: ServerConfig; options: ResolvedAppOptions }) => {
-    const state = new ServingState(o.engine, o.config.servedModelName, o.config.maxConcurrentRequests, seqsInFlightLimit(o.config));
+    const state = new ServingState(o.engine, o.config.servedModelName, o.config.maxConcurrentRequests, seqsInFlightLimit(o.config), o.config.maxConcurrentRequestsPerKey);
     app.decorate('serving', state);
     app.decorate('config', o.config);
     app.decorate('metrics', new ServerMetrics({ defaultMetrics: o.options.defaultMetrics }));
@@ -76,8 +77,10 @@ const core = fp(
     });
     const originCheck = makeWebsocketOriginCheck(o.config.allowedOrigins);
     app.addHook('onRequest', async (request) => originCheck(request));
-    if (o.config.apiKeys.length > 0) {
-      const check = makeApiKeyCheck(o.config.apiKeys);
+    const tenants = Tenants.fromConfig(o.config);
+    app.decorate('tenants', tenants);
+    if (tenants.authRequired) {
+      const check = makeApiKeyCheck(tenants);
       app.addHook('onRequest', async (request) => {
         request.tenant = check(request);
       });

@@ -1,4 +1,4 @@
-// Optional API key: `Authorization: Bearer <key>` on /v1/*, /tokenize and /detokenize.
+// Optional API keys (tenants.ts): `Authorization: Bearer <key>` on /v1/*, /tokenize and /detokenize.
 // Keys are compared as SHA-256 digests with timingSafeEqual, so neither the key's content nor
 // its length leaks through timing.
 //
@@ -6,10 +6,11 @@
 // a subprotocol, `gpt2-serve.bearer.<base64url of the key>`, beside the plain `gpt2-serve` one
 // that the server then selects (the key is never echoed back). Kubernetes' API server takes a
 // bearer token the same way.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { FastifyRequest } from 'fastify';
 import { ApiError } from './openai/errors.js';
+import { keyDigest, type Tenants } from './tenants.js';
 
 const PROTECTED = /^\/(v1|tokenize|detokenize)(\/|\?|$)/;
 
@@ -18,10 +19,6 @@ export const WS_BEARER_PROTOCOL_PREFIX = 'gpt2-serve.bearer.';
 
 export function isProtectedPath(url: string): boolean {
   return PROTECTED.test(url);
-}
-
-function digest(s: string): Buffer {
-  return createHash('sha256').update(s, 'utf8').digest();
 }
 
 function offeredProtocols(request: IncomingMessage): string[] {
@@ -52,12 +49,11 @@ export function selectWebsocketProtocol(protocols: Set<string>): string | false 
 }
 
 /**
- * The check of the API keys (--api-key, one or several): returns the tenant of a protected
- * request (the index of its key), or null for an unprotected path. Every key is compared, so the
- * time taken does not say which one matched.
+ * The check of the API keys (tenants.ts): returns the tenant of a protected request (its key's
+ * name), or null for an unprotected path. Every key is compared, so the time taken does not say
+ * which one matched. The keys are looked up on each request, so a reload (SIGHUP) applies at once.
  */
-export function makeApiKeyCheck(apiKeys: readonly string[]): (request: FastifyRequest) => number | null {
-  const expected = apiKeys.map(digest);
+export function makeApiKeyCheck(tenants: Tenants): (request: FastifyRequest) => string | null {
   return (request) => {
     // The matched route template too, so no encoding trick reaches a protected handler unchecked.
     const route = request.routeOptions?.url;
@@ -65,12 +61,12 @@ export function makeApiKeyCheck(apiKeys: readonly string[]): (request: FastifyRe
     const header = request.headers.authorization ?? '';
     const match = /^Bearer\s+(.+)$/i.exec(header.trim());
     const key = match ? match[1]! : keyFromSubprotocol(request.raw);
-    const given = key !== null ? digest(key) : Buffer.alloc(32);
-    let tenant = -1;
-    expected.forEach((e, i) => {
-      if (timingSafeEqual(given, e) && key !== null) tenant = i;
-    });
-    if (tenant >= 0) return tenant;
+    const given = key !== null ? keyDigest(key) : Buffer.alloc(32);
+    let tenant: string | null = null;
+    for (const k of tenants.keys) {
+      if (timingSafeEqual(given, k.digest) && key !== null) tenant = k.name;
+    }
+    if (tenant !== null) return tenant;
     throw new ApiError(
       'invalid_api_key',
       key !== null ? 'Incorrect API key provided' : 'Missing API key: send "Authorization: Bearer <key>"',

@@ -47,6 +47,9 @@ export class ServerMetrics {
   readonly gatewayRunning: Gauge;
   readonly gatewayKvUsage: Gauge;
   readonly cacheConfigInfo: Gauge<'block_size' | 'num_gpu_blocks'>;
+  /** Per tenant (the API key's name, never the key; `default` without keys): sequences running, waiting. */
+  readonly tenantRunning: Gauge<'tenant'>;
+  readonly tenantWaiting: Gauge<'tenant'>;
   /** Prompt tokens admissions looked up in the prefix cache, and those found (gpt2_ and vLLM's names). */
   readonly prefixCacheQueries: Counter[];
   readonly prefixCacheHits: Counter[];
@@ -101,7 +104,7 @@ export class ServerMetrics {
     });
     this.inflightRequests = new Gauge({
       name: `${PREFIX}num_requests_inflight`,
-      help: 'Completion requests admitted and not yet answered (limit: --max-concurrent-requests)',
+      help: 'Requests (completions, chats, /tokenize) admitted and not yet answered (limit: --max-concurrent-requests)',
       registers,
     });
     this.kvUsage = new Gauge({
@@ -178,11 +181,37 @@ export class ServerMetrics {
       labelNames: ['block_size', 'num_gpu_blocks'],
       registers,
     });
+    this.tenantRunning = new Gauge({
+      name: `${PREFIX}tenant_sequences_running`,
+      help: "Sequences in the running batch per tenant (each choice counts; label: the API key's name, or default without keys)",
+      labelNames: ['tenant'],
+      registers,
+    });
+    this.tenantWaiting = new Gauge({
+      name: `${PREFIX}tenant_sequences_waiting`,
+      help: "Sequences waiting for admission per tenant (each choice counts; label: the API key's name, or default without keys)",
+      labelNames: ['tenant'],
+      registers,
+    });
     if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
   }
 
-  /** Copies engine figures into the gauges; totals become counter increments since the last scrape. */
-  applyEngineStats(stats: EngineStats): void {
+  /**
+   * Copies engine figures into the gauges; totals become counter increments since the last scrape.
+   * `tenants` (the configured keys' names) are reported even when idle; a tenant gone from the
+   * keys file stays only while its sequences do, so the labels are bounded by the keys.
+   */
+  applyEngineStats(stats: EngineStats, tenants: readonly string[]): void {
+    this.tenantRunning.reset();
+    this.tenantWaiting.reset();
+    for (const tenant of tenants) {
+      this.tenantRunning.set({ tenant }, 0);
+      this.tenantWaiting.set({ tenant }, 0);
+    }
+    for (const { tenant, running, waiting } of stats.tenants) {
+      this.tenantRunning.set({ tenant }, running);
+      this.tenantWaiting.set({ tenant }, waiting);
+    }
     this.queueLength.set(stats.waiting);
     this.runningSequences.set(stats.running);
     this.pausedSequences.set(stats.paused);

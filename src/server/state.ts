@@ -1,12 +1,23 @@
 // The app's serving state: the engine (possibly still loading), the served model id, the phase
 // that /health and the routes consult (loading -> ready -> draining -> stopped, or failed), and
-// the one registry of completions in flight, which is also admission control: a request is
-// counted before any work is done on it, and refused with 429 past --max-concurrent-requests
-// requests or --max-seqs-in-flight sequences (a request brings prompts x max(n, best_of)).
+// the one registry of requests in flight (completions, chats, /tokenize), which is also admission
+// control: a request is counted before any work is done on it, and refused with 429 past
+// --max-concurrent-requests requests, --max-concurrent-requests-per-key requests of its tenant,
+// or --max-seqs-in-flight sequences (a request brings prompts x max(n, best_of)).
 import { createHash } from 'node:crypto';
 import type { EngineClient } from '../engine/types.js';
-import type { CompletionJob } from './completion/job.js';
 import { ApiError, overloadedError } from './openai/errors.js';
+
+/** What admission counts: a completion job, or work that finishes on its own soon (/tokenize). */
+export interface InFlightWork {
+  /** Ends it now (drain timeout, engine death); its client gets `error`. */
+  cancel(reason: string, error: ApiError): void;
+}
+
+interface Held {
+  sequences: number;
+  tenant: string;
+}
 
 export type Phase = 'loading' | 'ready' | 'failed' | 'draining' | 'stopped';
 
@@ -15,9 +26,10 @@ export class ServingState {
   engine: EngineClient | null = null;
   modelId = '';
   systemFingerprint = '';
-  /** Completion requests (HTTP or websocket) admitted and not yet fully answered, with their sequences. */
-  private readonly inflight = new Map<CompletionJob, number>();
+  /** Requests admitted and not yet fully answered, with their sequences and tenant. */
+  private readonly inflight = new Map<InFlightWork, Held>();
   private inflightSeqs = 0;
+  private readonly inflightByTenant = new Map<string, number>();
   private idleWaiters: Array<() => void> = [];
 
   constructor(
@@ -25,6 +37,8 @@ export class ServingState {
     private readonly servedModelName: string | undefined,
     readonly maxConcurrentRequests: number,
     readonly maxSeqsInFlight: number,
+    /** --max-concurrent-requests-per-key; undefined: no limit of its own. */
+    readonly maxRequestsPerTenant?: number,
   ) {
     if (isPromise(engine)) {
       engine.then(
@@ -75,24 +89,34 @@ export class ServingState {
   }
 
   /**
-   * Counts `job` and its `sequences` in flight, or throws 429 when --max-concurrent-requests
-   * requests are, or when its sequences would take the total past --max-seqs-in-flight (a request
+   * Counts `work` of `tenant` and its `sequences` in flight, or throws 429 when
+   * --max-concurrent-requests requests are, when --max-concurrent-requests-per-key of the
+   * tenant's are, or when its sequences would take the total past --max-seqs-in-flight (a request
    * that alone brings more was refused before: checkFanOut). Returns the release to call once its
    * response is fully written or abandoned (drain waits for that).
    */
-  admit(job: CompletionJob, sequences: number): () => void {
+  admit(work: InFlightWork, sequences: number, tenant: string): () => void {
     const full = this.atCapacity;
     if (full) throw overloadedError(full);
+    const ofTenant = this.inflightByTenant.get(tenant) ?? 0;
+    if (this.maxRequestsPerTenant !== undefined && ofTenant >= this.maxRequestsPerTenant) {
+      throw overloadedError(`this API key has ${ofTenant} requests in flight (--max-concurrent-requests-per-key ${this.maxRequestsPerTenant})`);
+    }
     if (this.inflightSeqs + sequences > this.maxSeqsInFlight) {
       throw overloadedError(`${this.inflightSeqs} sequences are in flight and this request brings ${sequences} (--max-seqs-in-flight ${this.maxSeqsInFlight})`);
     }
-    this.inflight.set(job, sequences);
+    this.inflight.set(work, { sequences, tenant });
     this.inflightSeqs += sequences;
+    this.inflightByTenant.set(tenant, ofTenant + 1);
     return () => {
-      const held = this.inflight.get(job);
+      const held = this.inflight.get(work);
       if (held === undefined) return;
-      this.inflight.delete(job);
-      this.inflightSeqs -= held;
+      this.inflight.delete(work);
+      this.inflightSeqs -= held.sequences;
+      const left = this.inflightByTenant.get(held.tenant)! - 1;
+      // Only tenants with requests in flight stay: the map never outgrows the configured keys' names.
+      if (left > 0) this.inflightByTenant.set(held.tenant, left);
+      else this.inflightByTenant.delete(held.tenant);
       if (this.inflight.size > 0) return;
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
@@ -100,16 +124,16 @@ export class ServingState {
     };
   }
 
-  /** Ends every job still in flight; their clients get `error` (drain timeout, engine death). */
+  /** Ends every request still in flight; their clients get `error` (drain timeout, engine death). */
   cancelAll(error: ApiError): void {
-    for (const job of this.inflight.keys()) job.cancel('server shutdown', error);
+    for (const work of this.inflight.keys()) work.cancel('server shutdown', error);
   }
 
   get inflightRequests(): number {
     return this.inflight.size;
   }
 
-  /** Resolves when no completion is in flight, or after timeoutMs (returns false then). */
+  /** Resolves when no request is in flight, or after timeoutMs (returns false then). */
   waitIdle(timeoutMs: number): Promise<boolean> {
     if (this.inflight.size === 0) return Promise.resolve(true);
     return new Promise((resolve) => {

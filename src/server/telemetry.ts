@@ -34,7 +34,7 @@ export function recordFinished(
       completionTokens: stats?.completionTokens,
       ttftMs: stats?.ttftMs ?? undefined,
       error: stats?.error,
-      // Which API key (its index among --api-key), never the key.
+      // Which API key (its name), never the key.
       tenant: request.tenant ?? undefined,
       durationMs: Math.round(durationMs * 10) / 10,
       ...extra,

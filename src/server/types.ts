@@ -4,6 +4,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { ServerConfig } from '../config.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ServingState } from './state.js';
+import type { Tenants } from './tenants.js';
 
 export interface AppOptions {
   /** A pino logger (main passes one); omitted or false: no logging (tests). */
@@ -33,6 +34,8 @@ declare module 'fastify' {
     serving: ServingState;
     metrics: ServerMetrics;
     config: ServerConfig;
+    /** The API keys and their names; main re-reads --api-keys-file into it on SIGHUP. */
+    tenants: Tenants;
     appOptions: ResolvedAppOptions;
     /**
      * Graceful shutdown: /health and new completions answer 503 at once, in-flight requests may
@@ -44,7 +47,7 @@ declare module 'fastify' {
     completionStats: CompletionStats | null;
     /** Set once the "request finished" line was written (hijacked replies write it themselves). */
     finishRecorded: boolean;
-    /** With --api-key: which key the request carried (its index), the tenant; null otherwise. */
-    tenant: number | null;
+    /** With API keys: the name of the key the request carried (its tenant); null otherwise. */
+    tenant: string | null;
   }
 }

@@ -4,7 +4,7 @@
 // all land in one queue, read in order by outputs(). Cancellation is immediate: cancel() tells
 // the engine and ends outputs(). pause()/resume() are the flow control of a client that stopped
 // reading: the engine keeps the requests out of its steps, so nothing piles up here.
-import type { EngineClient, EngineEvent, FinishReason, TokenLogprob } from '../../engine/types.js';
+import type { EngineClient, EngineEvent, EngineRequest, FinishReason, TokenLogprob } from '../../engine/types.js';
 import { AsyncQueue } from '../../util/async-queue.js';
 import { ApiError, fromEngineError } from '../openai/errors.js';
 import { makeUsage, type CompletionUsage, type ResponseMeta } from '../openai/responses.js';
@@ -67,6 +67,9 @@ export interface JobContext {
   promptTokensDetails?: boolean;
   /** Prefix-cache isolation keys of the request's tenant (EngineRequest.cacheKeys); its cache_salt adds one. */
   cacheKeys?: readonly string[];
+  /** EngineRequest.tenant and .priority: who sent it (for fair admission) and its `priority`. */
+  tenant?: string;
+  priority?: number;
 }
 
 export class CompletionJob {
@@ -129,7 +132,14 @@ export class CompletionJob {
       const src: Source = { engineId: `${this.meta.id}-${i}`, accepted: false, finished: false, generated: 0, completionTokens: null, cachedTokens: 0, lastTokenAt: new Map() };
       this.sources.push(src);
       const cacheKeys = [...(this.ctx.cacheKeys ?? []), ...(request.cacheSalt === undefined ? [] : [`salt:${request.cacheSalt}`])];
-      const engineRequest = { id: src.engineId, promptTokens: prompt.tokens, params: { ...params, maxTokens: prompt.maxTokens }, ...(cacheKeys.length > 0 ? { cacheKeys } : {}) };
+      const engineRequest: EngineRequest = {
+        id: src.engineId,
+        promptTokens: prompt.tokens,
+        params: { ...params, maxTokens: prompt.maxTokens },
+        ...(cacheKeys.length > 0 ? { cacheKeys } : {}),
+        ...(this.ctx.tenant !== undefined ? { tenant: this.ctx.tenant } : {}),
+        ...(this.ctx.priority ? { priority: this.ctx.priority } : {}),
+      };
       this.engine.submit(engineRequest, (event) =>
         this.onEvent(i, event),
       );

@@ -1,22 +1,16 @@
 // A Responses API request is a chat request in other words: `instructions` and the input items
 // become chat messages (a function_call joins the assistant turn it belongs to, its output becomes
 // a "tool" message), the flat function tools become Chat's, `text.format` the structured output.
-// From there it takes the chat path; errors still name the Responses fields.
-import type { EngineClient } from '../../engine/types.js';
+// From there it takes the chat path (admission included); errors still name the Responses fields.
 import type { TextConstraintSpec } from '../../structured/constraint.js';
 import type { ChatBody, ChatMessage } from '../openai/chat-schema.js';
 import type { InputItem, ResponsesBody } from '../openai/responses-schema.js';
-import { resolveChatRequest, type ChatFieldNames } from './chat-request.js';
-import type { RequestLimits, ValidCompletionRequest } from './request.js';
+import type { ChatFieldNames, ChatResolveOptions } from './chat-request.js';
 
 const RESPONSES_FIELDS: ChatFieldNames = { tool: (i) => `tools[${i}].`, toolChoice: 'tool_choice', structuredOutput: 'text.format', messages: 'input' };
 
-export function resolveResponsesRequest(
-  body: ResponsesBody,
-  engine: EngineClient,
-  limits: RequestLimits,
-  options: { forceStream?: boolean },
-): Promise<ValidCompletionRequest> {
+/** The chat request a Responses request is, and how to resolve it (field names, text.format). */
+export function responsesAsChat(body: ResponsesBody): { chat: ChatBody; resolveOptions: ChatResolveOptions } {
   const choice = body.tool_choice;
   const chat: ChatBody = {
     model: body.model,
@@ -33,8 +27,9 @@ export function resolveResponsesRequest(
     tools: body.tools?.map((t) => ({ type: 'function' as const, function: { name: t.name, description: t.description, parameters: t.parameters, strict: t.strict } })),
     tool_choice: choice == null || typeof choice === 'string' ? choice : { type: 'function', function: { name: choice.name } },
     parallel_tool_calls: body.parallel_tool_calls,
+    priority: body.priority,
   };
-  return resolveChatRequest(chat, engine, limits, { ...options, fields: RESPONSES_FIELDS, structuredOutput: textFormatSpec(body.text?.format) });
+  return { chat, resolveOptions: { fields: RESPONSES_FIELDS, structuredOutput: textFormatSpec(body.text?.format) } };
 }
 
 function textFormatSpec(format: NonNullable<ResponsesBody['text']>['format']): TextConstraintSpec | null {

@@ -1,5 +1,9 @@
 // Shared by the HTTP and websocket routes of both APIs: from a parsed body to an admitted job.
 import type { FastifyInstance } from 'fastify';
+import type { ServerConfig } from '../../config.js';
+import { DEFAULT_TENANT } from '../../engine/fair-share.js';
+import { checkChatWork } from './chat-bounds.js';
+import { ApiError } from '../openai/errors.js';
 import type { ChatBody } from '../openai/chat-schema.js';
 import type { CompletionBody } from '../openai/completion-schema.js';
 import { jobObserver } from '../telemetry.js';
@@ -7,7 +11,7 @@ import { resolveChatRequest } from './chat-request.js';
 import { checkFanOut } from './fan-out.js';
 import { CompletionJob, type RequestResolver } from './job.js';
 import { resolveCompletionRequest } from './request.js';
-import { resolveResponsesRequest } from './responses-request.js';
+import { responsesAsChat } from './responses-request.js';
 import type { ResponsesBody } from '../openai/responses-schema.js';
 
 export interface AdmittedCompletion {
@@ -16,40 +20,49 @@ export interface AdmittedCompletion {
   end: () => void;
 }
 
-/** How a request is admitted: `tenant` is its API key's (FastifyRequest.tenant). */
+/** How a request is admitted: `tenant` is its API key's name (FastifyRequest.tenant). */
 export interface AdmitOptions {
   forceStream?: boolean;
-  tenant?: number | null;
+  tenant?: string | null;
 }
+
+/** What admission reads of a body before any work: its fan-out and its scheduling priority. */
+type AdmissionFields = Pick<CompletionBody, 'prompt' | 'n' | 'best_of' | 'priority'>;
 
 export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: AdmitOptions = {}): AdmittedCompletion {
   return admit(app, 'cmpl-', body, (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
 }
 
 export function admitChat(app: FastifyInstance, body: ChatBody, options: AdmitOptions = {}): AdmittedCompletion {
+  checkChatWork(body, app.serving.requireEngine().model);
   // One conversation is one prompt.
-  return admit(app, 'chatcmpl-', { prompt: null, n: body.n, best_of: null }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
+  return admit(app, 'chatcmpl-', { prompt: null, n: body.n, best_of: null, priority: body.priority }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
 }
 
 export function admitResponse(app: FastifyInstance, body: ResponsesBody, options: AdmitOptions = {}): AdmittedCompletion {
-  return admit(app, 'resp_', { prompt: null, n: 1, best_of: null }, (engine, limits, o) => resolveResponsesRequest(body, engine, limits, o), options);
+  const { chat, resolveOptions } = responsesAsChat(body);
+  checkChatWork(chat, app.serving.requireEngine().model, 'input');
+  return admit(app, 'resp_', { prompt: null, n: 1, best_of: null, priority: body.priority }, (engine, limits, o) => resolveChatRequest(chat, engine, limits, { ...o, ...resolveOptions }), options);
 }
 
 /**
- * Admits a request (a completion, a chat or a response) before any work is done on it: throws ApiError 503
- * (loading, draining, engine dead), 400 (a fan-out no admission could take: checkFanOut) or 429
- * (--max-concurrent-requests or --max-seqs-in-flight reached). The caller then runs job.submit().
+ * Admits a request (a completion, a chat or a response) before any work is done on it: throws
+ * ApiError 503 (loading, draining, engine dead), 400 (a fan-out no admission could take:
+ * checkFanOut; a `priority` under fcfs) or 429 (--max-concurrent-requests,
+ * --max-concurrent-requests-per-key or --max-seqs-in-flight reached). The caller then runs
+ * job.submit().
  */
 function admit(
   app: FastifyInstance,
   idPrefix: string,
-  fanOut: Pick<CompletionBody, 'prompt' | 'n' | 'best_of'>,
+  fields: AdmissionFields,
   resolve: RequestResolver,
   options: AdmitOptions,
 ): AdmittedCompletion {
   const state = app.serving;
   const engine = state.acceptNewWork();
-  const sequences = checkFanOut(fanOut, {
+  const priority = checkPriority(fields.priority, app.config.schedulingPolicy);
+  const sequences = checkFanOut(fields, {
     maxPromptsPerRequest: app.config.maxPromptsPerRequest,
     maxNumSeqs: engine.model.maxNumSeqs,
     maxSeqsInFlight: state.maxSeqsInFlight,
@@ -64,7 +77,23 @@ function admit(
     forceStream: options.forceStream,
     promptTokensDetails: app.config.enablePromptTokensDetails,
     // Each tenant's prefix-cache entries are its own: no hit, and so no timing, crosses tenants.
+    // Keyed by the key's name, which a reload of --api-keys-file keeps.
     cacheKeys: options.tenant == null ? [] : [`tenant:${options.tenant}`],
+    // Without keys, the engine's default tenant.
+    tenant: options.tenant ?? undefined,
+    priority,
   });
-  return { job, end: state.admit(job, sequences) };
+  return { job, end: state.admit(job, sequences, options.tenant ?? DEFAULT_TENANT) };
+}
+
+/**
+ * vLLM's rule: a non-zero `priority` is refused (400) unless --scheduling-policy is priority,
+ * rather than silently ignored.
+ */
+function checkPriority(priority: number | null | undefined, policy: ServerConfig['schedulingPolicy']): number {
+  const value = priority ?? 0;
+  if (value !== 0 && policy !== 'priority') {
+    throw new ApiError('invalid_value', `\`priority\`: got ${value}, but priority scheduling is not enabled (--scheduling-policy priority)`, 'priority');
+  }
+  return value;
 }

@@ -94,6 +94,8 @@ export const SamplingFields = {
   stop_token_ids: z.array(z.number().int().min(0)).nullish(),
   // vLLM: prefix-cache entries are shared only between requests with the same salt.
   cache_salt: z.string().min(1).max(256).nullish(),
+  // vLLM's: lower is scheduled first, within the request's tenant; non-zero only with --scheduling-policy priority.
+  priority: z.number().int().min(-(2 ** 31)).max(2 ** 31 - 1).nullish(),
   ...structuredOutputFields,
 };
 

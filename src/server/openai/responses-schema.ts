@@ -126,6 +126,7 @@ export const ResponsesBodySchema = z
     min_p: SamplingFields.min_p,
     repetition_penalty: SamplingFields.repetition_penalty,
     cache_salt: SamplingFields.cache_salt,
+    priority: SamplingFields.priority,
     tools: z.array(ResponsesTool).max(MAX_TOOLS).nullish(),
     tool_choice: ResponsesToolChoice.nullish(),
     parallel_tool_calls: z.boolean().nullish(),

@@ -46,7 +46,7 @@ const DRAIN_POLL_MS = 25;
 type Started = { admitted: AdmittedCompletion; format: ResponseFormat };
 
 /** What a create frame of each kind admits, and how its outputs are framed. */
-const CREATE_FRAMES: Record<string, (app: FastifyInstance, msg: Record<string, unknown>, tenant: number | null) => Started> = {
+const CREATE_FRAMES: Record<string, (app: FastifyInstance, msg: Record<string, unknown>, tenant: string | null) => Started> = {
   // The websocket always streams; `type` and `id` are not body fields and are stripped.
   'completion.create': (app, msg, tenant) => ({
     admitted: admitCompletion(app, parseOrThrow(CompletionBodySchema, { ...msg, stream: true }), { forceStream: true, tenant }),
