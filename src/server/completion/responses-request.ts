@@ -23,6 +23,7 @@ export function responsesAsChat(body: ResponsesBody): { chat: ChatBody; resolveO
     min_p: body.min_p,
     repetition_penalty: body.repetition_penalty,
     cache_salt: body.cache_salt,
+    ignore_eos: body.ignore_eos,
     stream: body.stream,
     tools: body.tools?.map((t) => ({ type: 'function' as const, function: { name: t.name, description: t.description, parameters: t.parameters, strict: t.strict } })),
     tool_choice: choice == null || typeof choice === 'string' ? choice : { type: 'function', function: { name: choice.name } },

@@ -127,6 +127,7 @@ export const ResponsesBodySchema = z
     repetition_penalty: SamplingFields.repetition_penalty,
     cache_salt: SamplingFields.cache_salt,
     priority: SamplingFields.priority,
+    ignore_eos: SamplingFields.ignore_eos,
     tools: z.array(ResponsesTool).max(MAX_TOOLS).nullish(),
     tool_choice: ResponsesToolChoice.nullish(),
     parallel_tool_calls: z.boolean().nullish(),
