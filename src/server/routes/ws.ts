@@ -1,5 +1,5 @@
-// GET /v1/completions/ws: many streaming completions and chat completions multiplexed over one
-// websocket.
+// GET /v1/completions/ws: many streaming completions, chat completions and responses multiplexed
+// over one websocket.
 //
 // Client -> server:
 //   {"type":"completion.create","id":"<client id>", ...the /v1/completions body}
