@@ -11,7 +11,7 @@ import type { ResponseStreamEvent } from 'openai/resources/responses/responses';
 import request from 'supertest';
 import WebSocket from 'ws';
 import { formatToolCall } from './helpers/tool-calls.js';
-import { MODEL, gpt2Tokenizer, serveTest, spyOn } from './helpers/serving.js';
+import { MODEL, gpt2Tokenizer, serveTest, spyOn, waitFor } from './helpers/serving.js';
 import type { ScriptedRunnerOptions } from './helpers/scripted-runner.js';
 
 type T = { after: (fn: () => Promise<unknown>) => void };
@@ -239,4 +239,38 @@ test('websocket: response.create streams the events with the client id, then res
   const final = (frames.at(-2)!.response as { output: Array<{ content: Array<{ text: string }> }> }).output[0]!.content[0]!.text;
   assert.equal(text, final);
   assert.equal(frames.at(-1)!.completion_id, (frames[0]!.response as { id: string }).id);
+});
+
+test('the same auth, cancellation on disconnect, error event and metrics as the other endpoints', async (t: T) => {
+  const { app, engine } = await serveTest(t, { config: { apiKeys: ['sk-a'] }, runner: { stepDelayMs: 10, failRuns: [40] } });
+  const spy = spyOn(engine);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = app.server.address() as AddressInfo;
+  await request(app.server).post('/v1/responses').send({ model: MODEL, input: 'Hi' }).expect(401);
+
+  // A client that goes away mid-stream: its engine request is cancelled at once.
+  const controller = new AbortController();
+  const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'sk-a', maxRetries: 0 });
+  const stream = await client.responses.create({ model: MODEL, input: 'A', max_output_tokens: 30, stream: true }, { signal: controller.signal });
+  for await (const event of stream) if (event.type === 'response.output_text.delta') break; // leaving the loop aborts the response
+  controller.abort();
+  await waitFor(() => spy.cancelled.some((id) => id.startsWith('resp_')), 30_000, 'engine cancel');
+
+  // The engine fails a step mid-stream: an `error` event in sequence, then the stream ends.
+  const res = await request(app.server)
+    .post('/v1/responses')
+    .set('authorization', 'Bearer sk-a')
+    .send({ model: MODEL, input: 'B', max_output_tokens: 200, stream: true })
+    .expect(200);
+  const blocks = res.text.split('\n\n').filter((b) => b.length > 0);
+  const last = blocks.at(-1)!;
+  assert.match(last, /^event: error\ndata: /);
+  const error = JSON.parse(last.slice(last.indexOf('data: ') + 6)) as { type: string; code: string; sequence_number: number };
+  assert.equal(error.type, 'error');
+  assert.equal(error.code, 'internal_error');
+  assert.equal(error.sequence_number, blocks.length - 1);
+  assert.doesNotMatch(res.text, /\[DONE\]/);
+
+  const metrics = await request(app.server).get('/metrics').expect(200);
+  assert.match(metrics.text, /gpt2_http_requests_total\{method="POST",route="\/v1\/responses",status="401"\} 1/);
 });
