@@ -3,6 +3,8 @@
 // the benchmark starts on the tiny model (and stops: no process may outlive a run).
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { basename, join } from 'node:path';
 import { test } from 'node:test';
 import { benchMain, benchModelKind, type BenchResult } from '../tools/bench/bench.js';
@@ -11,12 +13,13 @@ import { computeMetrics, type RunMetrics } from '../tools/bench/metrics.js';
 import { parseBenchArgs, planRuns, UsageError } from '../tools/bench/options.js';
 import { docsProse, prosePassages } from '../tools/bench/passages.js';
 import { markdownTable, speedupsOf } from '../tools/bench/report.js';
-import { StreamTimer, type RequestResult } from '../tools/bench/request-result.js';
+import { responsesUsage, StreamTimer, type RequestResult } from '../tools/bench/request-result.js';
 import { liveServerPids } from '../tools/bench/server-process.js';
 import { parseSpecCounters, specDecodeBetween } from '../tools/bench/spec-metrics.js';
-import { SseParser } from '../tools/bench/sse-client.js';
+import { SseParser, sseTransport } from '../tools/bench/sse-client.js';
 import { percentile, summarize } from '../tools/bench/stats.js';
 import { renderSvg } from '../tools/bench/svg.js';
+import { chunkText } from '../tools/bench/transport.js';
 import { GROUNDED_INSTRUCTION, GROUNDED_LEAD_TOKENS, makeGroundedWorkload, makeWorkload, minGroundedPromptTokens, poissonArrivals, PROMPT_VOCAB, runSeed } from '../tools/bench/workload.js';
 import { copyingModel, tempDir, tinyModel } from './helpers/tiny-model.js';
 
@@ -128,6 +131,8 @@ test('the SSE parser reassembles events split across reads', () => {
   assert.deepEqual(p.push('data: {"a"'), []);
   assert.deepEqual(p.push(':1}\n\ndata: [DO'), ['{"a":1}']);
   assert.deepEqual(p.push('NE]\r\n\r\n: comment\n\n'), ['[DONE]']);
+  // The Responses stream names its events: the data is the payload all the same.
+  assert.deepEqual(p.push('event: response.output_text.delta\ndata: {"delta":"x"}\n\n'), ['{"delta":"x"}']);
 });
 
 test('options: defaults, validation naming the flag, the run plan', () => {
@@ -410,7 +415,78 @@ test('--api chat drives /v1/chat/completions over SSE and the websocket, measure
     assert.match(out, /\(chat, (SSE|WS)\)/);
     assertServersGone(result);
   }
-  assert.throws(() => parseBenchArgs(['--api', 'responses']), /--api/);
+  assert.throws(() => parseBenchArgs(['--api', 'embeddings']), /--api must be completions, chat or responses/);
+});
+
+test('--api responses drives /v1/responses over SSE and the websocket, measured the same way', { timeout: 90_000 }, async () => {
+  const model = await tinyModel();
+  assert.equal(parseBenchArgs(['--api', 'responses'], {})!.api, 'responses');
+  for (const transport of ['sse', 'ws'] as const) {
+    const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12', '--api', 'responses', '--transport', transport]);
+    const m = result.runs[0]!;
+    assert.equal(m.errors, 0, m.error_samples.join('; '));
+    assert.equal(m.total_output_tokens, 4 * 8);
+    // As chat's: the prompt is the rendered conversation of the one user message.
+    assert.ok(m.total_input_tokens > 4 * 4, `prompt tokens ${m.total_input_tokens}`);
+    assert.equal(m.ttft_ms.count, 4);
+    assert.ok(m.itl_ms.count > 0);
+    assert.equal(result.config.api, 'responses');
+    assert.match(out, /\(responses, (SSE|WS)\)/);
+    assert.match(out, new RegExp(`output tokens, responses, ${transport.toUpperCase()}`));
+    assertServersGone(result);
+  }
+});
+
+test('the Responses stream over SSE: the request body, text from output_text deltas, usage from the last event, no [DONE]; an error event fails', async (t) => {
+  const [request] = makeWorkload({ seed: 0, requests: 1, promptTokens: 4, outputTokens: 3 });
+  const bodies: Array<Record<string, unknown>> = [];
+  let failNext = false;
+  const ev = (type: string, fields: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ type, ...fields })}\n\n`;
+  const server = http.createServer((req, res) => {
+    let raw = '';
+    req.on('data', (c: Buffer) => (raw += c.toString()));
+    req.on('end', () => {
+      bodies.push({ path: req.url, ...(JSON.parse(raw) as Record<string, unknown>) });
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(ev('response.created', { sequence_number: 0, response: { status: 'in_progress', usage: null } }));
+      res.write(ev('response.output_item.added', { sequence_number: 1, output_index: 0, item: { type: 'message', content: [] } }));
+      if (failNext) {
+        res.end(ev('error', { sequence_number: 2, code: 'server_error', message: 'the engine stopped', param: null }));
+        return;
+      }
+      let n = 2;
+      for (const delta of ['a', 'b', 'c']) res.write(ev('response.output_text.delta', { sequence_number: n++, item_id: 'msg_1', output_index: 0, content_index: 0, delta, logprobs: [] }));
+      res.write(ev('response.output_text.done', { sequence_number: n++, text: 'abc' }));
+      res.end(ev('response.incomplete', { sequence_number: n, response: { status: 'incomplete', usage: { input_tokens: 9, output_tokens: 3, total_tokens: 12 } } }));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => server.close());
+  const { port } = server.address() as AddressInfo;
+  const transport = sseTransport({ baseUrl: `http://127.0.0.1:${port}`, model: 'm', api: 'responses', requestTimeoutMs: 5000 });
+  try {
+    const r = await transport.send({ ...request!, promptText: 'Hello there' }, 0);
+    assert.equal(r.ok, true, r.error);
+    assert.equal(r.chunks, 3);
+    assert.equal(r.itlMs.length, 2);
+    assert.equal(r.promptTokens, 9);
+    assert.equal(r.outputTokens, 3);
+    assert.deepEqual(bodies[0], { path: '/v1/responses', model: 'm', input: 'Hello there', max_output_tokens: 3, temperature: 0, ignore_eos: true, stream: true });
+    failNext = true;
+    const bad = await transport.send({ ...request!, promptText: 'Hello there' }, 0);
+    assert.equal(bad.ok, false);
+    assert.match(bad.error!, /server_error: the engine stopped/);
+  } finally {
+    await transport.close();
+  }
+  // One text extractor for every API's chunks and frames.
+  assert.equal(chunkText({ type: 'response.output_text.delta', delta: 'x' }), 'x');
+  assert.equal(chunkText({ type: 'response.output_text.done', text: 'x' }), '');
+  assert.equal(chunkText({ choices: [{ text: 'y' }] }), 'y');
+  assert.equal(chunkText({ choices: [{ delta: { content: 'z' } }] }), 'z');
+  assert.equal(chunkText({ choices: [{ delta: { role: 'assistant' } }] }), '');
+  assert.deepEqual(responsesUsage({ input_tokens: 5, output_tokens: 2, total_tokens: 7 }), { prompt_tokens: 5, completion_tokens: 2 });
+  assert.equal(responsesUsage(null), null);
 });
 
 test('--hostile-prompt-bytes sends huge prompts during the run: every one is refused, the run is unaffected', { timeout: 60_000 }, async () => {

@@ -22,7 +22,7 @@ import { startServer, type ServerHandle } from './server-process.js';
 import { scrapeSpecCounters, specDecodeBetween } from './spec-metrics.js';
 import { sseTransport } from './sse-client.js';
 import { renderSvg } from './svg.js';
-import type { Transport, TransportOptions } from './transport.js';
+import type { BenchApi, Transport, TransportOptions } from './transport.js';
 import { makeGroundedWorkload, makeWorkload, runSeed, type BenchRequest } from './workload.js';
 import { wsTransport } from './ws-client.js';
 
@@ -48,7 +48,7 @@ export interface BenchResult {
     server_args: string[];
     transport: 'sse' | 'ws';
     /** Absent in results saved before --api existed (completions). */
-    api?: 'completions' | 'chat';
+    api?: BenchApi;
     /** Absent in results saved before --workload existed (random). */
     workload?: WorkloadKind;
     prompt_tokens: number;
@@ -145,8 +145,9 @@ async function servedModel(url: string, apiKey: string | null): Promise<string> 
 }
 
 /**
- * --api chat: each prompt's ids as text (the server's /detokenize, before the run's clock), sent
- * as one user message. The same ids as the completions runs, so the two APIs see the same text.
+ * --api chat and --api responses: each prompt's ids as text (the server's /detokenize, before the
+ * run's clock), sent as one user message (chat's `messages`, a response's string `input`). The
+ * same ids as the completions runs, so the three APIs see the same text.
  */
 async function withPromptText(url: string, requests: BenchRequest[], model: string, apiKey: string | null): Promise<BenchRequest[]> {
   const headers: Record<string, string> = { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) };
@@ -167,7 +168,7 @@ function openTransport(kind: 'sse' | 'ws', options: TransportOptions): Promise<T
 /** One short request through the benchmark's own path; a failure here is a setup problem. */
 async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions, workload: MakeRequests): Promise<void> {
   let [request] = workload(opts.seed + 1_000_003, 1, Math.min(4, opts.outputTokens));
-  if (opts.api === 'chat') [request] = await withPromptText(target.url, [request!], options.model, opts.apiKey);
+  if (opts.api !== 'completions') [request] = await withPromptText(target.url, [request!], options.model, opts.apiKey);
   const transport = await openTransport(kind, options);
   try {
     const r = await transport.send(request!, 0);
@@ -215,7 +216,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
     for (const [run, plan] of plans.entries()) {
       const prompts = workload(runSeed(opts.seed, run), plan.requests, opts.outputTokens);
       for (const t of targets) {
-        const requests = opts.api === 'chat' ? await withPromptText(t.url, prompts, model, opts.apiKey) : prompts;
+        const requests = opts.api !== 'completions' ? await withPromptText(t.url, prompts, model, opts.apiKey) : prompts;
         const label = `${t.role === 'baseline' ? baselineLabel : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
         const specBefore = await scrapeSpecCounters(t.url);
         const transport = await openTransport(opts.transport, transportOptions(t));
@@ -236,7 +237,7 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         const specAfter = specBefore && (await scrapeSpecCounters(t.url));
         if (specBefore && specAfter) m.spec_decode = specDecodeBetween(specBefore, specAfter);
         runs[t.role].push(m);
-        io.out(`${runBlock(`${label} (${opts.api === 'chat' ? 'chat, ' : ''}${opts.transport.toUpperCase()})`, m)}\n`);
+        io.out(`${runBlock(`${label} (${apiLabel(opts)})`, m)}\n`);
       }
       if (opts.baseline) {
         const i = runs.batched.length - 1;
@@ -299,7 +300,7 @@ function peakRssBytes(pid: number): number | null {
 /** The summary printed after the sweep: the markdown tables. */
 export function summaryText(result: BenchResult): string {
   const parts = [
-    `## ${result.model}: ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens, ${result.config.transport.toUpperCase()}`,
+    `## ${result.model}: ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens, ${apiLabel(result.config)}`,
     '',
     result.baseline ? (result.config.server_args.length ? `Server flags ${result.config.server_args.join(' ')}:` : 'Continuous batching (server defaults):') : 'Runs:',
     '',
@@ -321,7 +322,7 @@ export function summaryText(result: BenchResult): string {
 export function chartOf(result: BenchResult): string {
   const m = result.machine;
   return renderSvg({
-    title: `gpt2-serve: ${result.model}, ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens (${result.config.transport.toUpperCase()})`,
+    title: `gpt2-serve: ${result.model}, ${promptLabel(result.config)}, ${result.config.output_tokens} output tokens (${apiLabel(result.config)})`,
     subtitle: `${m.cpus} x ${m.cpu_model}, ${(m.memory_bytes / 2 ** 30).toFixed(0)} GiB; node ${result.software.node}, onnxruntime-node ${result.software.onnxruntime_node ?? '?'}; ${result.created_at.slice(0, 10)}`,
     batched: result.runs,
     baseline: result.baseline?.runs ?? null,
@@ -367,6 +368,11 @@ export async function benchMain(argv: string[], io?: Partial<BenchIo>): Promise<
   const robustness = all.reduce((s, m) => s + (m.health_failures ?? 0) + (m.models_failures ?? 0) + (m.hostile_unexpected ?? 0), 0);
   if (robustness > 0) full.status(`warning: ${robustness} probe(s) failed or huge prompt(s) not refused`);
   return result;
+}
+
+/** "SSE" or "WS" for completions; "chat, SSE", "responses, WS", ... for the other APIs. */
+function apiLabel(config: { api?: BenchApi; transport: 'sse' | 'ws' }): string {
+  return `${config.api && config.api !== 'completions' ? `${config.api}, ` : ''}${config.transport.toUpperCase()}`;
 }
 
 /** "128-token prompts", "1024+64-token prompts (shared prefix + own)" or "128-token grounded prompts". */

@@ -1,7 +1,7 @@
 // The benchmark's command line: parsing, validation (errors name the flag) and help.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ProgressMode } from './progress.js';
-import type { BenchApi, TransportKind } from './transport.js';
+import { BENCH_APIS, type BenchApi, type TransportKind } from './transport.js';
 
 export const DEFAULT_MODEL_DIR = 'models/bench-gpt2-small';
 /** The default model of --workload grounded: GPT-2-small shapes whose greedy output copies its context. */
@@ -47,9 +47,12 @@ Workload:
                              --prompt-tokens (default 0; measures prefix caching; random only)
   --seed N                   workload seed (default 0)
   --transport sse|ws         Server-Sent Events (default) or the websocket endpoint
-  --api completions|chat     /v1/completions with the prompt ids (default), or /v1/chat/completions
-                             with the prompt detokenized into one user message (its prompt is
-                             then the rendered conversation: a few tokens more, and its own length)
+  --api completions|chat|responses
+                             /v1/completions with the prompt ids (default), /v1/chat/completions
+                             with the prompt detokenized into one user message, or /v1/responses
+                             with that text as its input (max_output_tokens; the Responses event
+                             stream, TTFT and ITL from its output_text deltas); a chat's or
+                             response's prompt is the rendered conversation: a few tokens more
   --api-key KEY              sent as a bearer token (default: $OPENAI_API_KEY, if set)
   --request-timeout-s S      a request unfinished after S seconds is an error (default 600)
   --hostile-prompt-bytes N   during every run, also send completions with an N-byte prompt, one
@@ -181,8 +184,8 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   if (serverArgs.length && url !== null) throw new UsageError('--server-arg applies to a started server, not to --url');
   const transport = str('transport') ?? 'sse';
   if (transport !== 'sse' && transport !== 'ws') throw new UsageError(`--transport must be sse or ws, got ${JSON.stringify(transport)}`);
-  const api = str('api') ?? 'completions';
-  if (api !== 'completions' && api !== 'chat') throw new UsageError(`--api must be completions or chat, got ${JSON.stringify(api)}`);
+  const api = (str('api') ?? 'completions') as BenchApi;
+  if (!BENCH_APIS.includes(api)) throw new UsageError(`--api must be completions, chat or responses, got ${JSON.stringify(api)}`);
   const progress = str('progress') ?? 'auto';
   if (!['auto', 'bar', 'lines', 'none'].includes(progress)) throw new UsageError(`--progress must be auto, bar, lines or none`);
   const rates =

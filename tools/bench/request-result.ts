@@ -1,9 +1,13 @@
 // What one benchmark request measured, and the timer both transports use to measure it, with
 // vLLM benchmark_serving's definitions: TTFT is the time from sending to the first chunk that
-// carries text; ITL is every gap between successive text-carrying chunks (one chunk may carry
-// several tokens when the server holds back an incomplete UTF-8 sequence); end-to-end latency ends
-// when the response is complete. TPOT is derived later from these and the token count.
+// carries text (with --api responses, the first `response.output_text.delta` event: the
+// created/in_progress/item events before it carry none); ITL is every gap between successive
+// text-carrying chunks (one chunk may carry several tokens when the server holds back an
+// incomplete UTF-8 sequence); end-to-end latency ends when the response is complete (SSE: `data:
+// [DONE]`, or a Responses stream's `response.completed` / `response.incomplete` event; websocket:
+// the `.done` frame). TPOT is derived later from these and the token count.
 import { performance } from 'node:perf_hooks';
+import type { BenchApi } from './transport.js';
 import type { BenchRequest } from './workload.js';
 
 export interface RequestResult {
@@ -65,7 +69,7 @@ export class StreamTimer {
     if (u.completion_tokens !== this.request.outputTokens) {
       return `expected ${this.request.outputTokens} output tokens, got ${u.completion_tokens}`;
     }
-    // A chat prompt's length is the rendered conversation's, which only the server knows.
+    // A chat's (or a response's) prompt length is the rendered conversation's, which only the server knows.
     if (this.request.promptText === undefined && u.prompt_tokens !== this.request.promptIds.length) {
       return `expected ${this.request.promptIds.length} prompt tokens, got ${u.prompt_tokens}`;
     }
@@ -92,14 +96,19 @@ export class StreamTimer {
 
 /**
  * The body of a benchmark request (greedy, exact length through ignore_eos): /v1/completions with
- * the prompt ids, or /v1/chat/completions with the prompt text as one user message.
+ * the prompt ids, /v1/chat/completions with the prompt text as one user message, or /v1/responses
+ * with the prompt text as its string `input` (one user message too) and max_output_tokens.
  */
-export function completionBody(model: string, request: BenchRequest): Record<string, unknown> {
-  return {
-    model,
-    ...(request.promptText !== undefined ? { messages: [{ role: 'user', content: request.promptText }] } : { prompt: request.promptIds }),
-    max_tokens: request.outputTokens,
-    temperature: 0,
-    ignore_eos: true,
-  };
+export function completionBody(model: string, request: BenchRequest, api: BenchApi): Record<string, unknown> {
+  if (api === 'completions') return { model, prompt: request.promptIds, max_tokens: request.outputTokens, temperature: 0, ignore_eos: true };
+  if (request.promptText === undefined) throw new Error(`--api ${api} sends the prompt as text: withPromptText first`);
+  if (api === 'chat') return { model, messages: [{ role: 'user', content: request.promptText }], max_tokens: request.outputTokens, temperature: 0, ignore_eos: true };
+  return { model, input: request.promptText, max_output_tokens: request.outputTokens, temperature: 0, ignore_eos: true };
+}
+
+/** A Responses `usage` ({input_tokens, output_tokens, ...}) as the counts a result records. */
+export function responsesUsage(usage: unknown): Usage | null {
+  const u = usage as { input_tokens?: unknown; output_tokens?: unknown } | null | undefined;
+  if (typeof u?.input_tokens !== 'number' || typeof u.output_tokens !== 'number') return null;
+  return { prompt_tokens: u.input_tokens, completion_tokens: u.output_tokens };
 }

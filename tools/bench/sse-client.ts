@@ -1,12 +1,15 @@
 // Streaming completions over Server-Sent Events, as an OpenAI client sends them: POST
-// /v1/completions with stream and stream_options.include_usage; the usage chunk gives the exact
-// token counts. node:http rather than fetch: no headers/body timeouts of its own (a request queued
+// /v1/completions (or /v1/chat/completions) with stream and stream_options.include_usage; the
+// usage chunk gives the exact token counts, `data: [DONE]` ends the stream. With --api responses,
+// POST /v1/responses with stream: the Responses event stream (`event: <type>` blocks, no [DONE]),
+// which ends with `response.completed` or `response.incomplete`, whose `response.usage` gives
+// the counts; an `error` event is a failure. node:http rather than fetch: no headers/body timeouts of its own (a request queued
 // behind a long baseline run may wait minutes for its headers) and less client CPU per chunk.
 import http from 'node:http';
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
-import { StreamTimer, completionBody, type RequestResult } from './request-result.js';
-import { chunkText, describeError, type Transport, type TransportOptions } from './transport.js';
+import { StreamTimer, completionBody, responsesUsage, type RequestResult } from './request-result.js';
+import { chunkText, describeError, type BenchApi, type Transport, type TransportOptions } from './transport.js';
 import type { BenchRequest } from './workload.js';
 
 /** Splits an SSE byte stream (as text) into the payloads of its `data:` fields, one per event. */
@@ -31,13 +34,22 @@ export class SseParser {
 }
 
 interface StreamMessage {
+  /** A Responses event's type. */
+  type?: unknown;
   choices?: unknown;
   usage?: { prompt_tokens: number; completion_tokens: number } | null;
   error?: { code?: unknown; message?: unknown };
+  /** The response object of a Responses `response.*` event. */
+  response?: { usage?: unknown };
 }
 
+const PATHS: Record<BenchApi, string> = { completions: '/v1/completions', chat: '/v1/chat/completions', responses: '/v1/responses' };
+/** The events that end a Responses stream (the body ends after them). */
+const RESPONSE_ENDS = new Set(['response.completed', 'response.incomplete']);
+
 export function sseTransport(opts: TransportOptions): Transport {
-  const url = new URL(opts.api === 'chat' ? '/v1/chat/completions' : '/v1/completions', opts.baseUrl);
+  const responses = opts.api === 'responses';
+  const url = new URL(PATHS[opts.api], opts.baseUrl);
   const lib = url.protocol === 'https:' ? https : http;
   const agent = new lib.Agent({ keepAlive: true, maxSockets: Infinity });
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'text/event-stream' };
@@ -46,9 +58,9 @@ export function sseTransport(opts: TransportOptions): Transport {
   const send = (request: BenchRequest, runStart: number): Promise<RequestResult> =>
     new Promise((resolve) => {
       const body = JSON.stringify({
-        ...completionBody(opts.model, request),
+        ...completionBody(opts.model, request, opts.api),
         stream: true,
-        stream_options: { include_usage: true },
+        ...(responses ? {} : { stream_options: { include_usage: true } }),
       });
       const timer = new StreamTimer(request, runStart);
       let settled = false;
@@ -94,14 +106,23 @@ export function sseTransport(opts: TransportOptions): Transport {
               streamError ??= describeError(null, data);
               continue;
             }
+            if (responses && msg.type === 'error') {
+              streamError ??= describeError(null, JSON.stringify({ error: msg }));
+              continue;
+            }
+            if (responses && typeof msg.type === 'string' && RESPONSE_ENDS.has(msg.type)) {
+              timer.usage = responsesUsage(msg.response?.usage);
+              doneAt = now;
+              continue;
+            }
             if (msg.usage) timer.usage = msg.usage;
-            if (chunkText(msg.choices).length > 0) timer.textChunk(now);
+            if (chunkText(msg).length > 0) timer.textChunk(now);
           }
         });
         res.on('end', () => {
           const now = performance.now();
           if (streamError !== null) settle(timer.fail(now, streamError));
-          else if (doneAt < 0) settle(timer.fail(now, 'the stream ended without [DONE]'));
+          else if (doneAt < 0) settle(timer.fail(now, `the stream ended without ${responses ? 'response.completed or response.incomplete' : '[DONE]'}`));
           else settle(timer.finish(doneAt));
         });
         res.on('error', (err) => settle(timer.fail(performance.now(), `response failed: ${err.message}`)));

@@ -6,11 +6,18 @@ import type { BenchRequest } from './workload.js';
 export type TransportKind = 'sse' | 'ws';
 
 /** Which OpenAI API the requests use (--api). */
-export type BenchApi = 'completions' | 'chat';
+export type BenchApi = 'completions' | 'chat' | 'responses';
+export const BENCH_APIS: readonly BenchApi[] = ['completions', 'chat', 'responses'];
 
-/** The text a streamed chunk (SSE chunk or websocket frame) of either API carries. */
-export function chunkText(choices: unknown): string {
-  const c = (choices as Array<{ text?: unknown; delta?: { content?: unknown } }> | undefined)?.[0];
+/**
+ * The text a streamed message (SSE event or websocket frame) of any API carries: a completion
+ * chunk's `choices[0].text`, a chat chunk's `choices[0].delta.content`, or the `delta` of a
+ * Responses `response.output_text.delta` event (its other events carry no text).
+ */
+export function chunkText(msg: unknown): string {
+  const m = msg as { type?: unknown; delta?: unknown; choices?: Array<{ text?: unknown; delta?: { content?: unknown } }> } | null;
+  if (m?.type === 'response.output_text.delta') return typeof m.delta === 'string' ? m.delta : '';
+  const c = Array.isArray(m?.choices) ? m.choices[0] : undefined;
   const text = c?.text ?? c?.delta?.content;
   return typeof text === 'string' ? text : '';
 }

@@ -1,7 +1,9 @@
 // Streaming completions over the websocket endpoint (GET /v1/completions/ws, docs/api.md): every
 // request of a run is multiplexed on one connection, opened before the run's clock starts.
 // `completion.chunk` frames carry text, `completion.done` the usage, `error` a failure (with
-// --api chat: `chat.completion.chunk` and `chat.completion.done`).
+// --api chat: `chat.completion.chunk` and `chat.completion.done`; with --api responses, a
+// `response.create` frame, the Responses events as frames, text in `response.output_text.delta`,
+// then `response.done` with the usage in the completions shape).
 import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import { StreamTimer, completionBody, type RequestResult } from './request-result.js';
@@ -39,7 +41,7 @@ export async function wsTransport(opts: TransportOptions): Promise<Transport> {
   const pending = new Map<string, Pending>();
   let nextId = 0;
   let closedWhy: string | null = null;
-  const frame = opts.api === 'chat' ? 'chat.completion' : 'completion';
+  const frame = { completions: 'completion', chat: 'chat.completion', responses: 'response' }[opts.api];
 
   socket.on('message', (data: WebSocket.RawData) => {
     const now = performance.now();
@@ -51,13 +53,13 @@ export async function wsTransport(opts: TransportOptions): Promise<Transport> {
     }
     const p = typeof msg.id === 'string' ? pending.get(msg.id) : undefined;
     if (!p) return;
-    if (msg.type === `${frame}.chunk`) {
-      if (chunkText(msg.choices).length > 0) p.timer.textChunk(now);
-    } else if (msg.type === `${frame}.done`) {
+    if (msg.type === `${frame}.done`) {
       p.timer.usage = msg.usage ?? null;
       p.settle(p.timer.finish(now));
     } else if (msg.type === 'error') {
       p.settle(p.timer.fail(now, describeError(null, JSON.stringify({ error: msg.error }))));
+    } else if (chunkText(msg).length > 0) {
+      p.timer.textChunk(now);
     }
   });
   const failAll = (why: string) => {
@@ -78,7 +80,7 @@ export async function wsTransport(opts: TransportOptions): Promise<Transport> {
       }
       const deadline = setTimeout(() => {
         settle(timer.fail(performance.now(), `timed out after ${opts.requestTimeoutMs} ms`));
-        if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: 'completion.cancel', id }));
+        if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: `${frame}.cancel`, id }));
       }, opts.requestTimeoutMs);
       const settle = (r: RequestResult) => {
         if (!pending.has(id)) return;
@@ -87,7 +89,7 @@ export async function wsTransport(opts: TransportOptions): Promise<Transport> {
         resolve(r);
       };
       pending.set(id, { timer, settle });
-      socket.send(JSON.stringify({ type: `${frame}.create`, id, ...completionBody(opts.model, request) }));
+      socket.send(JSON.stringify({ type: `${frame}.create`, id, ...completionBody(opts.model, request, opts.api) }));
     });
 
   const close = () =>
