@@ -1,5 +1,5 @@
-// npx tsx tools/bench-fairness.ts [--mode tenants|priority|fcfs] [--model DIR] [--streams 48]
-//                                 [--prompt-tokens 128] [--output-tokens 64] [--seed 0]
+// npm run bench:fairness -- [--mode tenants|priority|fcfs] [--model DIR] [--streams 48]
+//                            [--prompt-tokens 128] [--output-tokens 64] [--seed 0]   (npm run build first)
 // The issue-28 fairness target through the public API, on a server this tool starts:
 //   tenants:  tenant A (one API key) has --streams streams in flight; then tenant B (another key)
 //             sends one request;
