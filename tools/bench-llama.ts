@@ -1,7 +1,7 @@
 // npm run bench:llama -- --llama-dir DIR [--models DIR,DIR] [--checkpoint DIR] [--types F32,Q8_0]
 //                        [--streams 1,8,32] [--prompt-tokens 64] [--output-tokens 64] [--threads 2]
-// Our server (HTTP/SSE) against llama.cpp (node-llama-cpp, in-process) on the same weights, same
-// prompts, greedy, at each stream count, in one run (tools/bench/llama-compare.ts).
+// Our server (HTTP/SSE) against llama.cpp (node-llama-cpp, in a process of its own) on the same
+// weights, same prompts, greedy, at each stream count, in one run (tools/bench/llama-compare.ts).
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { compareTable, compareWithLlama } from './bench/llama-compare.js';
@@ -14,7 +14,10 @@ const USAGE = `Usage: npm run bench:llama -- --llama-dir DIR [options]
 
 Serves each model folder and runs llama.cpp on the same checkpoint written as GGUF, at each
 stream count, with the serving benchmark's seeded token-id prompts; prints output tokens/s and
-each of ours against each llama.cpp type. node-llama-cpp is not a dependency of this project;
+each of ours against each llama.cpp type. llama.cpp runs at its best: in its own process with
+UV_THREADPOOL_SIZE=1, warmed up, with the faster flash attention setting for the workload; at one
+stream it is also timed through a plain evaluate loop, and a harness loop slower than that is
+reported. node-llama-cpp is not a dependency of this project;
 install it apart (Linux x64, CPU build; its optional GPU packages and install script are skipped):
   mkdir -p ../llama && cd ../llama && npm init -y && \\
     npm install --no-save --omit=optional --ignore-scripts node-llama-cpp@3.21.1 @node-llama-cpp/linux-x64@3.21.1
@@ -30,6 +33,8 @@ install it apart (Linux x64, CPU build; its optional GPU packages and install sc
   --threads N            threads for both (default 2)
   --seed N               workload seed (default 0)
   --repeat N             runs per stream count, systems alternating; the fastest of each counts (default 2)
+  --uv-threadpool N      UV_THREADPOOL_SIZE of llama.cpp's process (default 1: fastest on 2 vCPUs)
+  --flash-attention M    llama.cpp's flash attention: on, off or best (default best: the faster on a warm-up probe)
   --json FILE            also write the rows as JSON
 `;
 
@@ -50,6 +55,8 @@ runCli('bench:llama', async (argv) => {
       threads: { type: 'string', default: '2' },
       seed: { type: 'string', default: '0' },
       repeat: { type: 'string', default: '2' },
+      'uv-threadpool': { type: 'string', default: '1' },
+      'flash-attention': { type: 'string', default: 'best' },
       json: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -59,6 +66,8 @@ runCli('bench:llama', async (argv) => {
   const types = values.types.split(',');
   for (const t of types) if (t !== 'F32' && t !== 'Q8_0') throw new Error(`--types: ${t} is not F32 or Q8_0`);
   const ints = (s: string) => s.split(',').map(Number);
+  const flash = values['flash-attention'];
+  if (flash !== 'on' && flash !== 'off' && flash !== 'best') throw new Error(`--flash-attention: ${flash} is not on, off or best`);
   const rows = await compareWithLlama(
     {
       llamaDir: values['llama-dir'],
@@ -72,6 +81,8 @@ runCli('bench:llama', async (argv) => {
       threads: Number(values.threads),
       seed: Number(values.seed),
       repeat: Number(values.repeat),
+      uvThreadpoolSize: Number(values['uv-threadpool']),
+      flashAttention: flash,
     },
     { out: (t) => process.stderr.write(`${t}\n`), status: (t) => process.stderr.write(`${t}\n`), progress: makeProgress('none') },
   );

@@ -1,16 +1,21 @@
 // Throughput against llama.cpp on the same weights, in one run: at each stream count, our server
 // (through HTTP/SSE, the serving benchmark's own client) for every model folder given, then
-// llama.cpp in-process through the node-llama-cpp package for every GGUF weight type, with the
-// same seeded token-id prompts, output lengths, greedy decoding and thread count. node-llama-cpp
-// is not a dependency of this project (it downloads llama.cpp binaries); it is loaded from a
-// folder where it was installed apart (docs/benchmark.md says how).
+// llama.cpp through the node-llama-cpp package for every GGUF weight type, with the same seeded
+// token-id prompts, output lengths, greedy decoding and thread count. Each side runs at its best:
+// our server in its own process, llama.cpp in its own (llama-peer.ts, with UV_THREADPOOL_SIZE
+// set), warmed up, with the flash attention setting that is faster for the workload, systems
+// alternating, the best of the repeats counting. node-llama-cpp is not a dependency of this
+// project (it downloads llama.cpp binaries); it is loaded from a folder where it was installed
+// apart (docs/benchmark.md says how).
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { runBenchmark, type BenchIo } from './bench.js';
 import { writeGpt2Gguf, type GgufWeightType } from './gguf.js';
+import type { PeerJob, PeerResult } from './llama-peer.js';
 import { parseBenchArgs } from './options.js';
-import { makeWorkload, type BenchRequest } from './workload.js';
 
 export interface LlamaCompareOptions {
   /** A folder with node_modules/node-llama-cpp. */
@@ -28,6 +33,10 @@ export interface LlamaCompareOptions {
   seed: number;
   /** Each stream count runs this many times, alternating the systems; the best run of each counts. */
   repeat: number;
+  /** UV_THREADPOOL_SIZE of llama.cpp's process. */
+  uvThreadpoolSize: number;
+  /** Flash attention for llama.cpp: on, off, or whichever is faster on a warm-up probe. */
+  flashAttention: 'on' | 'off' | 'best';
 }
 
 export interface CompareRow {
@@ -35,25 +44,10 @@ export interface CompareRow {
   system: string;
   outputTokensPerSecond: number;
   ttftP50Ms: number;
-  /** Our server's peak resident memory (null for llama.cpp, which runs inside this process). */
+  /** Our server's peak resident memory (null for llama.cpp, whose process this does not watch). */
   peakRssMiB: number | null;
-}
-
-/** The slice of node-llama-cpp's API this benchmark uses. */
-interface LlamaSequence {
-  evaluate(tokens: number[], options: { temperature: number }): AsyncGenerator<number, void, void>;
-  clearHistory(): Promise<void>;
-}
-interface LlamaContext {
-  getSequence(): LlamaSequence;
-  dispose(): Promise<void>;
-}
-interface LlamaModel {
-  createContext(o: { sequences: number; contextSize: number; batchSize: number; flashAttention: boolean; threads: number }): Promise<LlamaContext>;
-  dispose(): Promise<void>;
-}
-interface LlamaModule {
-  getLlama(o: { gpu: false; build: 'never'; maxThreads: number }): Promise<{ loadModel(o: { modelPath: string }): Promise<LlamaModel> }>;
+  /** llama.cpp's settings and self-check, e.g. "flash attention off; plain evaluate loop 158.2 tok/s". */
+  note?: string;
 }
 
 /** Requests per stream count: the serving benchmark's default, so both sides do the same work. */
@@ -62,8 +56,6 @@ const requestsFor = (streams: number) => Math.max(4, 2 * streams);
 export async function compareWithLlama(opts: LlamaCompareOptions, io: BenchIo): Promise<CompareRow[]> {
   const entry = join(resolve(opts.llamaDir), 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
   if (!existsSync(entry)) throw new Error(`${entry} not found: install node-llama-cpp apart from this project (docs/benchmark.md)`);
-  const llamaCpp = (await import(pathToFileURL(entry).href)) as LlamaModule;
-  const llama = await llamaCpp.getLlama({ gpu: false, build: 'never', maxThreads: opts.threads });
   mkdirSync(opts.ggufDir, { recursive: true });
   const ggufs = opts.ggufTypes.map((type) => {
     const path = join(opts.ggufDir, `model-${type}.gguf`);
@@ -100,13 +92,13 @@ export async function compareWithLlama(opts: LlamaCompareOptions, io: BenchIo): 
       io.status(`${rows.at(-1)!.system}, ${streams} streams: ${m!.output_throughput.toFixed(1)} tok/s`);
     }
     for (const g of ggufs) {
-      const loaded = await llama.loadModel({ modelPath: g.path });
-      try {
-        const run = await runLlama(loaded, streams, opts);
-        rows.push({ streams, system: `llama.cpp ${g.type} (in-process)`, ...run, peakRssMiB: null });
-        io.status(`llama.cpp ${g.type}, ${streams} streams: ${run.outputTokensPerSecond.toFixed(1)} tok/s`);
-      } finally {
-        await loaded.dispose();
+      const run = await runPeer(opts, g.path, streams);
+      const note = `flash attention ${run.flashAttention ? 'on' : 'off'}${run.plainLoopTokensPerSecond === null ? '' : `; plain evaluate loop ${run.plainLoopTokensPerSecond.toFixed(1)} tok/s`}`;
+      rows.push({ streams, system: `llama.cpp ${g.type} (own process)`, outputTokensPerSecond: run.outputTokensPerSecond, ttftP50Ms: run.ttftP50Ms, peakRssMiB: null, note });
+      io.status(`llama.cpp ${g.type}, ${streams} streams: ${run.outputTokensPerSecond.toFixed(1)} tok/s (${note})`);
+      // The self-check: the harness's one-stream loop must run about as fast as the plainest use of the library.
+      if (run.plainLoopTokensPerSecond !== null && run.outputTokensPerSecond < 0.9 * run.plainLoopTokensPerSecond) {
+        io.status(`warning: llama.cpp ${g.type}'s harness loop ran at ${run.outputTokensPerSecond.toFixed(1)} tok/s, under 90% of its plain loop: the comparison is unfair to it`);
       }
     }
   }
@@ -127,45 +119,25 @@ function bestOf(rows: CompareRow[]): CompareRow[] {
   return [...best.values()];
 }
 
-/** Closed loop: `streams` sequences, each taking the next request when its last one is done. */
-async function runLlama(model: LlamaModel, streams: number, opts: LlamaCompareOptions): Promise<{ outputTokensPerSecond: number; ttftP50Ms: number }> {
-  const requests = makeWorkload({ seed: opts.seed, requests: requestsFor(streams), promptTokens: opts.promptTokens, outputTokens: opts.outputTokens });
-  const perSequence = opts.promptTokens + opts.outputTokens;
-  const context = await model.createContext({
-    sequences: streams,
-    // Per sequence: node-llama-cpp gives each sequence its own KV cells (not unified).
-    contextSize: Math.ceil(perSequence / 256) * 256,
-    batchSize: 512,
-    // Off, as in the issue's figures: with it on, llama.cpp's output depends on the batch.
-    flashAttention: false,
+/** One measurement of llama.cpp in its own process (llama-peer.ts). */
+async function runPeer(opts: LlamaCompareOptions, gguf: string, streams: number): Promise<PeerResult> {
+  const job: PeerJob = {
+    llamaDir: resolve(opts.llamaDir),
+    gguf: resolve(gguf),
+    streams,
+    requests: requestsFor(streams),
+    promptTokens: opts.promptTokens,
+    outputTokens: opts.outputTokens,
     threads: opts.threads,
+    seed: opts.seed,
+    flashAttention: opts.flashAttention === 'best' ? [false, true] : [opts.flashAttention === 'on'],
+  };
+  const script = join(dirname(fileURLToPath(import.meta.url)), 'llama-peer.js');
+  const { stdout } = await promisify(execFile)(process.execPath, [script, JSON.stringify(job)], {
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(opts.uvThreadpoolSize) },
+    maxBuffer: 1 << 20,
   });
-  try {
-    const queue = [...requests];
-    const ttfts: number[] = [];
-    let generated = 0;
-    const start = performance.now();
-    const worker = async () => {
-      const sequence = context.getSequence();
-      for (let r: BenchRequest | undefined; (r = queue.shift()); ) {
-        await sequence.clearHistory();
-        const sent = performance.now();
-        let n = 0;
-        // Greedy, and every request runs to its full length whatever it generates (ignore_eos).
-        for await (const _token of sequence.evaluate(r.promptIds, { temperature: 0 })) {
-          if (n === 0) ttfts.push(performance.now() - sent);
-          if (++n >= r.outputTokens) break;
-        }
-        generated += n;
-      }
-    };
-    await Promise.all(Array.from({ length: streams }, worker));
-    const seconds = (performance.now() - start) / 1000;
-    ttfts.sort((a, b) => a - b);
-    return { outputTokensPerSecond: generated / seconds, ttftP50Ms: ttfts[Math.floor(ttfts.length / 2)]! };
-  } finally {
-    await context.dispose();
-  }
+  return JSON.parse(stdout.trim().split('\n').at(-1)!) as PeerResult;
 }
 
 /** Markdown: one row per stream count, one column per system, and each of ours against each llama.cpp type. */
@@ -180,9 +152,10 @@ export function compareTable(rows: CompareRow[]): string {
     const cells = [String(streams), ...systems.map((s) => at(s).toFixed(1)), ...ours.flatMap((o) => theirs.map((t) => `${(at(o) / at(t)).toFixed(2)}x`))];
     lines.push(`| ${cells.join(' | ')} |`);
   }
-  return lines.join('\n');
+  const notes = rows.filter((r) => r.note).map((r) => `- ${r.system}, ${r.streams} stream${r.streams === 1 ? '' : 's'}: ${r.note}`);
+  return [...lines, ...(notes.length ? ['', ...notes] : [])].join('\n');
 }
 
 function short(system: string): string {
-  return system.replace(/ \((HTTP\/SSE|in-process)\)$/, '').replace(/^ours /, '');
+  return system.replace(/ \((HTTP\/SSE|own process)\)$/, '').replace(/^ours /, '');
 }

@@ -1,0 +1,139 @@
+// llama.cpp's side of `npm run bench:llama`, in a process of its own: node-llama-cpp loaded into
+// the benchmark's process ran at about half its speed there (its work waits on libuv's thread
+// pool, which the benchmark's own I/O shares; 4 threads by default on a 2-vCPU machine), which is
+// the harness, not llama.cpp. So the comparison spawns this script with UV_THREADPOOL_SIZE set
+// (llama-compare.ts) and it does nothing but load the GGUF file, warm up, and run the closed loop.
+//
+// Input: one JSON argument (PeerJob). Output: one JSON line on stdout (PeerResult).
+//
+// Besides the closed loop it times the plainest possible use of the library, one sequence and one
+// `evaluate` call per request, on the same requests: when the harness's one-stream figure falls
+// well below that, the harness is at fault and the comparison says so.
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { makeWorkload, type BenchRequest } from './workload.js';
+
+export interface PeerJob {
+  llamaDir: string;
+  gguf: string;
+  streams: number;
+  requests: number;
+  promptTokens: number;
+  outputTokens: number;
+  threads: number;
+  seed: number;
+  /** Flash attention settings to try; the faster on a warm-up probe runs the measured loop. */
+  flashAttention: boolean[];
+}
+
+export interface PeerResult {
+  outputTokensPerSecond: number;
+  ttftP50Ms: number;
+  flashAttention: boolean;
+  /** One sequence, one evaluate() per request, no harness around it (streams == 1 only). */
+  plainLoopTokensPerSecond: number | null;
+  uvThreadpoolSize: string | null;
+}
+
+/** The slice of node-llama-cpp's API this benchmark uses. */
+interface LlamaSequence {
+  evaluate(tokens: number[], options: { temperature: number }): AsyncGenerator<number, void, void>;
+  clearHistory(): Promise<void>;
+}
+interface LlamaContext {
+  getSequence(): LlamaSequence;
+  dispose(): Promise<void>;
+}
+interface LlamaModel {
+  createContext(o: { sequences: number; contextSize: number; batchSize: number; flashAttention: boolean; threads: number }): Promise<LlamaContext>;
+  dispose(): Promise<void>;
+}
+interface LlamaModule {
+  getLlama(o: { gpu: false; build: 'never'; maxThreads: number }): Promise<{ loadModel(o: { modelPath: string }): Promise<LlamaModel> }>;
+}
+
+async function main(job: PeerJob): Promise<PeerResult> {
+  const entry = join(resolve(job.llamaDir), 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
+  const llamaCpp = (await import(pathToFileURL(entry).href)) as LlamaModule;
+  const llama = await llamaCpp.getLlama({ gpu: false, build: 'never', maxThreads: job.threads });
+  const model = await llama.loadModel({ modelPath: job.gguf });
+  try {
+    const requests = makeWorkload({ seed: job.seed, requests: job.requests, promptTokens: job.promptTokens, outputTokens: job.outputTokens });
+    // Warm-up and the flash attention probe: a quarter of the requests (at least one per stream) per setting.
+    const probe = requests.slice(0, Math.max(job.streams, Math.ceil(requests.length / 4)));
+    let best = { flashAttention: job.flashAttention[0]!, tps: -1 };
+    for (const flashAttention of job.flashAttention) {
+      const run = await closedLoop(model, job, probe, flashAttention);
+      if (run.outputTokensPerSecond > best.tps) best = { flashAttention, tps: run.outputTokensPerSecond };
+    }
+    const measured = await closedLoop(model, job, requests, best.flashAttention);
+    const plain = job.streams === 1 ? await plainLoop(model, job, requests, best.flashAttention) : null;
+    return { ...measured, flashAttention: best.flashAttention, plainLoopTokensPerSecond: plain, uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE ?? null };
+  } finally {
+    await model.dispose();
+  }
+}
+
+function contextFor(model: LlamaModel, job: PeerJob, sequences: number, flashAttention: boolean): Promise<LlamaContext> {
+  const perSequence = job.promptTokens + job.outputTokens;
+  // Per sequence: node-llama-cpp gives each sequence its own KV cells (not unified).
+  return model.createContext({ sequences, contextSize: Math.ceil(perSequence / 256) * 256, batchSize: 512, flashAttention, threads: job.threads });
+}
+
+/** Closed loop: `streams` sequences, each taking the next request when its last one is done. */
+async function closedLoop(model: LlamaModel, job: PeerJob, requests: BenchRequest[], flashAttention: boolean): Promise<{ outputTokensPerSecond: number; ttftP50Ms: number }> {
+  const context = await contextFor(model, job, job.streams, flashAttention);
+  try {
+    const queue = [...requests];
+    const ttfts: number[] = [];
+    let generated = 0;
+    const start = performance.now();
+    const worker = async () => {
+      const sequence = context.getSequence();
+      for (let r: BenchRequest | undefined; (r = queue.shift()); ) {
+        await sequence.clearHistory();
+        const sent = performance.now();
+        let n = 0;
+        // Greedy, and every request runs to its full length whatever it generates (ignore_eos).
+        for await (const _token of sequence.evaluate(r.promptIds, { temperature: 0 })) {
+          if (n === 0) ttfts.push(performance.now() - sent);
+          if (++n >= r.outputTokens) break;
+        }
+        generated += n;
+      }
+    };
+    await Promise.all(Array.from({ length: job.streams }, worker));
+    const seconds = (performance.now() - start) / 1000;
+    ttfts.sort((a, b) => a - b);
+    return { outputTokensPerSecond: generated / seconds, ttftP50Ms: ttfts[Math.floor(ttfts.length / 2)]! };
+  } finally {
+    await context.dispose();
+  }
+}
+
+/** The self-check: the same requests one after another through one sequence, nothing else. */
+async function plainLoop(model: LlamaModel, job: PeerJob, requests: BenchRequest[], flashAttention: boolean): Promise<number> {
+  const context = await contextFor(model, job, 1, flashAttention);
+  try {
+    const sequence = context.getSequence();
+    let generated = 0;
+    const start = performance.now();
+    for (const r of requests) {
+      await sequence.clearHistory();
+      let n = 0;
+      for await (const _token of sequence.evaluate(r.promptIds, { temperature: 0 })) if (++n >= r.outputTokens) break;
+      generated += n;
+    }
+    return generated / ((performance.now() - start) / 1000);
+  } finally {
+    await context.dispose();
+  }
+}
+
+main(JSON.parse(process.argv[2]!) as PeerJob).then(
+  (result) => process.stdout.write(`${JSON.stringify(result)}\n`),
+  (err: unknown) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
