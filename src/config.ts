@@ -85,6 +85,12 @@ export const SETTINGS = {
     help: 'ONNX Runtime intra-op threads (0 = one per core)',
     schema: int(0).default(0),
   },
+  ortProfile: {
+    flag: 'ort-profile',
+    env: 'GPT2_ORT_PROFILE',
+    help: "Profile every model step with ONNX Runtime's profiler; the trace (Chrome trace JSON, per kernel) is written as PREFIX_<date>.json at shutdown. CPU and CUDA only. Slows steps: for finding where time goes, not for serving",
+    schema: z.string().min(1).optional(),
+  },
   maxNumSeqs: {
     flag: 'max-num-seqs',
     env: 'GPT2_MAX_NUM_SEQS',

@@ -78,6 +78,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     intraOpThreads: config.intraOpThreads,
     // ONNX Runtime prints plain text to stderr; the log is JSON, so it speaks only when debugging.
     ortLogLevel: config.logLevel === 'trace' ? 'verbose' : config.logLevel === 'debug' ? 'warning' : 'fatal',
+    ...(config.ortProfile !== undefined ? { ortProfile: config.ortProfile } : {}),
     maxNumSeqs: config.maxNumSeqs,
     maxNumBatchedTokens: config.maxNumBatchedTokens,
     maxStepMs: config.maxStepMs,

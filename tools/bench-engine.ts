@@ -1,5 +1,6 @@
 // npm run bench:engine -- [--dtype fp32,int8,int4 | --model DIR[,DIR...]] [--concurrency 32] [--prompt-tokens 128]
 //                         [--output-tokens 128] [--prefill-tokens 512] [--threads 0] [--compare-only] [--json FILE]
+//                         [--profile [--profile-past 1,64,512]]
 // The engine's figures, each as a ratio inside one run (these machines are shared and noisy):
 //   1. aggregate decode tokens/s at N concurrent sequences vs one sequence;
 //   2. one sequence's decode step vs the model's weight MatMuls alone;
@@ -7,19 +8,21 @@
 //   4. share of step time outside the model (scheduling, sampling, detokenizing, messaging);
 //   5. KV memory allocated vs the bytes of the tokens held;
 //   6. the model step of one 512-token prompt (prefill);
-// plus peak RSS. With several dtypes (or model folders), each one's figures come in turn, then
+// plus peak RSS. `--profile` instead prints, per model and cached length, where one sequence's
+// decode step spends its time, per ONNX Runtime op type (its profiler; tools/bench/ort-profile.ts).
+// With several dtypes (or model folders), each one's figures come in turn, then
 // their model steps are timed in interleaved rounds and compared with the first (fp32).
 // Defaults to a GPT-2-small-shaped random model (created once under models/; the quantized
 // folders are exported from the same checkpoint, so every dtype has the same weights).
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
-import { join, resolve } from 'node:path';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MessageChannel } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { EngineCore } from '../src/engine/engine-core.js';
 import { BlockAllocator, KvPool, blocksFor } from '../src/engine/kv-cache.js';
-import { createOnnxRunner, type OnnxRunner } from '../src/engine/runner.js';
+import { createOnnxRunner, newestProfile, type OnnxRunner } from '../src/engine/runner.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import type { SamplingParams } from '../src/engine/types.js';
 import { exportCheckpoint } from '../src/model/export.js';
@@ -32,6 +35,7 @@ import { WEIGHT_DTYPES, type WeightDtype } from '../src/model/weight-format.js';
 import { WeightOps } from '../src/model/weight-ops.js';
 import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
 import { runCli } from '../scripts/cli.js';
+import { profileTable, summarizeProfile } from './bench/ort-profile.js';
 import { makeReporter } from '../scripts/progress.js';
 
 const BLOCK_SIZE = 16;
@@ -85,6 +89,8 @@ runCli('bench:engine', async (argv) => {
       'prefill-tokens': { type: 'string', default: '512' },
       threads: { type: 'string', default: '0' },
       'compare-only': { type: 'boolean', default: false },
+      profile: { type: 'boolean', default: false },
+      'profile-past': { type: 'string', default: '1,64,512' },
       json: { type: 'string' },
     },
   });
@@ -102,6 +108,10 @@ runCli('bench:engine', async (argv) => {
     prefillTokens: Number(values['prefill-tokens']),
     threads: Number(values.threads),
   };
+  if (values.profile) {
+    for (const dir of dirs) for (const past of values['profile-past'].split(',').map(Number)) process.stdout.write(`${await profileDecodeStep(dir, past, settings)}\n\n`);
+    return;
+  }
   const models: Record<string, unknown>[] = [];
   for (const dir of values['compare-only'] ? [] : dirs) {
     const figures = await benchModel(dir, settings, log);
@@ -457,6 +467,27 @@ async function singleStepVsMatmul(runner: OnnxRunner, matmul: () => Promise<numb
     }
   }
   return { stepMs: median(steps), weightMatmulMs: median(matmuls) };
+}
+
+/** Profiled runs per table, after PROFILE_WARMUP unprofiled-in-effect ones (their events are skipped). */
+const PROFILE_RUNS = 40;
+const PROFILE_WARMUP = 8;
+
+/**
+ * `--profile`: one sequence's decode step at `past` cached tokens, under ONNX Runtime's profiler
+ * (a session of its own, as --ort-profile gives the server), summarized per op type.
+ */
+async function profileDecodeStep(dir: string, past: number, s: Settings): Promise<string> {
+  const manifest = readManifest(dir);
+  const prefix = join(mkdtempSync(join(tmpdir(), 'gpt2-profile-')), 'step');
+  const numBlocks = blocksFor(past + 1, BLOCK_SIZE) + 1;
+  const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log: () => {}, profilePrefix: prefix });
+  const row = { tokens: [1], pastLength: past, blocks: Array.from({ length: blocksFor(past + 1, BLOCK_SIZE) }, (_, k) => 1 + k), logitsFrom: 0, fetchLogits: true };
+  for (let i = 0; i < PROFILE_WARMUP + PROFILE_RUNS; i++) await runner.run([row]);
+  await runner.dispose();
+  const file = newestProfile(prefix);
+  if (!file) throw new Error(`no profile was written under ${prefix}`);
+  return profileTable(`${basename(dir)} (${describeWeights(manifest)}), one decode row at ${past} cached tokens`, summarizeProfile(file, PROFILE_WARMUP));
 }
 
 function median(xs: number[]): number {

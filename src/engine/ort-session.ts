@@ -29,6 +29,8 @@ export interface SessionOptions {
   externalData?: string;
   /** How that file is read (default WEIGHTS_READ_LIMITS; tests pass small limits). */
   weightsRead?: WeightsReadLimits;
+  /** ONNX Runtime's profiler on: its trace goes to `<prefix>_<date>.json` when profiling ends. */
+  profilePrefix?: string;
 }
 
 export interface WeightsReadLimits {
@@ -94,6 +96,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     enableMemPattern: true,
     ...(opts.intraOpThreads > 0 ? { intraOpNumThreads: opts.intraOpThreads } : {}),
     ...inMemoryWeights(opts.externalData, opts.weightsRead ?? WEIGHTS_READ_LIMITS, opts.log),
+    ...(opts.profilePrefix !== undefined ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
   };
   const cpu = async (why: string): Promise<SessionResult> => {
     opts.log(`execution provider: cpu (${why})`);

@@ -27,6 +27,7 @@ export async function createRunner(options: EngineOptions, ctx: RunnerContext): 
       why,
       intraOpThreads: options.intraOpThreads,
       ortLogLevel: options.ortLogLevel,
+      ...(options.ortProfile !== undefined ? { profilePrefix: options.ortProfile } : {}),
       numBlocks: ctx.numBlocks,
       blockSize: options.blockSize,
       log: ctx.log,

@@ -1,6 +1,7 @@
 // Runs the serving graph for a set of rows (sequence chunks) and writes their new K/V into the
 // pool. The runner sees rows, never requests: the scheduler decides what runs.
-import { join } from 'node:path';
+import { readdirSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Manifest } from '../model/manifest.js';
 import { KvPool, NULL_BLOCK, poolShape, type KvStorage } from './kv-cache.js';
@@ -54,6 +55,7 @@ export class OnnxRunner implements ModelRunner {
     readonly pool: KvPool,
     private readonly feed: KvFeed,
     readonly vocabSize: number,
+    private readonly profile?: { prefix: string; log: (msg: string) => void },
   ) {
     this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
     this.prefillGroups = session.inputNames.filter((n) => /^prefill_\d+_token_index$/.test(n)).length;
@@ -110,8 +112,23 @@ export class OnnxRunner implements ModelRunner {
   }
 
   async dispose(): Promise<void> {
+    if (this.profile) {
+      this.session.endProfiling();
+      const file = newestProfile(this.profile.prefix);
+      this.profile.log(`ONNX Runtime profile written: ${file ?? `${this.profile.prefix}_*.json (not found)`}`);
+    }
     await this.session.release();
   }
+}
+
+/** The trace ONNX Runtime wrote last for `prefix` (it appends the date to the prefix), or null. */
+export function newestProfile(prefix: string): string | null {
+  const dir = dirname(resolve(prefix));
+  const start = basename(prefix);
+  const files = readdirSync(dir).filter((f) => f.startsWith(start) && f.endsWith('.json'));
+  if (files.length === 0) return null;
+  const path = (f: string) => join(dir, f);
+  return path(files.reduce((a, b) => (statSync(path(a)).mtimeMs >= statSync(path(b)).mtimeMs ? a : b)));
 }
 
 /** A row's output from its logits rows and their argmax (one per logits row, a view). */
@@ -311,6 +328,8 @@ export interface CreateRunnerOptions {
   log: (msg: string) => void;
   /** Overrides the provider's natural feeding strategy (tests run both on CPU). */
   feed?: 'whole-pool' | 'used-blocks';
+  /** --ort-profile: ONNX Runtime's profiler on; the trace is written when the runner is disposed. */
+  profilePrefix?: string;
 }
 
 export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ runner: OnnxRunner; provider: ExecutionProvider }> {
@@ -321,5 +340,6 @@ export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ run
   const pool = new KvPool(poolShape(opts.manifest, opts.numBlocks, opts.blockSize));
   const feedName = opts.feed ?? (provider === 'cpu' ? 'whole-pool' : 'used-blocks');
   const feed = feedName === 'whole-pool' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool);
-  return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize), provider };
+  const profile = opts.profilePrefix === undefined ? undefined : { prefix: opts.profilePrefix, log: opts.log };
+  return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize, profile), provider };
 }

@@ -296,6 +296,8 @@ export interface EngineOptions {
   intraOpThreads: number;
   /** ONNX Runtime's own logging (plain text on stderr): 'fatal' keeps it out of a JSON log. */
   ortLogLevel?: OrtLogLevel;
+  /** --ort-profile: ONNX Runtime's profiler on the model's session, its trace written at dispose. */
+  ortProfile?: string;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
   /** Time cap of steps with decoding streams (ms, 'auto', or 0 for tokens only); see SchedulerConfig. */
