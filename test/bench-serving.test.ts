@@ -400,42 +400,30 @@ for (const transport of ['sse', 'ws'] as const) {
   });
 }
 
-test('--api chat drives /v1/chat/completions over SSE and the websocket, measured the same way', { timeout: 90_000 }, async () => {
-  const model = await tinyModel();
-  for (const transport of ['sse', 'ws'] as const) {
-    const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12', '--api', 'chat', '--transport', transport]);
-    const m = result.runs[0]!;
-    assert.equal(m.errors, 0, m.error_samples.join('; '));
-    assert.equal(m.total_output_tokens, 4 * 8);
-    // The prompt is the rendered conversation: the ids' text plus the template's "User: ... Assistant:".
-    assert.ok(m.total_input_tokens > 4 * 4, `prompt tokens ${m.total_input_tokens}`);
-    assert.equal(m.ttft_ms.count, 4);
-    assert.ok(m.itl_ms.count > 0);
-    assert.equal(result.config.api, 'chat');
-    assert.match(out, /\(chat, (SSE|WS)\)/);
-    assertServersGone(result);
-  }
-  assert.throws(() => parseBenchArgs(['--api', 'embeddings']), /--api must be completions, chat or responses/);
-});
-
-test('--api responses drives /v1/responses over SSE and the websocket, measured the same way', { timeout: 90_000 }, async () => {
-  const model = await tinyModel();
-  assert.equal(parseBenchArgs(['--api', 'responses'], {})!.api, 'responses');
-  for (const transport of ['sse', 'ws'] as const) {
-    const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12', '--api', 'responses', '--transport', transport]);
-    const m = result.runs[0]!;
-    assert.equal(m.errors, 0, m.error_samples.join('; '));
-    assert.equal(m.total_output_tokens, 4 * 8);
-    // As chat's: the prompt is the rendered conversation of the one user message.
-    assert.ok(m.total_input_tokens > 4 * 4, `prompt tokens ${m.total_input_tokens}`);
-    assert.equal(m.ttft_ms.count, 4);
-    assert.ok(m.itl_ms.count > 0);
-    assert.equal(result.config.api, 'responses');
-    assert.match(out, /\(responses, (SSE|WS)\)/);
-    assert.match(out, new RegExp(`output tokens, responses, ${transport.toUpperCase()}`));
-    assertServersGone(result);
-  }
-});
+for (const [api, route] of [
+  ['chat', '/v1/chat/completions'],
+  ['responses', '/v1/responses'],
+] as const) {
+  test(`--api ${api} drives ${route} over SSE and the websocket, measured the same way`, { timeout: 90_000 }, async () => {
+    const model = await tinyModel();
+    assert.equal(parseBenchArgs(['--api', api], {})!.api, api);
+    for (const transport of ['sse', 'ws'] as const) {
+      const { result, out } = await bench(['--model', model, '--concurrency', '2', '--requests', '4', '--output-tokens', '8', '--prompt-tokens', '12', '--api', api, '--transport', transport]);
+      const m = result.runs[0]!;
+      assert.equal(m.errors, 0, m.error_samples.join('; '));
+      assert.equal(m.total_output_tokens, 4 * 8);
+      // The prompt is the rendered conversation: the ids' text plus the template's "User: ... Assistant:".
+      assert.ok(m.total_input_tokens > 4 * 4, `prompt tokens ${m.total_input_tokens}`);
+      assert.equal(m.ttft_ms.count, 4);
+      assert.ok(m.itl_ms.count > 0);
+      assert.equal(result.config.api, api);
+      assert.match(out, new RegExp(`\\(${api}, (SSE|WS)\\)`));
+      assert.match(out, new RegExp(`output tokens, ${api}, ${transport.toUpperCase()}`));
+      assertServersGone(result);
+    }
+    assert.throws(() => parseBenchArgs(['--api', 'embeddings']), /--api must be completions, chat or responses/);
+  });
+}
 
 test('the Responses stream over SSE: the request body, text from output_text deltas, usage from the last event, no [DONE]; an error event fails', async (t) => {
   const [request] = makeWorkload({ seed: 0, requests: 1, promptTokens: 4, outputTokens: 3 });
