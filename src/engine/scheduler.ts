@@ -348,7 +348,8 @@ export class Scheduler {
       if (this.hasSlotsFor(seq) && this.kv.reclaimDraft()) continue;
       const victim = this.newestPaused();
       if (!victim) return false;
-      this.preempt(victim, preempted);
+      this.preempt(victim);
+      preempted.push(victim);
     }
     return true;
   }
@@ -409,7 +410,10 @@ export class Scheduler {
     while (!this.kv.allocateSlots(seq, tokens)) {
       if (this.kv.reclaimDraft()) continue;
       const victim = this.victim();
-      this.preempt(victim, preempted, rows);
+      this.preempt(victim);
+      preempted.push(victim);
+      const row = rows.findIndex((r) => r.seq === victim);
+      if (row >= 0) rows.splice(row, 1);
       if (victim === seq) return false;
     }
     return true;
@@ -449,7 +453,8 @@ export class Scheduler {
     if (victims.length === 0 || !this.couldAdmitWithout(head, victims)) return;
     for (const victim of victims) {
       if (this.admits(head)) return;
-      this.preempt(victim, preempted);
+      this.preempt(victim);
+      preempted.push(victim);
     }
   }
 
@@ -479,8 +484,8 @@ export class Scheduler {
     return load;
   }
 
-  /** Sends `seq` back to the front of the queue, its blocks freed, and takes its row out of `rows`. */
-  private preempt(seq: Sequence, preempted: Sequence[], rows?: ScheduledRow[]): void {
+  /** Sends `seq` back to the front of the queue, its blocks freed, to be recomputed. */
+  private preempt(seq: Sequence): void {
     this.running.splice(this.running.indexOf(seq), 1);
     seq.numComputed = 0;
     seq.status = 'waiting';
@@ -488,9 +493,6 @@ export class Scheduler {
     this.preemptionCount++;
     this.waiting.unshift(seq);
     this.kv.evict(seq);
-    preempted.push(seq);
-    const row = rows ? rows.findIndex((r) => r.seq === seq) : -1;
-    if (row >= 0) rows!.splice(row, 1);
   }
 
   private insertRunning(seq: Sequence): void {
