@@ -1,14 +1,15 @@
 // Draft-model speculation on real tiny models, under the production defaults ('auto' step
 // planning, default threads). The target as its own draft guesses exactly what it will pick, so
 // every draft must be kept; a different model guesses badly, so verification rejects most drafts,
-// and output must be the target's bits either way. The draft's KV blocks come from the target's
-// allocator: none may be left behind by finishing, cancelling or preempting a sequence.
+// and output must be the target's bits either way. The draft's KV blocks are the KV cache manager's
+// 'draft' group: none may be left behind by finishing, cancelling or preempting a sequence.
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import { DraftModelProposer } from '../src/engine/draft-model.js';
 import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { Scheduler, Sequence } from '../src/engine/scheduler.js';
 import type { EngineOptions, SamplingParams } from '../src/engine/types.js';
 import { readManifest } from '../src/model/manifest.js';
@@ -33,11 +34,10 @@ before(async () => {
  */
 function scripted(opts: { blocks: number; maxCatchUp?: number; failRuns?: number[] }) {
   const V = 1000;
-  const scheduler = new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: 4 }, new BlockAllocator(opts.blocks + 1));
+  const scheduler = new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: 4 }, new KvCacheManager(new BlockAllocator(opts.blocks + 1), 4));
   const runner = new ScriptedRunner(V, opts.blocks + 1, 4, { failRuns: opts.failRuns });
   const logs: string[] = [];
   const proposer = new DraftModelProposer(runner, scheduler, { maxCatchUp: opts.maxCatchUp ?? 64, contextLength: 1024, log: (m) => logs.push(m) });
-  scheduler.sideBlocks = proposer;
   const seq = (n: number, salt: number) => new Sequence(`s${salt}`, 0, prompt(n, salt).map((t) => t % V), n, salt);
   return { V, scheduler, proposer, seq, logs };
 }
@@ -59,11 +59,11 @@ test('draft caches: rolled back to what verification kept, caught up, batched; g
   // Nothing kept at all: the cache goes back to the sequence's last token.
   a.tokens.push(7);
   assert.deepEqual(await proposer.propose([a], [2]), [greedyTokens(a.tokens, 2, V)]);
-  // The draft caches are all that holds blocks here, and the allocator counts them as used.
-  assert.equal(scheduler.allocator.usedCount, blocksFor(a.tokens.length + 1, 4) + blocksFor(b.tokens.length, 4));
+  // The draft caches are all that holds blocks here, and the manager counts them as used.
+  assert.equal(scheduler.kv.usedBlocks, blocksFor(a.tokens.length + 1, 4) + blocksFor(b.tokens.length, 4));
   proposer.forget(a);
   proposer.forget(b);
-  assert.equal(scheduler.allocator.usedCount, 0);
+  assert.equal(scheduler.kv.usedBlocks, 0);
 });
 
 test('draft caches: a long catch-up is spread over calls without drafts; drafts shrink to the spare blocks; a failed run costs only the drafts', async () => {
@@ -81,9 +81,9 @@ test('draft caches: a long catch-up is spread over calls without drafts; drafts 
   tight.scheduler.add(s);
   tight.scheduler.schedule();
   s.tokens.push(1);
-  assert.equal(tight.scheduler.allocator.freeCount, 5);
+  assert.equal(tight.scheduler.kv.freeBlocks, 5);
   assert.deepEqual(await tight.proposer.propose([s], [4]), [greedyTokens(s.tokens, 3, tight.V)]);
-  assert.equal(tight.scheduler.allocator.freeCount, 1, 'one block left for the target');
+  assert.equal(tight.scheduler.kv.freeBlocks, 1, 'one block left for the target');
   assert.equal(tight.scheduler.preemptionCount, 0);
 
   const failing = scripted({ blocks: 16, failRuns: [3] }); // the second call's first run
@@ -92,7 +92,7 @@ test('draft caches: a long catch-up is spread over calls without drafts; drafts 
   f.tokens.push(2);
   assert.deepEqual(await failing.proposer.propose([f], [3]), [[]]);
   assert.match(failing.logs.join('\n'), /draft model run failed/);
-  assert.equal(failing.scheduler.allocator.usedCount, 0, 'its caches were dropped');
+  assert.equal(failing.scheduler.kv.usedBlocks, 0, 'its caches were dropped');
   assert.deepEqual(await failing.proposer.propose([f], [3]), [greedyTokens(f.tokens, 3, failing.V)]);
 });
 

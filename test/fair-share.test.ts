@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { SchedulingPolicy } from '../src/engine/fair-share.js';
 import { BlockAllocator } from '../src/engine/kv-cache.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { Scheduler, Sequence } from '../src/engine/scheduler.js';
 import { runStep } from './helpers/scheduler-steps.js';
 
@@ -14,7 +15,7 @@ const seq = (id: string, tenant: string, priority = 0, promptLength = 4, maxOutp
 function make(opts: { maxNumSeqs: number; blocks?: number; policy?: SchedulingPolicy }) {
   return new Scheduler(
     { maxNumSeqs: opts.maxNumSeqs, maxNumBatchedTokens: 256, blockSize: 4, admissionReserveTokens: 0, policy: opts.policy },
-    new BlockAllocator((opts.blocks ?? 64) + 1),
+    new KvCacheManager(new BlockAllocator((opts.blocks ?? 64) + 1), 4),
   );
 }
 

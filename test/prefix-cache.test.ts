@@ -7,6 +7,7 @@ import supertest from 'supertest';
 import { loadConfig } from '../src/config.js';
 import { engineOptions as serverEngineOptions } from '../src/main.js';
 import { BlockAllocator, blockHash } from '../src/engine/kv-cache.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { Scheduler, Sequence } from '../src/engine/scheduler.js';
 import { InProcessEngine } from './helpers/in-process-engine.js';
 import { runStep } from './helpers/scheduler-steps.js';
@@ -21,7 +22,7 @@ const seq = (id: string, tokens: number[], usesPrefixCache = true) =>
   new Sequence(id, 0, [...tokens], tokens.length, arrival++, Infinity, usesPrefixCache);
 const scheduler = (blocks: number, prefixCaching = true) =>
   // No room kept for output: these tests are about which blocks admission takes, not when.
-  new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: BS, admissionReserveTokens: 0 }, new BlockAllocator(blocks + 1, prefixCaching));
+  new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: BS, admissionReserveTokens: 0 }, new KvCacheManager(new BlockAllocator(blocks + 1, prefixCaching), BS));
 
 test('block names chain: equal tokens after equal prefixes are equal names, anything else differs', () => {
   const a = blockHash(null, [1, 2, 3, 4]);
@@ -91,9 +92,9 @@ test('scheduler: a prompt that starts with cached blocks takes them and prefills
   const plan = runStep(s);
   const row = plan.rows.find((r) => r.seq === second)!;
   assert.deepEqual([row.start, row.count], [8, 2], 'two full blocks (8 tokens) came from the cache');
-  assert.deepEqual(second.blocks.slice(0, 2), first.blocks.slice(0, 2), 'the same blocks, shared');
-  assert.equal(second.cachedTokens, 8);
-  assert.deepEqual([s.prefixCacheQueries, s.prefixCacheHits], [20, 8]);
+  assert.deepEqual(s.kv.blocksOf(second).slice(0, 2), s.kv.blocksOf(first).slice(0, 2), 'the same blocks, shared');
+  assert.equal(s.kv.cachedTokens(second), 8);
+  assert.deepEqual([s.kv.prefixCacheQueries, s.kv.prefixCacheHits], [20, 8]);
   // An identical prompt still computes its last token (its logits pick the next one).
   const third = seq('c', prompt.slice(0, 8));
   s.add(third);
@@ -107,7 +108,7 @@ test('scheduler: blocks of a finished or preempted sequence are found again; off
   s.add(a);
   for (let i = 0; i < 4; i++) runStep(s); // 9 prompt + 3 generated tokens: 3 full blocks named
   s.finish(a);
-  assert.equal(s.allocator.usedCount, 0);
+  assert.equal(s.kv.usedBlocks, 0);
   const again = seq('again', a.tokens);
   s.add(again);
   assert.deepEqual(runStep(s).rows.map((r) => [r.start, r.count]), [[12, 1]], 'prompt and generated blocks both hit (12 of its 13 tokens)');
@@ -123,13 +124,13 @@ test('scheduler: blocks of a finished or preempted sequence are found again; off
   const y = seq('y', prompt);
   off.add(y);
   assert.deepEqual(runStep(off).rows.map((r) => r.start), [0]);
-  assert.equal(off.prefixCacheHits, 0);
+  assert.equal(off.kv.prefixCacheHits, 0);
 });
 
 test("scheduler: cached tokens are counted at the first admission only; a preempted prompt's own blocks are not a hit", () => {
   // 5 blocks of 4, 8 tokens a step: a's 12-token prompt fills 2 blocks, then a is paused and b's
   // 16 tokens need 4 blocks, so a is preempted. When a comes back its first block is still cached.
-  const s = new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 8, blockSize: BS, admissionReserveTokens: 0 }, new BlockAllocator(6, true));
+  const s = new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 8, blockSize: BS, admissionReserveTokens: 0 }, new KvCacheManager(new BlockAllocator(6, true), BS));
   const a = seq('a', Array.from({ length: 12 }, (_, i) => i + 1));
   s.add(a);
   runStep(s);
@@ -144,7 +145,7 @@ test("scheduler: cached tokens are counted at the first admission only; a preemp
   s.resume('a');
   const plan = runStep(s);
   assert.ok(plan.rows.find((r) => r.seq === a)!.start > 0, "a took its own first block from the cache");
-  assert.equal(a.cachedTokens, 0, 'its first admission found nothing');
+  assert.equal(s.kv.cachedTokens(a), 0, 'its first admission found nothing');
 });
 
 // Through the real engine, production defaults ('auto' step cap, ONNX Runtime's default threads).

@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BlockAllocator, NULL_BLOCK } from '../src/engine/kv-cache.js';
-import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence, type SideBlockHolder } from '../src/engine/scheduler.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
+import { SPARE_AFTER_PREEMPTIONS, Scheduler, Sequence } from '../src/engine/scheduler.js';
 import { runStep } from './helpers/scheduler-steps.js';
 
 let arrival = 0;
@@ -12,11 +13,19 @@ const seq = (id: string, promptLength: number, choice = 0) =>
 
 /** Admission keeps no room for output unless `reserve` says so: most tests here are about blocks. */
 function make(opts: { blocks: number; blockSize?: number; maxNumSeqs?: number; budget?: number; reserve?: number }) {
-  return new Scheduler(
+  const allocator = new BlockAllocator(opts.blocks + 1);
+  const s = new Scheduler(
     { maxNumSeqs: opts.maxNumSeqs ?? 8, maxNumBatchedTokens: opts.budget ?? 64, blockSize: opts.blockSize ?? 4, admissionReserveTokens: opts.reserve ?? 0 },
-    new BlockAllocator(opts.blocks + 1),
+    new KvCacheManager(allocator, opts.blockSize ?? 4),
   );
+  allocators.set(s, allocator);
+  return s;
 }
+/** The allocator under a scheduler's KV cache manager, for what only it shows (reference counts) and for squeezing the pool. */
+const allocators = new Map<Scheduler, BlockAllocator>();
+const refCount = (s: Scheduler, block: number) => allocators.get(s)!.refCount(block);
+/** A pool with a block copy (host memory); a fork without one recomputes the partly filled block. */
+const COPYING = { copyBlock: () => {} };
 
 test('block allocator: all-or-nothing allocation, null block never handed out, double free caught', () => {
   const a = new BlockAllocator(5);
@@ -42,13 +51,13 @@ test('new sequences are prefilled, then decode one token per step, sharing every
   s.add(b);
   let plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.start, r.count, r.sample]), [['a', 0, 5, true], ['b', 0, 3, true]]);
-  assert.equal(a.blocks.length, 2);
-  assert.equal(b.blocks.length, 1);
+  assert.equal(s.kv.blocksOf(a).length, 2);
+  assert.equal(s.kv.blocksOf(b).length, 1);
   plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.start, r.count]), [['a', 5, 1], ['b', 3, 1]]);
   // b's 5th token needs a second block; a's 7th fits its second block.
   runStep(s);
-  assert.equal(b.blocks.length, 2);
+  assert.equal(s.kv.blocksOf(b).length, 2);
 });
 
 test('a running sequence joins and leaves between steps; its blocks return at once', () => {
@@ -60,9 +69,9 @@ test('a running sequence joins and leaves between steps; its blocks return at on
   s.add(b);
   const plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => [r.seq.requestId, r.count]), [['a', 1], ['b', 4]]);
-  const before = s.allocator.freeCount;
+  const before = s.kv.freeBlocks;
   s.finish(a);
-  assert.equal(s.allocator.freeCount, before + a.blocks.length + 2);
+  assert.equal(s.kv.freeBlocks, before + s.kv.blocksOf(a).length + 2);
   assert.deepEqual(runStep(s).rows.map((r) => r.seq.requestId), ['b']);
 });
 
@@ -115,7 +124,7 @@ test('out of memory mid-generation preempts the newest sequence, which later res
   runStep(s); // each holds 1 full block and has 1 generated token pending
   runStep(s); // each needs a 2nd block: 4 used
   for (let i = 0; i < 3; i++) runStep(s); // fill the 2nd blocks: 8 tokens each cached
-  assert.equal(s.allocator.freeCount, 0);
+  assert.equal(s.kv.freeBlocks, 0);
   const youngTokens = [...young.tokens];
   const plan = runStep(s); // old needs a 3rd block: young is evicted
   assert.deepEqual(plan.preempted, [young]);
@@ -155,29 +164,30 @@ function prefilledParent(opts: Parameters<typeof make>[0], n: number) {
 
 test('fork shares full blocks and copies the partial one; abort frees everything', () => {
   const { s, parent, children: [child] } = prefilledParent({ blocks: 8, blockSize: 4 }, 1);
-  const copy = s.fork(parent, child);
-  assert.deepEqual(copy, { from: parent.blocks[1], to: child.blocks[1] });
-  assert.equal(child.blocks[0], parent.blocks[0]);
-  assert.equal(s.allocator.refCount(parent.blocks[0]), 2);
+  const copies: Array<[number, number]> = [];
+  s.fork(parent, child, { copyBlock: (from, to) => copies.push([from, to]) });
+  assert.deepEqual(copies, [[s.kv.blocksOf(parent)[1], s.kv.blocksOf(child)[1]]], 'the partly filled block, copied');
+  assert.equal(s.kv.blocksOf(child)[0], s.kv.blocksOf(parent)[0]);
+  assert.equal(refCount(s, s.kv.blocksOf(parent)[0]!), 2);
   assert.equal(child.numComputed, 6);
   assert.equal(s.running.length, 2);
   assert.equal(s.abort('r'), true);
-  assert.equal(s.allocator.usedCount, 0);
+  assert.equal(s.kv.usedBlocks, 0);
   assert.equal(s.abort('r'), false, 'abort is idempotent');
 });
 
 test('without a block copy (a device pool), a fork shares full blocks and recomputes the partial one as a chunk', () => {
   const { s, parent, children: [child] } = prefilledParent({ blocks: 8, blockSize: 4 }, 1);
-  assert.equal(s.fork(parent, child, false), null);
-  assert.deepEqual(child.blocks, [parent.blocks[0]]);
+  s.fork(parent, child);
+  assert.deepEqual(s.kv.blocksOf(child), [s.kv.blocksOf(parent)[0]]);
   assert.equal(child.numComputed, 4);
   child.tokens.push(777); // the engine samples the fork's first token at once
   const plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count, r.sample]), [[0, 6, 1, true], [1, 4, 3, true]]);
-  assert.equal(child.blocks.length, 2);
-  assert.notEqual(child.blocks[1], parent.blocks[1], 'the child writes its own copy of the partial block');
+  assert.equal(s.kv.blocksOf(child).length, 2);
+  assert.notEqual(s.kv.blocksOf(child)[1], s.kv.blocksOf(parent)[1], 'the child writes its own copy of the partial block');
   assert.equal(s.abort('r'), true);
-  assert.equal(s.allocator.usedCount, 0);
+  assert.equal(s.kv.usedBlocks, 0);
 });
 
 test('a paused sequence takes no part in steps, keeps its blocks, and resumes where it was', () => {
@@ -191,7 +201,7 @@ test('a paused sequence takes no part in steps, keeps its blocks, and resumes wh
   assert.ok(s.hasWork(), 'b still runs');
   let plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['b']);
-  assert.equal(a.blocks.length, 2, 'a keeps its blocks while memory allows');
+  assert.equal(s.kv.blocksOf(a).length, 2, 'a keeps its blocks while memory allows');
   assert.equal(s.pausedCount, 1);
   s.pause('b');
   assert.equal(s.hasWork(), false, 'nothing to step while everything is paused');
@@ -218,7 +228,7 @@ test('paused sequences are preempted first: for a growing sequence, and for the 
   assert.deepEqual(plan.preempted.map((q) => q.requestId), ['b']);
   assert.deepEqual(plan.rows.map((r) => r.seq.requestId), ['a', 'c']);
   assert.equal(b.status, 'waiting');
-  assert.equal(b.blocks.length, 0, "the paused sequence's blocks went back to the pool");
+  assert.equal(s.kv.blocksOf(b).length, 0, "the paused sequence's blocks went back to the pool");
   // Resumed, b waits at the front of the queue and recomputes once memory allows.
   s.resume('b');
   s.finish(c);
@@ -246,7 +256,7 @@ function forkChoices(s: Scheduler, parent: Sequence, canCopy = true): Sequence[]
   const children: Sequence[] = [];
   for (let c = 1; parent.unforked > 0; c++) {
     const child = new Sequence(parent.requestId, c, parent.tokens.slice(0, parent.promptLength), parent.promptLength, parent.arrival);
-    s.fork(parent, child, canCopy);
+    s.fork(parent, child, canCopy ? COPYING : undefined);
     child.tokens.push(2000 + c);
     children.push(child);
   }
@@ -271,7 +281,7 @@ test("a request's choices are admitted as one unit: it waits for a batch slot fo
   plan = runStep(s);
   assert.deepEqual(plan.rows.map((row) => [row.seq.requestId, row.count]), [['y', 1], ['r', 6]]);
   const children = forkChoices(s, r);
-  assert.equal(s.allocator.refCount(r.blocks[0]), 3, 'the full prompt block is shared by all three choices');
+  assert.equal(refCount(s, s.kv.blocksOf(r)[0]!), 3, 'the full prompt block is shared by all three choices');
   plan = runStep(s);
   assert.deepEqual(plan.rows.map((row) => [row.seq.requestId, row.seq.choice, row.count]), [['y', 0, 1], ['r', 0, 1], ['r', 1, 1], ['r', 2, 1]], 'no choice recomputes the prompt');
   assert.ok(children.every((c) => c.status === 'running'));
@@ -305,17 +315,20 @@ test("admission counts the choices' copies of the partly filled prompt block", (
   s.finish(o);
   assert.deepEqual(runStep(s).rows.map((row) => row.seq.requestId), ['r']);
   forkChoices(s, r);
-  assert.equal(s.allocator.freeCount, 0, 'two shared blocks, a copy each');
+  assert.equal(s.kv.freeBlocks, 0, 'two shared blocks, a copy each');
   assert.deepEqual(runStep(s).rows.map((row) => [row.seq.choice, row.start, row.count]), [[0, 6, 1], [1, 6, 1], [2, 6, 1]]);
 });
 
 test('without a free block for its copy, a fork still shares the full blocks and recomputes only the partly filled one', () => {
   const { s, parent, children: [child] } = prefilledParent({ blocks: 8, blockSize: 4 }, 1);
-  const taken = s.allocator.allocate(s.allocator.freeCount)!; // others grew into every free block
-  assert.equal(s.fork(parent, child), null);
-  assert.deepEqual(child.blocks, [parent.blocks[0]]);
+  const allocator = allocators.get(s)!;
+  const taken = allocator.allocate(allocator.freeCount)!; // others grew into every free block
+  const copies: number[] = [];
+  s.fork(parent, child, { copyBlock: (from) => copies.push(from) });
+  assert.deepEqual(copies, [], 'no block to copy into');
+  assert.deepEqual(s.kv.blocksOf(child), [s.kv.blocksOf(parent)[0]]);
   child.tokens.push(777);
-  s.allocator.release(taken);
+  allocator.release(taken);
   const plan = runStep(s);
   assert.deepEqual(plan.rows.map((r) => [r.seq.choice, r.start, r.count]), [[0, 6, 1], [1, 4, 3]]);
 });
@@ -381,56 +394,33 @@ test('a sequence preempted twice is passed over as a victim while another can go
   assert.equal(spared.old.preemptions, 1);
 });
 
-/** Holds blocks for sequences the way a draft model's caches do, and records what it is told. */
-class SideBlocks implements SideBlockHolder {
-  readonly held = new Map<Sequence, number[]>();
-  readonly forgotten: string[] = [];
-  reclaims = 0;
-  constructor(private readonly s: Scheduler) {
-    s.sideBlocks = this;
-  }
-  take(seq: Sequence, n: number): void {
-    this.held.set(seq, [...(this.held.get(seq) ?? []), ...this.s.allocator.allocate(n)!]);
-  }
-  forget(seq: Sequence): void {
-    this.forgotten.push(`${seq.requestId}:${seq.status}`);
-    const blocks = this.held.get(seq);
-    if (blocks) this.s.allocator.release(blocks);
-    this.held.delete(seq);
-  }
-  reclaim(): boolean {
-    const [first] = this.held.keys();
-    if (!first) return false;
-    this.reclaims++;
-    this.forget(first);
-    return true;
-  }
-}
-
-test('side blocks (draft caches) share the pool: dropped before anything is preempted or an admission waits, forgotten when their sequence ends or is preempted', () => {
+test("the draft group's blocks share the pool: dropped before anything is preempted or an admission waits, and the draft model hears whenever its sequence ends or is preempted", () => {
   const s = make({ blocks: 4 });
-  const side = new SideBlocks(s);
+  const dropped: string[] = [];
+  s.kv.onDraftDropped = (q) => dropped.push(`${q.requestId}:${q.status}`);
+  /** What a draft model's cache takes: `n` more blocks of the 'draft' group. */
+  const takeDraft = (q: Sequence, n: number) => assert.equal(s.kv.growDraft(q, (s.kv.draftBlocksOf(q).length + n) * 4, n), n);
   const a = seq('a', 4);
   s.add(a);
   runStep(s);
-  side.take(a, 3);
-  assert.equal(s.allocator.freeCount, 0);
-  // a's 5th token needs a block: the side blocks go, nothing is preempted.
+  takeDraft(a, 3);
+  assert.equal(s.kv.freeBlocks, 0);
+  // a's 5th token needs a block: the draft blocks go, nothing is preempted.
   runStep(s);
-  assert.deepEqual([side.reclaims, s.preemptionCount, a.blocks.length, side.forgotten], [1, 0, 2, ['a:running']]);
-  // A newcomer that does not fit beside the side blocks: they go, and it is admitted.
-  side.take(a, 2);
+  assert.deepEqual([s.preemptionCount, s.kv.blocksOf(a).length, s.kv.draftBlocksOf(a).length, dropped], [0, 2, 0, ['a:running']]);
+  // A newcomer that does not fit beside the draft blocks: they go, and it is admitted.
+  takeDraft(a, 2);
   const b = seq('b', 4);
   s.add(b);
   runStep(s);
-  assert.deepEqual([side.reclaims, s.preemptionCount, b.status], [2, 0, 'running']);
-  // Nothing held any more: a block for a is a preemption of b, which the holder hears of.
+  assert.deepEqual([s.preemptionCount, b.status, dropped], [0, 'running', ['a:running', 'a:running']]);
+  // Nothing held any more: a block for a is a preemption of b, which the draft model hears of.
   for (let i = 0; i < 3; i++) runStep(s);
   assert.equal(s.preemptionCount, 1);
-  assert.deepEqual(side.forgotten.slice(2), ['b:waiting']);
+  assert.deepEqual(dropped.slice(2), ['b:waiting']);
   s.finish(a);
-  assert.deepEqual(side.forgotten.slice(3), ['a:finished']);
+  assert.deepEqual(dropped.slice(3), ['a:finished']);
   s.abort('b');
-  assert.deepEqual(side.forgotten.slice(4), ['b:finished']);
-  assert.equal(s.allocator.freeCount, 4);
+  assert.deepEqual(dropped.slice(4), ['b:finished']);
+  assert.equal(s.kv.freeBlocks, 4);
 });

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { lookupDraft } from '../src/engine/prompt-lookup.js';
 import { BlockAllocator } from '../src/engine/kv-cache.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { Scheduler, Sequence, type ScheduledRow } from '../src/engine/scheduler.js';
 import { Speculator, type DraftProposer } from '../src/engine/speculation.js';
 import type { EngineClient, EngineOptions, SamplingParams } from '../src/engine/types.js';
@@ -135,12 +136,11 @@ test('the drafting rule: a draft is added while its chance of being kept pays fo
   const cost = { predictMs: (s: { tokens: number }) => 10 + s.tokens };
   const proposer: DraftProposer = { propose: (seqs, max) => seqs.map((_, i) => Array.from({ length: max[i]! }, () => 7)) };
   const speculator = new Speculator({ numTokens: 4, lookupMin: 2, lookupMax: 5 }, proposer, cost);
-  const allocator = new BlockAllocator(512);
-  const scheduler = new Scheduler({ maxNumSeqs: 32, maxNumBatchedTokens: 512, blockSize: 16 }, allocator);
+  const scheduler = new Scheduler({ maxNumSeqs: 32, maxNumBatchedTokens: 512, blockSize: 16 }, new KvCacheManager(new BlockAllocator(512), 16));
   const sequences = Array.from({ length: 32 }, (_, i) => {
     const seq = new Sequence(`r${i}`, 0, prompt(40, i), 39, i, 100);
     seq.status = 'running';
-    seq.blocks = allocator.allocate(3)!;
+    assert.ok(scheduler.kv.allocateSlots(seq, 40));
     seq.numComputed = 39;
     return seq;
   });
@@ -178,18 +178,18 @@ test('the drafting rule: a draft is added while its chance of being kept pays fo
 
 test('blocks for drafts come only from free ones, and those holding only rejected drafts go back at once', () => {
   const allocator = new BlockAllocator(5, true); // 4 usable blocks
-  const scheduler = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 64, blockSize: 16 }, allocator);
+  const scheduler = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 64, blockSize: 16 }, new KvCacheManager(allocator, 16));
   const seq = new Sequence('r', 0, prompt(31, 3), 31, 0, 100);
   seq.status = 'running';
-  seq.blocks = allocator.allocate(2)!;
+  assert.ok(scheduler.kv.allocateSlots(seq, 32));
   seq.numComputed = 31; // position 31 is pending: it and 4 drafts need a third block
-  assert.equal(scheduler.growForDraft(seq, 31 + 1 + 4), 48);
+  assert.equal(scheduler.kv.allocateLookahead(seq, 31 + 1 + 4), 48);
   assert.equal(allocator.freeCount, 1);
   scheduler.commit({ rows: [{ seq, start: 31, count: 5, sample: true, draft: [1, 2, 3, 4] }], preempted: [] });
   assert.equal(seq.numComputed, 32, 'only the pending token is computed until verification keeps drafts');
   seq.tokens.push(9); // the pick at position 31 differed from the first draft
-  scheduler.releaseDraftBlocks(seq);
-  assert.equal(seq.blocks.length, 2, 'the third block held only rejected drafts');
+  scheduler.kv.freeLookahead(seq);
+  assert.equal(scheduler.kv.blocksOf(seq).length, 2, 'the third block held only rejected drafts');
   assert.equal(allocator.freeCount, 2);
   assert.equal(allocator.cachedIdleCount, 0, 'a block of rejected drafts is never named for the prefix cache');
   // A kept draft counts as computed.
@@ -197,6 +197,6 @@ test('blocks for drafts come only from free ones, and those holding only rejecte
   scheduler.acceptDraftToken(seq);
   assert.equal(seq.numComputed, 33);
   // With no free block, a row drafts only into the room its blocks already have.
-  allocator.allocate(allocator.freeCount);
-  assert.equal(scheduler.growForDraft(seq, 33 + 1 + 4), 32);
+  allocator.allocate(allocator.freeCount); // others took every free block
+  assert.equal(scheduler.kv.allocateLookahead(seq, 33 + 1 + 4), 32);
 });

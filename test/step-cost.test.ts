@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BlockAllocator } from '../src/engine/kv-cache.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { MIN_PREFILL_CHUNK, Scheduler, Sequence } from '../src/engine/scheduler.js';
 import { StepCostModel, attendedBy, type StepCost, type StepShape } from '../src/engine/step-cost.js';
 import { events, request } from './helpers/engine-run.js';
@@ -54,7 +55,7 @@ const seq = (id: string, len: number, maxOutput = Infinity) =>
 const exact: StepCost = { predictMs: truth };
 
 function decodingScheduler(maxStepMs: number | 'auto', streams = 8, maxOutput = Infinity) {
-  const s = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs }, new BlockAllocator(400));
+  const s = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs }, new KvCacheManager(new BlockAllocator(400), 16));
   for (let i = 0; i < streams; i++) s.add(seq(`d${i}`, 20, maxOutput));
   // Prefill them, then give each its sampled token: they now decode one token per step.
   const plan = s.schedule();
@@ -87,7 +88,7 @@ test("scheduler: 'auto' caps a step at twice a decode step of the batch being fo
   assert.ok(truth(shape) <= 2 * truth(settled) + 1e-9);
   assert.ok(truth({ tokens: shape.tokens + 1, attended: shape.attended + 600 }) > 2 * truth(settled), 'the cap is used, not undercut');
   // Nobody streams: the prompt gets the whole token budget.
-  const idle = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs: 'auto' }, new BlockAllocator(400));
+  const idle = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs: 'auto' }, new KvCacheManager(new BlockAllocator(400), 16));
   idle.add(seq('alone', 600));
   assert.equal(idle.schedule(exact).rows[0]!.count, 512);
 });

@@ -22,6 +22,7 @@ import { MessageChannel } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { EngineCore } from '../src/engine/engine-core.js';
 import { BlockAllocator, KvPool, blocksFor } from '../src/engine/kv-cache.js';
+import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { createOnnxRunner, newestProfile, type OnnxRunner } from '../src/engine/runner.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import type { SamplingParams } from '../src/engine/types.js';
@@ -167,7 +168,7 @@ async function benchModel(dir: string, s: Settings, log: (m: string) => void) {
   log(`engine: 1 sequence, then ${N} concurrent (${s.promptTokens}-token prompts, ${s.outputTokens} new tokens) ...`);
   const tokenizer = await loadTokenizer(dir);
   const runEngine = async (concurrency: number) => {
-    const scheduler = new Scheduler({ maxNumSeqs: N, maxNumBatchedTokens: 512, blockSize: BLOCK_SIZE }, new BlockAllocator(numBlocks));
+    const scheduler = new Scheduler({ maxNumSeqs: N, maxNumBatchedTokens: 512, blockSize: BLOCK_SIZE }, new KvCacheManager(new BlockAllocator(numBlocks), BLOCK_SIZE));
     const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId });
     return driveEngine(core, scheduler, runner.pool, concurrency, s.promptTokens, s.outputTokens);
   };
@@ -315,7 +316,7 @@ async function driveEngine(core: EngineCore, scheduler: Scheduler, pool: KvPool,
     const step = core.lastStep;
     const held = scheduler.running.reduce((s, q) => s + q.numComputed, 0);
     if (scheduler.running.length) {
-      const excess = (scheduler.allocator.usedCount * blockBytes - held * tokenBytes) / blockBytes / scheduler.running.length;
+      const excess = (scheduler.kv.usedBlocks * blockBytes - held * tokenBytes) / blockBytes / scheduler.running.length;
       worstExcess = Math.max(worstExcess, excess);
     }
     if (step.tokens === step.rows && step.rows === concurrency) {

@@ -4,17 +4,19 @@
 // step gains, never which: output is the target's, bit for bit.
 //
 // The draft's K/V live in a pool of the draft's own shape whose block ids come from the target's
-// BlockAllocator, so one allocator counts both models' memory: admission, preemption and the kv
-// usage in /metrics see a draft block as a used block. The draft pool therefore has as many block
-// slots as the target's (any id may be handed to either); an id is in use in one pool at a time,
-// and a pool's pages are committed only as its blocks are first written.
+// KV cache manager, as its 'draft' group, so one pool of ids counts both models' memory:
+// admission, preemption and the kv usage in /metrics see a draft block as a used block. The draft
+// pool therefore has as many block slots as the target's (any id may be handed to either); an id
+// is in use in one pool at a time, and a pool's pages are committed only as its blocks are first
+// written.
 //
 // A sequence's draft cache only takes blocks that are free beyond a headroom (one block per running
 // sequence for its next target step, plus the blocks the queued prompts need), so drafting never
-// preempts anything or delays an admission. It is freed when the sequence finishes, is cancelled or
-// is preempted (`forget`), and dropped whole when the scheduler needs room (`reclaim`) before it
-// would preempt anything: rebuilding a draft cache costs a draft-model prefill, a preemption a
-// target-model one.
+// preempts anything or delays an admission. The manager frees it when the sequence finishes, is
+// cancelled or is preempted, and drops it whole when the scheduler needs room before it would
+// preempt anything (rebuilding a draft cache costs a draft-model prefill, a preemption a
+// target-model one); either way the proposer hears of it (onDraftDropped) and starts that
+// sequence's cache over.
 //
 // A draft whose context is shorter than the target's drafts a sequence only while the sequence
 // fits in it: past that, the draft has no position for its next guess, so the sequence's draft
@@ -25,13 +27,12 @@ import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { blocksFor, describePool, poolShape, type KvStorage } from './kv-cache.js';
 import { createRunner } from './runner-factory.js';
 import type { ModelRunner, RunnerRow } from './runner.js';
-import type { Scheduler, Sequence, SideBlockHolder } from './scheduler.js';
+import type { Scheduler, Sequence } from './scheduler.js';
 import type { DraftProposer } from './speculation.js';
 import type { EngineOptions } from './types.js';
 
-/** What the draft model holds for one sequence. */
+/** What the draft model holds for one sequence (its blocks: KvCacheManager.draftBlocksOf). */
 interface DraftCache {
-  blocks: number[];
   /** Leading positions whose K/V the draft pool holds. */
   computed: number;
   /**
@@ -56,16 +57,18 @@ export interface DraftModelSettings {
   log: (msg: string) => void;
 }
 
-export class DraftModelProposer implements DraftProposer, SideBlockHolder {
+export class DraftModelProposer implements DraftProposer {
   private readonly caches = new Map<Sequence, DraftCache>();
 
   constructor(
     private readonly runner: ModelRunner,
     private readonly scheduler: Scheduler,
     private readonly settings: DraftModelSettings,
-  ) {}
+  ) {
+    scheduler.kv.onDraftDropped = (seq) => this.caches.delete(seq);
+  }
 
-  /** The draft model's KV storage (its blocks are the allocator's 'draft' group). */
+  /** The draft model's KV storage (its blocks are the KV cache manager's 'draft' group). */
   get pool(): KvStorage {
     return this.runner.pool;
   }
@@ -73,7 +76,7 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
   /**
    * Loads the draft model folder next to the target's: same tokenizer (checked token by token),
    * same graph contract (readManifest), a runner on the same provider choice, a pool of
-   * `numBlocks` slots. Registers with the scheduler as the holder of its blocks.
+   * `numBlocks` slots.
    */
   static async load(
     options: EngineOptions,
@@ -106,9 +109,7 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
     if (manifest.contextLength < target.manifest.contextLength) {
       log(`draft model context: ${manifest.contextLength} positions, the target ${target.manifest.contextLength}: sequences longer than ${manifest.contextLength} tokens are not drafted`);
     }
-    const proposer = new DraftModelProposer(runner, scheduler, { maxCatchUp: options.maxNumBatchedTokens, contextLength: manifest.contextLength, log });
-    scheduler.sideBlocks = proposer;
-    return proposer;
+    return new DraftModelProposer(runner, scheduler, { maxCatchUp: options.maxNumBatchedTokens, contextLength: manifest.contextLength, log });
   }
 
   /**
@@ -132,18 +133,18 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
       rollBack(cache, seq);
       if (L - cache.computed > this.settings.maxCatchUp) {
         // A long catch-up (a new or preempted sequence) is spread over steps, without drafts.
-        const reach = this.grow(cache, cache.computed + this.settings.maxCatchUp, free);
+        const reach = this.grow(seq, cache.computed + this.settings.maxCatchUp, free);
         free -= reach.taken;
-        if (reach.positions > cache.computed) batch.push({ row: feed(cache, seq.tokens.slice(cache.computed, reach.positions), false), cache });
+        if (reach.positions > cache.computed) batch.push({ row: feed(cache, reach.blocks, seq.tokens.slice(cache.computed, reach.positions), false), cache });
         return;
       }
       // The draft feeds positions up to L + want - 2 (its last guess is never fed).
       const wantable = Math.min(max[index]!, this.settings.contextLength - L + 1);
       if (wantable <= 0) return;
-      const reach = this.grow(cache, L + wantable - 1, free);
+      const reach = this.grow(seq, L + wantable - 1, free);
       free -= reach.taken;
       const want = Math.min(wantable, reach.positions - L + 1);
-      if (want > 0) batch.push({ row: feed(cache, seq.tokens.slice(cache.computed, L), true), cache, draft: { to: drafts[index]!, want } });
+      if (want > 0) batch.push({ row: feed(cache, reach.blocks, seq.tokens.slice(cache.computed, L), true), cache, draft: { to: drafts[index]!, want } });
     });
     try {
       while (batch.length > 0) {
@@ -156,7 +157,7 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
           draft.to.push(token);
           if (draft.to.length === draft.want) return;
           cache.fed.push(token);
-          next.push({ row: feed(cache, [token], true), cache, draft });
+          next.push({ row: feed(cache, row.blocks, [token], true), cache, draft });
         });
         batch = next;
       }
@@ -171,26 +172,9 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
     return drafts;
   }
 
+  /** Frees the sequence's draft cache (its blocks, and what the proposer knows of it). */
   forget(seq: Sequence): void {
-    const cache = this.caches.get(seq);
-    if (!cache) return;
-    this.caches.delete(seq);
-    if (cache.blocks.length > 0) this.scheduler.allocator.release(cache.blocks);
-  }
-
-  /** Drops the largest draft cache. */
-  reclaim(): boolean {
-    let largest: Sequence | undefined;
-    let most = 0;
-    for (const [seq, cache] of this.caches) {
-      if (cache.blocks.length > most) {
-        most = cache.blocks.length;
-        largest = seq;
-      }
-    }
-    if (!largest) return false;
-    this.forget(largest);
-    return true;
+    if (this.caches.has(seq)) this.scheduler.kv.dropDraft(seq);
   }
 
   dispose(): Promise<void> {
@@ -200,7 +184,7 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
 
   private cacheOf(seq: Sequence): DraftCache {
     let cache = this.caches.get(seq);
-    if (!cache) this.caches.set(seq, (cache = { blocks: [], computed: 0, fed: [] }));
+    if (!cache) this.caches.set(seq, (cache = { computed: 0, fed: [] }));
     return cache;
   }
 
@@ -209,27 +193,27 @@ export class DraftModelProposer implements DraftProposer, SideBlockHolder {
    * sequence (its next target step) and the blocks of the queued sequences' current tokens.
    */
   private spareBlocks(): number {
-    const { allocator, running, waiting, config } = this.scheduler;
+    const { kv, running, waiting, config } = this.scheduler;
     let headroom = running.length;
     for (const seq of waiting) if (!seq.paused) headroom += blocksFor(seq.tokens.length, config.blockSize);
-    return allocator.freeCount - headroom;
+    return kv.freeBlocks - headroom;
   }
 
   /**
-   * Blocks for `positions` positions of the cache, taking at most `free` new ones. Returns the
-   * positions it now covers and the blocks taken.
+   * Draft blocks for `positions` positions of the sequence, taking at most `free` new ones.
+   * Returns the positions they now cover, the blocks taken, and the draft block table.
    */
-  private grow(cache: DraftCache, positions: number, free: number): { positions: number; taken: number } {
-    const bs = this.scheduler.config.blockSize;
-    const need = Math.min(blocksFor(positions, bs) - cache.blocks.length, Math.max(0, free));
-    if (need > 0) cache.blocks.push(...this.scheduler.allocator.allocate(need, 'draft')!);
-    return { positions: Math.min(positions, cache.blocks.length * bs), taken: Math.max(0, need) };
+  private grow(seq: Sequence, positions: number, free: number): { positions: number; taken: number; blocks: readonly number[] } {
+    const { kv } = this.scheduler;
+    const taken = kv.growDraft(seq, positions, free);
+    const blocks = kv.draftBlocksOf(seq);
+    return { positions: Math.min(positions, blocks.length * kv.blockSize), taken, blocks };
   }
 }
 
 /** The cache's next tokens as a runner row, with the argmax of the last one when `guess`. */
-function feed(cache: DraftCache, tokens: number[], guess: boolean): RunnerRow {
-  return { tokens, pastLength: cache.computed, blocks: cache.blocks, logitsFrom: guess ? tokens.length - 1 : tokens.length, fetchLogits: false };
+function feed(cache: DraftCache, blocks: readonly number[], tokens: number[], guess: boolean): RunnerRow {
+  return { tokens, pastLength: cache.computed, blocks, logitsFrom: guess ? tokens.length - 1 : tokens.length, fetchLogits: false };
 }
 
 /**

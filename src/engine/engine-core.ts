@@ -29,7 +29,7 @@ export interface EngineCoreOptions {
   cost?: StepCostModel;
   /** Speculative decoding: drafts verified exactly in the same step (off when absent). */
   speculator?: Speculator;
-  /** A draft model's KV storage, whose blocks are the allocator's 'draft' group. */
+  /** A draft model's KV storage, whose blocks are the KV cache manager's 'draft' group. */
   draftKv?: KvStorage;
 }
 
@@ -41,6 +41,8 @@ interface RequestState {
   completionTokens: number;
   /** Prompt logprobs gathered across prefill chunks (echo with logprobs). */
   promptLogprobs: TokenLogprob[] | null;
+  /** Prompt tokens choice 0's first admission found in the prefix cache (usage's cached_tokens). */
+  cachedTokens: number;
 }
 
 interface ChoiceState {
@@ -105,6 +107,7 @@ export class EngineCore {
       finishedChoices: 0,
       completionTokens: 0,
       promptLogprobs: params.echo && params.logprobs !== null ? [] : null,
+      cachedTokens: 0,
     };
     this.requests.set(request.id, state);
     this.promptTokensTotal += promptTokens.length;
@@ -247,26 +250,26 @@ export class EngineCore {
   }
 
   stats(): EngineStats {
-    const alloc = this.scheduler.allocator;
-    const total = alloc.numBlocks - 1;
+    const { kv } = this.scheduler;
+    const total = kv.totalBlocks;
     return {
       waiting: this.scheduler.waiting.length,
       running: this.scheduler.running.length,
       paused: this.scheduler.pausedCount,
       tenants: [...this.scheduler.tenantLoad()].map(([tenant, load]) => ({ tenant, ...load })),
       kvBlocksTotal: total,
-      kvBlocksUsed: alloc.usedCount,
-      kvUsage: alloc.usedCount / total,
+      kvBlocksUsed: kv.usedBlocks,
+      kvUsage: kv.usedBlocks / total,
       kvBytesCommitted:
-        alloc.touchedCount('target') * hostBlockBytes(this.runner.pool) + (this.opts.draftKv ? alloc.touchedCount('draft') * hostBlockBytes(this.opts.draftKv) : 0),
+        kv.touchedBlocks('target') * hostBlockBytes(this.runner.pool) + (this.opts.draftKv ? kv.touchedBlocks('draft') * hostBlockBytes(this.opts.draftKv) : 0),
       blockSize: this.scheduler.config.blockSize,
       steps: this.steps,
       consecutiveFailedSteps: this.consecutiveFailedSteps,
       lastStepMs: this.lastStep.totalMs,
       stepMsTotal: this.stepMsTotal,
       preemptions: this.scheduler.preemptionCount,
-      prefixCacheQueries: this.scheduler.prefixCacheQueries,
-      prefixCacheHits: this.scheduler.prefixCacheHits,
+      prefixCacheQueries: kv.prefixCacheQueries,
+      prefixCacheHits: kv.prefixCacheHits,
       specDecodeDrafts: this.opts.speculator?.stats.drafts ?? 0,
       specDecodeDraftTokens: this.opts.speculator?.stats.draftTokens ?? 0,
       specDecodeAcceptedTokens: this.opts.speculator?.stats.acceptedTokens ?? 0,
@@ -293,7 +296,7 @@ export class EngineCore {
     const total = promptTokens.length + params.maxTokens;
     if (total > this.opts.contextLength) return `${total} tokens exceed the context length ${this.opts.contextLength}`;
     const { blockSize } = this.scheduler.config;
-    if (blocksFor(total, blockSize) > this.scheduler.allocator.numBlocks - 1) return `${total} tokens exceed the KV cache`;
+    if (blocksFor(total, blockSize) > this.scheduler.kv.totalBlocks) return `${total} tokens exceed the KV cache`;
     if (params.n < 1 || params.minTokens > params.maxTokens) return 'n < 1 or min_tokens > max_tokens';
     // A request's choices are admitted into one batch together.
     if (params.n > this.scheduler.config.maxNumSeqs) return `n ${params.n} exceeds max_num_seqs ${this.scheduler.config.maxNumSeqs}`;
@@ -332,7 +335,7 @@ export class EngineCore {
       // A verification row: the pending token, then the drafts (every position picks a token).
       tokens: row.draft ? [seq.tokens[row.start]!, ...row.draft] : seq.tokens.slice(row.start, row.start + row.count),
       pastLength: row.start,
-      blocks: seq.blocks,
+      blocks: this.scheduler.kv.blocksOf(seq),
       logitsFrom: wantsPrompt || row.draft ? 0 : row.sample ? row.count - 1 : row.count,
       fetchLogits: wantsPrompt || (row.sample && (sampler?.needsLogits(seq.outputLength) ?? true)),
     };
@@ -378,7 +381,7 @@ export class EngineCore {
       accepted++;
     }
     this.opts.speculator!.record(seq, draft.length, accepted);
-    if (seq.status === 'running') this.scheduler.releaseDraftBlocks(seq);
+    if (seq.status === 'running') this.scheduler.kv.freeLookahead(seq);
   }
 
   /** The sequence's pending tokens are all cached: pick its next token (and fork choices). */
@@ -390,9 +393,7 @@ export class EngineCore {
       for (let c = 1; c < params.n; c++) {
         const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival, params.maxTokens, true, seq.cacheKeys, seq.tenant, seq.priority);
         state.choices[c] = this.newChoice(state, child);
-        const { pool } = this.runner;
-        const copy = this.scheduler.fork(seq, child, pool.copyBlock !== undefined);
-        if (copy) pool.copyBlock!(copy.from, copy.to);
+        this.scheduler.fork(seq, child, this.runner.pool);
         targets.push(child);
       }
     }
@@ -434,7 +435,11 @@ export class EngineCore {
 
   private finishChoice(state: RequestState, c: number, reason: FinishReason, text: string): void {
     const choice = state.choices[c];
-    if (choice) this.scheduler.finish(choice.seq);
+    if (choice) {
+      // Read before the manager lets the sequence's table go.
+      if (c === 0) state.cachedTokens = this.scheduler.kv.cachedTokens(choice.seq) ?? 0;
+      this.scheduler.finish(choice.seq);
+    }
     this.emit(state.request.id, {
       type: 'finish',
       choice: c,
@@ -448,7 +453,7 @@ export class EngineCore {
         type: 'done',
         promptTokens: state.request.promptTokens.length,
         completionTokens: state.completionTokens,
-        cachedTokens: state.choices[0]?.seq.cachedTokens ?? 0,
+        cachedTokens: state.cachedTokens,
       });
       this.requests.delete(state.request.id);
     }

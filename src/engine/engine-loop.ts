@@ -8,6 +8,7 @@ import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
 import { BLOCK_SIZE_MULTIPLE, BlockAllocator, describePool, hostBlockBytes, poolShape } from './kv-cache.js';
+import { KvCacheManager } from './kv-cache-manager.js';
 import { calibrateStepCost } from './calibrate.js';
 import { DraftModelProposer } from './draft-model.js';
 import { createRunner, type RunnerContext } from './runner-factory.js';
@@ -148,6 +149,7 @@ export async function buildEngineCore(
   const runner = await (hooks.runner ? hooks.runner({ manifest, numBlocks, blockSize: options.blockSize, log }) : createRunner(options, { manifest, numBlocks, log }));
   log(`KV cache: ${describePool(poolShape(manifest, numBlocks, options.blockSize))}`);
   const allocator = new BlockAllocator(numBlocks, options.prefixCaching);
+  const kv = new KvCacheManager(allocator, options.blockSize);
   const scheduler = new Scheduler(
     {
       maxNumSeqs: options.maxNumSeqs,
@@ -157,7 +159,7 @@ export async function buildEngineCore(
       admissionReserveTokens: options.admissionReserveTokens,
       policy: options.schedulingPolicy,
     },
-    allocator,
+    kv,
   );
   const speculation = options.speculation?.method ?? 'off';
   let proposer = speculation === 'off' ? undefined : hooks.draftProposer;
@@ -172,6 +174,8 @@ export async function buildEngineCore(
   // Speculation decides by predicted step costs whether drafts pay, so it needs the model too.
   if (options.maxStepMs !== 0 || speculation !== 'off') {
     cost = new StepCostModel();
+    // Before any sequence exists, so its scratch blocks go straight to the allocator, not through
+    // the manager's tables.
     const samples = await calibrateStepCost(runner, allocator, { ...options, contextLength: manifest.contextLength });
     cost.fit(samples);
     log(`step cost calibrated on ${samples.length} timed runs: ${samples.map((s) => `${s.shape.tokens} tok ${s.ms.toFixed(0)} ms`).join(', ')}`);

@@ -1,5 +1,6 @@
 // KV memory in fixed-size blocks. The allocator is pure bookkeeping (synchronous, no model, unit
-// tested on its own); the pool holds the actual float32 storage the graph reads zero-copy.
+// tested on its own) that only the KV cache manager (kv-cache-manager.ts) drives; the pool holds
+// the actual float32 storage the graph reads zero-copy.
 //
 // Block 0 is reserved as the null block: block tables are padded with it and it is never written,
 // so the graph can gather padding without bounds checks.
@@ -196,7 +197,7 @@ export interface PoolShape {
 /**
  * What the engine needs of a runner's KV storage, wherever it lives: its shape, and a block copy
  * for copy-on-write where the storage can make one synchronously. Device-resident pools cannot
- * (no op copies a block in place), and the scheduler recomputes a fork's partly filled block.
+ * (no op copies a block in place), and a fork then recomputes its partly filled block (KvCacheManager.fork).
  */
 export interface KvStorage {
   readonly shape: PoolShape;

@@ -1,12 +1,13 @@
 // Continuous batching: decides, before every model step, which sequences run and how many of
-// their tokens, and owns their KV blocks. It never calls the model: `schedule()` returns a plan,
-// the engine runs it, then `commit()` records what was computed. Pure and synchronous, so the
-// policy is unit-tested without a model.
+// their tokens; their KV blocks are the KvCacheManager's, which it asks for slots and preempts
+// when there are none. It never calls the model: `schedule()` returns a plan, the engine runs it,
+// then `commit()` records what was computed. Pure and synchronous, so the policy is unit-tested
+// without a model.
 //
 // Policy, per step, under a token budget and (optionally) a time budget:
 //   1. every decoding sequence gets its one token, so streams keep flowing while prompts arrive;
-//   2. when a running sequence needs a block and none is free, draft-model caches are dropped
-//      (SideBlockHolder), then a victim is preempted (see `victim`): its blocks are freed and it
+//   2. when a running sequence needs a block and none is free, draft-model blocks are dropped
+//      (KvCacheManager.reclaimDraft), then a victim is preempted (see `victim`): its blocks are freed and it
 //      returns to the front of the queue, to be recomputed (prompt + what it generated so far)
 //      when memory allows;
 //   3. then prefill, oldest first: running sequences still prefilling, then waiting sequences,
@@ -14,8 +15,8 @@
 //      waits; the tenant holding the fewest slots first when several do; `priority` within a
 //      tenant under that policy) and only as a unit (see `admits`): a request's choices together,
 //      and only with room for their whole current length plus some output to come. Admission first takes
-//      the sequence's leading blocks that the prefix cache holds (takeCachedPrefix), so only the
-//      rest is prefilled; committed steps name the blocks they filled (commit). Chunks stop where
+//      the sequence's leading blocks that the prefix cache holds (KvCacheManager.takeCachedPrefix),
+//      so only the rest is prefilled; committed steps name the blocks they filled. Chunks stop where
 //      the token budget, or the step's predicted time
 //      (a StepCost model, --max-step-ms), would be exceeded: a long prompt is spread over several
 //      steps instead of stalling every stream in one, while prefill keeps at least the share of
@@ -27,7 +28,8 @@
 // newest, and before each step a waiting sequence that cannot be admitted preempts running ones
 // of its own tenant that are less urgent (see preemptForPriority).
 import { DEFAULT_TENANT, lessUrgent, nextToAdmit, type SchedulingPolicy } from './fair-share.js';
-import { BlockAllocator, blockHash, blocksFor, type BlockHash } from './kv-cache.js';
+import { blocksFor, type KvStorage } from './kv-cache.js';
+import type { KvCacheManager } from './kv-cache-manager.js';
 import { attendedBy, plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 
 export interface SchedulerConfig {
@@ -63,20 +65,10 @@ export const AUTO_STEP_FACTOR = 2;
 
 export class Sequence {
   status: 'waiting' | 'running' | 'finished' = 'waiting';
-  /** Leading tokens whose K/V are in the cache. */
+  /** Leading tokens whose K/V are in the cache (its blocks are the KvCacheManager's). */
   numComputed = 0;
-  blocks: number[] = [];
   /** Its client stopped reading: skipped by steps and admission, preempted first. */
   paused = false;
-  /** Leading blocks already offered to the prefix cache (named, or taken from it). */
-  registered = 0;
-  /**
-   * Prompt tokens its first admission found in the prefix cache (usage's cached_tokens). Recorded
-   * once, as vLLM does: after a preemption the blocks found again are mostly its own.
-   */
-  cachedTokens: number | undefined = undefined;
-  /** Names of its full blocks so far (memo: its tokens only ever grow). */
-  private readonly hashes: BlockHash[] = [];
   /**
    * The request's other choices, still to fork from this one (its choice 0) once the prompt is
    * prefilled: admitted with it, so their batch slots are held and memory is counted for them.
@@ -109,14 +101,6 @@ export class Sequence {
     return this.tokens.length - this.promptLength;
   }
 
-  /** The prefix-cache names of its first `count` blocks (each must be full of known tokens). */
-  blockHashes(count: number, blockSize: number): readonly BlockHash[] {
-    for (let i = this.hashes.length; i < count; i++) {
-      this.hashes.push(blockHash(i === 0 ? null : this.hashes[i - 1]!, this.tokens.slice(i * blockSize, (i + 1) * blockSize), this.cacheKeys));
-    }
-    return this.hashes.length === count ? this.hashes : this.hashes.slice(0, count);
-  }
-
   /** Tokens it may still generate. */
   get outputLeft(): number {
     return Math.max(0, this.maxOutput - this.outputLength);
@@ -138,20 +122,6 @@ export interface ScheduledRow {
   draft?: readonly number[];
 }
 
-/**
- * KV blocks held for sequences outside their own block tables (a draft model's cache, see
- * draft-model.ts), taken from the same allocator so that admission, preemption and kv usage count
- * them. The scheduler tells the holder when a sequence gives its blocks up, and asks it for room
- * before it preempts anything: a draft cache is rebuilt cheaply, a preempted sequence recomputes
- * its prompt.
- */
-export interface SideBlockHolder {
-  /** The sequence finished, was cancelled or was preempted: free what is held for it. */
-  forget(seq: Sequence): void;
-  /** Frees some held blocks; false when nothing is held. */
-  reclaim(): boolean;
-}
-
 export interface StepPlan {
   /** What the runner feeds, in order. */
   rows: ScheduledRow[];
@@ -163,16 +133,13 @@ export class Scheduler {
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
   preemptionCount = 0;
-  /** Tokens admissions looked up in the prefix cache, and those found (vLLM's queries / hits). */
-  prefixCacheQueries = 0;
-  prefixCacheHits = 0;
-  /** Blocks held for sequences besides their own (draft-model speculation). */
-  sideBlocks?: SideBlockHolder;
 
   constructor(
     readonly config: SchedulerConfig,
-    readonly allocator: BlockAllocator,
-  ) {}
+    readonly kv: KvCacheManager,
+  ) {
+    if (kv.blockSize !== config.blockSize) throw new Error(`the KV cache's blocks hold ${kv.blockSize} tokens, the scheduler's ${config.blockSize}`);
+  }
 
   add(seq: Sequence): void {
     seq.status = 'waiting';
@@ -190,16 +157,15 @@ export class Scheduler {
     };
     // Before any row is planned, so that a victim has none to take back.
     if (this.config.policy === 'priority') this.preemptForPriority(preempted);
+    // Planning only ever takes sequences out of `running` (preemption) until admission: what is
+    // left to plan is this snapshot's sequences that still run, in order.
+    const running = [...this.running];
 
     // 1. Decode rows: every running sequence with exactly one pending token.
-    for (let i = 0; i < this.running.length && shape.tokens < this.config.maxNumBatchedTokens; i++) {
-      const seq = this.running[i];
-      if (seq.paused || seq.tokens.length - seq.numComputed !== 1) continue;
-      // Preempting may have shifted it; when it was the one to go, carry on with the next one.
-      const kept = this.reserve(seq, seq.tokens.length, rows, preempted);
-      i = kept ? this.running.indexOf(seq) : this.firstNewer(seq) - 1;
-      if (!kept) continue;
-      add({ seq, start: seq.numComputed, count: 1, sample: true });
+    for (const seq of running) {
+      if (shape.tokens >= this.config.maxNumBatchedTokens) break;
+      if (seq.status !== 'running' || seq.paused || seq.tokens.length - seq.numComputed !== 1) continue;
+      if (this.reserve(seq, seq.tokens.length, rows, preempted)) add({ seq, start: seq.numComputed, count: 1, sample: true });
     }
     // Decode rows a preemption removed again were subtracted from `rows`; recount the shape.
     shape = rows.reduce((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 });
@@ -216,39 +182,28 @@ export class Scheduler {
       first = false;
       return count;
     };
-    for (let i = 0; i < this.running.length; i++) {
-      const seq = this.running[i];
+    // A sequence with a decode row has one pending token, so it is not among these.
+    for (const seq of running) {
       const pending = seq.tokens.length - seq.numComputed;
-      if (seq.paused || pending <= 1 || rows.some((r) => r.seq === seq)) continue;
+      if (seq.status !== 'running' || seq.paused || pending <= 1) continue;
       const count = chunk(seq.numComputed, pending);
-      if (count === 0) return { rows, preempted };
-      if (!this.reserve(seq, seq.numComputed + count, rows, preempted)) return { rows, preempted };
-      i = this.running.indexOf(seq);
+      if (count === 0 || !this.reserve(seq, seq.numComputed + count, rows, preempted)) return { rows, preempted };
       add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
     }
     for (;;) {
       const seq = nextToAdmit(this.waiting, this.running, this.config.policy ?? 'fcfs');
-      if (seq === undefined) break;
-      if (preempted.includes(seq)) break; // not back in the same step it was evicted in
-      const cached = this.takeCachedPrefix(seq);
-      const rollback = () => {
-        this.allocator.release(seq.blocks);
-        seq.blocks = [];
-        seq.numComputed = 0;
-        seq.registered = 0;
-      };
-      if (!this.makeRoom(seq, preempted)) {
-        rollback();
-        break;
-      }
-      const count = chunk(seq.numComputed, seq.tokens.length - seq.numComputed);
+      // Not back in the same step it was evicted in.
+      if (seq === undefined || preempted.includes(seq)) break;
+      seq.numComputed = this.kv.takeCachedPrefix(seq);
+      const count = this.makeRoom(seq, preempted) ? chunk(seq.numComputed, seq.tokens.length - seq.numComputed) : 0;
       if (count === 0) {
-        rollback();
+        this.kv.free(seq);
+        seq.numComputed = 0;
         break;
       }
-      seq.blocks.push(...(this.allocator.allocate(blocksFor(seq.numComputed + count, this.config.blockSize) - cached) ?? []));
-      this.prefixCacheQueries += seq.tokens.length;
-      this.prefixCacheHits += seq.numComputed;
+      // `admits` held, so the blocks are there.
+      this.kv.allocateSlots(seq, seq.numComputed + count);
+      this.kv.countLookup(seq.tokens.length, seq.numComputed);
       this.waiting.splice(this.waiting.indexOf(seq), 1);
       this.insertRunning(seq);
       add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
@@ -329,34 +284,11 @@ export class Scheduler {
 
   /** Records that the plan ran: its tokens' K/V are now cached, and full blocks get their names. */
   commit(plan: StepPlan): void {
-    const bs = this.config.blockSize;
     for (const { seq, start, count, draft } of plan.rows) {
       if (seq.status !== 'running') continue;
       seq.numComputed = start + count - (draft?.length ?? 0);
-      this.registerFullBlocks(seq);
+      this.kv.commit(seq, seq.numComputed);
     }
-  }
-
-  /** Offers the sequence's newly full blocks of computed tokens to the prefix cache. */
-  private registerFullBlocks(seq: Sequence): void {
-    if (!this.allocator.prefixCaching) return;
-    const bs = this.config.blockSize;
-    const full = Math.floor(seq.numComputed / bs);
-    if (full <= seq.registered) return;
-    const hashes = seq.blockHashes(full, bs);
-    for (let i = seq.registered; i < full; i++) this.allocator.register(seq.blocks[i]!, hashes[i]!);
-    seq.registered = full;
-  }
-
-  /**
-   * Blocks for `positions` positions of `seq`, as far as free blocks allow (a draft never
-   * preempts anything). Returns the positions its blocks now cover.
-   */
-  growForDraft(seq: Sequence, positions: number): number {
-    const bs = this.config.blockSize;
-    const need = blocksFor(positions, bs) - seq.blocks.length;
-    if (need > 0) seq.blocks.push(...(this.allocator.allocate(Math.min(need, this.allocator.freeCount)) ?? []));
-    return seq.blocks.length * bs;
   }
 
   /**
@@ -365,30 +297,7 @@ export class Scheduler {
    */
   acceptDraftToken(seq: Sequence): void {
     seq.numComputed++;
-    this.registerFullBlocks(seq);
-  }
-
-  /** After a verification: blocks that only held rejected drafts go back to the pool. */
-  releaseDraftBlocks(seq: Sequence): void {
-    const keep = blocksFor(seq.tokens.length, this.config.blockSize);
-    if (seq.blocks.length > keep) this.allocator.release(seq.blocks.splice(keep));
-  }
-
-  /**
-   * Admission's prefix-cache lookup: the sequence takes the cached blocks its tokens start with,
-   * and starts computing after them. At least its last token is always computed, for the logits
-   * that pick the next one. Returns the number of blocks taken.
-   */
-  private takeCachedPrefix(seq: Sequence): number {
-    if (!this.allocator.prefixCaching || !seq.usesPrefixCache) return 0;
-    const bs = this.config.blockSize;
-    const hashes = seq.blockHashes(Math.floor((seq.tokens.length - 1) / bs), bs);
-    const hit = this.allocator.cachedPrefix(hashes);
-    seq.blocks = this.allocator.acquireCached(hashes.slice(0, hit));
-    seq.numComputed = hit * bs;
-    seq.registered = hit;
-    if (seq.choice === 0) seq.cachedTokens ??= hit * bs;
-    return hit;
+    this.kv.commit(seq, seq.numComputed);
   }
 
   /** Frees a sequence for good (finished or cancelled). */
@@ -397,31 +306,19 @@ export class Scheduler {
     const queue = seq.status === 'running' ? this.running : this.waiting;
     const at = queue.indexOf(seq);
     if (at >= 0) queue.splice(at, 1);
-    this.allocator.release(seq.blocks);
-    seq.blocks = [];
     seq.status = 'finished';
-    this.sideBlocks?.forget(seq);
+    this.kv.remove(seq);
   }
 
   /**
    * A new choice continuing from `parent`'s cached prompt, in the batch slot admission held for
-   * it: full blocks are shared, the partly filled last block is copied on write. Returns the
-   * block copy the KV pool must make, or null. Without `canCopy` (a device-resident pool, which
-   * has no block copy), or without a free block for the copy, the child instead recomputes the
-   * partly filled block's tokens (fewer than a block) as a prefill chunk in its next step.
+   * it; the KV cache manager shares the prompt's blocks with it (KvCacheManager.fork).
    */
-  fork(parent: Sequence, child: Sequence, canCopy = true): { from: number; to: number } | null {
+  fork(parent: Sequence, child: Sequence, storage?: Pick<KvStorage, 'copyBlock'>): void {
     if (parent.unforked <= 0) throw new Error(`fork of ${parent.requestId}: no choice of it was admitted to fork`);
     parent.unforked--;
-    const bs = this.config.blockSize;
-    const full = Math.floor(parent.numComputed / bs);
-    const copy = canCopy && parent.numComputed % bs !== 0 ? this.allocator.allocate(1) : null;
-    const shared = parent.blocks.slice(0, full);
-    this.allocator.share(shared);
-    child.blocks = copy ? [...shared, ...copy] : shared;
-    child.numComputed = copy ? parent.numComputed : full * bs;
+    child.numComputed = this.kv.fork(parent, child, parent.numComputed, storage);
     this.insertRunning(child);
-    return copy ? { from: parent.blocks[full], to: copy[0] } : null;
   }
 
   /** Cancels every sequence of a request; returns whether any was found. */
@@ -448,7 +345,7 @@ export class Scheduler {
    */
   private makeRoom(seq: Sequence, preempted: Sequence[]): boolean {
     while (!this.admits(seq)) {
-      if (this.hasSlotsFor(seq) && this.sideBlocks?.reclaim()) continue;
+      if (this.hasSlotsFor(seq) && this.kv.reclaimDraft()) continue;
       const victim = this.newestPaused();
       if (!victim) return false;
       this.preempt(victim);
@@ -469,11 +366,11 @@ export class Scheduler {
   private admits(seq: Sequence): boolean {
     if (!this.hasSlotsFor(seq)) return false;
     const alone = !this.running.some((s) => !s.paused);
-    if (alone) return Math.min(this.claim(seq, 0), this.allocator.numBlocks - 1) <= this.allocator.freeCount;
+    if (alone) return Math.min(this.claim(seq, 0), this.kv.totalBlocks) <= this.kv.freeBlocks;
     const reserve = this.config.admissionReserveTokens ?? ADMISSION_RESERVE_TOKENS;
     let need = this.claim(seq, reserve);
     for (const s of this.running) if (!s.paused) need += this.claim(s, reserve);
-    return need <= this.allocator.freeCount;
+    return need <= this.kv.freeBlocks;
   }
 
   /**
@@ -484,7 +381,7 @@ export class Scheduler {
   private claim(seq: Sequence, ahead: number): number {
     const bs = this.config.blockSize;
     const more = Math.min(seq.outputLeft, ahead);
-    const own = Math.max(0, blocksFor(seq.tokens.length + more, bs) - seq.blocks.length);
+    const own = Math.max(0, blocksFor(seq.tokens.length + more, bs) - this.kv.blocksOf(seq).length);
     if (seq.unforked === 0) return own;
     return own + seq.unforked * (blocksFor(seq.promptLength + more, bs) - Math.floor(seq.promptLength / bs));
   }
@@ -505,17 +402,13 @@ export class Scheduler {
     return undefined;
   }
 
-  /** Ensures `seq` has blocks for `tokens` positions, preempting the newest sequences if needed. */
+  /**
+   * Slots for `tokens` positions of `seq`, from the KV cache manager: when there are none, draft
+   * blocks go first, then victims (see `victim`) until there are; false when `seq` was the one.
+   */
   private reserve(seq: Sequence, tokens: number, rows: ScheduledRow[], preempted: Sequence[]): boolean {
-    const need = blocksFor(tokens, this.config.blockSize) - seq.blocks.length;
-    if (need <= 0) return true;
-    for (;;) {
-      const got = this.allocator.allocate(need);
-      if (got) {
-        seq.blocks.push(...got);
-        return true;
-      }
-      if (this.sideBlocks?.reclaim()) continue;
+    while (!this.kv.allocateSlots(seq, tokens)) {
+      if (this.kv.reclaimDraft()) continue;
       const victim = this.victim();
       this.preempt(victim);
       preempted.push(victim);
@@ -523,6 +416,7 @@ export class Scheduler {
       if (row >= 0) rows.splice(row, 1);
       if (victim === seq) return false;
     }
+    return true;
   }
 
   /**
@@ -575,8 +469,8 @@ export class Scheduler {
     const stay = this.running.filter((s) => !leaves(s));
     const slots = stay.reduce((n, s) => n + 1 + s.unforked, 0);
     if (slots + 1 + seq.unforked > this.config.maxNumSeqs) return false;
-    const free = this.allocator.freeCount + this.running.filter(leaves).reduce((n, s) => n + s.blocks.length, 0);
-    if (stay.length === 0) return Math.min(this.claim(seq, 0), this.allocator.numBlocks - 1) <= free;
+    const free = this.kv.freeBlocks + this.running.filter(leaves).reduce((n, s) => n + this.kv.blocksOf(s).length, 0);
+    if (stay.length === 0) return Math.min(this.claim(seq, 0), this.kv.totalBlocks) <= free;
     const reserve = this.config.admissionReserveTokens ?? ADMISSION_RESERVE_TOKENS;
     return stay.reduce((n, s) => n + this.claim(s, reserve), this.claim(seq, reserve)) <= free;
   }
@@ -590,24 +484,15 @@ export class Scheduler {
     return load;
   }
 
+  /** Sends `seq` back to the front of the queue, its blocks freed, to be recomputed. */
   private preempt(seq: Sequence): void {
     this.running.splice(this.running.indexOf(seq), 1);
-    this.allocator.release(seq.blocks);
-    seq.blocks = [];
     seq.numComputed = 0;
-    seq.registered = 0;
     seq.status = 'waiting';
     seq.preemptions++;
     this.preemptionCount++;
     this.waiting.unshift(seq);
-    this.sideBlocks?.forget(seq);
-  }
-
-  /** Index of the first running sequence newer than `seq` (running is in arrival order). */
-  private firstNewer(seq: Sequence): number {
-    let i = 0;
-    while (i < this.running.length && older(this.running[i], seq)) i++;
-    return i;
+    this.kv.evict(seq);
   }
 
   private insertRunning(seq: Sequence): void {

@@ -129,7 +129,7 @@ export class Speculator {
     if (proposed > 0) this.proposeMsPerToken += PROPOSE_COST_WEIGHT * ((performance.now() - started) / proposed - this.proposeMsPerToken);
     drafting.forEach((row, i) => {
       const draft = drafts[i]!.slice(0, wants[i]);
-      const fits = Math.min(draft.length, scheduler.growForDraft(row.seq, row.start + 1 + draft.length) - row.start - 1);
+      const fits = Math.min(draft.length, scheduler.kv.allocateLookahead(row.seq, row.start + 1 + draft.length) - row.start - 1);
       if (fits <= 0) return;
       row.draft = draft.slice(0, fits);
       row.count = 1 + fits;
