@@ -8,6 +8,7 @@ import { createReadStream, statSync, existsSync, mkdirSync, writeFileSync, renam
 import { basename, dirname, join, resolve } from 'node:path';
 import { TOKENIZER_CONFIG_FILE } from './chat-template.js';
 import { readGpt2Config, Gpt2Weights } from './gpt2-checkpoint.js';
+import { ADAPTER_WEIGHTS_FILE, mergeLoraPair, readLoraAdapter, type LoraPair } from './lora-adapter.js';
 import { GraphBuilder } from './onnx-builder.js';
 import { SafetensorsFile } from './safetensors.js';
 import { buildServingGraph, CONTRACT_VERSION, OPSET } from './serving-graph.js';
@@ -29,6 +30,10 @@ export interface ExportOptions {
   force?: boolean;
   /** Weight dtype (default fp32) and quantization block size. */
   weights?: WeightFormatOptions;
+  /** A PEFT LoRA adapter folder to merge into the weights before they are encoded. */
+  mergeLora?: string;
+  /** Adapters of a higher rank are refused (default DEFAULT_MAX_LORA_RANK). */
+  maxLoraRank?: number;
   onProgress?: (p: ExportProgress) => void;
 }
 
@@ -47,6 +52,9 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
   if (existsSync(out) && readdirSync(out).length > 0 && !opts.force) {
     throw new Error(`${out}: already exists and is not empty (pass --force to replace it)`);
   }
+  // Read and checked whole before anything is written: a bad adapter leaves no output behind.
+  const adapter = opts.mergeLora === undefined ? null : readLoraAdapter(resolve(opts.mergeLora), config, { maxRank: opts.maxLoraRank });
+  const adapted = new Map<string, LoraPair>(adapter?.pairs.map((p) => [`h.${p.layer}.${p.module}.weight`, p]));
 
   const file = new SafetensorsFile(weightsFile);
   const tmp = join(dirname(out), `.${basename(out)}.partial-${process.pid}`);
@@ -63,6 +71,9 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
     let done = 0;
     const writer = new ExternalWeightWriter(graph, join(tmp, GRAPH_DATA_FILE), GRAPH_DATA_FILE, (name) => {
       const data = weights.read(name);
+      // Merged in float32 before the writer rounds or quantizes, as for any export.
+      const pair = adapted.get(name);
+      if (pair) mergeLoraPair(data, pair, adapter!.rank, adapter!.scale);
       opts.onProgress?.({ phase: 'weights', done: ++done, total });
       return data;
     }, plan.dtype === 'fp16');
@@ -91,6 +102,17 @@ export async function exportCheckpoint(opts: ExportOptions): Promise<Manifest> {
         checkpointSha256,
         checkpointDtype: [...new Set([...file.tensors.values()].map((t) => t.dtype))].join(','),
         tokenizer: tokenizerSource,
+        ...(adapter && {
+          mergedLora: {
+            path: adapter.dir,
+            adapterSha256: await sha256File(join(adapter.dir, ADAPTER_WEIGHTS_FILE), () => {}),
+            rank: adapter.rank,
+            alpha: adapter.alpha,
+            rslora: adapter.rslora,
+            scale: adapter.scale,
+            modules: adapter.pairs.length,
+          },
+        }),
       },
     };
     const encoded = graph.encode({

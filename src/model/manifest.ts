@@ -45,6 +45,20 @@ export const ManifestSchema = z.object({
     checkpointSha256: z.string().regex(/^[0-9a-f]{64}$/),
     checkpointDtype: z.string(),
     tokenizer: z.string(),
+    /** The LoRA adapter merged into the weights at export (--merge-lora), if any. */
+    mergedLora: z
+      .object({
+        path: z.string(),
+        adapterSha256: z.string().regex(/^[0-9a-f]{64}$/),
+        rank: z.number().int().positive(),
+        alpha: z.number(),
+        rslora: z.boolean(),
+        /** lora_alpha / r (or / sqrt(r) with rslora). */
+        scale: z.number(),
+        /** Adapted layer matrices. */
+        modules: z.number().int().positive(),
+      })
+      .optional(),
   }),
 }).refine((m) => (m.dtype === 'float32' || m.dtype === 'float16') === (m.quantization === undefined), {
   message: 'quantization is required for int8/int4 weights and absent for float32/float16',
