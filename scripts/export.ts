@@ -13,7 +13,7 @@ Exports a Hugging Face GPT-2 checkpoint folder (config.json, model.safetensors, 
 or vocab.json + merges.txt) to a serving model folder (see models/README.md).
 
 ${WEIGHT_USAGE}  --merge-lora ADAPTER_DIR      merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)
-                                into the weights: W + scale * (B A), in float32 before --dtype applies
+                                into the weights (W + scale * (B A)^T, in float32, before --dtype applies)
   --max-lora-rank N             refuse adapters of a higher rank (default ${DEFAULT_MAX_LORA_RANK})
   --force                       replace DIR
 `;
