@@ -1,7 +1,7 @@
-// llama.cpp's side of `npm run bench:llama`, in a process of its own: node-llama-cpp loaded into
-// the benchmark's process ran at about half its speed there (its work waits on libuv's thread
-// pool, which the benchmark's own I/O shares; 4 threads by default on a 2-vCPU machine), which is
-// the harness, not llama.cpp. So the comparison spawns this script with UV_THREADPOOL_SIZE set
+// llama.cpp's side of `npm run bench:llama`, in a process of its own: loaded into the benchmark's
+// process, node-llama-cpp's work waits on libuv's thread pool, which the benchmark's own I/O
+// shares, and that measures the harness, not llama.cpp (docs/benchmark.md, the llama.cpp
+// comparison). So the comparison spawns this script with UV_THREADPOOL_SIZE set
 // (llama-compare.ts) and it does nothing but load the GGUF file, warm up, and run the closed loop.
 //
 // Input: one JSON argument (PeerJob). Output: one JSON line on stdout (PeerResult).

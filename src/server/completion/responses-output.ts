@@ -83,7 +83,8 @@ class ResponseBuilder {
   private add<T extends OutputItem>(item: T): T {
     this.output.push(item);
     this.open = item;
-    this.emit('response.output_item.added', { output_index: this.output.length - 1, item: { ...item, content: item.type === 'message' ? [] : undefined } });
+    // A copy as it is now: the builder goes on filling the item before the event is sent.
+    this.emit('response.output_item.added', { output_index: this.output.length - 1, item: structuredClone(item) });
     return item;
   }
 

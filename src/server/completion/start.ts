@@ -1,5 +1,6 @@
-// Shared by the HTTP and websocket routes of both APIs: from a parsed body to an admitted job.
+// Shared by the HTTP and websocket routes of the three APIs: from a parsed body to an admitted job.
 import type { FastifyInstance } from 'fastify';
+import type { EngineClient } from '../../engine/types.js';
 import type { ServerConfig } from '../../config.js';
 import { DEFAULT_TENANT } from '../../engine/fair-share.js';
 import { checkChatWork } from './chat-bounds.js';
@@ -7,7 +8,7 @@ import { ApiError } from '../openai/errors.js';
 import type { ChatBody } from '../openai/chat-schema.js';
 import type { CompletionBody } from '../openai/completion-schema.js';
 import { jobObserver } from '../telemetry.js';
-import { resolveChatRequest } from './chat-request.js';
+import { resolveChatRequest, type ChatResolveOptions } from './chat-request.js';
 import { checkFanOut } from './fan-out.js';
 import { CompletionJob, type RequestResolver } from './job.js';
 import { resolveCompletionRequest } from './request.js';
@@ -34,23 +35,33 @@ export function admitCompletion(app: FastifyInstance, body: CompletionBody, opti
 }
 
 export function admitChat(app: FastifyInstance, body: ChatBody, options: AdmitOptions = {}): AdmittedCompletion {
-  checkChatWork(body, app.serving.requireEngine().model);
-  // One conversation is one prompt.
-  return admit(app, 'chatcmpl-', { prompt: null, n: body.n, best_of: null, priority: body.priority }, (engine, limits, o) => resolveChatRequest(body, engine, limits, o), options);
+  return admitConversation(app, 'chatcmpl-', body, {}, options);
 }
 
 export function admitResponse(app: FastifyInstance, body: ResponsesBody, options: AdmitOptions = {}): AdmittedCompletion {
   const { chat, resolveOptions } = responsesAsChat(body);
-  checkChatWork(chat, app.serving.requireEngine().model, 'input');
-  return admit(app, 'resp_', { prompt: null, n: 1, best_of: null, priority: body.priority }, (engine, limits, o) => resolveChatRequest(chat, engine, limits, { ...o, ...resolveOptions }), options);
+  return admitConversation(app, 'resp_', chat, resolveOptions, options);
+}
+
+/** A chat, or a response as the chat it is: one conversation is one prompt. */
+function admitConversation(app: FastifyInstance, idPrefix: string, chat: ChatBody, resolveOptions: ChatResolveOptions, options: AdmitOptions): AdmittedCompletion {
+  return admit(
+    app,
+    idPrefix,
+    { prompt: null, n: chat.n, best_of: null, priority: chat.priority },
+    (engine, limits, o) => resolveChatRequest(chat, engine, limits, { ...o, ...resolveOptions }),
+    options,
+    (model) => checkChatWork(chat, model, resolveOptions.fields?.messages),
+  );
 }
 
 /**
  * Admits a request (a completion, a chat or a response) before any work is done on it: throws
  * ApiError 503 (loading, draining, engine dead), 400 (a fan-out no admission could take:
  * checkFanOut; a `priority` under fcfs) or 429 (--max-concurrent-requests,
- * --max-concurrent-requests-per-key or --max-seqs-in-flight reached). The caller then runs
- * job.submit().
+ * --max-concurrent-requests-per-key or --max-seqs-in-flight reached). `checkSize` is the
+ * request's own O(1) size check (a conversation's, chat-bounds.ts), run once the server is known
+ * to take work. The caller then runs job.submit().
  */
 function admit(
   app: FastifyInstance,
@@ -58,9 +69,11 @@ function admit(
   fields: AdmissionFields,
   resolve: RequestResolver,
   options: AdmitOptions,
+  checkSize?: (model: EngineClient['model']) => void,
 ): AdmittedCompletion {
   const state = app.serving;
   const engine = state.acceptNewWork();
+  checkSize?.(engine.model);
   const priority = checkPriority(fields.priority, app.config.schedulingPolicy);
   const sequences = checkFanOut(fields, {
     maxPromptsPerRequest: app.config.maxPromptsPerRequest,
