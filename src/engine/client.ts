@@ -9,6 +9,7 @@
 // CLI drains what can still be answered and exits non-zero so that a supervisor restarts it).
 import type { Worker } from 'node:worker_threads';
 import { loadChatTemplate, type ChatRenderRequest, type ChatTemplateInfo, type ChatTemplateSpec } from '../model/chat-template.js';
+import type { LoraAdapter } from '../model/lora-adapter.js';
 import { TokenizerThread, type ChatEncoding, type TextCodec } from '../model/tokenizer-thread.js';
 import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
@@ -103,6 +104,15 @@ export abstract class BaseEngineClient implements EngineClient {
 
   compileConstraint(spec: ConstraintSpec): Promise<CompileResult> {
     return this.codec.compileConstraint(spec);
+  }
+
+  addAdapter(id: number, adapter: LoraAdapter): void {
+    if (!this.model.lora) throw new Error('LoRA adapters need an engine started with LoRA enabled');
+    if (!this.liveness.dead && !this.closing) this.command({ type: 'addAdapter', id, adapter });
+  }
+
+  removeAdapter(id: number): void {
+    if (!this.liveness.dead && !this.closing) this.command({ type: 'removeAdapter', id });
   }
 
   async shutdown(options: { drainMs?: number } = {}): Promise<void> {

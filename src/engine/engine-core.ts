@@ -10,13 +10,16 @@ import type { Tokenizer } from '../model/tokenizer.js';
 import type { CompiledConstraint } from '../structured/constraint.js';
 import { TokenConstraint, VocabularyIndex } from '../structured/token-mask.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
+import type { LoraAdapter } from '../model/lora-adapter.js';
+import type { Gpt2Config } from '../model/gpt2-checkpoint.js';
+import { AdapterStore } from './adapter-store.js';
 import { blocksFor, hostBlockBytes, type KvStorage } from './kv-cache.js';
 import { plus, rowShape, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
 import { Scheduler, Sequence, type ScheduledRow } from './scheduler.js';
 import type { Speculator } from './speculation.js';
-import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, LogprobToken, TokenLogprob } from './types.js';
+import type { EngineError, EngineEvent, EngineRequest, EngineStats, FinishReason, LoraOptions, LogprobToken, TokenLogprob } from './types.js';
 
 export type EventBatch = Array<[requestId: string, event: EngineEvent]>;
 
@@ -31,6 +34,8 @@ export interface EngineCoreOptions {
   speculator?: Speculator;
   /** A draft model's KV storage, whose blocks are the KV cache manager's 'draft' group. */
   draftKv?: KvStorage;
+  /** LoRA serving: requests may name adapters given to addAdapter (off when absent). */
+  lora?: LoraOptions & { model: Pick<Gpt2Config, 'n_layer' | 'n_embd' | 'n_head'> };
 }
 
 /** Per-request state; sequences hold per-choice state the scheduler needs, this holds the rest. */
@@ -81,6 +86,7 @@ export class EngineCore {
   lastStep: StepTimings = { modelMs: 0, runMs: 0, totalMs: 0, rows: 0, tokens: 0 };
   /** The last exception a step caught (for the log; clients only hear a generic error). */
   lastError: unknown = undefined;
+  private readonly adapters: AdapterStore | null;
 
   constructor(
     private readonly runner: ModelRunner,
@@ -90,6 +96,18 @@ export class EngineCore {
   ) {
     this.scratch = new SamplerScratch(runner.vocabSize);
     this.constraints = new LRUCache({ max: opts.constraintCacheSize ?? 32 });
+    this.adapters = opts.lora ? new AdapterStore(opts.lora, (id) => runner.releaseAdapter?.(id)) : null;
+  }
+
+  /** A LoRA adapter requests may name by `id` from now on (EngineClient.addAdapter). */
+  addAdapter(id: number, adapter: LoraAdapter): void {
+    if (!this.adapters) throw new Error('LoRA adapters need an engine started with LoRA enabled');
+    this.adapters.add(id, adapter);
+  }
+
+  /** No new request may name it; it is dropped when the last one using it ends. */
+  removeAdapter(id: number): void {
+    this.adapters?.remove(id, this.scheduler.adapterLoad().has(id));
   }
 
   /** Queues a request (`accepted`), or answers it at once with an error event. */
@@ -123,6 +141,7 @@ export class EngineCore {
       request.cacheKeys,
       request.tenant,
       request.priority,
+      request.adapter ?? null,
     );
     seq.unforked = params.n - 1; // admitted together with choice 0, forked from it after the prompt
     state.choices[0] = this.newChoice(state, seq);
@@ -137,6 +156,7 @@ export class EngineCore {
   cancel(requestId: string): void {
     if (!this.requests.delete(requestId)) return;
     this.scheduler.abort(requestId);
+    this.sweepAdapters();
   }
 
   /** The client stopped reading: the request takes no part in steps until resumed. */
@@ -208,7 +228,13 @@ export class EngineCore {
     const totalMs = performance.now() - start;
     this.recordStep({ modelMs: this.runner.takeModelMs(), runMs, totalMs, rows: plan.rows.length, tokens });
     this.opts.cost?.observe(plan.rows.reduce((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 }), totalMs - draftMs);
+    this.sweepAdapters();
     return this.takeEvents();
+  }
+
+  /** Drops removed adapters whose last sequence has ended. */
+  private sweepAdapters(): void {
+    if (this.adapters && this.adapters.size > 0) this.adapters.sweep(new Set(this.scheduler.adapterLoad().keys()));
   }
 
   private recordStep(timings: StepTimings): void {
@@ -257,6 +283,7 @@ export class EngineCore {
       running: this.scheduler.running.length,
       paused: this.scheduler.pausedCount,
       tenants: [...this.scheduler.tenantLoad()].map(([tenant, load]) => ({ tenant, ...load })),
+      adapters: [...this.scheduler.adapterLoad()].map(([adapter, load]) => ({ adapter, ...load })),
       kvBlocksTotal: total,
       kvBlocksUsed: kv.usedBlocks,
       kvUsage: kv.usedBlocks / total,
@@ -288,8 +315,9 @@ export class EngineCore {
     return broken ? { code: 'internal_error', message: `invalid engine request ${request.id}: ${broken}` } : null;
   }
 
-  private brokenInvariant({ id, promptTokens, params }: EngineRequest): string | null {
+  private brokenInvariant({ id, promptTokens, params, adapter }: EngineRequest): string | null {
     if (this.requests.has(id)) return 'the id is already in use';
+    if (adapter !== undefined && !this.adapters?.usable(adapter)) return `LoRA adapter ${adapter} is not loaded`;
     if (promptTokens.length === 0) return 'the prompt is empty';
     const V = this.runner.vocabSize;
     if (promptTokens.some((t) => !Number.isInteger(t) || t < 0 || t >= V)) return `a prompt token is outside 0..${V - 1}`;
@@ -338,6 +366,7 @@ export class EngineCore {
       blocks: this.scheduler.kv.blocksOf(seq),
       logitsFrom: wantsPrompt || row.draft ? 0 : row.sample ? row.count - 1 : row.count,
       fetchLogits: wantsPrompt || (row.sample && (sampler?.needsLogits(seq.outputLength) ?? true)),
+      ...(seq.adapter !== null ? { adapter: this.adapters!.row(seq.adapter) } : {}),
     };
   }
 
@@ -391,7 +420,7 @@ export class EngineCore {
     const targets = [seq];
     if (seq.choice === 0 && seq.outputLength === 0 && state.choices.filter(Boolean).length < params.n) {
       for (let c = 1; c < params.n; c++) {
-        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival, params.maxTokens, true, seq.cacheKeys, seq.tenant, seq.priority);
+        const child = new Sequence(seq.requestId, c, [...seq.tokens], seq.promptLength, seq.arrival, params.maxTokens, true, seq.cacheKeys, seq.tenant, seq.priority, seq.adapter);
         state.choices[c] = this.newChoice(state, child);
         this.scheduler.fork(seq, child, this.runner.pool);
         targets.push(child);

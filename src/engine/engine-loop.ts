@@ -3,6 +3,7 @@
 // runs inside the worker and, for tests, on their own thread. The core is only touched here,
 // between steps.
 import { basename } from 'node:path';
+import type { LoraAdapter } from '../model/lora-adapter.js';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
@@ -23,7 +24,9 @@ export type EngineCommand =
   | { type: 'add'; request: EngineRequest }
   | { type: 'cancel'; id: string }
   | { type: 'pause'; id: string }
-  | { type: 'resume'; id: string };
+  | { type: 'resume'; id: string }
+  | { type: 'addAdapter'; id: number; adapter: LoraAdapter }
+  | { type: 'removeAdapter'; id: number };
 
 /** `drain` says when it was applied: from then on every command sent before it counts as open work. */
 type Internal = { type: 'drain'; applied: () => void } | { type: 'stop'; error: EngineError };
@@ -109,7 +112,9 @@ export class EngineLoop {
     if (cmd.type === 'add') this.core.add(cmd.request);
     else if (cmd.type === 'cancel') this.core.cancel(cmd.id);
     else if (cmd.type === 'pause') this.core.pause(cmd.id);
-    else this.core.resume(cmd.id);
+    else if (cmd.type === 'resume') this.core.resume(cmd.id);
+    else if (cmd.type === 'addAdapter') this.core.addAdapter(cmd.id, cmd.adapter);
+    else this.core.removeAdapter(cmd.id);
   }
 
   private fatal(reason: string): void {
@@ -158,6 +163,7 @@ export async function buildEngineCore(
       maxStepMs: options.maxStepMs,
       admissionReserveTokens: options.admissionReserveTokens,
       policy: options.schedulingPolicy,
+      maxLoras: options.lora?.maxLoras ?? 0,
     },
     kv,
   );
@@ -182,7 +188,8 @@ export async function buildEngineCore(
   }
   const speculator = proposer && new Speculator(options.speculation!, proposer, cost);
   const draftKv = proposer instanceof DraftModelProposer ? proposer.pool : undefined;
-  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost, speculator, draftKv });
+  const lora = options.lora ? { ...options.lora, model: { n_layer: manifest.numLayers, n_embd: manifest.hiddenSize, n_head: manifest.numHeads } } : undefined;
+  const core = new EngineCore(runner, scheduler, tokenizer, { contextLength: manifest.contextLength, eosTokenId: manifest.eosTokenId, cost, speculator, draftKv, lora });
   const model: ModelInfo = {
     name: options.servedModelName ?? basename(options.modelDir),
     contextLength: manifest.contextLength,
@@ -193,6 +200,7 @@ export async function buildEngineCore(
     maxNumSeqs: options.maxNumSeqs,
     maxTokenBytes: tokenizer.maxTokenBytes,
     weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },
+    lora: options.lora ?? null,
   };
   return { core, model, tokenizer };
 }

@@ -22,12 +22,15 @@ export function slotsByTenant(running: readonly Sequence[]): Map<string, number>
   return held;
 }
 
-/** The sequence admission should try next, or undefined when nothing unpaused waits. */
-export function nextToAdmit(waiting: readonly Sequence[], running: readonly Sequence[], policy: SchedulingPolicy): Sequence | undefined {
+/**
+ * The sequence admission should try next, or undefined when nothing unpaused waits. Sequences
+ * that are not `eligible` (their LoRA adapter has no room in the batch) are passed over.
+ */
+export function nextToAdmit(waiting: readonly Sequence[], running: readonly Sequence[], policy: SchedulingPolicy, eligible: (s: Sequence) => boolean = () => true): Sequence | undefined {
   // Each tenant's candidate, in queue order: its first unpaused sequence, or its most urgent one.
   const candidates = new Map<string, Sequence>();
   for (const s of waiting) {
-    if (s.paused) continue;
+    if (s.paused || !eligible(s)) continue;
     const best = candidates.get(s.tenant);
     if (best === undefined || (policy === 'priority' && s.priority < best.priority)) candidates.set(s.tenant, s);
   }

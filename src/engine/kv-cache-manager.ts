@@ -236,14 +236,16 @@ export class KvCacheManager {
 
   /**
    * The prefix-cache names of the sequence's first `count` blocks (each full of known tokens).
-   * The chain's root mixes in the sequence's cache keys (a cache salt today; a LoRA adapter's name
-   * is the next key): only sequences with the same keys share blocks.
+   * The chain's root mixes in the sequence's LoRA adapter (its load id; '' for the base model),
+   * always as the first key so that no cache salt can pose as one, then its cache keys (the
+   * tenant's, a cache salt): only sequences with the same adapter and keys share blocks.
    */
   private hashes(seq: Sequence, table: BlockTable, count: number): readonly BlockHash[] {
     const bs = this.blockSize;
     const memo = table.hashes;
     for (let i = memo.length; i < count; i++) {
-      memo.push(blockHash(i === 0 ? null : memo[i - 1]!, seq.tokens.slice(i * bs, (i + 1) * bs), seq.cacheKeys));
+      const root = i === 0 ? [seq.adapter === null ? '' : `lora:${seq.adapter}`, ...seq.cacheKeys] : undefined;
+      memo.push(blockHash(i === 0 ? null : memo[i - 1]!, seq.tokens.slice(i * bs, (i + 1) * bs), root));
     }
     return memo.length === count ? memo : memo.slice(0, count);
   }

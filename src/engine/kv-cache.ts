@@ -22,8 +22,8 @@ export type BlockHash = string;
 
 /**
  * `extraKeys` (first block only) keep chains apart that must never share K/V although their
- * tokens agree: a cache salt (vLLM's `cache_salt`, against prefix-cache timing side channels
- * between users) today; a LoRA adapter's name would be another. Each key is length-prefixed, so
+ * tokens agree: the LoRA adapter a sequence runs with, and a cache salt (vLLM's `cache_salt`,
+ * against prefix-cache timing side channels between users). Each key is length-prefixed, so
  * no two lists of keys digest alike.
  */
 export function blockHash(parent: BlockHash | null, tokens: ArrayLike<number>, extraKeys: readonly string[] = []): BlockHash {

@@ -16,6 +16,7 @@ export const EMPTY_STATS: EngineStats = {
   running: 0,
   paused: 0,
   tenants: [],
+  adapters: [],
   kvBlocksTotal: 0,
   kvBlocksUsed: 0,
   kvUsage: 0,

@@ -31,6 +31,7 @@ export async function createRunner(options: EngineOptions, ctx: RunnerContext): 
       numBlocks: ctx.numBlocks,
       blockSize: options.blockSize,
       log: ctx.log,
+      ...(options.lora ? { lora: options.lora } : {}),
     }).then((r) => r.runner);
   const webgpu = () =>
     WebGpuRunner.create({
@@ -46,6 +47,8 @@ export async function createRunner(options: EngineOptions, ctx: RunnerContext): 
 
   const choice = options.executionProvider;
   if (choice === 'cpu' || choice === 'cuda') return host(choice);
+  // The WebGPU step graph (webgpu-graph.ts) has no LoRA inputs.
+  if (options.lora && choice === 'webgpu') throw new Error('--enable-lora needs the cpu or cuda execution provider; the webgpu step graph has no LoRA adapters');
   if (choice === 'webgpu') {
     const runner = await webgpu();
     ctx.log(webgpuLine(runner, softwareAdapterInUse() ? 'requested; a software Vulkan adapter (lavapipe): slower than the CPU provider' : 'requested'));
@@ -65,8 +68,10 @@ export async function createRunner(options: EngineOptions, ctx: RunnerContext): 
   }
   // Without a GPU device node any adapter Dawn finds is a software one: skip WebGPU without
   // creating a device (that alone starts lavapipe's threads, a start-up cost for nothing).
-  const nodes = gpuDeviceNodes();
-  if (nodes.length === 0) {
+  const nodes = options.lora ? [] : gpuDeviceNodes();
+  if (options.lora) {
+    passed.push('--enable-lora (the WebGPU step graph has no LoRA adapters)');
+  } else if (nodes.length === 0) {
     passed.push('no GPU device node for WebGPU (/dev/nvidia*, /dev/dri/renderD*)');
   } else {
     try {

@@ -6,6 +6,7 @@ import * as ort from 'onnxruntime-node';
 import type { Manifest } from '../model/manifest.js';
 import { KvPool, NULL_BLOCK, poolShape, type KvStorage } from './kv-cache.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
+import { LoraSlots, type RowAdapter } from './lora-slots.js';
 import { createSession, type ExecutionProvider } from './ort-session.js';
 import type { ExecutionProviderChoice, OrtLogLevel } from './types.js';
 
@@ -20,6 +21,8 @@ export interface RunnerRow {
   logitsFrom: number;
   /** Copy those logits out; without it only their argmax comes back (greedy picks). */
   fetchLogits: boolean;
+  /** The LoRA adapter the row runs with (absent: the base model). */
+  adapter?: RowAdapter;
 }
 
 export interface RowOutput {
@@ -36,6 +39,8 @@ export interface ModelRunner {
   /** The KV storage the rows' blocks index (host memory, or the device's). */
   readonly pool: KvStorage;
   run(rows: readonly RunnerRow[]): Promise<RowOutput[]>;
+  /** The engine dropped this adapter (LoRA runners only): its slot may go to another. */
+  releaseAdapter?(id: number): void;
   /** Milliseconds spent inside session.run since the last call. */
   takeModelMs(): number;
   dispose(): Promise<void>;
@@ -56,6 +61,8 @@ export class OnnxRunner implements ModelRunner {
     private readonly feed: KvFeed,
     readonly vocabSize: number,
     private readonly profile?: { prefix: string; log: (msg: string) => void },
+    /** The adapters' slots; none when LoRA is off (every step feeds zero slots). */
+    private readonly loras = new LoraSlots(pool.shape.layers, pool.shape.heads * pool.shape.headDim, 0, 1),
   ) {
     this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
     this.prefillGroups = session.inputNames.filter((n) => /^prefill_\d+_token_index$/.test(n)).length;
@@ -81,6 +88,7 @@ export class OnnxRunner implements ModelRunner {
       feeds,
       groups.map(([name, g]) => ({ name: `${name}_block_table`, table: g.blockTable, dims: [g.rows, g.tableWidth] })),
     );
+    this.addLoraFeeds(feeds, rows, step);
 
     const start = performance.now();
     const fetchLogits = rows.some((r) => r.fetchLogits);
@@ -103,6 +111,26 @@ export class OnnxRunner implements ModelRunner {
       rows.forEach((r, i) => this.pool.writeTokens(l, keys, values, step.firstToken[i]!, r.tokens.length, r.pastLength, r.blocks));
     }
     return out;
+  }
+
+  /** The step's adapters placed in slots, and each token's slot (-1: the base model). */
+  private addLoraFeeds(feeds: Record<string, ort.Tensor>, rows: readonly RunnerRow[], step: PackedStep): void {
+    const slot = new BigInt64Array(step.inputIds.length).fill(-1n);
+    const adapters = new Map<number, RowAdapter['weights']>();
+    for (const r of rows) if (r.adapter) adapters.set(r.adapter.id, r.adapter.weights);
+    const { slotOf, count } = adapters.size > 0 ? this.loras.place(adapters) : { slotOf: null, count: 0 };
+    if (slotOf) {
+      rows.forEach((r, i) => {
+        if (r.adapter) slot.fill(BigInt(slotOf.get(r.adapter.id)!), step.firstToken[i]!, step.firstToken[i]! + r.tokens.length);
+      });
+    }
+    feeds.lora_slot = int64(slot);
+    Object.assign(feeds, this.loras.feeds(count));
+  }
+
+  /** An adapter the engine dropped: its slot may be taken by the next. */
+  releaseAdapter(id: number): void {
+    this.loras.release(id);
   }
 
   takeModelMs(): number {
@@ -330,6 +358,8 @@ export interface CreateRunnerOptions {
   feed?: 'whole-pool' | 'used-blocks';
   /** --ort-profile: ONNX Runtime's profiler on; the trace is written when the runner is disposed. */
   profilePrefix?: string;
+  /** --enable-lora: slots for this many adapters per step, each padded to this rank. */
+  lora?: { maxLoras: number; maxRank: number };
 }
 
 export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ runner: OnnxRunner; provider: ExecutionProvider }> {
@@ -341,5 +371,6 @@ export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ run
   const feedName = opts.feed ?? (provider === 'cpu' ? 'whole-pool' : 'used-blocks');
   const feed = feedName === 'whole-pool' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool);
   const profile = opts.profilePrefix === undefined ? undefined : { prefix: opts.profilePrefix, log: opts.log };
-  return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize, profile), provider };
+  const loras = new LoraSlots(opts.manifest.numLayers, opts.manifest.hiddenSize, opts.lora?.maxLoras ?? 0, opts.lora?.maxRank ?? 1);
+  return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize, profile, loras), provider };
 }

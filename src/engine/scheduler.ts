@@ -48,6 +48,11 @@ export interface SchedulerConfig {
   admissionReserveTokens?: number;
   /** fcfs (default): `priority` is ignored; priority: it orders a tenant's sequences and may preempt. */
   policy?: SchedulingPolicy;
+  /**
+   * Distinct LoRA adapters the running batch may hold (--max-loras; the step graph's slots). A
+   * waiting sequence whose adapter would be one too many is passed over until one leaves.
+   */
+  maxLoras?: number;
 }
 
 /** The first prefill in line advances at least this many tokens per step, whatever the time cap. */
@@ -95,6 +100,8 @@ export class Sequence {
     readonly tenant: string = DEFAULT_TENANT,
     /** Lower goes first within its tenant, under the `priority` policy only. */
     readonly priority = 0,
+    /** Its LoRA adapter's engine id, or null for the base model. */
+    readonly adapter: number | null = null,
   ) {}
 
   get outputLength(): number {
@@ -133,6 +140,8 @@ export class Scheduler {
   readonly waiting: Sequence[] = [];
   readonly running: Sequence[] = [];
   preemptionCount = 0;
+  /** Running sequences per LoRA adapter: the adapters the batch holds (at most maxLoras). */
+  private readonly runningAdapters = new Map<number, number>();
 
   constructor(
     readonly config: SchedulerConfig,
@@ -157,6 +166,7 @@ export class Scheduler {
     };
     // Before any row is planned, so that a victim has none to take back.
     if (this.config.policy === 'priority') this.preemptForPriority(preempted);
+    const adapterFits = this.adapterFits();
     // Planning only ever takes sequences out of `running` (preemption) until admission: what is
     // left to plan is this snapshot's sequences that still run, in order.
     const running = [...this.running];
@@ -191,7 +201,7 @@ export class Scheduler {
       add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
     }
     for (;;) {
-      const seq = nextToAdmit(this.waiting, this.running, this.config.policy ?? 'fcfs');
+      const seq = nextToAdmit(this.waiting, this.running, this.config.policy ?? 'fcfs', adapterFits);
       // Not back in the same step it was evicted in.
       if (seq === undefined || preempted.includes(seq)) break;
       seq.numComputed = this.kv.takeCachedPrefix(seq);
@@ -306,6 +316,7 @@ export class Scheduler {
     const queue = seq.status === 'running' ? this.running : this.waiting;
     const at = queue.indexOf(seq);
     if (at >= 0) queue.splice(at, 1);
+    if (at >= 0 && queue === this.running) this.countAdapter(seq, -1);
     seq.status = 'finished';
     this.kv.remove(seq);
   }
@@ -447,7 +458,7 @@ export class Scheduler {
    * never taken: priority orders a tenant's own requests (fair-share.ts).
    */
   private preemptForPriority(preempted: Sequence[]): void {
-    const head = nextToAdmit(this.waiting, this.running, 'priority');
+    const head = nextToAdmit(this.waiting, this.running, 'priority', this.adapterFits());
     if (head === undefined || this.admits(head)) return;
     const victims = this.running.filter((s) => s.tenant === head.tenant && s.priority > head.priority).sort((a, b) => (lessUrgent(a, b) ? -1 : 1));
     if (victims.length === 0 || !this.couldAdmitWithout(head, victims)) return;
@@ -477,16 +488,48 @@ export class Scheduler {
 
   /** Sequences running and waiting per tenant (each choice counts; paused ones included). */
   tenantLoad(): Map<string, { running: number; waiting: number }> {
-    const load = new Map<string, { running: number; waiting: number }>();
-    const of = (t: string) => load.get(t) ?? load.set(t, { running: 0, waiting: 0 }).get(t)!;
-    for (const s of this.running) of(s.tenant).running++;
-    for (const s of this.waiting) of(s.tenant).waiting++;
+    return this.loadBy((s) => s.tenant);
+  }
+
+  /** The same per LoRA adapter (base-model sequences are not counted). */
+  adapterLoad(): Map<number, { running: number; waiting: number }> {
+    return this.loadBy((s) => s.adapter);
+  }
+
+  private loadBy<K>(key: (s: Sequence) => K | null): Map<K, { running: number; waiting: number }> {
+    const load = new Map<K, { running: number; waiting: number }>();
+    const of = (k: K) => load.get(k) ?? load.set(k, { running: 0, waiting: 0 }).get(k)!;
+    for (const s of this.running) {
+      const k = key(s);
+      if (k !== null) of(k).running++;
+    }
+    for (const s of this.waiting) {
+      const k = key(s);
+      if (k !== null) of(k).waiting++;
+    }
     return load;
+  }
+
+  /**
+   * Whether a waiting sequence's adapter has room in the running batch: none needed, its adapter
+   * already runs, or fewer than maxLoras adapters do. Admission updates the held set as it goes.
+   */
+  private adapterFits(): (seq: Sequence) => boolean {
+    return (seq) => seq.adapter === null || this.runningAdapters.has(seq.adapter) || this.runningAdapters.size < (this.config.maxLoras ?? 0);
+  }
+
+  /** Keeps runningAdapters in step with `running` (every insertion and removal goes through here). */
+  private countAdapter(seq: Sequence, delta: 1 | -1): void {
+    if (seq.adapter === null) return;
+    const n = (this.runningAdapters.get(seq.adapter) ?? 0) + delta;
+    if (n === 0) this.runningAdapters.delete(seq.adapter);
+    else this.runningAdapters.set(seq.adapter, n);
   }
 
   /** Sends `seq` back to the front of the queue, its blocks freed, to be recomputed. */
   private preempt(seq: Sequence): void {
     this.running.splice(this.running.indexOf(seq), 1);
+    this.countAdapter(seq, -1);
     seq.numComputed = 0;
     seq.status = 'waiting';
     seq.preemptions++;
@@ -497,6 +540,7 @@ export class Scheduler {
 
   private insertRunning(seq: Sequence): void {
     seq.status = 'running';
+    this.countAdapter(seq, 1);
     let i = this.running.length;
     while (i > 0 && older(seq, this.running[i - 1])) i--;
     this.running.splice(i, 0, seq);

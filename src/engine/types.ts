@@ -1,6 +1,7 @@
 // The contract between the HTTP edge and the inference engine. Everything here is plain data
 // (structured-clone safe) because it crosses a worker_threads MessagePort.
 import type { ChatRenderRequest, ChatTemplateInfo } from '../model/chat-template.js';
+import type { LoraAdapter } from '../model/lora-adapter.js';
 import type { Manifest } from '../model/manifest.js';
 import type { ChatEncoding } from '../model/tokenizer-thread.js';
 import type { CompiledConstraint, CompileResult, ConstraintSpec } from '../structured/constraint.js';
@@ -60,6 +61,11 @@ export interface EngineRequest {
   tenant?: string;
   /** Lower is admitted first within its tenant, under the `priority` scheduling policy (default 0). */
   priority?: number;
+  /**
+   * The LoRA adapter it runs with: an id given to EngineClient.addAdapter (never reused, so the
+   * prefix cache keeps each load's blocks apart). Absent: the base model.
+   */
+  adapter?: number;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -155,6 +161,8 @@ export interface EngineStats {
   paused: number;
   /** Per tenant with sequences in the engine: its running and waiting sequences (each choice counts). */
   tenants: Array<{ tenant: string; running: number; waiting: number }>;
+  /** Per LoRA adapter (EngineRequest.adapter) with sequences in the engine: the same counts. */
+  adapters: Array<{ adapter: number; running: number; waiting: number }>;
   kvBlocksTotal: number;
   kvBlocksUsed: number;
   /** kvBlocksUsed / kvBlocksTotal */
@@ -216,6 +224,15 @@ export interface ModelInfo {
   maxTokenBytes: number;
   /** Weight dtype and, when quantized, how (the manifest's record). */
   weights: Pick<Manifest, 'dtype' | 'quantization'>;
+  /** LoRA serving (--enable-lora), or null when off. */
+  lora: LoraOptions | null;
+}
+
+export interface LoraOptions {
+  /** Distinct adapters the running batch may hold (--max-loras): each takes a slot of the step graph. */
+  maxLoras: number;
+  /** Every adapter is padded to this rank; higher ranks are refused (--max-lora-rank). */
+  maxRank: number;
 }
 
 /**
@@ -267,6 +284,16 @@ export interface EngineClient {
   encodeChat(request: ChatRenderRequest): Promise<ChatEncoding>;
   /** Compiles a structured-output constraint off the calling thread (cached per distinct spec). */
   compileConstraint(spec: ConstraintSpec): Promise<CompileResult>;
+  /**
+   * Gives the engine a LoRA adapter (read and checked by readLoraAdapter) under a new `id`; requests
+   * submitted after this call may name it. Only with model.lora set.
+   */
+  addAdapter(id: number, adapter: LoraAdapter): void;
+  /**
+   * The engine drops adapter `id` once no request uses it: running and waiting ones finish with
+   * it, and the edge must not submit new ones naming it. Unknown ids are ignored.
+   */
+  removeAdapter(id: number): void;
 }
 
 export interface SpeculationOptions {
@@ -312,6 +339,8 @@ export interface EngineOptions {
   admissionReserveTokens?: number;
   /** fcfs (default) or priority (a request's `priority` orders its tenant's requests, and may preempt); see fair-share.ts. */
   schedulingPolicy?: SchedulingPolicy;
+  /** LoRA serving (--enable-lora): slots for per-request adapters in every step. */
+  lora?: LoraOptions;
   /** Consecutive failed model steps after which the engine declares itself dead. */
   maxConsecutiveStepFailures: number;
   /** Work pending and no step finished for this long: the engine is stuck (dead). 0 disables. */

@@ -131,6 +131,10 @@ export function readLoraAdapter(dir: string, base: Gpt2Config, opts: LoraLoadOpt
       } catch (err) {
         fail(`${ADAPTER_WEIGHTS_FILE} is unreadable (${(err as Error).message})`);
       }
+      // Served adapters share each step's products with other rows (lora-graph.ts): a NaN or an
+      // infinity would reach them through the zeros that keep rows apart.
+      const bad = entry[slot]!.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) fail(`tensor ${key} holds a non-finite value (${entry[slot]![bad]} at index ${bad})`);
       halves.set(id, entry);
     }
     if (halves.size === 0) fail(`${ADAPTER_WEIGHTS_FILE} holds no lora_A/lora_B tensors`);

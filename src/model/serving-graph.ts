@@ -17,8 +17,11 @@
 // attends over keys laid out by position with one causal softmax and one weighted sum, as a
 // one-row product (see groupAttention). The weight matmuls compute each row independently.
 //
-// Contract (manifest.contractVersion 5; 4 had one prefill group and dummy rows in empty groups,
-// 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout and one run per row shape):
+// Per-row LoRA adapters add each row's low-rank delta to the four Conv1D layers (lora-graph.ts).
+//
+// Contract (manifest.contractVersion 6; 5 had no LoRA inputs, 4 had one prefill group and dummy
+// rows in empty groups, 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout
+// and one run per row shape):
 //   inputs
 //     input_ids            int64 [T]          new tokens of every row, concatenated
 //     positions            int64 [T]          each token's position in its sequence
@@ -37,6 +40,8 @@
 //     logits_index         int64 [n]          flat token indexes whose logits to return
 //     past_key_{l}, past_value_{l}
 //                          float [heads, pool_blocks, block_size, head_dim]
+//     lora_slot, lora_column_slot, lora_{l}_{module}_{a,b}
+//                          the step's adapters in slots (lora-graph.ts); zero slots: none
 //   outputs
 //     logits               float [n, vocab]
 //     argmax               int64 [n]          the largest logit of each returned row
@@ -45,11 +50,13 @@
 // The pool is head-major so that gathering a row's blocks yields [heads, rows, tokens, head_dim]
 // with a free reshape. Block size is not baked in; it is the pool's shape.
 import type { Gpt2Config } from './gpt2-checkpoint.js';
+import type { LoraModule } from './lora-adapter.js';
+import { addLoraDelta, loraStepInputs } from './lora-graph.js';
 import { DataType, GraphBuilder } from './onnx-builder.js';
 import type { WeightPlan } from './weight-format.js';
 import { WeightOps, type WeightSource } from './weight-ops.js';
 
-export const CONTRACT_VERSION = 5;
+export const CONTRACT_VERSION = 6;
 /**
  * Prefill attention groups. The runner cuts chunks into query tiles (a tile's keys end where its
  * queries do) and spreads them over the groups by key span, so that a long chunk's early queries
@@ -86,6 +93,9 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
   const groups = [decode, ...prefills];
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
+  const lora = loraStepInputs(g);
+  const linear = (x: string, layer: number, module: LoraModule, k: number, n: number, transform?: (w: Float32Array) => void) =>
+    addLoraDelta(g, lora, x, ops.linear(x, `h.${layer}.${module}`, k, n, transform), layer, module, E);
 
   const tokenRows = ops.embedding(inputIds, V, E);
   const wpe = weight('wpe.weight', [P, E]);
@@ -107,7 +117,7 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
 
     const x1 = layerNorm(g, hidden, weight(`${h}ln_1.weight`, [E]), weight(`${h}ln_1.bias`, [E]), eps);
     // The 1/sqrt(head_dim) attention scale is folded into the query columns of c_attn.
-    const qkv = ops.linear(x1, `${h}attn.c_attn`, E, 3 * E, (w) => scaleColumns(w, 3 * E, E, scale));
+    const qkv = linear(x1, l, 'attn.c_attn', E, 3 * E, (w) => scaleColumns(w, 3 * E, E, scale));
     const [q, k, v] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 }, [`q_${l}`, `new_key_${l}`, `new_value_${l}`]);
     g.output(k, k, DataType.FLOAT, ['tokens', E]);
     g.output(v, v, DataType.FLOAT, ['tokens', E]);
@@ -115,12 +125,12 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
     // An empty group costs one If node: its attention's nodes do not run.
     const outs = groups.map((group, i) => g.ifElse(nonEmpty[i]!, [DataType.FLOAT], (sub) => [groupAttention(sub, heads, { q, k, v }, group, layouts[i]!, pool)], () => [noRows])[0]!); // [rows * S, E] each
     const merged = g.op('Gather', [g.op('Concat', outs, { axis: 0 }), unpackIndex], { axis: 0 }); // [T, E]
-    const attnOut = ops.linear(merged, `${h}attn.c_proj`, E, E);
+    const attnOut = linear(merged, l, 'attn.c_proj', E, E);
     hidden = g.op('Add', [hidden, attnOut]);
 
     const x2 = layerNorm(g, hidden, weight(`${h}ln_2.weight`, [E]), weight(`${h}ln_2.bias`, [E]), eps);
-    const fc = ops.linear(x2, `${h}mlp.c_fc`, E, 4 * E);
-    const mlpOut = ops.linear(g.op('Gelu', [fc], { approximate: 'tanh' }), `${h}mlp.c_proj`, 4 * E, E);
+    const fc = linear(x2, l, 'mlp.c_fc', E, 4 * E);
+    const mlpOut = linear(g.op('Gelu', [fc], { approximate: 'tanh' }), l, 'mlp.c_proj', 4 * E, E);
     hidden = g.op('Add', [hidden, mlpOut]);
   }
 
