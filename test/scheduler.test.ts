@@ -424,3 +424,21 @@ test("the draft group's blocks share the pool: dropped before anything is preemp
   assert.deepEqual(dropped.slice(4), ['b:finished']);
   assert.equal(s.kv.freeBlocks, 4);
 });
+
+test('--max-loras: a waiting sequence whose adapter would be one too many is passed over, not the queue behind it; it is admitted when that adapter leaves', () => {
+  const allocator = new BlockAllocator(65);
+  const s = new Scheduler({ maxNumSeqs: 8, maxNumBatchedTokens: 64, blockSize: 4, admissionReserveTokens: 0, maxLoras: 1 }, new KvCacheManager(allocator, 4));
+  const withAdapter = (id: string, adapter: number | null) => new Sequence(id, 0, [1, 2, 3, 4, 5], 5, arrival++, 10, true, [], undefined, 0, adapter);
+  const [a1, b2, base, a1b] = [withAdapter('a1', 1), withAdapter('b2', 2), withAdapter('base', null), withAdapter('a1b', 1)];
+  for (const q of [a1, b2, base, a1b]) s.add(q);
+  runStep(s);
+  assert.deepEqual(s.running.map((q) => q.requestId), ['a1', 'base', 'a1b'], 'adapter 2 waits; the base request and adapter 1 behind it go');
+  assert.deepEqual(s.waiting.map((q) => q.requestId), ['b2']);
+  assert.deepEqual([...s.adapterLoad()], [[1, { running: 2, waiting: 0 }], [2, { running: 0, waiting: 1 }]]);
+  s.finish(a1);
+  runStep(s);
+  assert.equal(b2.status, 'waiting', 'adapter 1 still runs (a1b)');
+  s.finish(a1b);
+  runStep(s);
+  assert.equal(b2.status, 'running', 'admitted once no other adapter holds the slot');
+});
