@@ -7,7 +7,7 @@
 // reassigned freely.
 import * as ort from 'onnxruntime-node';
 import { LORA_MODULES, loraModuleShape } from '../model/lora-adapter.js';
-import { loraInputName, type PackedLora } from '../model/lora-graph.js';
+import { loraInputName, loraRankProblem, type PackedLora } from '../model/lora-graph.js';
 
 /** An adapter as a runner row names it: its engine id (unique per load) and packed weights. */
 export interface RowAdapter {
@@ -33,6 +33,8 @@ export class LoraSlots {
     /** Every adapter is zero-padded to this rank (--max-lora-rank). */
     readonly rank: number,
   ) {
+    const problem = maxSlots > 0 ? loraRankProblem(rank) : null;
+    if (problem) throw new Error(problem);
     this.stacked = Array.from({ length: layers }, () =>
       LORA_MODULES.map((module) => {
         const [inF, outF] = loraModuleShape(module, embd);

@@ -16,9 +16,11 @@
 // product is split across threads. With A transposed (transA) MLAS takes neither shortcut: no M=1
 // kernel, and inner slices of a fixed 128 whatever N, and each output is one fused multiply-add
 // chain per slice, row by row. So both products read their left side transposed. In the second,
-// the inner dimension is the slots' ranks (at most 128 here, one slice): another slot's columns
-// add exact zeros (h' is 0 there, and adapters are finite) to the chain, before or after the
-// row's own, which changes nothing. A base row's h' is all zeros: y = base exactly.
+// the inner dimension is the slots' ranks, cut into slices of 128 (one slice up to 128 columns):
+// another slot's columns add exact zeros (h' is 0 there, and adapters are finite) to the chain,
+// before or after the row's own, and a slice of only other slots' columns adds an exact zero to
+// the output, so long as no slot straddles a slice boundary: R is a power of two
+// (loraRankProblem). A base row's h' is all zeros: y = base exactly.
 // ONNX Runtime's optimizer would fold a Transpose feeding a Gemm into transA = 0, which is the
 // shape-dependent path again; a Reshape to the tensor's own runtime shape sits between them so
 // that it cannot (test/lora-serving.test.ts checks the bits).
@@ -32,6 +34,17 @@
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { LORA_MODULES, loraModuleShape, type LoraAdapter, type LoraModule } from './lora-adapter.js';
 import { DataType, type GraphBuilder } from './onnx-builder.js';
+
+/** Slot ranks the graph is exact for: powers of two, so that slots tile MLAS's 128-column slices. */
+export const MAX_LORA_SLOT_RANK = 512;
+
+/** Why `rank` cannot be the slots' rank (--max-lora-rank), or null. */
+export function loraRankProblem(rank: number): string | null {
+  if (!Number.isInteger(rank) || rank < 1 || rank > MAX_LORA_SLOT_RANK || (rank & (rank - 1)) !== 0) {
+    return `the maximum LoRA rank must be a power of two from 1 to ${MAX_LORA_SLOT_RANK} (slots must tile the 128-column slices that keep adapter rows exact), got ${rank}`;
+  }
+  return null;
+}
 
 /** A module's name in graph input names (`attn.c_attn` -> `attn_c_attn`). */
 export function loraInputModule(module: LoraModule): string {
