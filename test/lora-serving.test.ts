@@ -180,17 +180,18 @@ test('exact beside any mix: adapter and base requests give bit-identical output 
 });
 
 /** One runner, rows fed by hand: a row's logits and new K/V in every step, by Object.is. */
-test('slots do not change bits: a row gives the same logits in slot 0 alone and in slot 2 beside other adapters and base rows; base rows equal a step without adapters (fp32 and int4 weights)', async () => {
+test('slots do not change bits: a row gives the same logits in slot 0 alone and in slot 2 beside other adapters and base rows; base rows equal a step without adapters (fp32 and int4 weights, one and two 128-column slices)', async () => {
   const int4 = join(root, 'slots-int4');
   await exportCheckpoint({ checkpoint: join(base, 'checkpoint'), out: int4, weights: { dtype: 'int4' } });
-  for (const modelDir of [base, int4]) await slotCheck(modelDir);
+  // Rank 16 x 4 slots is one 128-column slice of the second product; rank 64 x 4 slots is two.
+  for (const [modelDir, rank] of [[base, RANK], [base, 64], [int4, RANK]] as const) await slotCheck(modelDir, rank);
 });
 
-async function slotCheck(modelDir: string): Promise<void> {
+async function slotCheck(modelDir: string, rank: number): Promise<void> {
   const manifest = readManifest(modelDir);
-  const { runner } = await createOnnxRunner({ modelDir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks: 64, blockSize: 16, log: () => {}, lora: { maxLoras: 4, maxRank: RANK } });
+  const { runner } = await createOnnxRunner({ modelDir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks: 64, blockSize: 16, log: () => {}, lora: { maxLoras: 4, maxRank: rank } });
   try {
-    const pack = (a: LoraAdapter): PackedLora => packLoraAdapter(a, config, RANK);
+    const pack = (a: LoraAdapter): PackedLora => packLoraAdapter(a, config, rank);
     const packed = { a: { id: 1, weights: pack(adapters.a.adapter) }, b: { id: 2, weights: pack(adapters.b.adapter) }, c: { id: 3, weights: pack(adapters.c.adapter) } };
     const alloc = new BlockAllocator(64);
     const p = prompt(40, 7);
