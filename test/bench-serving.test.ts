@@ -2,18 +2,19 @@
 // workload, the chart and tables, and real short runs over SSE and the websocket against servers
 // the benchmark starts on the tiny model (and stops: no process may outlive a run).
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename, join } from 'node:path';
 import { test } from 'node:test';
 import { benchMain, benchModelKind, type BenchResult } from '../tools/bench/bench.js';
 import { gpt2Tokenizer } from '../tools/bench/gpt2-tokenizer.js';
+import { benchLoraSpec, ensureBenchLoras, flagValue, loraAdapterBytes, loraServerArgs, requestAdapters } from '../tools/bench/lora-adapters.js';
 import { computeMetrics, type RunMetrics } from '../tools/bench/metrics.js';
 import { parseBenchArgs, planRuns, UsageError } from '../tools/bench/options.js';
 import { docsProse, prosePassages } from '../tools/bench/passages.js';
 import { markdownTable, speedupsOf } from '../tools/bench/report.js';
-import { responsesUsage, StreamTimer, type RequestResult } from '../tools/bench/request-result.js';
+import { completionBody, responsesUsage, StreamTimer, type RequestResult } from '../tools/bench/request-result.js';
 import { liveServerPids } from '../tools/bench/server-process.js';
 import { parseSpecCounters, specDecodeBetween } from '../tools/bench/spec-metrics.js';
 import { SseParser, sseTransport } from '../tools/bench/sse-client.js';
@@ -21,6 +22,10 @@ import { percentile, summarize } from '../tools/bench/stats.js';
 import { renderSvg } from '../tools/bench/svg.js';
 import { chunkText } from '../tools/bench/transport.js';
 import { GROUNDED_INSTRUCTION, GROUNDED_LEAD_TOKENS, makeGroundedWorkload, makeWorkload, minGroundedPromptTokens, poissonArrivals, PROMPT_VOCAB, runSeed } from '../tools/bench/workload.js';
+import { SETTINGS } from '../src/config.js';
+import { readGpt2Config } from '../src/model/gpt2-checkpoint.js';
+import { LORA_MODULES, readLoraAdapter } from '../src/model/lora-adapter.js';
+import { SafetensorsFile } from '../src/model/safetensors.js';
 import { copyingModel, tempDir, tinyModel } from './helpers/tiny-model.js';
 
 const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);
@@ -167,6 +172,102 @@ test('options: defaults, validation naming the flag, the run plan', () => {
   assert.throws(() => parseBenchArgs(['--baseline-args=--speculative off']), /give --baseline too/);
   assert.throws(() => parseBenchArgs(['--baseline', '--baseline-args', ' ']), /--baseline-args needs/);
   assert.throws(() => parseBenchArgs(['--workload', 'grounded', '--shared-prefix-tokens', '8']), /--workload random/);
+});
+
+test('--lora-adapters: options, the spread of requests over the adapters, the server flags, the memory per adapter', () => {
+  const o = parseBenchArgs([], {})!;
+  assert.deepEqual([o.loraAdapters, o.loraRank, o.loraBaseShare, o.loraDir], [0, 16, 0, 'models/bench-lora']);
+  const l = parseBenchArgs(['--lora-adapters', '3', '--lora-rank', '8', '--lora-base-share', '0.25', '--lora-dir', '/tmp/x'], {})!;
+  assert.deepEqual([l.loraAdapters, l.loraRank, l.loraBaseShare, l.loraDir], [3, 8, 0.25, '/tmp/x']);
+  for (const flag of ['--lora-rank=8', '--lora-base-share=0.5', '--lora-dir=/tmp/x']) {
+    assert.throws(() => parseBenchArgs([flag]), /applies to the adapters of --lora-adapters N/);
+    assert.throws(() => parseBenchArgs(['--lora-adapters', '0', flag]), /applies to the adapters of --lora-adapters N/);
+  }
+  assert.throws(() => parseBenchArgs(['--lora-adapters', '2', '--url', 'http://x']), /not --url/);
+  for (const bad of ['1', '-0.1', 'half']) assert.throws(() => parseBenchArgs(['--lora-adapters', '2', `--lora-base-share=${bad}`]), /--lora-base-share must be a fraction in \[0, 1\)/);
+  assert.throws(() => parseBenchArgs(['--lora-adapters=-1']), /--lora-adapters must be an integer >= 0/);
+  assert.throws(() => parseBenchArgs(['--lora-adapters', '1', '--lora-rank', '0']), /--lora-rank must be an integer >= 1/);
+
+  assert.deepEqual(requestAdapters(6, ['a', 'b'], 0), ['a', 'b', 'a', 'b', 'a', 'b']);
+  assert.deepEqual(requestAdapters(8, ['a', 'b', 'c'], 0.25), ['a', 'b', 'c', null, 'a', 'b', 'c', null]);
+  const spread = requestAdapters(1000, ['a', 'b'], 0.3);
+  assert.equal(spread.filter((m) => m === null).length, 300);
+  assert.equal(spread.filter((m) => m === 'a').length, 350);
+
+  // GPT-2 small at rank 16: 16 x (3072 + 1536 + 3840 + 3840) in+out x 12 layers x 4 bytes.
+  assert.equal(loraAdapterBytes(16, { layers: 12, embd: 768 }), 9_437_184);
+
+  const adapters = [
+    { name: 'bench-lora-0', dir: '/a/0', made: true },
+    { name: 'bench-lora-1', dir: '/a/1', made: false },
+  ];
+  assert.deepEqual(loraServerArgs(adapters, 16, []), [
+    '--enable-lora', '--max-loras', '2', '--max-lora-rank', '16', '--lora-modules', 'bench-lora-0=/a/0', '--lora-modules', 'bench-lora-1=/a/1',
+  ]);
+  // Fewer slots than adapters (slot swapping): --server-arg's --max-loras, not a second one.
+  assert.deepEqual(loraServerArgs(adapters, 16, ['--max-loras=1', '--max-lora-rank', '32']), ['--enable-lora', '--lora-modules', 'bench-lora-0=/a/0', '--lora-modules', 'bench-lora-1=/a/1']);
+  assert.equal(flagValue(['--max-loras', '3', '--max-loras=5'], '--max-loras'), '5');
+  assert.equal(flagValue(['--max-lora-rank', '8'], '--max-loras'), null);
+
+  const request = { index: 0, promptIds: [1, 2], outputTokens: 3 };
+  assert.equal(completionBody('gpt2', { ...request, model: 'bench-lora-1' }, 'completions').model, 'bench-lora-1');
+  assert.equal(completionBody('gpt2', request, 'completions').model, 'gpt2');
+});
+
+test('the benchmark\'s adapters: PEFT folders the server\'s loader takes, each delta a few % of its layer\'s output, made once and reused', async (t) => {
+  const model = await tinyModel();
+  const dir = tempDir('gpt2-bench-lora-');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = readGpt2Config(model);
+  const shape = { layers: config.n_layer, embd: config.n_embd };
+  const made = ensureBenchLoras({ modelDir: model, loraDir: dir, count: 2, rank: 4 });
+  assert.deepEqual(made.map((a) => [a.name, a.dir, a.made]), [
+    ['bench-lora-0', join(dir, '0'), true],
+    ['bench-lora-1', join(dir, '1'), true],
+  ]);
+  const weights = new SafetensorsFile(join(model, 'checkpoint', 'model.safetensors'));
+  t.after(() => weights.close());
+  const loaded = made.map((a) => readLoraAdapter(a.dir, config, { maxRank: 4 }));
+  for (const [i, adapter] of loaded.entries()) {
+    const spec = benchLoraSpec(i, 4, shape);
+    assert.deepEqual([adapter.rank, adapter.alpha, adapter.scale, adapter.rslora], [4, 8, 2, false]);
+    assert.equal(adapter.pairs.length, config.n_layer * LORA_MODULES.length, 'every module of every layer');
+    const all = adapter.pairs.flatMap((p) => [...p.a, ...p.b]);
+    const std = Math.sqrt(all.reduce((s, v) => s + v * v, 0) / all.length);
+    assert.ok(Math.abs(std / spec.std - 1) < 0.05, `std ${std} vs ${spec.std}`);
+    // For random inputs, what the adapter adds to each layer against what the layer computes.
+    const ratios = adapter.pairs.map((p) => {
+      const w = weights.readFloat32(`h.${p.layer}.${p.module}.weight`);
+      let base = 0;
+      let delta = 0;
+      for (let trial = 0; trial < 8; trial++) {
+        const x = Float32Array.from({ length: p.inFeatures }, (_, k) => Math.sin(k * 12.9898 + trial * 78.233 + p.layer) * 2);
+        const down = Array.from({ length: adapter.rank }, (_, r) => x.reduce((s, v, k) => s + v * p.a[r * p.inFeatures + k]!, 0));
+        for (let o = 0; o < p.outFeatures; o++) {
+          let y = 0;
+          for (let k = 0; k < p.inFeatures; k++) y += x[k]! * w[k * p.outFeatures + o]!;
+          let d = 0;
+          for (let r = 0; r < adapter.rank; r++) d += p.b[o * adapter.rank + r]! * down[r]!;
+          base += y * y;
+          delta += (adapter.scale * d) ** 2;
+        }
+      }
+      return Math.sqrt(delta / base);
+    });
+    const mean = ratios.reduce((s, r) => s + r, 0) / ratios.length;
+    assert.ok(mean > 0.01 && mean < 0.1, `mean delta / output ${mean} (${ratios.map((r) => r.toFixed(3)).join(', ')})`);
+  }
+  assert.notDeepEqual(loaded[0]!.pairs[0]!.a, loaded[1]!.pairs[0]!.a, 'each adapter its own weights');
+
+  // Reused while the marker matches; made again for another rank, or when the marker is gone.
+  const file = join(dir, '0', 'adapter_model.safetensors');
+  const mtime = statSync(file).mtimeMs;
+  assert.deepEqual(ensureBenchLoras({ modelDir: model, loraDir: dir, count: 2, rank: 4 }).map((a) => a.made), [false, false]);
+  assert.equal(statSync(file).mtimeMs, mtime);
+  unlinkSync(join(dir, '1', 'bench-lora.json'));
+  assert.deepEqual(ensureBenchLoras({ modelDir: model, loraDir: dir, count: 3, rank: 4 }).map((a) => a.made), [false, true, true]);
+  assert.deepEqual(ensureBenchLoras({ modelDir: model, loraDir: dir, count: 1, rank: 8 }).map((a) => a.made), [true]);
+  assert.equal(readLoraAdapter(join(dir, '0'), config, { maxRank: 8 }).rank, 8);
 });
 
 test('the benchmark makes its own model folders: random or copying, by dtype suffix; no other', () => {
@@ -528,6 +629,30 @@ test('--workload grounded on the copying model: speculation on over --baseline-a
   assert.match(out, /\| draft acceptance \(mean length\) \| speedup vs speculative off \|/);
   assert.match(out, /Draft tokens accepted \/ proposed:\s+\d+ \/ \d+/);
   assert.match(out, /160-token grounded prompts/);
+  assertServersGone(result);
+});
+
+/** The LoRA flags are the HTTP edge's: until the server takes them, the benchmark cannot serve adapters. */
+const SERVER_TAKES_LORA = Object.values(SETTINGS).some((s: { flag?: string }) => s.flag === 'enable-lora');
+
+test('--lora-adapters on the tiny model: the server gets the adapters, the requests name them in turn and the base model by share', { timeout: 90_000, skip: SERVER_TAKES_LORA ? false : 'the server does not take --enable-lora yet' }, async (t) => {
+  const model = await tinyModel();
+  const dir = tempDir('gpt2-bench-lora-');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const { result, out } = await bench([
+    '--model', model, '--lora-adapters', '3', '--lora-rank', '4', '--lora-base-share', '0.25', '--lora-dir', dir,
+    '--concurrency', '2', '--requests', '8', '--output-tokens', '4', '--prompt-tokens', '12',
+  ]);
+  assertRun(result.runs[0]!, 8, 4, 12);
+  const lora = result.lora!;
+  assert.deepEqual(lora.names, ['bench-lora-0', 'bench-lora-1', 'bench-lora-2']);
+  assert.deepEqual(lora.requests_by_model, { 'bench-lora-0': 2, 'bench-lora-1': 2, 'bench-lora-2': 2, [result.model]: 2 });
+  assert.deepEqual([lora.adapters, lora.rank, lora.max_loras, lora.max_lora_rank, lora.base_share], [3, 4, 3, 4, 0.25]);
+  assert.equal(lora.adapter_bytes, loraAdapterBytes(4, { layers: 2, embd: 32 }));
+  const command = result.servers[0]!.command!.join(' ');
+  assert.match(command, /--enable-lora --max-loras 3 --max-lora-rank 4 --lora-modules bench-lora-0=\S+ --lora-modules bench-lora-1=/);
+  assert.match(out, /LoRA: 3 adapter\(s\) of rank 4/);
+  assert.match(out, /Memory per resident adapter: \d+\.\d MB \(rank 4 x 512 in\+out per layer x 2 layers x 4 B\)/);
   assertServersGone(result);
 });
 

@@ -6,12 +6,14 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CONTRACT_VERSION } from '../../src/model/serving-graph.js';
+import { readGpt2Config } from '../../src/model/gpt2-checkpoint.js';
 import { makeTinyModel, PRESETS } from '../../src/model/tiny.js';
 import type { WeightDtype } from '../../src/model/weight-format.js';
 import { makeCopyingModel } from './copying-model.js';
 import { gpt2Tokenizer } from './gpt2-tokenizer.js';
 import { machine, software, type Machine, type Software } from './environment.js';
 import { runLoad } from './load.js';
+import { ensureBenchLoras, flagValue, loraAdapterBytes, loraInOutPerLayer, loraServerArgs, requestAdapters } from './lora-adapters.js';
 import { computeMetrics, type RunMetrics, type RunProbes } from './metrics.js';
 import { parseBenchArgs, planRuns, USAGE, type BenchOptions, type RunPlan, type WorkloadKind } from './options.js';
 import { docsProse } from './passages.js';
@@ -71,6 +73,29 @@ export interface BenchResult {
   runs: RunMetrics[];
   baseline: { server_args: string[]; runs: RunMetrics[] } | null;
   speedup: Speedup[] | null;
+  /** --lora-adapters: null (or absent, in results saved before it) without adapters. */
+  lora?: LoraReport | null;
+}
+
+/** The adapters a run served and how its requests named them. */
+export interface LoraReport {
+  adapters: number;
+  rank: number;
+  alpha: number;
+  names: string[];
+  dir: string;
+  /** Fraction of the requests that named the base model. */
+  base_share: number;
+  /** The server's --max-loras and --max-lora-rank (the benchmark's, or a --server-arg's). */
+  max_loras: number;
+  max_lora_rank: number;
+  model_layers: number;
+  /** in + out of the four adapted modules of a layer. */
+  module_in_out: number;
+  /** max_lora_rank x module_in_out x model_layers x 4: one adapter in the server's memory (per loaded adapter and per slot). */
+  adapter_bytes: number;
+  /** The batching server's requests over the sweep by the model they named (the base model's id included). */
+  requests_by_model: Record<string, number>;
 }
 
 interface Target {
@@ -135,12 +160,16 @@ async function workloadOf(opts: BenchOptions): Promise<MakeRequests> {
   return (seed, requests, outputTokens) => makeGroundedWorkload({ seed, requests, promptTokens, outputTokens, paragraphs, encode });
 }
 
-async function servedModel(url: string, apiKey: string | null): Promise<string> {
+/** The base model's id: the first listed that is not one of `adapters`, which must all be listed. */
+async function servedModel(url: string, apiKey: string | null, adapters: readonly string[] = []): Promise<string> {
   const res = await fetch(`${url}/v1/models`, { headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {} });
   const text = await res.text();
   if (!res.ok) throw new Error(`GET ${url}/v1/models: HTTP ${res.status} ${text.slice(0, 200)}`);
-  const id = (JSON.parse(text) as { data?: Array<{ id?: unknown }> }).data?.[0]?.id;
-  if (typeof id !== 'string') throw new Error(`GET ${url}/v1/models listed no model`);
+  const ids = ((JSON.parse(text) as { data?: Array<{ id?: unknown }> }).data ?? []).map((m) => m.id).filter((id): id is string => typeof id === 'string');
+  const missing = adapters.filter((a) => !ids.includes(a));
+  if (missing.length) throw new Error(`GET ${url}/v1/models does not list the LoRA adapter(s) ${missing.join(', ')} the server was started with`);
+  const id = ids.find((i) => !adapters.includes(i));
+  if (id === undefined) throw new Error(`GET ${url}/v1/models listed no model`);
   return id;
 }
 
@@ -165,16 +194,21 @@ function openTransport(kind: 'sse' | 'ws', options: TransportOptions): Promise<T
   return kind === 'ws' ? wsTransport(options) : Promise.resolve(sseTransport(options));
 }
 
-/** One short request through the benchmark's own path; a failure here is a setup problem. */
-async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions, workload: MakeRequests): Promise<void> {
+/**
+ * One short request through the benchmark's own path, to the base model and to each adapter (its
+ * first use loads it into a slot); a failure here is a setup problem.
+ */
+async function warmUp(target: Target, kind: 'sse' | 'ws', options: TransportOptions, opts: BenchOptions, workload: MakeRequests, adapters: readonly string[]): Promise<void> {
   let [request] = workload(opts.seed + 1_000_003, 1, Math.min(4, opts.outputTokens));
   if (opts.api !== 'completions') [request] = await withPromptText(target.url, [request!], options.model, opts.apiKey);
   const transport = await openTransport(kind, options);
   try {
-    const r = await transport.send(request!, 0);
-    if (!r.ok) {
-      const log = target.server?.logTail();
-      throw new Error(`the warm-up request to the ${target.role} server failed: ${r.error}${log ? `\nserver log (last lines):\n${log}` : ''}`);
+    for (const model of [undefined, ...adapters]) {
+      const r = await transport.send({ ...request!, ...(model ? { model } : {}) }, 0);
+      if (!r.ok) {
+        const log = target.server?.logTail();
+        throw new Error(`the warm-up request to the ${target.role} server (model ${model ?? options.model}) failed: ${r.error}${log ? `\nserver log (last lines):\n${log}` : ''}`);
+      }
     }
   } finally {
     await transport.close();
@@ -189,12 +223,23 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
   const baselineLabel = opts.baselineArgs.join(' ');
   try {
     let modelDir: string | null = null;
+    let lora: LoraReport | null = null;
     if (opts.url !== null) {
       targets.push({ role: 'batched', url: opts.url, server: null });
     } else {
       modelDir = await ensureBenchModel(opts.model!, opts.defaultModel, io.status);
-      const roles: Array<['batched' | 'baseline', string[]]> = [['batched', opts.serverArgs]];
-      if (opts.baseline) roles.push(['baseline', [...opts.serverArgs, ...opts.baselineArgs]]);
+      let common = opts.serverArgs;
+      if (opts.loraAdapters > 0) {
+        const adapters = ensureBenchLoras({ modelDir, loraDir: opts.loraDir, count: opts.loraAdapters, rank: opts.loraRank });
+        const made = adapters.filter((a) => a.made).length;
+        if (made) io.status(`made ${made} LoRA adapter(s) of rank ${opts.loraRank} in ${resolve(opts.loraDir)}`);
+        // Both servers get the adapters: the baseline is sent the same requests.
+        common = [...loraServerArgs(adapters, opts.loraRank, opts.serverArgs), ...opts.serverArgs];
+        lora = loraReport(opts, modelDir, adapters.map((a) => a.name), common);
+        io.status(loraLines(lora).join('\n'));
+      }
+      const roles: Array<['batched' | 'baseline', string[]]> = [['batched', common]];
+      if (opts.baseline) roles.push(['baseline', [...common, ...opts.baselineArgs]]);
       for (const [role, args] of roles) {
         io.status(`starting the ${role} server (${['serve', '--model', modelDir, ...args].join(' ')}) ...`);
         const server = await startServer({ modelDir, args });
@@ -202,7 +247,8 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
         io.status(`${role} server ready at ${server.url} (pid ${server.pid})`);
       }
     }
-    const model = await servedModel(targets[0]!.url, opts.apiKey);
+    const adapterNames = lora?.names ?? [];
+    const model = await servedModel(targets[0]!.url, opts.apiKey, adapterNames);
     const transportOptions = (t: Target): TransportOptions => ({
       baseUrl: t.url,
       model,
@@ -210,11 +256,16 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
       requestTimeoutMs: opts.requestTimeoutS * 1000,
       ...(opts.apiKey ? { apiKey: opts.apiKey } : {}),
     });
-    for (const t of targets) await warmUp(t, opts.transport, transportOptions(t), opts, workload);
+    for (const t of targets) await warmUp(t, opts.transport, transportOptions(t), opts, workload, adapterNames);
 
     const runs: Record<Target['role'], RunMetrics[]> = { batched: [], baseline: [] };
     for (const [run, plan] of plans.entries()) {
-      const prompts = workload(runSeed(opts.seed, run), plan.requests, opts.outputTokens);
+      let prompts = workload(runSeed(opts.seed, run), plan.requests, opts.outputTokens);
+      if (lora) {
+        const names = requestAdapters(prompts.length, lora.names, lora.base_share);
+        prompts = prompts.map((r) => (names[r.index] ? { ...r, model: names[r.index]! } : r));
+        for (const r of prompts) lora.requests_by_model[r.model ?? model] = (lora.requests_by_model[r.model ?? model] ?? 0) + 1;
+      }
       for (const t of targets) {
         const requests = opts.api !== 'completions' ? await withPromptText(t.url, prompts, model, opts.apiKey) : prompts;
         const label = `${t.role === 'baseline' ? baselineLabel : 'batching'}, ${runLabel({ concurrency: plan.concurrency, request_rate: plan.rate })}`;
@@ -281,10 +332,46 @@ export async function runBenchmark(opts: BenchOptions, io: BenchIo): Promise<Ben
       runs: runs.batched,
       baseline: opts.baseline ? { server_args: [...opts.serverArgs, ...opts.baselineArgs], runs: runs.baseline } : null,
       speedup: opts.baseline ? speedupsOf(runs.batched, runs.baseline) : null,
+      lora,
     };
   } finally {
     await Promise.all(targets.map((t) => t.server?.stop()));
   }
+}
+
+function loraReport(opts: BenchOptions, modelDir: string, names: string[], serverArgs: string[]): LoraReport {
+  const config = readGpt2Config(modelDir);
+  const maxRank = Number(flagValue(serverArgs, '--max-lora-rank'));
+  const shape = { layers: config.n_layer, embd: config.n_embd };
+  return {
+    adapters: names.length,
+    rank: opts.loraRank,
+    alpha: 2 * opts.loraRank,
+    names,
+    dir: resolve(opts.loraDir),
+    base_share: opts.loraBaseShare,
+    max_loras: Number(flagValue(serverArgs, '--max-loras')),
+    max_lora_rank: maxRank,
+    model_layers: shape.layers,
+    module_in_out: loraInOutPerLayer(shape.embd),
+    adapter_bytes: loraAdapterBytes(maxRank, shape),
+    requests_by_model: {},
+  };
+}
+
+const megabytes = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+
+/** What was served, how requests were spread, and what the adapters cost the server's memory. */
+export function loraLines(l: LoraReport): string[] {
+  const names = l.names.length > 3 ? `${l.names[0]} ... ${l.names[l.names.length - 1]}` : l.names.join(', ');
+  const counts = Object.entries(l.requests_by_model);
+  return [
+    `LoRA: ${l.adapters} adapter(s) of rank ${l.rank} (lora_alpha ${l.alpha}; ${names}), --max-loras ${l.max_loras}, --max-lora-rank ${l.max_lora_rank}; ` +
+      `${l.base_share > 0 ? `${+(l.base_share * 100).toFixed(1)}% of the requests to the base model, the rest` : 'requests'} to the adapters in turn`,
+    ...(counts.length ? [`Requests by model: ${counts.map(([m, n]) => `${m} ${n}`).join(', ')}`] : []),
+    `Memory per resident adapter: ${megabytes(l.adapter_bytes)} (rank ${l.max_lora_rank} x ${l.module_in_out} in+out per layer x ${l.model_layers} layers x 4 B); ` +
+      `${l.adapters} loaded + ${l.max_loras} slot(s): ${megabytes(l.adapter_bytes * (l.adapters + l.max_loras))}`,
+  ];
 }
 
 /** VmHWM of a process from /proc (null where there is no /proc or the process is gone). */
@@ -306,6 +393,7 @@ export function summaryText(result: BenchResult): string {
     '',
     markdownTable(result.runs, result.speedup, baselineLabelOf(result)),
   ];
+  if (result.lora) parts.push('', ...loraLines(result.lora));
   if (result.baseline) {
     parts.push('', `Baseline (${result.baseline.server_args.join(' ')}):`, '', markdownTable(result.baseline.runs));
   }

@@ -7,6 +7,9 @@ export const DEFAULT_MODEL_DIR = 'models/bench-gpt2-small';
 /** The default model of --workload grounded: GPT-2-small shapes whose greedy output copies its context. */
 export const DEFAULT_COPY_MODEL_DIR = 'models/bench-gpt2-small-copy';
 export const DEFAULT_BASELINE_ARGS = ['--max-num-seqs', '1'];
+export const DEFAULT_LORA_DIR = 'models/bench-lora';
+/** vLLM's default --max-lora-rank. */
+export const DEFAULT_LORA_RANK = 16;
 export const WORKLOADS = ['random', 'grounded'] as const;
 export type WorkloadKind = (typeof WORKLOADS)[number];
 
@@ -59,6 +62,17 @@ Workload:
                              after another; each must be refused (400/413) while the streams and
                              the /health and /v1/models probes carry on (e.g. 4194304)
 
+LoRA (with --model, not --url):
+  --lora-adapters N          make N random LoRA adapters for the model (bench-lora-0 ...: every
+                             layer; c_attn, attn c_proj, c_fc, mlp c_proj), start the server with
+                             --enable-lora --max-loras N --max-lora-rank R (unless --server-arg
+                             sets those two) --lora-modules bench-lora-i=DIR ..., and name them in
+                             turn as the requests' "model" (default 0: no adapters)
+  --lora-rank R              the adapters' rank (default ${DEFAULT_LORA_RANK}; lora_alpha is 2R)
+  --lora-base-share F        this fraction of the requests names the base model instead, spread
+                             evenly (default 0)
+  --lora-dir DIR             where the adapters are made once and reused (default ${DEFAULT_LORA_DIR})
+
 Output:
   --out FILE                 JSON: configuration, software versions, machine, every run
   --svg FILE                 SVG chart: throughput and p50/p99 latency against the sweep
@@ -99,6 +113,12 @@ export interface BenchOptions {
   progress: ProgressMode;
   /** Size of the hostile prompts sent during every run; null: none. */
   hostilePromptBytes: number | null;
+  /** LoRA adapters to make and serve (0: none). */
+  loraAdapters: number;
+  loraRank: number;
+  /** Fraction of the requests that name the base model when adapters are served. */
+  loraBaseShare: number;
+  loraDir: string;
 }
 
 export class UsageError extends Error {}
@@ -157,6 +177,10 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     from: { type: 'string' },
     progress: { type: 'string' },
     'hostile-prompt-bytes': { type: 'string' },
+    'lora-adapters': { type: 'string' },
+    'lora-rank': { type: 'string' },
+    'lora-base-share': { type: 'string' },
+    'lora-dir': { type: 'string' },
   });
   if (values === null) return null;
   const str = (k: string) => values[k] as string | undefined;
@@ -196,6 +220,13 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
           if (!(r > 0) || !Number.isFinite(r)) throw new UsageError(`--rate values must be numbers > 0, got ${JSON.stringify(s)}`);
           return r;
         });
+  const loraAdapters = intFlag('lora-adapters', str('lora-adapters') ?? '0', 0);
+  for (const flag of ['lora-rank', 'lora-base-share', 'lora-dir']) {
+    if (str(flag) !== undefined && loraAdapters === 0) throw new UsageError(`--${flag} applies to the adapters of --lora-adapters N (N > 0)`);
+  }
+  if (loraAdapters > 0 && url !== null) throw new UsageError('--lora-adapters makes the adapters and starts the server with them: use it with --model, not --url');
+  const loraBaseShare = Number(str('lora-base-share') ?? '0');
+  if (!(loraBaseShare >= 0 && loraBaseShare < 1)) throw new UsageError(`--lora-base-share must be a fraction in [0, 1), got ${JSON.stringify(str('lora-base-share'))}`);
   const concurrencyRaw = str('concurrency');
   const timeout = Number(str('request-timeout-s') ?? '600');
   if (!(timeout > 0)) throw new UsageError('--request-timeout-s must be > 0');
@@ -224,6 +255,10 @@ export function parseBenchArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     from: str('from') ?? null,
     progress: progress as ProgressMode,
     hostilePromptBytes: str('hostile-prompt-bytes') === undefined ? null : intFlag('hostile-prompt-bytes', str('hostile-prompt-bytes')!, 1),
+    loraAdapters,
+    loraRank: intFlag('lora-rank', str('lora-rank') ?? String(DEFAULT_LORA_RANK), 1),
+    loraBaseShare,
+    loraDir: str('lora-dir') ?? DEFAULT_LORA_DIR,
   };
 }
 

@@ -97,9 +97,11 @@ export class StreamTimer {
 /**
  * The body of a benchmark request (greedy, exact length through ignore_eos): /v1/completions with
  * the prompt ids, /v1/chat/completions with the prompt text as one user message, or /v1/responses
- * with the prompt text as its string `input` (one user message too) and max_output_tokens.
+ * with the prompt text as its string `input` (one user message too) and max_output_tokens. Its
+ * `model` is the request's own (a LoRA adapter) where it names one, else the served model.
  */
-export function completionBody(model: string, request: BenchRequest, api: BenchApi): Record<string, unknown> {
+export function completionBody(served: string, request: BenchRequest, api: BenchApi): Record<string, unknown> {
+  const model = request.model ?? served;
   if (api === 'completions') return { model, prompt: request.promptIds, max_tokens: request.outputTokens, temperature: 0, ignore_eos: true };
   if (request.promptText === undefined) throw new Error(`--api ${api} sends the prompt as text: withPromptText first`);
   if (api === 'chat') return { model, messages: [{ role: 'user', content: request.promptText }], max_tokens: request.outputTokens, temperature: 0, ignore_eos: true };

@@ -15,6 +15,8 @@ export interface BenchRequest {
   index: number;
   promptIds: number[];
   outputTokens: number;
+  /** The `model` the request names instead of the served base model (a LoRA adapter). */
+  model?: string;
   /** --api chat: the prompt as text (the ids detokenized), sent as one user message. */
   promptText?: string;
   /** Grounded workload: the passage tokens that a faithful copy outputs next. */
