@@ -19,9 +19,10 @@ import type { EngineClient } from '../src/engine/types.js';
 import { engineOptions as serverEngineOptions } from '../src/main.js';
 import { readGpt2Config } from '../src/model/gpt2-checkpoint.js';
 import type { LoraAdapter } from '../src/model/lora-adapter.js';
+import type { AppOptions } from '../src/server/app.js';
 import { LoraModuleError } from '../src/server/lora/registry.js';
 import { loraTensors, peftConfig, writePeftAdapter } from './helpers/peft-adapter.js';
-import { MODEL, makeApp, parseSse, spyOn, startTestEngine, waitFor, type EngineSetup, type EngineSpy } from './helpers/serving.js';
+import { MODEL, makeApp, memoryLogger, parseSse, spyOn, startTestEngine, waitFor, type EngineSetup, type EngineSpy } from './helpers/serving.js';
 import { tempDir, tinyModel } from './helpers/tiny-model.js';
 
 type T = { after: (fn: () => Promise<unknown>) => void };
@@ -72,7 +73,7 @@ interface LoraServer {
  * adapters `names` (written as PEFT folders) through --lora-modules. The spies are on before the
  * app starts, so the adapters it gives the engine at start are seen too.
  */
-async function serveLora(t: T, names: string[], config: Partial<ServerConfig> = {}, setup: EngineSetup = {}): Promise<LoraServer> {
+async function serveLora(t: T, names: string[], config: Partial<ServerConfig> = {}, setup: EngineSetup = {}, appOptions: AppOptions = {}): Promise<LoraServer> {
   const root = tempDir('gpt2-serve-lora-');
   t.after(async () => rmSync(root, { recursive: true, force: true }));
   const dirs: Record<string, string> = {};
@@ -90,7 +91,7 @@ async function serveLora(t: T, names: string[], config: Partial<ServerConfig> = 
     maxLoras,
     maxLoraRank: maxRank,
     ...config,
-  });
+  }, appOptions);
   t.after(async () => {
     app.server.closeAllConnections();
     await app.close();
@@ -324,9 +325,10 @@ test('load and unload at runtime: only with --allow-runtime-lora-updating, behin
 });
 
 test('unloading an adapter while its request streams: the stream completes, new requests get 404, the engine drops it after', async (t) => {
+  // 200 steps of at least 5 ms: the stream outlasts what the test does meanwhile, however loaded the machine.
   const { app, adapters } = await serveLora(t, ['sql'], { allowRuntimeLoraUpdating: true }, { worker: true, runner: { stepDelayMs: 5 } });
   const port = await listen(app);
-  const stream = openStream(port, { model: 'sql', prompt: 'x', max_tokens: 40 });
+  const stream = openStream(port, { model: 'sql', prompt: 'x', max_tokens: 200 });
   assert.equal(await stream.status, 200);
   await waitFor(() => stream.text().includes('"text"'), 30_000, 'the first token');
   await request(app.server).post('/v1/unload_lora_adapter').send({ lora_name: 'sql' }).expect(200);
@@ -335,7 +337,7 @@ test('unloading an adapter while its request streams: the stream completes, new 
   const events = parseSse(await stream.done);
   assert.equal(events.at(-1), '[DONE]');
   const finish = events.slice(0, -1).map((e) => (e as { choices: Array<{ finish_reason: string | null }> }).choices[0]?.finish_reason).filter(Boolean);
-  assert.deepEqual(finish, ['length'], 'all 40 tokens');
+  assert.deepEqual(finish, ['length'], 'all 200 tokens');
   await waitFor(() => adapters.removed.length === 1, 30_000, 'the removal');
   assert.deepEqual(adapters.removed, [1]);
 });
@@ -347,7 +349,7 @@ test('metrics: vllm:lora_requests_info names the adapters of running and waiting
   assert.match(idle.text, /^vllm:lora_requests_info\{max_lora="1",running_lora_adapters="",waiting_lora_adapters=""\} 1700000000$/m);
 
   const port = await listen(app);
-  const first = openStream(port, { model: 'sql', prompt: 'x', max_tokens: 60 });
+  const first = openStream(port, { model: 'sql', prompt: 'x', max_tokens: 200 });
   await waitFor(() => first.text().includes('"text"'), 30_000, 'sql running');
   const second = openStream(port, { model: 'chat', prompt: 'y', max_tokens: 2 });
   await waitFor(() => engine.stats().adapters.some((a) => a.waiting > 0), 30_000, 'chat waiting');
@@ -397,7 +399,7 @@ test('--max-cpu-loras: with every adapter in use the limit is exceeded for a whi
   const { app, engine, adapters } = await serveLora(t, ['sql', 'chat'], { maxLoras: 1, maxCpuLoras: 1 }, { worker: true, runner: { stepDelayMs: 5 } });
   assert.deepEqual(adapters.added.map(([id]) => id), [1]);
   const port = await listen(app);
-  const first = openStream(port, { model: 'sql', prompt: 'x', max_tokens: 30 });
+  const first = openStream(port, { model: 'sql', prompt: 'x', max_tokens: 200 });
   await waitFor(() => first.text().includes('"text"'), 30_000, 'sql running');
   const second = openStream(port, { model: 'chat', prompt: 'y', max_tokens: 2 });
   await waitFor(() => engine.stats().adapters.some((a) => a.adapter === 2 && a.waiting > 0), 30_000, 'chat waiting');
@@ -408,4 +410,16 @@ test('--max-cpu-loras: with every adapter in use the limit is exceeded for a whi
   assert.deepEqual(adapters.removed, [1], 'sql, idle now, leaves; chat is in use');
   await second.done;
   assert.deepEqual(adapters.removed, [1], 'one in memory: nothing more leaves');
+});
+
+test('an adapter whose folder went away since start is a clean 500 for its requests, the reason in the log; the rest serve on', async (t) => {
+  const { logger, lines } = memoryLogger();
+  const { app, dirs } = await serveLora(t, ['sql', 'chat'], { maxCpuLoras: 1 }, {}, { logger });
+  rmSync(dirs.chat!, { recursive: true });
+  const res = await request(app.server).post('/v1/completions').send({ model: 'chat', prompt: 'x', max_tokens: 1 }).expect(500);
+  assert.deepEqual(res.body.error, { message: 'The LoRA adapter `chat` could not be read from its folder', type: 'server_error', param: null, code: 'internal_error' });
+  const logged = lines.find((l) => l.adapter === 'chat');
+  assert.match(String(logged?.problem), /chat: LoRA adapter folder does not exist/);
+  assert.equal(app.serving.inflightRequests, 0, 'admission released');
+  await request(app.server).post('/v1/completions').send({ model: 'sql', prompt: 'x', max_tokens: 1 }).expect(200);
 });

@@ -94,6 +94,7 @@ function admit(
     lease = isAdapter ? state.lora!.acquire(model) : null;
   } catch (err) {
     release();
+    if (err instanceof ApiError && err.statusCode >= 500) app.log.error({ adapter: model, problem: err.cause }, err.message);
     throw err;
   }
   if (lease) app.metrics.loraRequests?.inc({ adapter: model });

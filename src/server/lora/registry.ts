@@ -122,7 +122,8 @@ export class LoraRegistry {
 
   /**
    * A lease on adapter `name` for one request, reading it from its folder first when it is not in
-   * memory. Throws ApiError 404 for a name not registered, 500 when its folder no longer reads.
+   * memory. Throws ApiError 404 for a name not registered, 500 when its folder no longer reads
+   * (the error's cause says why).
    */
   acquire(name: string): LoraLease {
     const entry = this.entries.get(name);
@@ -132,7 +133,10 @@ export class LoraRegistry {
       try {
         adapter = this.read(entry.path);
       } catch (err) {
-        throw new ApiError('internal_error', `The LoRA adapter \`${name}\` could not be read again: ${(err as Error).message}`);
+        // The operator's folder changed under the server: the client hears that much, the log why.
+        const apiErr = new ApiError('internal_error', `The LoRA adapter \`${name}\` could not be read from its folder`);
+        apiErr.cause = (err as Error).message;
+        throw apiErr;
       }
       this.addToEngine(entry, adapter);
     }
