@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { BLOCK_SIZE_MULTIPLE } from './engine/kv-cache.js';
+import { loraModulesSchema } from './server/lora/module-spec.js';
 
 interface SettingSpec {
   flag: string;
@@ -173,6 +174,49 @@ export const SETTINGS = {
     help: 'draft: the exported folder of a smaller GPT-2 with the same tokenizer (e.g. distilgpt2 for gpt2-medium)',
     schema: z.string().min(1).optional(),
   },
+  enableLora: {
+    flag: 'enable-lora',
+    env: 'GPT2_ENABLE_LORA',
+    help: "Serve LoRA adapters (PEFT folders) beside the base model: a request's `model` may name one (vLLM's flag; cpu and cuda only)",
+    schema: z.stringbool().default(false),
+    switch: true,
+  },
+  loraModules: {
+    flag: 'lora-modules',
+    env: 'GPT2_LORA_MODULES',
+    help:
+      'With --enable-lora: an adapter served from the start, as name=path or {"name": ..., "path": ..., "base_model_name": ...} ' +
+      '(its parent in /v1/models). Repeat the flag for several (the variable is comma-separated); each is read and checked at start, a bad one stops it',
+    schema: loraModulesSchema,
+    repeatable: true,
+  },
+  maxLoras: {
+    flag: 'max-loras',
+    env: 'GPT2_MAX_LORAS',
+    help: 'With --enable-lora: distinct adapters one batch may run (each takes a slot of every step); requests of more wait',
+    schema: int(1).default(1),
+  },
+  maxLoraRank: {
+    flag: 'max-lora-rank',
+    env: 'GPT2_MAX_LORA_RANK',
+    help: 'With --enable-lora: the highest adapter rank served; every adapter is padded to it in the step graph, and higher ones are refused',
+    schema: int(1).max(512).default(16),
+  },
+  maxCpuLoras: {
+    flag: 'max-cpu-loras',
+    env: 'GPT2_MAX_CPU_LORAS',
+    help:
+      'With --enable-lora: adapters held in memory at once; the least recently used idle one is dropped for another, and read again from its folder when asked for ' +
+      '(default: --max-loras; at least --max-loras)',
+    schema: int(1).optional(),
+  },
+  allowRuntimeLoraUpdating: {
+    flag: 'allow-runtime-lora-updating',
+    env: 'GPT2_ALLOW_RUNTIME_LORA_UPDATING',
+    help: 'With --enable-lora: serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (behind --api-key), which add and remove adapters while serving',
+    schema: z.stringbool().default(false),
+    switch: true,
+  },
   maxConcurrentRequests: {
     flag: 'max-concurrent-requests',
     env: 'GPT2_MAX_CONCURRENT_REQUESTS',
@@ -297,6 +341,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     throw new ConfigError(`${(err as Error).message} (see --help)`);
   }
   const out: Record<string, unknown> = {};
+  /** Settings given by flag or environment (not defaulted). */
+  const setByUser = new Set<string>();
   for (const [key, spec] of Object.entries(SETTINGS) as Array<[string, SettingSpec]>) {
     const given = values[spec.flag];
     // A repeated flag's values go through the same parsing as the variable's comma-separated list.
@@ -308,6 +354,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
       throw new ConfigError(`--${spec.flag} / ${spec.env}: ${why} (got ${JSON.stringify(raw)})`);
     }
     out[key] = parsed.data;
+    if (raw !== undefined && raw !== '') setByUser.add(key);
   }
   const config = out as ServerConfig;
   if (config.maxNumBatchedTokens < config.maxNumSeqs) {
@@ -330,7 +377,30 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
       config.speculative === 'draft' ? '--speculative draft needs --draft-model DIR' : `--draft-model is only used with --speculative draft (got --speculative ${config.speculative})`,
     );
   }
+  checkLoraSettings(config, setByUser);
   return config;
+}
+
+const LORA_SETTINGS = ['loraModules', 'maxLoras', 'maxLoraRank', 'maxCpuLoras', 'allowRuntimeLoraUpdating'] as const;
+
+/** The LoRA settings mean nothing without --enable-lora: giving one anyway is a mistake worth a stop. */
+function checkLoraSettings(config: ServerConfig, given: ReadonlySet<string>): void {
+  if (!config.enableLora) {
+    const stray = LORA_SETTINGS.filter((k) => given.has(k) && (k !== 'allowRuntimeLoraUpdating' || config.allowRuntimeLoraUpdating));
+    if (stray.length > 0) {
+      throw new ConfigError(`${stray.map((k) => `--${SETTINGS[k].flag}`).join(', ')} ${stray.length > 1 ? 'are' : 'is'} only used with --enable-lora`);
+    }
+    return;
+  }
+  if (maxCpuLoras(config) < config.maxLoras) {
+    // A batch holds up to --max-loras adapters, all of which must be in memory.
+    throw new ConfigError(`--max-cpu-loras (${config.maxCpuLoras}) must be >= --max-loras (${config.maxLoras}): the adapters a batch runs must all be in memory`);
+  }
+}
+
+/** Adapters held in memory at once: --max-cpu-loras, or its default, --max-loras (vLLM's rule). */
+export function maxCpuLoras(config: Pick<ServerConfig, 'maxCpuLoras' | 'maxLoras'>): number {
+  return config.maxCpuLoras ?? config.maxLoras;
 }
 
 /** A switch's command-line value as the environment would spell it (both --x and --no-x: an error). */

@@ -14,6 +14,7 @@ import type { EngineClient, EngineOptions } from './engine/types.js';
 import { describeWeights } from './model/manifest.js';
 import { CONTRACT_VERSION } from './model/serving-graph.js';
 import { buildApp } from './server/app.js';
+import { LoraModuleError } from './server/lora/registry.js';
 import { Tenants } from './server/tenants.js';
 
 export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
@@ -86,6 +87,7 @@ export function engineOptions(config: ServerConfig, modelDir: string): EngineOpt
     blockSize: config.blockSize,
     prefixCaching: config.prefixCaching,
     schedulingPolicy: config.schedulingPolicy,
+    ...(config.enableLora ? { lora: { maxLoras: config.maxLoras, maxRank: config.maxLoraRank } } : {}),
     speculation: {
       method: config.speculative,
       numTokens: config.numSpeculativeTokens,
@@ -120,8 +122,11 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
   const modelDir = await resolveModelDir(config.model, logger, makeTiny);
   // A folder that cannot be served fails here, before listening, with what to do about it.
   const { contextLength } = readManifest(modelDir);
-  const enginePromise = start(engineOptions(config, modelDir));
-  const app = buildApp(enginePromise, { ...config, maxBodyBytes: config.maxBodyBytes ?? defaultBodyLimit(contextLength) }, { logger, defaultMetrics: true });
+  let startEngine!: (engine: Promise<EngineClient>) => void;
+  const enginePromise = new Promise<EngineClient>((resolve) => (startEngine = resolve));
+  // Built before the engine starts: a bad --lora-modules adapter fails here, before the model loads.
+  const app = buildApp(enginePromise, { ...config, model: modelDir, maxBodyBytes: config.maxBodyBytes ?? defaultBodyLimit(contextLength) }, { logger, defaultMetrics: true });
+  startEngine(start(engineOptions(config, modelDir)));
   deps.onApp?.(app);
   await app.listen({ host: config.host, port: config.port });
   const address = listeningUrl(config.host, (app.server.address() as AddressInfo).port);
@@ -252,6 +257,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env,
     // that says what to do, no stack.
     if (err instanceof ModelFolderError) logger.fatal({ modelDir: err.dir, problem: err.problem }, err.message);
     else if (err instanceof EngineStartError) logger.fatal({ modelDir: err.modelDir }, err.message);
+    else if (err instanceof LoraModuleError) logger.fatal({ adapter: err.adapter }, err.message);
     else logger.fatal({ err }, 'failed to start');
     process.exit(1);
   }

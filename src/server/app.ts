@@ -10,8 +10,10 @@ import websocket from '@fastify/websocket';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { WebSocket } from 'ws';
 import type { z } from 'zod';
-import { defaultBodyLimit, seqsInFlightLimit, type ServerConfig } from '../config.js';
+import { defaultBodyLimit, maxCpuLoras, seqsInFlightLimit, type ServerConfig } from '../config.js';
 import type { EngineClient } from '../engine/types.js';
+import { readGpt2Config, type Gpt2Config } from '../model/gpt2-checkpoint.js';
+import { LoraModuleError, LoraRegistry, servedBaseName } from './lora/registry.js';
 import { makeApiKeyCheck, selectWebsocketProtocol } from './auth.js';
 import { makeWebsocketOriginCheck } from './ws-origin.js';
 import { drain } from './drain.js';
@@ -21,6 +23,7 @@ import { parseOrThrow } from './openai/zod-errors.js';
 import { completionsRoutes } from './routes/completions.js';
 import { responsesRoutes } from './routes/responses.js';
 import { healthRoutes } from './routes/health.js';
+import { loraRoutes } from './routes/lora.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { modelsRoutes } from './routes/models.js';
 import { playgroundRoutes } from './routes/playground.js';
@@ -53,11 +56,21 @@ function resolveOptions(opts: AppOptions): ResolvedAppOptions {
 
 /** The app-wide decorations and hooks, not encapsulated so every route plugin sees them. */
 const core = fp(
-  async (app: FastifyInstance, o: { engine: EngineClient | Promise<EngineClient>; config: ServerConfig; options: ResolvedAppOptions }) => {
-    const state = new ServingState(o.engine, o.config.servedModelName, o.config.maxConcurrentRequests, seqsInFlightLimit(o.config), o.config.maxConcurrentRequestsPerKey);
+  async (
+    app: FastifyInstance,
+    o: { engine: EngineClient | Promise<EngineClient>; config: ServerConfig; options: ResolvedAppOptions; lora: LoraRegistry | null },
+  ) => {
+    const state = new ServingState(
+      o.engine,
+      o.config.servedModelName,
+      o.config.maxConcurrentRequests,
+      seqsInFlightLimit(o.config),
+      o.config.maxConcurrentRequestsPerKey,
+      o.lora,
+    );
     app.decorate('serving', state);
     app.decorate('config', o.config);
-    app.decorate('metrics', new ServerMetrics({ defaultMetrics: o.options.defaultMetrics }));
+    app.decorate('metrics', new ServerMetrics({ defaultMetrics: o.options.defaultMetrics, ...(o.config.enableLora ? { maxLoras: o.config.maxLoras } : {}) }));
     app.decorate('appOptions', o.options);
     app.decorateRequest('completionStats', null);
     app.decorateRequest('finishRecorded', false);
@@ -152,11 +165,37 @@ function lingerForTheRestOfTheBody(request: FastifyRequest, reply: FastifyReply)
 /** A refused body up to this size is read and discarded rather than reset (see above). */
 const MAX_DISCARDED_BODY_BYTES = 64 * 1024 * 1024;
 
+/**
+ * The LoRA adapters of --enable-lora, every --lora-modules one read and checked against the model
+ * folder's config.json (config.model: main passes the resolved folder). Throws LoraModuleError.
+ */
+function openLoraRegistry(config: ServerConfig): LoraRegistry | null {
+  if (!config.enableLora) return null;
+  if (config.model === undefined) throw new Error('--enable-lora: the model folder must be resolved before the app is built');
+  let baseConfig: Gpt2Config;
+  try {
+    baseConfig = readGpt2Config(config.model);
+  } catch (err) {
+    throw new LoraModuleError(null, `--enable-lora: adapters are checked against the model's config.json: ${(err as Error).message}`);
+  }
+  return LoraRegistry.open(config.loraModules, {
+    baseConfig,
+    baseModel: servedBaseName(config.servedModelName, config.model),
+    maxRank: config.maxLoraRank,
+    maxCpuLoras: maxCpuLoras(config),
+  });
+}
+
+/**
+ * Throws LoraModuleError, at once, for a --lora-modules adapter that cannot be served (before
+ * anything listens).
+ */
 export function buildApp(
   engine: EngineClient | Promise<EngineClient>,
   config: ServerConfig,
   opts: AppOptions = {},
 ): FastifyInstance {
+  const lora = openLoraRegistry(config);
   const options = resolveOptions(opts);
   const fastifyOptions: FastifyServerOptions = {
     // main.ts passes the limit sized to the served model's context; 1024 is GPT-2's.
@@ -186,7 +225,7 @@ export function buildApp(
       exposedHeaders: ['x-request-id', 'retry-after'],
     });
   }
-  app.register(core, { engine, config, options });
+  app.register(core, { engine, config, options, lora });
   const typed = app.withTypeProvider<ZodTypeProvider>();
   typed.register(completionsRoutes);
   typed.register(responsesRoutes);
@@ -195,6 +234,8 @@ export function buildApp(
   typed.register(healthRoutes);
   typed.register(metricsRoutes);
   typed.register(tokenizeRoutes);
+  // vLLM's rule: without the permission the routes do not exist (404).
+  if (lora && config.allowRuntimeLoraUpdating) typed.register(loraRoutes);
   if (config.playground) app.register(playgroundRoutes);
   return app;
 }

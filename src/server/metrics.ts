@@ -57,10 +57,18 @@ export class ServerMetrics {
   readonly specDecodeDrafts: Counter[];
   readonly specDecodeDraftTokens: Counter[];
   readonly specDecodeAcceptedTokens: Counter[];
+  /**
+   * LoRA (--enable-lora only): vLLM's `vllm:lora_requests_info`, which the gateway reads for
+   * adapter affinity, and requests per adapter.
+   */
+  readonly loraRequestsInfo: Gauge<'max_lora' | 'running_lora_adapters' | 'waiting_lora_adapters'> | null = null;
+  readonly loraRequests: Counter<'adapter'> | null = null;
+  private readonly maxLoras: number | undefined;
   /** Engine totals at the last scrape: counters grow by the difference. */
   private last: Pick<EngineStats, CountedStat> | null = null;
 
-  constructor(options: { defaultMetrics?: boolean } = {}) {
+  /** `maxLoras`: --max-loras, given only with --enable-lora (the LoRA metrics exist only then). */
+  constructor(options: { defaultMetrics?: boolean; maxLoras?: number } = {}) {
     const registers = [this.registry];
     this.requests = new Counter({
       name: `${PREFIX}http_requests_total`,
@@ -193,7 +201,40 @@ export class ServerMetrics {
       labelNames: ['tenant'],
       registers,
     });
+    this.maxLoras = options.maxLoras;
+    if (options.maxLoras !== undefined) {
+      this.loraRequestsInfo = new Gauge({
+        name: 'vllm:lora_requests_info',
+        help: 'Running stats on LoRA requests: one series whose labels are --max-loras and the adapters of running and waiting requests (comma-separated names); its value is when it was set (Unix seconds)',
+        labelNames: ['max_lora', 'running_lora_adapters', 'waiting_lora_adapters'],
+        registers,
+      });
+      this.loraRequests = new Counter({
+        name: `${PREFIX}lora_requests_total`,
+        help: 'Requests (completions, chats, responses) that named a LoRA adapter, per adapter',
+        labelNames: ['adapter'],
+        registers,
+      });
+    }
     if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+  }
+
+  /**
+   * Sets vLLM's `vllm:lora_requests_info` from the engine's per-adapter counts: the names of the
+   * adapters with running sequences and of those with waiting ones (`nameOf` maps the engine's ids
+   * to names), stamped with the time in Unix seconds as vLLM does. One series at a time, so a
+   * reader never sees a stale set of adapters beside the current one.
+   */
+  applyLoraStats(adapters: EngineStats['adapters'], nameOf: (id: number) => string | undefined, nowSeconds: number): void {
+    if (!this.loraRequestsInfo) return;
+    // A name unloaded and loaded again while its old copy still runs has two ids: listed once.
+    const names = (pick: (a: EngineStats['adapters'][number]) => number) =>
+      [...new Set(adapters.filter((a) => pick(a) > 0).flatMap((a) => nameOf(a.adapter) ?? []))].join(',');
+    this.loraRequestsInfo.reset();
+    this.loraRequestsInfo.set(
+      { max_lora: String(this.maxLoras), running_lora_adapters: names((a) => a.running), waiting_lora_adapters: names((a) => a.waiting) },
+      nowSeconds,
+    );
   }
 
   /**

@@ -6,6 +6,7 @@
 // or --max-seqs-in-flight sequences (a request brings prompts x max(n, best_of)).
 import { createHash } from 'node:crypto';
 import type { EngineClient } from '../engine/types.js';
+import type { LoraRegistry } from './lora/registry.js';
 import { ApiError, overloadedError } from './openai/errors.js';
 
 /** What admission counts: a completion job, or work that finishes on its own soon (/tokenize). */
@@ -39,6 +40,8 @@ export class ServingState {
     readonly maxSeqsInFlight: number,
     /** --max-concurrent-requests-per-key; undefined: no limit of its own. */
     readonly maxRequestsPerTenant?: number,
+    /** The LoRA adapters served beside the base model (--enable-lora), else null. */
+    readonly lora: LoraRegistry | null = null,
   ) {
     if (isPromise(engine)) {
       engine.then(
@@ -58,6 +61,8 @@ export class ServingState {
     const m = engine.model;
     this.systemFingerprint =
       'fp_' + createHash('sha256').update(`gpt2-serve:${this.modelId}:${m.contextLength}:${m.vocabSize}`).digest('hex').slice(0, 10);
+    // Before the first request can name an adapter: it must be in the engine by then.
+    this.lora?.attach(engine);
     if (this.phase === 'loading') this.phase = 'ready';
   }
 

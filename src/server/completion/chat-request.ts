@@ -10,7 +10,7 @@ import type { CompletionBody } from '../openai/completion-schema.js';
 import { ApiError } from '../openai/errors.js';
 import { structuredOutputSpec } from '../openai/structured-output.js';
 import { checkDistinctNames, functionTool, templateTools, toolCallsSpec, type ToolChoice } from '../openai/tools.js';
-import { checkModel, resolveCompletionRequest, type RequestLimits, type ValidCompletionRequest } from './request.js';
+import { resolveCompletionRequest, type ValidCompletionRequest } from './request.js';
 
 /** Where a request's fields are, for errors: Chat's own names unless told (the Responses API's). */
 export interface ChatFieldNames {
@@ -33,11 +33,9 @@ export interface ChatResolveOptions {
 export async function resolveChatRequest(
   body: ChatBody,
   engine: EngineClient,
-  limits: RequestLimits,
   options: ChatResolveOptions = {},
 ): Promise<ValidCompletionRequest> {
   const { fields = CHAT_FIELDS, structuredOutput, ...resolveOptions } = options;
-  checkModel(body.model, limits.servedModel);
   const continueFinal = body.continue_final_message ?? false;
   // vLLM's default is true; continuing the final message implies false unless said otherwise
   // (the schema refuses both true).
@@ -74,7 +72,7 @@ export async function resolveChatRequest(
   };
   // With tools in play the constraint is the tools' (which keeps any structured output as the
   // text alternative); without, it is the structured output alone.
-  const request = await resolveCompletionRequest(asCompletion, engine, limits, { ...resolveOptions, constraint: constraint ?? text });
+  const request = await resolveCompletionRequest(asCompletion, engine, { ...resolveOptions, constraint: constraint ?? text });
   const last = messages[messages.length - 1]!;
   const role = addGenerationPrompt ? 'assistant' : last.role;
   return { ...request, chat: { role, echo: echo === true && last.role === role ? contentText(last) : null, toolCalls: constraint !== null } };

@@ -8,13 +8,13 @@ import type { EngineClient, EngineEvent, EngineRequest, FinishReason, TokenLogpr
 import { AsyncQueue } from '../../util/async-queue.js';
 import { ApiError, fromEngineError } from '../openai/errors.js';
 import { makeUsage, type CompletionUsage, type ResponseMeta } from '../openai/responses.js';
-import type { RequestLimits, ValidCompletionRequest } from './request.js';
+import type { ValidCompletionRequest } from './request.js';
 
 /**
  * Validates a request that needs the model (and tokenizes its prompts, off the main thread):
  * a completion's body, or a chat's rendered conversation. Throws ApiError.
  */
-export type RequestResolver = (engine: EngineClient, limits: RequestLimits, options: { forceStream?: boolean }) => Promise<ValidCompletionRequest>;
+export type RequestResolver = (engine: EngineClient, options: { forceStream?: boolean }) => Promise<ValidCompletionRequest>;
 
 export type JobOutput =
   | { type: 'echo'; prompt: number; choice: number; text: string; logprobs: TokenLogprob[] | null }
@@ -58,7 +58,6 @@ interface Source {
 
 export interface JobContext {
   engine: EngineClient;
-  limits: RequestLimits;
   meta: ResponseMeta;
   observer?: JobObserver;
   clock?: () => number;
@@ -70,6 +69,8 @@ export interface JobContext {
   /** EngineRequest.tenant and .priority: who sent it (for fair admission) and its `priority`. */
   tenant?: string;
   priority?: number;
+  /** EngineRequest.adapter: the engine id of the LoRA adapter leased for it (start.ts); absent: the base model. */
+  adapter?: number;
 }
 
 export class CompletionJob {
@@ -121,10 +122,10 @@ export class CompletionJob {
 
   /**
    * Validates and tokenizes (off the main thread), then submits one engine request per prompt.
-   * Throws ApiError (400, 404) or JobCancelledError.
+   * Throws ApiError (400) or JobCancelledError.
    */
   async submit(): Promise<void> {
-    const request = await this.resolve(this.engine, this.ctx.limits, { forceStream: this.ctx.forceStream });
+    const request = await this.resolve(this.engine, { forceStream: this.ctx.forceStream });
     if (this.cancelReason !== null) throw this.cancelledError();
     this.request = request;
     const { prompts, params } = request;
@@ -139,6 +140,7 @@ export class CompletionJob {
         ...(cacheKeys.length > 0 ? { cacheKeys } : {}),
         ...(this.ctx.tenant !== undefined ? { tenant: this.ctx.tenant } : {}),
         ...(this.ctx.priority ? { priority: this.ctx.priority } : {}),
+        ...(this.ctx.adapter !== undefined ? { adapter: this.ctx.adapter } : {}),
       };
       this.engine.submit(engineRequest, (event) =>
         this.onEvent(i, event),

@@ -22,7 +22,6 @@ export interface ResolvedPrompt {
 }
 
 export interface ValidCompletionRequest {
-  model: string;
   prompts: ResolvedPrompt[];
   /** Choices returned per prompt. */
   n: number;
@@ -55,20 +54,14 @@ export interface ResolveOptions {
   constraint?: ConstraintSpec | null;
 }
 
-export interface RequestLimits {
-  servedModel: string;
-}
-
 type RawPrompt = string | number[];
 
 export async function resolveCompletionRequest(
   body: CompletionBody,
   engine: EngineClient,
-  limits: RequestLimits,
   options: ResolveOptions = {},
 ): Promise<ValidCompletionRequest> {
-  const { servedModel } = limits;
-  checkModel(body.model, servedModel);
+  // `model` was checked at admission (start.ts), where an adapter's name is leased.
   const model = engine.model;
   const echo = body.echo ?? false;
   const n = body.n ?? 1;
@@ -110,7 +103,6 @@ export async function resolveCompletionRequest(
 
   const topK = body.top_k ?? 0;
   return {
-    model: servedModel,
     prompts,
     n,
     bestOf,
@@ -139,12 +131,6 @@ export async function resolveCompletionRequest(
       constraint,
     },
   };
-}
-
-export function checkModel(model: string, servedModel: string): void {
-  if (model !== servedModel) {
-    throw new ApiError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist. This server serves \`${servedModel}\``, 'model');
-  }
 }
 
 /** The four prompt shapes as a list; null or absent is one empty string (see tokenizePrompts). */

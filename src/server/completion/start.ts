@@ -11,6 +11,7 @@ import { jobObserver } from '../telemetry.js';
 import { resolveChatRequest, type ChatResolveOptions } from './chat-request.js';
 import { checkFanOut } from './fan-out.js';
 import { CompletionJob, type RequestResolver } from './job.js';
+import type { LoraLease } from '../lora/registry.js';
 import { resolveCompletionRequest } from './request.js';
 import { responsesAsChat } from './responses-request.js';
 import type { ResponsesBody } from '../openai/responses-schema.js';
@@ -27,11 +28,11 @@ export interface AdmitOptions {
   tenant?: string | null;
 }
 
-/** What admission reads of a body before any work: its fan-out and its scheduling priority. */
-type AdmissionFields = Pick<CompletionBody, 'prompt' | 'n' | 'best_of' | 'priority'>;
+/** What admission reads of a body before any work: its model, its fan-out and its scheduling priority. */
+type AdmissionFields = Pick<CompletionBody, 'model' | 'prompt' | 'n' | 'best_of' | 'priority'>;
 
 export function admitCompletion(app: FastifyInstance, body: CompletionBody, options: AdmitOptions = {}): AdmittedCompletion {
-  return admit(app, 'cmpl-', body, (engine, limits, o) => resolveCompletionRequest(body, engine, limits, o), options);
+  return admit(app, 'cmpl-', body, (engine, o) => resolveCompletionRequest(body, engine, o), options);
 }
 
 export function admitChat(app: FastifyInstance, body: ChatBody, options: AdmitOptions = {}): AdmittedCompletion {
@@ -48,8 +49,8 @@ function admitConversation(app: FastifyInstance, idPrefix: string, chat: ChatBod
   return admit(
     app,
     idPrefix,
-    { prompt: null, n: chat.n, best_of: null, priority: chat.priority },
-    (engine, limits, o) => resolveChatRequest(chat, engine, limits, { ...o, ...resolveOptions }),
+    { model: chat.model, prompt: null, n: chat.n, best_of: null, priority: chat.priority },
+    (engine, o) => resolveChatRequest(chat, engine, { ...o, ...resolveOptions }),
     options,
     (model) => checkChatWork(chat, model, resolveOptions.fields?.messages),
   );
@@ -57,7 +58,8 @@ function admitConversation(app: FastifyInstance, idPrefix: string, chat: ChatBod
 
 /**
  * Admits a request (a completion, a chat or a response) before any work is done on it: throws
- * ApiError 503 (loading, draining, engine dead), 400 (a fan-out no admission could take:
+ * ApiError 503 (loading, draining, engine dead), 404 (a `model` that is neither the base model
+ * nor a LoRA adapter), 400 (a fan-out no admission could take:
  * checkFanOut; a `priority` under fcfs) or 429 (--max-concurrent-requests,
  * --max-concurrent-requests-per-key or --max-seqs-in-flight reached). `checkSize` is the
  * request's own O(1) size check (a conversation's, chat-bounds.ts), run once the server is known
@@ -73,6 +75,8 @@ function admit(
 ): AdmittedCompletion {
   const state = app.serving;
   const engine = state.acceptNewWork();
+  const model = fields.model;
+  const isAdapter = checkModel(app, model);
   checkSize?.(engine.model);
   const priority = checkPriority(fields.priority, app.config.schedulingPolicy);
   const sequences = checkFanOut(fields, {
@@ -81,10 +85,23 @@ function admit(
     maxSeqsInFlight: state.maxSeqsInFlight,
   });
   const opts = app.appOptions;
-  const job = new CompletionJob(resolve, {
+  // Counted before the adapter is leased (which may read it from disk), so an overloaded server
+  // refuses the request first; the job, made once the adapter's id is known, is what drain cancels.
+  let job: CompletionJob | null = null;
+  const release = state.admit({ cancel: (reason, error) => job?.cancel(reason, error) }, sequences, options.tenant ?? DEFAULT_TENANT);
+  let lease: LoraLease | null = null;
+  try {
+    lease = isAdapter ? state.lora!.acquire(model) : null;
+  } catch (err) {
+    release();
+    if (err instanceof ApiError && err.statusCode >= 500) app.log.error({ adapter: model, problem: err.cause }, err.message);
+    throw err;
+  }
+  if (lease) app.metrics.loraRequests?.inc({ adapter: model });
+  job = new CompletionJob(resolve, {
     engine,
-    limits: { servedModel: state.modelId },
-    meta: { id: `${idPrefix}${opts.newId()}`, created: Math.floor(opts.now() / 1000), model: state.modelId, systemFingerprint: state.systemFingerprint },
+    // Responses name the model as the request did: the base model or the adapter.
+    meta: { id: `${idPrefix}${opts.newId()}`, created: Math.floor(opts.now() / 1000), model, systemFingerprint: state.systemFingerprint },
     observer: jobObserver(app),
     clock: opts.clock,
     forceStream: options.forceStream,
@@ -95,8 +112,27 @@ function admit(
     // Without keys, the engine's default tenant.
     tenant: options.tenant ?? undefined,
     priority,
+    ...(lease ? { adapter: lease.adapter } : {}),
   });
-  return { job, end: state.admit(job, sequences, options.tenant ?? DEFAULT_TENANT) };
+  return {
+    job,
+    end: () => {
+      lease?.release();
+      release();
+    },
+  };
+}
+
+/**
+ * Whether `model` names a LoRA adapter (true) or the base model (false); throws 404 for anything
+ * else. Checked at admission, before any work, so that the adapter can be leased.
+ */
+function checkModel(app: FastifyInstance, model: string): boolean {
+  const state = app.serving;
+  if (model === state.modelId) return false;
+  if (state.lora?.has(model)) return true;
+  const served = state.lora ? `\`${state.modelId}\` and the LoRA adapters GET /v1/models lists` : `\`${state.modelId}\``;
+  throw new ApiError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist. This server serves ${served}`, 'model');
 }
 
 /**

@@ -6,7 +6,12 @@ import { DEFAULT_TENANT } from '../../engine/fair-share.js';
 export const metricsRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get('/metrics', async (_request, reply) => {
     const engine = app.serving.engine;
-    if (engine) app.metrics.applyEngineStats(engine.stats(), app.tenants.authRequired ? app.tenants.names : [DEFAULT_TENANT]);
+    if (engine) {
+      const stats = engine.stats();
+      app.metrics.applyEngineStats(stats, app.tenants.authRequired ? app.tenants.names : [DEFAULT_TENANT]);
+      const { lora } = app.serving;
+      if (lora) app.metrics.applyLoraStats(stats.adapters, (id) => lora.nameOf(id), app.appOptions.now() / 1000);
+    }
     app.metrics.inflightRequests.set(app.serving.inflightRequests);
     reply.header('content-type', app.metrics.registry.contentType);
     return app.metrics.registry.metrics();

@@ -1,4 +1,5 @@
-// GET /v1/models and GET /v1/models/:model (OpenAI list / retrieve shapes).
+// GET /v1/models and GET /v1/models/:model (OpenAI list / retrieve shapes): the base model, and
+// with --enable-lora one card per adapter in vLLM's shape (`root`: its folder, `parent`: the base).
 import type { FastifyInstance } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
@@ -19,14 +20,26 @@ function modelCard(app: FastifyInstance, created: number) {
   };
 }
 
+function adapterCards(app: FastifyInstance, created: number) {
+  const engine = app.serving.requireEngine();
+  return (app.serving.lora?.cards ?? []).map((a) => ({
+    id: a.name,
+    object: 'model' as const,
+    created,
+    owned_by: 'gpt2-serve',
+    root: a.path,
+    parent: a.parent ?? app.serving.modelId,
+    max_model_len: engine.model.contextLength,
+  }));
+}
+
 export const modelsRoutes: FastifyPluginAsyncZod = async (app) => {
   const created = Math.floor(app.appOptions.now() / 1000);
-  app.get('/v1/models', async () => ({ object: 'list' as const, data: [modelCard(app, created)] }));
+  app.get('/v1/models', async () => ({ object: 'list' as const, data: [modelCard(app, created), ...adapterCards(app, created)] }));
   app.get('/v1/models/:model', { schema: { params: z.object({ model: z.string() }) } }, async (request) => {
-    const card = modelCard(app, created);
-    if (request.params.model !== card.id) {
-      throw new ApiError('model_not_found', `The model \`${request.params.model.slice(0, 200)}\` does not exist`, 'model');
-    }
+    const { model } = request.params;
+    const card = [modelCard(app, created), ...adapterCards(app, created)].find((c) => c.id === model);
+    if (!card) throw new ApiError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist`, 'model');
     return card;
   });
 };

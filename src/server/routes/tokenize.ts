@@ -1,5 +1,6 @@
 // POST /tokenize {prompt} -> {tokens, count, max_model_len}; POST /detokenize {tokens} -> {prompt}
-// (vLLM's shapes; `model` is optional and, when given, must name the served model). Both run on
+// (vLLM's shapes; `model` is optional and, when given, must name the served model or one of its
+// LoRA adapters, which share its tokenizer). Both run on
 // the tokenizer thread, never on the main thread.
 //
 // Tokenizing is the costly step completions guard (request.ts), so /tokenize is admitted like
@@ -25,7 +26,7 @@ function checkTokenizeLength(prompt: string, model: ModelInfo): void {
 }
 
 function checkModel(app: FastifyInstance, model: string | null | undefined): void {
-  if (model != null && model !== app.serving.modelId) {
+  if (model != null && model !== app.serving.modelId && !app.serving.lora?.has(model)) {
     throw new ApiError('model_not_found', `The model \`${model.slice(0, 200)}\` does not exist`, 'model');
   }
 }
