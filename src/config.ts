@@ -5,7 +5,6 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { BLOCK_SIZE_MULTIPLE } from './engine/kv-cache.js';
 import { loraModulesSchema } from './server/lora/module-spec.js';
-import { loraRankProblem } from './model/lora-graph.js';
 
 interface SettingSpec {
   flag: string;
@@ -200,7 +199,7 @@ export const SETTINGS = {
   maxLoraRank: {
     flag: 'max-lora-rank',
     env: 'GPT2_MAX_LORA_RANK',
-    help: 'With --enable-lora: the highest adapter rank served, a power of two up to 512; every adapter is padded to it in the step graph, and higher ones are refused',
+    help: 'With --enable-lora: the highest adapter rank served (up to 512); every adapter is padded to it in the step graph, and higher ones are refused',
     schema: int(1).max(512).default(16),
   },
   maxCpuLoras: {
@@ -393,8 +392,6 @@ function checkLoraSettings(config: ServerConfig, given: ReadonlySet<string>): vo
     }
     return;
   }
-  const rank = loraRankProblem(config.maxLoraRank);
-  if (rank) throw new ConfigError(`--max-lora-rank: ${rank}`);
   if (maxCpuLoras(config) < config.maxLoras) {
     // A batch holds up to --max-loras adapters, all of which must be in memory.
     throw new ConfigError(`--max-cpu-loras (${config.maxCpuLoras}) must be >= --max-loras (${config.maxLoras}): the adapters a batch runs must all be in memory`);

@@ -154,7 +154,6 @@ test('LoRA flag errors: any LoRA setting without --enable-lora, bad modules, --m
   fails(['--enable-lora', '--lora-modules', '{"name": "a"}'], /expected \{"name"/);
   fails(['--enable-lora', '--lora-modules', 'a=/x', '--lora-modules', '{"name": "a", "path": "/y"}'], /the adapter name "a" is given twice/);
   fails(['--enable-lora', '--max-lora-rank', '0'], /^--max-lora-rank \/ GPT2_MAX_LORA_RANK: /);
-  fails(['--enable-lora', '--max-lora-rank', '48'], /--max-lora-rank: the maximum LoRA rank must be a power of two from 1 to 512/);
   // Off is off: saying so without --enable-lora is no mistake.
   assert.equal(loadConfig(['--no-allow-runtime-lora-updating'], {}).enableLora, false);
 });

@@ -180,10 +180,9 @@ test('exact beside any mix: adapter and base requests give bit-identical output 
 });
 
 /** One runner, rows fed by hand: a row's logits and new K/V in every step, by Object.is. */
-test('slots do not change bits: a row gives the same logits in slot 0 alone and in slot 2 beside other adapters and base rows; base rows equal a step without adapters (fp32 and int4 weights, one and two 128-column slices)', async () => {
+test('slots do not change bits: a row gives the same logits in slot 0 alone and in slot 2 beside other adapters and base rows; base rows equal a step without adapters and a server without LoRA (fp32 and int4 weights, ranks 16 and 64)', async () => {
   const int4 = join(root, 'slots-int4');
   await exportCheckpoint({ checkpoint: join(base, 'checkpoint'), out: int4, weights: { dtype: 'int4' } });
-  // Rank 16 x 4 slots is one 128-column slice of the second product; rank 64 x 4 slots is two.
   for (const [modelDir, rank] of [[base, RANK], [base, 64], [int4, RANK]] as const) await slotCheck(modelDir, rank);
 });
 
@@ -201,6 +200,10 @@ async function slotCheck(modelDir: string, rank: number): Promise<void> {
     const oBlocks = alloc.allocate(blocksFor(20, 16))!;
     const row = (tokens: number[], blocks: number[], adapter?: RunnerRow['adapter']): RunnerRow => ({ tokens, pastLength: 0, blocks, logitsFrom: 0, fetchLogits: true, ...(adapter ? { adapter } : {}) });
     const copy = (x: Float32Array) => Float32Array.from(x);
+    // The exported graph, which has no LoRA nodes: what a server without --enable-lora runs.
+    const { runner: plain } = await createOnnxRunner({ modelDir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks: 64, blockSize: 16, log: () => {} });
+    const withoutLora = copy((await plain.run([row(q, qBlocks)]))[0]!.logits);
+    await plain.dispose();
     // Adapter c alone: slot 0, one slot fed.
     const alone = copy((await runner.run([row(p, pBlocks, packed.c)]))[0]!.logits);
     const baseAlone = copy((await runner.run([row(q, qBlocks)]))[0]!.logits);
@@ -209,6 +212,7 @@ async function slotCheck(modelDir: string, rank: number): Promise<void> {
     const mixed = await runner.run([row(prompt(20, 9), oBlocks, packed.a), row(q, qBlocks), row(prompt(20, 10), oBlocks, packed.b), row(p, pBlocks, packed.c)]);
     assert.ok(alone.every((v, i) => Object.is(v, mixed[3]!.logits[i])), 'adapter c: slot 2 among others = slot 0 alone');
     assert.ok(baseAlone.every((v, i) => Object.is(v, mixed[1]!.logits[i])), 'a base row beside adapters = without any adapter in the step');
+    assert.ok(baseAlone.every((v, i) => Object.is(v, withoutLora[i])), 'a base row = the exported graph without LoRA nodes');
     assert.ok(alone.some((v, i) => v !== mixed[0]!.logits[i]), 'different adapters give different logits');
   } finally {
     await runner.dispose();

@@ -1,9 +1,9 @@
 // npm run bench:lora -- [--model DIR[,DIR...]] [--rank 16] [--adapters 8] [--rows 32] [--past 96]
 //                       [--prefill-tokens 512] [--threads 0] [--rounds 7]
 // What per-row LoRA adapters cost a model step (src/model/lora-graph.ts), as ratios inside one
-// run: each round times, in turn, the same step shapes with no adapter (the If node skips the
-// deltas), with one adapter, and with the rows spread over --adapters adapters, on one runner
-// whose slots hold them; medians over rounds. Shapes: one decode row, --rows decode rows at
+// run: each round times, in turn, the same step shapes on the exported graph (a server without
+// --enable-lora), and on the LoRA graph with no adapter, with one adapter, and with the rows
+// spread over --adapters adapters (one runner whose slots hold them); medians over rounds. Shapes: one decode row, --rows decode rows at
 // --past cached tokens, and one --prefill-tokens prompt. Also the memory of one adapter slot.
 // Defaults to the GPT-2-small-shaped benchmark models (fp32 and int8; made once under models/).
 // Adapters are random (rank --rank, every layer and module): the cost does not depend on values.
@@ -43,8 +43,8 @@ runCli('bench:lora', async (argv) => {
   if (s.adapters < 1 || s.rank < 1) throw new Error('--adapters and --rank must be at least 1');
   const out = (line: string) => process.stdout.write(`${line}\n`);
   out(`LoRA step costs: rank ${s.rank}, ${s.adapters} adapters, ${s.rows} decode rows at ${s.past} cached tokens, a ${s.prefill}-token prefill; medians of ${s.rounds} rounds`);
-  out('| weights | shape | no adapter (ms) | 1 adapter (ms) | ratio | rows over all adapters (ms) | ratio |');
-  out('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
+  out('| weights | shape | LoRA off (ms) | on, no adapter (ms) | ratio | 1 adapter (ms) | ratio | rows over all adapters (ms) | ratio |');
+  out('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const model of values.model!.split(',')) {
     const dir = await ensureBenchModel(model, false, (t) => process.stderr.write(`${t}\n`));
     const manifest = readManifest(dir);
@@ -55,9 +55,12 @@ runCli('bench:lora', async (argv) => {
 async function measure(dir: string, manifest: Manifest, s: { rank: number; adapters: number; rows: number; past: number; prefill: number; threads: number; rounds: number }): Promise<string[]> {
   const perRow = blocksFor(s.past + 1, BLOCK_SIZE);
   const numBlocks = Math.max(s.rows * perRow, blocksFor(s.prefill, BLOCK_SIZE)) + 1;
-  const { runner } = await createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log: () => {}, lora: { maxLoras: s.adapters, maxRank: s.rank } });
+  const create = (lora: boolean) =>
+    createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log: () => {}, ...(lora ? { lora: { maxLoras: s.adapters, maxRank: s.rank } } : {}) }).then((r) => r.runner);
+  const plain = await create(false);
+  const runner = await create(true);
   try {
-    for (const arr of [...runner.pool.keys, ...runner.pool.values]) arr.fill(0.01); // real pages, not the zero page
+    for (const arr of [...runner.pool.keys, ...runner.pool.values, ...plain.pool.keys, ...plain.pool.values]) arr.fill(0.01); // real pages, not the zero page
     const config = { n_layer: manifest.numLayers, n_embd: manifest.hiddenSize, n_head: manifest.numHeads };
     const adapters: RowAdapter[] = Array.from({ length: s.adapters }, (_, i) => ({ id: i + 1, weights: packLoraAdapter(randomAdapter(config, s.rank, i), config, s.rank) }));
     const decodeRow = (b: number, adapter?: RowAdapter): RunnerRow => ({
@@ -91,26 +94,29 @@ async function measure(dir: string, manifest: Manifest, s: { rank: number; adapt
     ];
     // Every adapter in a slot before timing: filling a slot is a one-time cost per activation.
     await runner.run(cases[1]!.variants[2]!);
-    const samples = cases.map((c) => c.variants.map(() => [] as number[]));
+    // Variant 0 on the exported graph, the others on the LoRA graph.
+    const samples = cases.map((c) => [c.variants[0]!, ...c.variants].map(() => [] as number[]));
     for (let round = 0; round < s.rounds; round++) {
       for (const [ci, c] of cases.entries()) {
-        for (let k = 0; k < c.variants.length; k++) {
-          const v = (k + round) % c.variants.length;
-          samples[ci]![v]!.push(await time(runner, c.variants[v]!, c.runs));
+        const n = c.variants.length + 1;
+        for (let k = 0; k < n; k++) {
+          const v = (k + round) % n;
+          samples[ci]![v]!.push(await (v === 0 ? time(plain, c.variants[0]!, c.runs) : time(runner, c.variants[v - 1]!, c.runs)));
         }
       }
     }
     const weights = describeWeights(manifest);
     const slotMiB = adapters[0]!.weights.bytes / 2 ** 20;
     const lines = cases.map((c, ci) => {
-      const [none, one, all] = samples[ci]!.map(median) as [number, number, number];
-      const spread = c.shape.endsWith('rows') ? `${all.toFixed(2)} | ${(none / all).toFixed(2)}x` : '- | -';
-      return `| ${weights} | ${c.shape} | ${none.toFixed(2)} | ${one.toFixed(2)} | ${(none / one).toFixed(2)}x | ${spread} |`;
+      const [off, none, one, all] = samples[ci]!.map(median) as [number, number, number, number];
+      const ratio = (ms: number) => `${ms.toFixed(2)} | ${(off / ms).toFixed(2)}x`;
+      return `| ${weights} | ${c.shape} | ${off.toFixed(2)} | ${ratio(none)} | ${ratio(one)} | ${c.shape.endsWith('rows') ? ratio(all) : '- | -'} |`;
     });
-    lines.push(`| ${weights} | memory of one adapter (rank ${s.rank}, all layers and modules) | ${slotMiB.toFixed(1)} MiB per copy: its slot, and the engine's packed copy | | | | |`);
+    lines.push(`| ${weights} | memory of one adapter (rank ${s.rank}, all layers and modules) | ${slotMiB.toFixed(1)} MiB per copy: its slot, and the engine's packed copy | | | | | | |`);
     return lines;
   } finally {
     await runner.dispose();
+    await plain.dispose();
   }
 }
 

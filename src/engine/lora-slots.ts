@@ -1,13 +1,13 @@
 // The LoRA slots the serving graph reads (src/model/lora-graph.ts): per layer and module, one
-// stacked lora_A and one stacked lora_B matrix of --max-loras slots, each slot an adapter's
-// packed matrices (PackedLora). An adapter keeps its slot from step to step while the slot is not
+// stacked lora_A^T ([slots, in, R]) and one stacked lora_B ([slots, R, out]) of --max-loras
+// slots, each slot an adapter's packed matrices (PackedLora). An adapter keeps its slot from step to step while the slot is not
 // needed by another, so a slot is filled once per activation, not per step; a step feeds the
 // first k slots, up to the highest one it uses, as zero-copy views (CPU inputs wrap JS memory).
-// Which slot an adapter sits in does not change its rows' bits (lora-graph.ts), so slots may be
-// reassigned freely.
+// Which slot an adapter sits in, and what the other slots hold, does not change its rows' bits
+// (lora-graph.ts), so slots may be reassigned freely.
 import * as ort from 'onnxruntime-node';
 import { LORA_MODULES, loraModuleShape } from '../model/lora-adapter.js';
-import { loraInputName, loraRankProblem, type PackedLora } from '../model/lora-graph.js';
+import { loraInputName, type PackedLora } from '../model/lora-graph.js';
 
 /** An adapter as a runner row names it: its engine id (unique per load) and packed weights. */
 export interface RowAdapter {
@@ -16,13 +16,12 @@ export interface RowAdapter {
 }
 
 export class LoraSlots {
-  /** [layer][module]: slots x rank rows of `in` (lora_A) and of `out` (scaled lora_B^T). */
+  /** [layer][module]: per slot, [in, rank] (lora_A^T) and [rank, out] (scaled lora_B^T). */
   private readonly stacked: Array<Array<{ a: Float32Array; b: Float32Array; inF: number; outF: number }>>;
   /** The adapter id in each slot (null: empty), and when each slot was last used. */
   private readonly holder: Array<number | null>;
   private readonly lastUsed: number[];
   private clock = 0;
-  private readonly columnSlot: BigInt64Array;
   /** Feeds for the first k slots, built once per k (index k). */
   private readonly feedsBySlots: Array<Record<string, ort.Tensor> | undefined> = [];
 
@@ -33,8 +32,6 @@ export class LoraSlots {
     /** Every adapter is zero-padded to this rank (--max-lora-rank). */
     readonly rank: number,
   ) {
-    const problem = maxSlots > 0 ? loraRankProblem(rank) : null;
-    if (problem) throw new Error(problem);
     this.stacked = Array.from({ length: layers }, () =>
       LORA_MODULES.map((module) => {
         const [inF, outF] = loraModuleShape(module, embd);
@@ -43,7 +40,6 @@ export class LoraSlots {
     );
     this.holder = new Array(maxSlots).fill(null);
     this.lastUsed = new Array(maxSlots).fill(-1);
-    this.columnSlot = BigInt64Array.from({ length: maxSlots * rank }, (_, i) => BigInt(Math.floor(i / rank)));
   }
 
   /**
@@ -84,19 +80,19 @@ export class LoraSlots {
     }
   }
 
-  /** The graph's LoRA inputs for the first `count` slots, besides lora_slot. */
+  /** The graph's adapter matrices for the first `count` slots (zero-copy views, built once per count). */
   feeds(count: number): Record<string, ort.Tensor> {
     let feeds = this.feedsBySlots[count];
     if (!feeds) {
-      const columns = count * this.rank;
-      feeds = { lora_column_slot: new ort.Tensor('int64', this.columnSlot.subarray(0, columns), [columns]) };
+      const R = this.rank;
+      const built: Record<string, ort.Tensor> = {};
       this.stacked.forEach((modules, layer) =>
         modules.forEach(({ a, b, inF, outF }, m) => {
-          feeds![loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(0, columns * inF), [columns, inF]);
-          feeds![loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(0, columns * outF), [columns, outF]);
+          built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(0, count * inF * R), [count, inF, R]);
+          built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(0, count * R * outF), [count, R, outF]);
         }),
       );
-      this.feedsBySlots[count] = feeds;
+      this.feedsBySlots[count] = feeds = built;
     }
     return feeds;
   }
@@ -118,13 +114,13 @@ export class LoraSlots {
     this.stacked.forEach((modules, layer) =>
       modules.forEach(({ a, b, inF, outF }, m) => {
         const packed = weights.layers[layer]?.[m] ?? null;
-        const at = slot * this.rank;
+        const R = this.rank;
         if (packed) {
-          a.set(packed.a, at * inF);
-          b.set(packed.b, at * outF);
+          a.set(packed.a, slot * inF * R);
+          b.set(packed.b, slot * R * outF);
         } else {
-          a.fill(0, at * inF, (at + this.rank) * inF);
-          b.fill(0, at * outF, (at + this.rank) * outF);
+          a.fill(0, slot * inF * R, (slot + 1) * inF * R);
+          b.fill(0, slot * R * outF, (slot + 1) * R * outF);
         }
       }),
     );

@@ -87,7 +87,8 @@ export function cudaProviderPath(): string {
   return join(pkg, 'bin', 'napi-v6', `${process.platform}`, process.arch, 'libonnxruntime_providers_cuda.so');
 }
 
-export async function createSession(modelFile: string, opts: SessionOptions): Promise<SessionResult> {
+/** `model`: the graph's file, or its bytes (a graph built at load time, whose external data is opts.externalData). */
+export async function createSession(model: string | Uint8Array, opts: SessionOptions): Promise<SessionResult> {
   if (opts.ortLogLevel) ort.env.logLevel = opts.ortLogLevel;
   const base: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: 'all',
@@ -100,7 +101,7 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
   };
   const cpu = async (why: string): Promise<SessionResult> => {
     opts.log(`execution provider: cpu (${why})`);
-    return { session: await ort.InferenceSession.create(modelFile, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
+    return { session: await create(model, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
   };
   if (opts.executionProvider === 'cpu') return cpu(opts.why ?? 'requested');
   const cudaLib = cudaProviderPath();
@@ -110,11 +111,15 @@ export async function createSession(modelFile: string, opts: SessionOptions): Pr
     return cpu(`auto: ${why}`);
   }
   try {
-    const session = await ort.InferenceSession.create(modelFile, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
+    const session = await create(model, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
     opts.log(`execution provider: cuda (device 0, ${opts.why ?? (opts.executionProvider === 'auto' ? 'auto' : 'requested')})`);
     return { session, provider: 'cuda' };
   } catch (err) {
     if (opts.executionProvider === 'cuda') throw new Error(`--execution-provider cuda: ${(err as Error).message}`);
     return cpu(`auto: the CUDA session failed: ${(err as Error).message.split('\n')[0]}`);
   }
+}
+
+function create(model: string | Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
+  return typeof model === 'string' ? ort.InferenceSession.create(model, options) : ort.InferenceSession.create(model, options);
 }

@@ -3,11 +3,15 @@
 import { readdirSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import type { Manifest } from '../model/manifest.js';
+import { exportedWeights } from '../model/exported-weights.js';
+import { readGpt2Config } from '../model/gpt2-checkpoint.js';
+import { manifestPlan, type Manifest } from '../model/manifest.js';
+import { GraphBuilder } from '../model/onnx-builder.js';
+import { buildServingGraph } from '../model/serving-graph.js';
 import { KvPool, NULL_BLOCK, poolShape, type KvStorage } from './kv-cache.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
 import { LoraSlots, type RowAdapter } from './lora-slots.js';
-import { createSession, type ExecutionProvider } from './ort-session.js';
+import { createSession, WEIGHTS_READ_LIMITS, type ExecutionProvider } from './ort-session.js';
 import type { ExecutionProviderChoice, OrtLogLevel } from './types.js';
 
 export interface RunnerRow {
@@ -47,6 +51,7 @@ export interface ModelRunner {
 }
 
 const NO_LOGITS = new Float32Array(0);
+const NO_TOKENS = new BigInt64Array(0);
 
 export class OnnxRunner implements ModelRunner {
   private modelMs = 0;
@@ -61,8 +66,8 @@ export class OnnxRunner implements ModelRunner {
     private readonly feed: KvFeed,
     readonly vocabSize: number,
     private readonly profile?: { prefix: string; log: (msg: string) => void },
-    /** The adapters' slots; none when LoRA is off (every step feeds zero slots). */
-    private readonly loras = new LoraSlots(pool.shape.layers, pool.shape.heads * pool.shape.headDim, 0, 1),
+    /** The adapters' slots, when the graph was built with LoRA inputs (--enable-lora). */
+    private readonly loras: LoraSlots | null = null,
   ) {
     this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
     this.prefillGroups = session.inputNames.filter((n) => /^prefill_\d+_token_index$/.test(n)).length;
@@ -113,24 +118,49 @@ export class OnnxRunner implements ModelRunner {
     return out;
   }
 
-  /** The step's adapters placed in slots, and each token's slot (-1: the base model). */
+  /**
+   * The step's adapters placed in slots, each slot's tokens (lora_gather, padded with token 0 to
+   * the fullest slot's count), and where each token's delta is (lora_unpack; the base model's
+   * tokens take the zero row after the k x n deltas).
+   */
   private addLoraFeeds(feeds: Record<string, ort.Tensor>, rows: readonly RunnerRow[], step: PackedStep): void {
-    const slot = new BigInt64Array(step.inputIds.length).fill(-1n);
+    if (!this.loras) return;
+    const T = step.inputIds.length;
     const adapters = new Map<number, RowAdapter['weights']>();
     for (const r of rows) if (r.adapter) adapters.set(r.adapter.id, r.adapter.weights);
-    const { slotOf, count } = adapters.size > 0 ? this.loras.place(adapters) : { slotOf: null, count: 0 };
-    if (slotOf) {
-      rows.forEach((r, i) => {
-        if (r.adapter) slot.fill(BigInt(slotOf.get(r.adapter.id)!), step.firstToken[i]!, step.firstToken[i]! + r.tokens.length);
-      });
+    if (adapters.size === 0) {
+      feeds.lora_gather = int64(NO_TOKENS, [0, 0]);
+      feeds.lora_unpack = int64(new BigInt64Array(T));
+      Object.assign(feeds, this.loras.feeds(0));
+      return;
     }
-    feeds.lora_slot = int64(slot);
+    const { slotOf, count } = this.loras.place(adapters);
+    const perSlot = new Array<number>(count).fill(0);
+    rows.forEach((r) => {
+      if (r.adapter) perSlot[slotOf.get(r.adapter.id)!]! += r.tokens.length;
+    });
+    const n = Math.max(...perSlot);
+    const gather = new BigInt64Array(count * n);
+    const unpack = new BigInt64Array(T).fill(BigInt(count * n));
+    perSlot.fill(0);
+    rows.forEach((r, i) => {
+      if (!r.adapter) return;
+      const slot = slotOf.get(r.adapter.id)!;
+      for (let j = 0; j < r.tokens.length; j++) {
+        const at = slot * n + perSlot[slot]!++;
+        const token = step.firstToken[i]! + j;
+        gather[at] = BigInt(token);
+        unpack[token] = BigInt(at);
+      }
+    });
+    feeds.lora_gather = int64(gather, [count, n]);
+    feeds.lora_unpack = int64(unpack);
     Object.assign(feeds, this.loras.feeds(count));
   }
 
   /** An adapter the engine dropped: its slot may be taken by the next. */
   releaseAdapter(id: number): void {
-    this.loras.release(id);
+    this.loras?.release(id);
   }
 
   takeModelMs(): number {
@@ -363,7 +393,8 @@ export interface CreateRunnerOptions {
 }
 
 export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ runner: OnnxRunner; provider: ExecutionProvider }> {
-  const { session, provider } = await createSession(join(opts.modelDir, opts.manifest.graph.file), {
+  const graphFile = join(opts.modelDir, opts.manifest.graph.file);
+  const { session, provider } = await createSession(opts.lora ? loraGraph(opts.modelDir, opts.manifest, graphFile) : graphFile, {
     ...opts,
     externalData: join(opts.modelDir, opts.manifest.graph.externalData),
   });
@@ -371,6 +402,22 @@ export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ run
   const feedName = opts.feed ?? (provider === 'cpu' ? 'whole-pool' : 'used-blocks');
   const feed = feedName === 'whole-pool' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool);
   const profile = opts.profilePrefix === undefined ? undefined : { prefix: opts.profilePrefix, log: opts.log };
-  const loras = new LoraSlots(opts.manifest.numLayers, opts.manifest.hiddenSize, opts.lora?.maxLoras ?? 0, opts.lora?.maxRank ?? 1);
+  const loras = opts.lora ? new LoraSlots(opts.manifest.numLayers, opts.manifest.hiddenSize, opts.lora.maxLoras, opts.lora.maxRank) : null;
   return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize, profile, loras), provider };
+}
+
+/**
+ * The exported graph again, with LoRA inputs (lora-graph.ts), over the folder's own weights: the
+ * exported file has none, so a server without --enable-lora runs no LoRA node at all.
+ */
+function loraGraph(modelDir: string, manifest: Manifest, graphFile: string): Uint8Array {
+  // A graph given as bytes has no folder: ONNX Runtime finds its weights only in the buffer the
+  // session is handed (ort-session.ts), which holds at most buffer.constants.MAX_LENGTH bytes.
+  const weights = join(modelDir, manifest.graph.externalData);
+  if (statSync(weights).size > WEIGHTS_READ_LIMITS.maxBytes) {
+    throw new Error(`--enable-lora: ${weights} is larger than one buffer (${WEIGHTS_READ_LIMITS.maxBytes} bytes); export the model with smaller weights (--dtype fp16, int8 or int4)`);
+  }
+  const g = new GraphBuilder();
+  buildServingGraph(g, readGpt2Config(modelDir), exportedWeights(g, graphFile), manifest.tiedHead, manifestPlan(manifest), { lora: true });
+  return g.encode({ opset: manifest.graph.opset, producerVersion: 'load-time', doc: 'GPT-2 serving graph with LoRA inputs', metadata: {} });
 }

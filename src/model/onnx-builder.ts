@@ -54,9 +54,12 @@ export class GraphBuilder {
       const values = build(sub);
       const id = this.root.counter++;
       // Outputs of any rank: a branch output's declared shape would be checked against the other branch's.
+      // A value the branch computes is its output as it is; one from around it (a subgraph may not
+      // output an outer value) goes through an Identity. Every node costs a step some microseconds.
+      const produced = new Set(sub.nodes.flatMap((n) => n.output ?? []));
       values.forEach((v, i) => {
-        const out = `${name}_${id}_${i}`;
-        sub.op('Identity', [v], {}, out);
+        let out = v;
+        if (!produced.has(v)) sub.op('Identity', [v], {}, (out = `${name}_${id}_${i}`));
         sub.outputs.push(onnx.ValueInfoProto.create({ name: out, type: { tensorType: { elemType: types[i]! } } }));
       });
       return { graph: onnx.GraphProto.create({ name: `${name}_${id}`, node: sub.nodes, output: sub.outputs }) };

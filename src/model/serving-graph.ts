@@ -17,11 +17,12 @@
 // attends over keys laid out by position with one causal softmax and one weighted sum, as a
 // one-row product (see groupAttention). The weight matmuls compute each row independently.
 //
-// Per-row LoRA adapters add each row's low-rank delta to the four Conv1D layers (lora-graph.ts).
+// With --enable-lora the runner builds this graph again at load time, over the exported
+// weights, with per-row LoRA adapters: each row's low-rank delta is added to the four Conv1D
+// layers (lora-graph.ts, whose inputs come on top of these). The exported graph has none.
 //
-// Contract (manifest.contractVersion 6; 5 had no LoRA inputs, 4 had one prefill group and dummy
-// rows in empty groups, 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout
-// and one run per row shape):
+// Contract (manifest.contractVersion 5; 4 had one prefill group and dummy rows in empty groups,
+// 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout and one run per row shape):
 //   inputs
 //     input_ids            int64 [T]          new tokens of every row, concatenated
 //     positions            int64 [T]          each token's position in its sequence
@@ -40,8 +41,6 @@
 //     logits_index         int64 [n]          flat token indexes whose logits to return
 //     past_key_{l}, past_value_{l}
 //                          float [heads, pool_blocks, block_size, head_dim]
-//     lora_slot, lora_column_slot, lora_{l}_{module}_{a,b}
-//                          the step's adapters in slots (lora-graph.ts); zero slots: none
 //   outputs
 //     logits               float [n, vocab]
 //     argmax               int64 [n]          the largest logit of each returned row
@@ -56,7 +55,7 @@ import { DataType, GraphBuilder } from './onnx-builder.js';
 import type { WeightPlan } from './weight-format.js';
 import { WeightOps, type WeightSource } from './weight-ops.js';
 
-export const CONTRACT_VERSION = 6;
+export const CONTRACT_VERSION = 5;
 /**
  * Prefill attention groups. The runner cuts chunks into query tiles (a tile's keys end where its
  * queries do) and spreads them over the groups by key span, so that a long chunk's early queries
@@ -65,7 +64,7 @@ export const CONTRACT_VERSION = 6;
 export const PREFILL_GROUPS = 4;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
-export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: WeightSource, tiedHead: boolean, plan: WeightPlan): void {
+export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: WeightSource, tiedHead: boolean, plan: WeightPlan, opts: { lora?: boolean } = {}): void {
   const { n_layer: L, n_head: H, n_embd: E, n_positions: P, vocab_size: V } = config;
   const D = E / H;
   const eps = config.layer_norm_epsilon;
@@ -93,9 +92,11 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
   const groups = [decode, ...prefills];
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
-  const lora = loraStepInputs(g);
-  const linear = (x: string, layer: number, module: LoraModule, k: number, n: number, transform?: (w: Float32Array) => void) =>
-    addLoraDelta(g, lora, x, ops.linear(x, `h.${layer}.${module}`, k, n, transform), layer, module, E);
+  const lora = opts.lora ? loraStepInputs(g) : null;
+  const linear = (x: string, layer: number, module: LoraModule, k: number, n: number, transform?: (w: Float32Array) => void) => {
+    const base = ops.linear(x, `h.${layer}.${module}`, k, n, transform);
+    return lora ? addLoraDelta(g, lora, x, base, layer, module, E) : base;
+  };
 
   const tokenRows = ops.embedding(inputIds, V, E);
   const wpe = weight('wpe.weight', [P, E]);
