@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { createOnnxRunner, type RunnerRow } from '../src/engine/runner.js';
+import { bigGroups, createOnnxRunner, type RunnerRow } from '../src/engine/runner.js';
 import { BlockAllocator, blocksFor } from '../src/engine/kv-cache.js';
 import type { EngineClient, EngineOptions, EngineRequest } from '../src/engine/types.js';
 import { exportCheckpoint } from '../src/model/export.js';
@@ -292,4 +292,12 @@ test('speculative decoding with adapters: verification runs with each row\'s ada
   } finally {
     await e.shutdown();
   }
+});
+
+test('big groups: slots with many more tokens than the rest are taken out of the padded batch, as many as make the padded work least', () => {
+  assert.deepEqual(bigGroups([4, 4, 4, 4]), [], 'decode rows only: one group');
+  assert.deepEqual(bigGroups([130]), [], 'one slot: nothing to gain');
+  assert.deepEqual(bigGroups([4, 132, 4, 4, 4, 4, 4, 4]), [1], 'a prompt chunk beside decode rows');
+  assert.deepEqual(bigGroups([100, 4, 90, 4, 4, 4, 4, 4]), [0, 2], 'two chunks');
+  assert.deepEqual(bigGroups([12, 10, 9, 8]), [], 'close counts: the copies cost more than the padding');
 });

@@ -54,7 +54,7 @@ runCli('bench:lora', async (argv) => {
 
 async function measure(dir: string, manifest: Manifest, s: { rank: number; adapters: number; rows: number; past: number; prefill: number; threads: number; rounds: number }): Promise<string[]> {
   const perRow = blocksFor(s.past + 1, BLOCK_SIZE);
-  const numBlocks = Math.max(s.rows * perRow, blocksFor(s.prefill, BLOCK_SIZE)) + 1;
+  const numBlocks = Math.max(s.rows * perRow + blocksFor(s.past + 128, BLOCK_SIZE), blocksFor(s.prefill, BLOCK_SIZE)) + 1;
   const create = (lora: boolean) =>
     createOnnxRunner({ modelDir: dir, manifest, executionProvider: 'cpu', intraOpThreads: s.threads, numBlocks, blockSize: BLOCK_SIZE, log: () => {}, ...(lora ? { lora: { maxLoras: s.adapters, maxRank: s.rank } } : {}) }).then((r) => r.runner);
   const plain = await create(false);
@@ -68,6 +68,15 @@ async function measure(dir: string, manifest: Manifest, s: { rank: number; adapt
       pastLength: s.past,
       blocks: Array.from({ length: perRow }, (_, k) => 1 + b * perRow + k),
       logitsFrom: 0,
+      fetchLogits: false,
+      ...(adapter ? { adapter } : {}),
+    });
+    // A 128-token chunk after --past cached tokens, in blocks after every decode row's.
+    const chunkRow = (adapter?: RowAdapter): RunnerRow => ({
+      tokens: Array.from({ length: 128 }, (_, k) => (k * 7919) % 50000),
+      pastLength: s.past,
+      blocks: Array.from({ length: blocksFor(s.past + 128, BLOCK_SIZE) }, (_, k) => 1 + s.rows * perRow + k),
+      logitsFrom: 127,
       fetchLogits: false,
       ...(adapter ? { adapter } : {}),
     });
@@ -87,6 +96,16 @@ async function measure(dir: string, manifest: Manifest, s: { rank: number; adapt
           Array.from({ length: s.rows }, (_, b) => decodeRow(b)),
           Array.from({ length: s.rows }, (_, b) => decodeRow(b, adapters[0])),
           Array.from({ length: s.rows }, (_, b) => decodeRow(b, adapters[b % s.adapters])),
+        ],
+        runs: 3,
+      },
+      {
+        // What serving mostly runs: a prompt chunk beside the streams' decode rows.
+        shape: `128-token chunk + ${s.rows - 1} decode rows`,
+        variants: [
+          [chunkRow(), ...Array.from({ length: s.rows - 1 }, (_, b) => decodeRow(b + 1))],
+          [chunkRow(adapters[0]), ...Array.from({ length: s.rows - 1 }, (_, b) => decodeRow(b + 1, adapters[0]))],
+          [chunkRow(adapters[0]), ...Array.from({ length: s.rows - 1 }, (_, b) => decodeRow(b + 1, adapters[(b + 1) % s.adapters]))],
         ],
         runs: 3,
       },
@@ -110,7 +129,8 @@ async function measure(dir: string, manifest: Manifest, s: { rank: number; adapt
     const lines = cases.map((c, ci) => {
       const [off, none, one, all] = samples[ci]!.map(median) as [number, number, number, number];
       const ratio = (ms: number) => `${ms.toFixed(2)} | ${(off / ms).toFixed(2)}x`;
-      return `| ${weights} | ${c.shape} | ${off.toFixed(2)} | ${ratio(none)} | ${ratio(one)} | ${c.shape.endsWith('rows') ? ratio(all) : '- | -'} |`;
+      const spread = c.variants[2] !== c.variants[1] && c.shape.includes('rows');
+      return `| ${weights} | ${c.shape} | ${off.toFixed(2)} | ${ratio(none)} | ${ratio(one)} | ${spread ? ratio(all) : '- | -'} |`;
     });
     lines.push(`| ${weights} | memory of one adapter (rank ${s.rank}, all layers and modules) | ${slotMiB.toFixed(1)} MiB per copy: its slot, and the engine's packed copy | | | | | | |`);
     return lines;

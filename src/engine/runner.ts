@@ -119,9 +119,10 @@ export class OnnxRunner implements ModelRunner {
   }
 
   /**
-   * The step's adapters placed in slots, each slot's tokens (lora_gather, padded with token 0 to
-   * the fullest slot's count), and where each token's delta is (lora_unpack; the base model's
-   * tokens take the zero row after the k x n deltas).
+   * The step's adapters placed in slots and their tokens grouped by slot (lora-graph.ts): slots
+   * with many more tokens than the rest (a prompt chunk beside decode rows) go to the big groups,
+   * so that no group pads every slot to a chunk's length; lora_unpack says where each token's
+   * delta is (the base model's tokens take the zero row after all of them).
    */
   private addLoraFeeds(feeds: Record<string, ort.Tensor>, rows: readonly RunnerRow[], step: PackedStep): void {
     if (!this.loras) return;
@@ -130,30 +131,38 @@ export class OnnxRunner implements ModelRunner {
     for (const r of rows) if (r.adapter) adapters.set(r.adapter.id, r.adapter.weights);
     if (adapters.size === 0) {
       feeds.lora_gather = int64(NO_TOKENS, [0, 0]);
+      feeds.lora_big_slots = int64(NO_TOKENS);
+      feeds.lora_big_gather = int64(NO_TOKENS, [0, 0]);
       feeds.lora_unpack = int64(new BigInt64Array(T));
       Object.assign(feeds, this.loras.feeds(0));
       return;
     }
     const { slotOf, count } = this.loras.place(adapters);
-    const perSlot = new Array<number>(count).fill(0);
-    rows.forEach((r) => {
-      if (r.adapter) perSlot[slotOf.get(r.adapter.id)!]! += r.tokens.length;
-    });
-    const n = Math.max(...perSlot);
-    const gather = new BigInt64Array(count * n);
-    const unpack = new BigInt64Array(T).fill(BigInt(count * n));
-    perSlot.fill(0);
+    const tokensOf: number[][] = Array.from({ length: count }, () => []);
     rows.forEach((r, i) => {
       if (!r.adapter) return;
-      const slot = slotOf.get(r.adapter.id)!;
-      for (let j = 0; j < r.tokens.length; j++) {
-        const at = slot * n + perSlot[slot]!++;
-        const token = step.firstToken[i]! + j;
-        gather[at] = BigInt(token);
-        unpack[token] = BigInt(at);
-      }
+      const list = tokensOf[slotOf.get(r.adapter.id)!]!;
+      for (let j = 0; j < r.tokens.length; j++) list.push(step.firstToken[i]! + j);
     });
+    const big = bigGroups(tokensOf.map((t) => t.length));
+    const isBig = new Set(big);
+    const n = Math.max(0, ...tokensOf.map((t, slot) => (isBig.has(slot) ? 0 : t.length)));
+    const m = Math.max(0, ...big.map((slot) => tokensOf[slot]!.length));
+    const gather = new BigInt64Array(count * n);
+    const bigGather = new BigInt64Array(big.length * m);
+    const unpack = new BigInt64Array(T).fill(BigInt(count * n + big.length * m));
+    const place = (into: BigInt64Array, offset: number, at: number, tokens: number[]) =>
+      tokens.forEach((token, j) => {
+        into[at + j] = BigInt(token);
+        unpack[token] = BigInt(offset + at + j);
+      });
+    tokensOf.forEach((tokens, slot) => {
+      if (!isBig.has(slot)) place(gather, 0, slot * n, tokens);
+    });
+    big.forEach((slot, i) => place(bigGather, count * n, i * m, tokensOf[slot]!));
     feeds.lora_gather = int64(gather, [count, n]);
+    feeds.lora_big_slots = int64(BigInt64Array.from(big, BigInt));
+    feeds.lora_big_gather = int64(bigGather, [big.length, m]);
     feeds.lora_unpack = int64(unpack);
     Object.assign(feeds, this.loras.feeds(count));
   }
@@ -371,6 +380,32 @@ function groupFeeds(members: readonly AttentionRow[], blockSize: number, chunks:
     }
   });
   return g;
+}
+
+/**
+ * A big group costs a copy of its slot's matrices, about as much as this many tokens' products
+ * (a copy moves (in + out) x R floats once; a token's two products read them and multiply).
+ */
+const BIG_GROUP_COPY_TOKENS = 8;
+
+/**
+ * Which slots go to the big groups, given each slot's token count: the most tokens first, as
+ * many as make the padded work least. The small group pads every slot to its fullest non-big
+ * slot; the big groups pad to the fullest big one, and each costs a copy of its matrices.
+ */
+export function bigGroups(counts: readonly number[]): number[] {
+  const order = counts.map((_, slot) => slot).sort((a, b) => counts[b]! - counts[a]!);
+  let best: number[] = [];
+  let bestCost = counts.length * (counts[order[0]!] ?? 0);
+  for (let j = 1; j <= order.length; j++) {
+    const rest = j < order.length ? counts[order[j]!]! : 0;
+    const cost = counts.length * rest + j * (counts[order[0]!]! + BIG_GROUP_COPY_TOKENS);
+    if (cost < bestCost) {
+      bestCost = cost;
+      best = order.slice(0, j);
+    }
+  }
+  return best;
 }
 
 export interface CreateRunnerOptions {

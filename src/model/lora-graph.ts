@@ -1,13 +1,18 @@
 // Per-row LoRA adapters in the serving graph (Punica / S-LoRA's idea, in plain ONNX ops): the
-// adapters a step uses sit in slots of stacked matrices, and each adapted layer adds every row's
-// own low-rank delta to the base layer's output. Tokens are grouped by slot (lora_gather: each
-// slot's tokens, padded to the fullest slot's count) and every slot's group is one product of a
-// batched MatMul, so a token costs its own adapter's rank only, whatever the other slots hold:
+// adapters a step uses sit in slots of stacked matrices, and each adapted layer adds every
+// token's own low-rank delta to the base layer's output. Tokens are grouped by slot and every
+// group is one product of a batched MatMul, so a token costs its own adapter's rank only:
 //
-//   x_s   = x[gather[s]]                    [k, n, in]    (k slots, n tokens each)
+//   x_s   = x[gather[s]]                    [k, n, in]    (k slots, n tokens each, padded)
 //   h_s^T = A_s^T^T · x_s^T                 [k, R, n]     (A_s^T: the slot's lora_A^T, [in, R])
 //   d_s   = (h_s^T)^T · B_s                 [k, n, out]   (B_s: its scale x lora_B^T, [R, out])
-//   y     = base + [d; 0][unpack]           [T, out]      (the base model's tokens take the zero row)
+//   y     = base + [d; d_big; 0][unpack]    [T, out]      (the base model's tokens take the zero row)
+//
+// A batch is rectangular, so every slot is padded to the fullest one's token count: a step with a
+// prompt chunk of one adapter beside decode rows of others would compute the chunk's length for
+// every slot. So the runner may take the slots with many tokens out into a second group (the big
+// groups, lora_big_*: their matrices gathered by slot, only in steps that have them), each group
+// padded to its own fullest slot.
 //
 // Every adapter is zero-padded to rank R (--max-lora-rank), so a slot is R wide.
 //
@@ -22,7 +27,9 @@
 //
 // Inputs, on top of the serving graph's (serving-graph.ts):
 //   lora_gather          int64 [k, n]          each slot's tokens (flat indexes), padded with token 0
-//   lora_unpack          int64 [T]             where each token's delta is in [d (k x n rows); 0]
+//   lora_big_slots       int64 [b]             slots taken out into big groups (b may be 0)
+//   lora_big_gather      int64 [b, m]          their tokens, padded likewise
+//   lora_unpack          int64 [T]             where each token's delta is in [d (k x n); d_big (b x m); 0]
 //   lora_{l}_{module}_a  float [k, in, R]      per layer and module: each slot's lora_A^T, zero-padded
 //   lora_{l}_{module}_b  float [k, R, out]     each slot's scale x lora_B^T (c_attn's query columns
 //                                              times 1/sqrt(head_dim), as the exporter folds them)
@@ -41,16 +48,21 @@ export const loraInputName = (layer: number, module: LoraModule, half: 'a' | 'b'
 /** The step-wide LoRA inputs, declared once per graph. */
 export interface LoraStepInputs {
   gather: string;
+  bigSlots: string;
+  bigGather: string;
   unpack: string;
-  /** One-element bool: the step has any slot. */
+  /** One-element bools: the step has any slot; it has big groups. */
   active: string;
+  bigActive: string;
 }
 
 export function loraStepInputs(g: GraphBuilder): LoraStepInputs {
   const gather = g.input('lora_gather', DataType.INT64, ['lora_slots', 'lora_tokens']);
+  const bigSlots = g.input('lora_big_slots', DataType.INT64, ['lora_big']);
+  const bigGather = g.input('lora_big_gather', DataType.INT64, ['lora_big', 'lora_big_tokens']);
   const unpack = g.input('lora_unpack', DataType.INT64, ['tokens']);
-  const active = g.op('Greater', [g.op('Shape', [gather], { start: 0, end: 1 }), g.constInt64([0])]);
-  return { gather, unpack, active };
+  const some = (t: string) => g.op('Greater', [g.op('Shape', [t], { start: 0, end: 1 }), g.constInt64([0])]);
+  return { gather, bigSlots, bigGather, unpack, active: some(gather), bigActive: some(bigSlots) };
 }
 
 const MS = 'com.microsoft';
@@ -60,14 +72,25 @@ export function addLoraDelta(g: GraphBuilder, step: LoraStepInputs, x: string, b
   const [inF, outF] = loraModuleShape(module, embd);
   const a = g.input(loraInputName(layer, module, 'a'), DataType.FLOAT, ['lora_slots', inF, 'lora_rank']);
   const b = g.input(loraInputName(layer, module, 'b'), DataType.FLOAT, ['lora_slots', 'lora_rank', outF]);
+  // One batched product per group: tokens [k, n] gathered from x, times their slots' A^T [k, in, R]
+  // and B [k, R, out], both read transposed-left (see above); the deltas flat, [k x n, out].
+  const deltas = (sub: GraphBuilder, aSlots: string, bSlots: string, tokens: string) => {
+    const hT = sub.op('FusedMatMul', [aSlots, sub.op('Gather', [x, tokens], { axis: 0 })], { transA: 1, transB: 1 }, undefined, MS); // [k, R, n]
+    return sub.op('Reshape', [sub.op('FusedMatMul', [hT, bSlots], { transA: 1 }, undefined, MS), sub.constInt64([-1, outF])]);
+  };
   return g.ifElse(
     step.active,
     [DataType.FLOAT],
     (sub) => {
-      const grouped = sub.op('Gather', [x, step.gather], { axis: 0 }); // [k, n, in]
-      const hT = sub.op('FusedMatMul', [a, grouped], { transA: 1, transB: 1 }, undefined, MS); // [k, R, n]
-      const deltas = sub.op('FusedMatMul', [hT, b], { transA: 1 }, undefined, MS); // [k, n, out]
-      const rows = sub.op('Concat', [sub.op('Reshape', [deltas, sub.constInt64([-1, outF])]), sub.constFloat(new Array(outF).fill(0), [1, outF])], { axis: 0 });
+      const small = deltas(sub, a, b, step.gather);
+      // The big groups' slots are gathered (a copy of their matrices), only in steps that have them.
+      const big = sub.ifElse(
+        step.bigActive,
+        [DataType.FLOAT],
+        (s) => [deltas(s, s.op('Gather', [a, step.bigSlots], { axis: 0 }), s.op('Gather', [b, step.bigSlots], { axis: 0 }), step.bigGather)],
+        (s) => [s.constFloat([], [0, outF])],
+      )[0]!;
+      const rows = sub.op('Concat', [small, big, sub.constFloat(new Array(outF).fill(0), [1, outF])], { axis: 0 });
       return [sub.op('Add', [base, sub.op('Gather', [rows, step.unpack], { axis: 0 })])];
     },
     () => [base],
