@@ -37,6 +37,7 @@ import { WeightOps } from '../src/model/weight-ops.js';
 import { CONTRACT_VERSION } from '../src/model/serving-graph.js';
 import { runCli } from '../scripts/cli.js';
 import { profileTable, summarizeProfile } from './bench/ort-profile.js';
+import { median, medianStepMs } from './bench/step-timing.js';
 import { makeReporter } from '../scripts/progress.js';
 
 const BLOCK_SIZE = 16;
@@ -229,22 +230,12 @@ async function interleavedComparison(dirs: string[], s: Settings) {
   const one = [decodeRow(0)];
   const many = Array.from({ length: N }, (_, b) => decodeRow(b));
   const prefill = [{ tokens: Array.from({ length: s.prefillTokens }, (_, k) => (k * 7919) % 50000), pastLength: 0, blocks: Array.from({ length: blocksFor(s.prefillTokens, BLOCK_SIZE) }, (_, k) => 1 + k), logitsFrom: s.prefillTokens - 1, fetchLogits: false }];
-  const time = async (runner: OnnxRunner, rows: Parameters<OnnxRunner['run']>[0], runs: number) => {
-    await runner.run(rows); // warm: the other model's threads and cache lines are still around
-    runner.takeModelMs();
-    const samples: number[] = [];
-    for (let i = 0; i < runs; i++) {
-      await runner.run(rows);
-      samples.push(runner.takeModelMs());
-    }
-    return median(samples);
-  };
   for (let round = 0; round < 7; round++) {
     for (let i = 0; i < models.length; i++) {
       const m = models[(i + round) % models.length]!;
-      m.decode1.push(await time(m.runner, one, 9));
-      m.decodeN.push(await time(m.runner, many, 3));
-      m.prefill.push(await time(m.runner, prefill, 1));
+      m.decode1.push(await medianStepMs(m.runner, one, 9));
+      m.decodeN.push(await medianStepMs(m.runner, many, 3));
+      m.prefill.push(await medianStepMs(m.runner, prefill, 1));
     }
   }
   for (const m of models) await m.runner.dispose();
@@ -491,10 +482,6 @@ async function profileDecodeStep(dir: string, past: number, s: Settings): Promis
   return profileTable(`${basename(dir)} (${describeWeights(manifest)}), one decode row at ${past} cached tokens`, summarizeProfile(file, PROFILE_WARMUP));
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 function printFigures(f: Record<string, unknown>): void {
   const fmt = (v: unknown): string => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(3)) : JSON.stringify(v));

@@ -10,13 +10,14 @@
 import { parseArgs } from 'node:util';
 import { blocksFor } from '../src/engine/kv-cache.js';
 import type { RowAdapter } from '../src/engine/lora-slots.js';
-import { createOnnxRunner, type OnnxRunner, type RunnerRow } from '../src/engine/runner.js';
+import { createOnnxRunner, type RunnerRow } from '../src/engine/runner.js';
 import { LORA_MODULES, loraModuleShape, type LoraAdapter } from '../src/model/lora-adapter.js';
 import { packLoraAdapter } from '../src/model/lora-graph.js';
 import { describeWeights, readManifest, type Manifest } from '../src/model/manifest.js';
 import { Rng } from '../src/util/rng.js';
 import { runCli } from '../scripts/cli.js';
 import { ensureBenchModel } from './bench/bench.js';
+import { median, medianStepMs } from './bench/step-timing.js';
 
 const BLOCK_SIZE = 16;
 
@@ -120,7 +121,7 @@ async function measure(dir: string, manifest: Manifest, s: { rank: number; adapt
         const n = c.variants.length + 1;
         for (let k = 0; k < n; k++) {
           const v = (k + round) % n;
-          samples[ci]![v]!.push(await (v === 0 ? time(plain, c.variants[0]!, c.runs) : time(runner, c.variants[v - 1]!, c.runs)));
+          samples[ci]![v]!.push(await (v === 0 ? medianStepMs(plain, c.variants[0]!, c.runs) : medianStepMs(runner, c.variants[v - 1]!, c.runs)));
         }
       }
     }
@@ -140,17 +141,6 @@ async function measure(dir: string, manifest: Manifest, s: { rank: number; adapt
   }
 }
 
-async function time(runner: OnnxRunner, rows: RunnerRow[], runs: number): Promise<number> {
-  await runner.run(rows);
-  runner.takeModelMs();
-  const samples: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    await runner.run(rows);
-    samples.push(runner.takeModelMs());
-  }
-  return median(samples);
-}
-
 function randomAdapter(config: { n_layer: number; n_embd: number }, rank: number, seed: number): LoraAdapter {
   const rng = new Rng(1000 + seed);
   const random = (n: number) => Float32Array.from({ length: n }, () => 0.02 * rng.gaussian());
@@ -162,9 +152,4 @@ function randomAdapter(config: { n_layer: number; n_embd: number }, rank: number
     }
   }
   return { dir: `random-${seed}`, rank, alpha: rank, rslora: false, scale: 1, pairs };
-}
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
 }
