@@ -1,6 +1,6 @@
 // The LoRA slots the serving graph reads (src/model/lora-graph.ts): per layer and module, one
-// stacked lora_A^T ([slots, in, R]) and one stacked lora_B ([slots, R, out]) of --max-loras
-// slots, each slot an adapter's packed matrices (PackedLora). An adapter keeps its slot from step to step while the slot is not
+// stacked lora_A ([slots, R, in]) and one stacked lora_B ([slots, out, R]) of --max-loras slots,
+// each slot an adapter's packed matrices (PackedLora). An adapter keeps its slot from step to step while the slot is not
 // needed by another, so a slot is filled once per activation, not per step; a step feeds the
 // first k slots, up to the highest one it uses, as zero-copy views (CPU inputs wrap JS memory).
 // Which slot an adapter sits in, and what the other slots hold, does not change its rows' bits
@@ -16,7 +16,7 @@ export interface RowAdapter {
 }
 
 export class LoraSlots {
-  /** [layer][module]: per slot, [in, rank] (lora_A^T) and [rank, out] (scaled lora_B^T). */
+  /** [layer][module]: per slot, [rank, in] (lora_A) and [out, rank] (scaled lora_B). */
   private readonly stacked: Array<Array<{ a: Float32Array; b: Float32Array; inF: number; outF: number }>>;
   /** The adapter id in each slot (null: empty), and when each slot was last used. */
   private readonly holder: Array<number | null>;
@@ -88,8 +88,8 @@ export class LoraSlots {
       const built: Record<string, ort.Tensor> = {};
       this.stacked.forEach((modules, layer) =>
         modules.forEach(({ a, b, inF, outF }, m) => {
-          built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(0, count * inF * R), [count, inF, R]);
-          built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(0, count * R * outF), [count, R, outF]);
+          built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(0, count * inF * R), [count, 1, R, inF]);
+          built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(0, count * R * outF), [count, 1, outF, R]);
         }),
       );
       this.feedsBySlots[count] = feeds = built;

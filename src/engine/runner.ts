@@ -146,7 +146,8 @@ export class OnnxRunner implements ModelRunner {
     });
     const big = bigGroups(tokensOf.map((t) => t.length));
     const isBig = new Set(big);
-    const n = Math.max(0, ...tokensOf.map((t, slot) => (isBig.has(slot) ? 0 : t.length)));
+    // At least one (padding) token per slot: ONNX Runtime broadcasts a slot over 1 token or more, not 0.
+    const n = Math.max(1, ...tokensOf.map((t, slot) => (isBig.has(slot) ? 0 : t.length)));
     const m = Math.max(0, ...big.map((slot) => tokensOf[slot]!.length));
     const gather = new BigInt64Array(count * n);
     const bigGather = new BigInt64Array(big.length * m);

@@ -1,11 +1,11 @@
 // Per-row LoRA adapters in the serving graph (Punica / S-LoRA's idea, in plain ONNX ops): the
 // adapters a step uses sit in slots of stacked matrices, and each adapted layer adds every
-// token's own low-rank delta to the base layer's output. Tokens are grouped by slot and every
-// group is one product of a batched MatMul, so a token costs its own adapter's rank only:
+// token's own low-rank delta to the base layer's output. Tokens are grouped by slot, and each
+// token is its own pair of matrix-vector products with its slot's matrices:
 //
-//   x_s   = x[gather[s]]                    [k, n, in]    (k slots, n tokens each, padded)
-//   h_s^T = A_s^T^T · x_s^T                 [k, R, n]     (A_s^T: the slot's lora_A^T, [in, R])
-//   d_s   = (h_s^T)^T · B_s                 [k, n, out]   (B_s: its scale x lora_B^T, [R, out])
+//   x_s   = x[gather[s]] as columns         [k, n, in, 1] (k slots, n tokens each, padded)
+//   h     = A_s · x_s                       [k, n, R, 1]  (A_s: the slot's lora_A, [R, in])
+//   d     = B_s · h                         [k, n, out, 1] (B_s: its scale x lora_B, [out, R])
 //   y     = base + [d; d_big; 0][unpack]    [T, out]      (the base model's tokens take the zero row)
 //
 // A batch is rectangular, so every slot is padded to the fullest one's token count: a step with a
@@ -18,21 +18,22 @@
 //
 // Exact beside any mix: a token's delta is bit-identical alone and with any other tokens, slots
 // and adapters in the step. ONNX Runtime's float MatMul (MLAS) picks its kernel and the blocking
-// of the inner dimension by the product's shape: a one-row product takes separate M=1 kernels,
-// and the inner dimension is cut into slices whose length depends on N and on how the product is
-// split across threads. With the left operand transposed (transA) MLAS takes neither shortcut:
-// no M=1 kernel, inner slices of a fixed 128 whatever N, and each output one fused multiply-add
-// chain per slice. Both products read their left side transposed (FusedMatMul's transA), and
-// their inner dimensions (in, then R) do not depend on the step. A base token adds an exact zero.
+// of the inner dimension by the product's shape; a product with one column (N = 1, contiguous)
+// goes to a matrix-vector kernel whose order of summation depends only on the inner length. The
+// slot's matrix is the left operand and broadcasts over the slot's tokens, so every token is a
+// product of its own, whatever n and k are (written the other way round, with the tokens on the
+// left and the slot's matrix broadcast on the right, ONNX Runtime folds a batch of one slot into
+// the rows of one product, which changes the kernel with the token count). The matrices are read
+// as they are, without MLAS's packing copies. A base token adds an exact zero.
 //
 // Inputs, on top of the serving graph's (serving-graph.ts):
 //   lora_gather          int64 [k, n]          each slot's tokens (flat indexes), padded with token 0
 //   lora_big_slots       int64 [b]             slots taken out into big groups (b may be 0)
 //   lora_big_gather      int64 [b, m]          their tokens, padded likewise
 //   lora_unpack          int64 [T]             where each token's delta is in [d (k x n); d_big (b x m); 0]
-//   lora_{l}_{module}_a  float [k, in, R]      per layer and module: each slot's lora_A^T, zero-padded
-//   lora_{l}_{module}_b  float [k, R, out]     each slot's scale x lora_B^T (c_attn's query columns
-//                                              times 1/sqrt(head_dim), as the exporter folds them)
+//   lora_{l}_{module}_a  float [k, 1, R, in]   per layer and module: each slot's lora_A, zero-padded rows
+//   lora_{l}_{module}_b  float [k, 1, out, R]  each slot's scale x lora_B (c_attn's query rows times
+//                                              1/sqrt(head_dim), as the exporter folds them), zero-padded columns
 // A step without adapters feeds zero slots (zero-size tensors) and an If node skips the deltas.
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { LORA_MODULES, loraModuleShape, type LoraAdapter, type LoraModule } from './lora-adapter.js';
@@ -65,18 +66,17 @@ export function loraStepInputs(g: GraphBuilder): LoraStepInputs {
   return { gather, bigSlots, bigGather, unpack, active: some(gather), bigActive: some(bigSlots) };
 }
 
-const MS = 'com.microsoft';
-
 /** `base` (the layer's output for input x, [T, out]) plus each token's adapter delta. */
 export function addLoraDelta(g: GraphBuilder, step: LoraStepInputs, x: string, base: string, layer: number, module: LoraModule, embd: number): string {
   const [inF, outF] = loraModuleShape(module, embd);
-  const a = g.input(loraInputName(layer, module, 'a'), DataType.FLOAT, ['lora_slots', inF, 'lora_rank']);
-  const b = g.input(loraInputName(layer, module, 'b'), DataType.FLOAT, ['lora_slots', 'lora_rank', outF]);
-  // One batched product per group: tokens [k, n] gathered from x, times their slots' A^T [k, in, R]
-  // and B [k, R, out], both read transposed-left (see above); the deltas flat, [k x n, out].
+  const a = g.input(loraInputName(layer, module, 'a'), DataType.FLOAT, ['lora_slots', 1, 'lora_rank', inF]);
+  const b = g.input(loraInputName(layer, module, 'b'), DataType.FLOAT, ['lora_slots', 1, outF, 'lora_rank']);
+  // One batched product per token: tokens [k, n] gathered from x as columns [k, n, in, 1], each
+  // multiplied by its slot's A [k, 1, R, in], then B [k, 1, out, R] (the slot's matrices broadcast
+  // over its tokens); the deltas flat, [k x n, out].
   const deltas = (sub: GraphBuilder, aSlots: string, bSlots: string, tokens: string) => {
-    const hT = sub.op('FusedMatMul', [aSlots, sub.op('Gather', [x, tokens], { axis: 0 })], { transA: 1, transB: 1 }, undefined, MS); // [k, R, n]
-    return sub.op('Reshape', [sub.op('FusedMatMul', [hT, bSlots], { transA: 1 }, undefined, MS), sub.constInt64([-1, outF])]);
+    const h = sub.op('MatMul', [aSlots, sub.op('Unsqueeze', [sub.op('Gather', [x, tokens], { axis: 0 }), sub.constInt64([-1])])]); // [k, n, R, 1]
+    return sub.op('Reshape', [sub.op('MatMul', [bSlots, h]), sub.constInt64([-1, outF])]); // [k, n, out, 1] -> [k x n, out]
   };
   return g.ifElse(
     step.active,
@@ -98,9 +98,9 @@ export function addLoraDelta(g: GraphBuilder, step: LoraStepInputs, x: string, b
 }
 
 /**
- * An adapter in the graph's slot layout: per layer and module, lora_A^T zero-padded to `rank`
- * columns ([in, rank]) and `scale * lora_B^T` zero-padded to `rank` rows ([rank, out]); null where
- * the adapter leaves the module alone. c_attn's query columns carry the attention's 1/sqrt(head_dim), folded
+ * An adapter in the graph's slot layout: per layer and module, lora_A zero-padded to `rank` rows
+ * ([rank, in]) and `scale * lora_B` zero-padded to `rank` columns ([out, rank]); null where the
+ * adapter leaves the module alone. c_attn's query columns carry the attention's 1/sqrt(head_dim), folded
  * into the base weights by the exporter (serving-graph.ts), so the delta's do too.
  */
 export interface PackedLora {
@@ -120,14 +120,12 @@ export function packLoraAdapter(adapter: LoraAdapter, config: Pick<Gpt2Config, '
   for (const pair of adapter.pairs) {
     const { inFeatures: inF, outFeatures: outF, a, b } = pair;
     const r = adapter.rank;
-    const packedA = new Float32Array(inF * rank); // [in, R]: lora_A [r, in] transposed, zero columns after r
-    const packedB = new Float32Array(rank * outF); // [R, out]: scale x lora_B [out, r] transposed, zero rows after r
-    for (let k = 0; k < r; k++) {
-      for (let i = 0; i < inF; i++) packedA[i * rank + k] = a[k * inF + i]!;
-      for (let o = 0; o < outF; o++) {
-        const q = pair.module === 'attn.c_attn' && o < E ? queryScale : 1;
-        packedB[k * outF + o] = Math.fround(Math.fround(adapter.scale * b[o * r + k]!) * q);
-      }
+    const packedA = new Float32Array(rank * inF); // [R, in]: lora_A [r, in], zero rows after r
+    packedA.set(a);
+    const packedB = new Float32Array(outF * rank); // [out, R]: scale x lora_B [out, r], zero columns after r
+    for (let o = 0; o < outF; o++) {
+      const q = pair.module === 'attn.c_attn' && o < E ? queryScale : 1;
+      for (let k = 0; k < r; k++) packedB[o * rank + k] = Math.fround(Math.fround(adapter.scale * b[o * r + k]!) * q);
     }
     layers[pair.layer]![LORA_MODULES.indexOf(pair.module)] = { a: packedA, b: packedB };
     bytes += packedA.byteLength + packedB.byteLength;
