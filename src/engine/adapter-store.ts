@@ -10,6 +10,8 @@ import type { LoraOptions } from './types.js';
 
 export class AdapterStore {
   private readonly adapters = new Map<number, RowAdapter & { removed: boolean }>();
+  /** Removed adapters still held for sequences that use them. */
+  private removedHeld = 0;
 
   constructor(
     private readonly options: LoraOptions & { model: Pick<Gpt2Config, 'n_layer' | 'n_embd' | 'n_head'> },
@@ -26,8 +28,10 @@ export class AdapterStore {
   remove(id: number, inUse: boolean): void {
     const entry = this.adapters.get(id);
     if (!entry) return;
+    if (entry.removed) return;
     entry.removed = true;
-    if (!inUse) this.drop(id);
+    if (inUse) this.removedHeld++;
+    else this.drop(id);
   }
 
   /** The adapter a new request may name: known and not removed. */
@@ -43,13 +47,19 @@ export class AdapterStore {
     return entry;
   }
 
-  /** Drops removed adapters that no sequence uses any more. */
-  sweep(inUse: ReadonlySet<number>): void {
-    for (const entry of this.adapters.values()) if (entry.removed && !inUse.has(entry.id)) this.drop(entry.id);
-  }
-
-  get size(): number {
-    return this.adapters.size;
+  /**
+   * Drops removed adapters that no sequence uses any more; `inUse` (the adapters sequences hold)
+   * is asked for only while a removed adapter is still held, not on every step.
+   */
+  sweep(inUse: () => ReadonlySet<number>): void {
+    if (this.removedHeld === 0) return;
+    const held = inUse();
+    for (const entry of this.adapters.values()) {
+      if (entry.removed && !held.has(entry.id)) {
+        this.removedHeld--;
+        this.drop(entry.id);
+      }
+    }
   }
 
   private drop(id: number): void {

@@ -234,7 +234,7 @@ export class EngineCore {
 
   /** Drops removed adapters whose last sequence has ended. */
   private sweepAdapters(): void {
-    if (this.adapters && this.adapters.size > 0) this.adapters.sweep(new Set(this.scheduler.adapterLoad().keys()));
+    this.adapters?.sweep(() => new Set(this.scheduler.adapterLoad().keys()));
   }
 
   private recordStep(timings: StepTimings): void {

@@ -1,8 +1,9 @@
 // The LoRA slots the serving graph reads (src/model/lora-graph.ts): per layer and module, one
 // stacked lora_A ([slots, R, in]) and one stacked lora_B ([slots, out, R]) of --max-loras slots,
-// each slot an adapter's packed matrices (PackedLora). An adapter keeps its slot from step to step while the slot is not
-// needed by another, so a slot is filled once per activation, not per step; a step feeds the
-// first k slots, up to the highest one it uses, as zero-copy views (CPU inputs wrap JS memory).
+// each slot an adapter's packed matrices (PackedLora). An adapter keeps its slot from step to
+// step while the slot is not needed by another, so a slot is filled once per activation, not per
+// step; a step feeds the first k slots, up to the highest one it uses, as zero-copy views (CPU
+// inputs wrap JS memory).
 // Which slot an adapter sits in, and what the other slots hold, does not change its rows' bits
 // (lora-graph.ts), so slots may be reassigned freely.
 import * as ort from 'onnxruntime-node';

@@ -101,7 +101,7 @@ export async function createSession(model: string | Uint8Array, opts: SessionOpt
   };
   const cpu = async (why: string): Promise<SessionResult> => {
     opts.log(`execution provider: cpu (${why})`);
-    return { session: await create(model, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
+    return { session: await createOrtSession(model, { ...base, executionProviders: ['cpu'] }), provider: 'cpu' };
   };
   if (opts.executionProvider === 'cpu') return cpu(opts.why ?? 'requested');
   const cudaLib = cudaProviderPath();
@@ -111,7 +111,7 @@ export async function createSession(model: string | Uint8Array, opts: SessionOpt
     return cpu(`auto: ${why}`);
   }
   try {
-    const session = await create(model, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
+    const session = await createOrtSession(model, { ...base, executionProviders: [{ name: 'cuda', deviceId: 0 }] });
     opts.log(`execution provider: cuda (device 0, ${opts.why ?? (opts.executionProvider === 'auto' ? 'auto' : 'requested')})`);
     return { session, provider: 'cuda' };
   } catch (err) {
@@ -120,6 +120,7 @@ export async function createSession(model: string | Uint8Array, opts: SessionOpt
   }
 }
 
-function create(model: string | Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
+/** InferenceSession.create from a file or from bytes (its overloads take one or the other). */
+export function createOrtSession(model: string | Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
   return typeof model === 'string' ? ort.InferenceSession.create(model, options) : ort.InferenceSession.create(model, options);
 }

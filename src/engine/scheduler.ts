@@ -166,7 +166,6 @@ export class Scheduler {
     };
     // Before any row is planned, so that a victim has none to take back.
     if (this.config.policy === 'priority') this.preemptForPriority(preempted);
-    const adapterFits = this.adapterFits();
     // Planning only ever takes sequences out of `running` (preemption) until admission: what is
     // left to plan is this snapshot's sequences that still run, in order.
     const running = [...this.running];
@@ -201,7 +200,7 @@ export class Scheduler {
       add({ seq, start: seq.numComputed, count, sample: seq.numComputed + count === seq.tokens.length });
     }
     for (;;) {
-      const seq = nextToAdmit(this.waiting, this.running, this.config.policy ?? 'fcfs', adapterFits);
+      const seq = nextToAdmit(this.waiting, this.running, this.config.policy ?? 'fcfs', this.adapterFits);
       // Not back in the same step it was evicted in.
       if (seq === undefined || preempted.includes(seq)) break;
       seq.numComputed = this.kv.takeCachedPrefix(seq);
@@ -458,7 +457,7 @@ export class Scheduler {
    * never taken: priority orders a tenant's own requests (fair-share.ts).
    */
   private preemptForPriority(preempted: Sequence[]): void {
-    const head = nextToAdmit(this.waiting, this.running, 'priority', this.adapterFits());
+    const head = nextToAdmit(this.waiting, this.running, 'priority', this.adapterFits);
     if (head === undefined || this.admits(head)) return;
     const victims = this.running.filter((s) => s.tenant === head.tenant && s.priority > head.priority).sort((a, b) => (lessUrgent(a, b) ? -1 : 1));
     if (victims.length === 0 || !this.couldAdmitWithout(head, victims)) return;
@@ -512,11 +511,10 @@ export class Scheduler {
 
   /**
    * Whether a waiting sequence's adapter has room in the running batch: none needed, its adapter
-   * already runs, or fewer than maxLoras adapters do. Admission updates the held set as it goes.
+   * already runs, or fewer than maxLoras adapters do (runningAdapters follows every admission).
    */
-  private adapterFits(): (seq: Sequence) => boolean {
-    return (seq) => seq.adapter === null || this.runningAdapters.has(seq.adapter) || this.runningAdapters.size < (this.config.maxLoras ?? 0);
-  }
+  private readonly adapterFits = (seq: Sequence): boolean =>
+    seq.adapter === null || this.runningAdapters.has(seq.adapter) || this.runningAdapters.size < (this.config.maxLoras ?? 0);
 
   /** Keeps runningAdapters in step with `running` (every insertion and removal goes through here). */
   private countAdapter(seq: Sequence, delta: 1 | -1): void {

@@ -1,14 +1,15 @@
 // The WebGPU execution provider: Dawn over Vulkan, built into onnxruntime-node's linux-x64
 // package. What it can and cannot do through the Node binding is measured in docs/webgpu-notes.md.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
+import { createOrtSession } from './ort-session.js';
 
 export async function createWebGpuSession(
   model: string | Uint8Array,
   options: ort.InferenceSession.SessionOptions = {},
 ): Promise<ort.InferenceSession> {
   const opts: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', ...options, executionProviders: ['webgpu'] };
-  return typeof model === 'string' ? ort.InferenceSession.create(model, opts) : ort.InferenceSession.create(model, opts);
+  return createOrtSession(model, opts);
 }
 
 /**
