@@ -29,11 +29,12 @@ interface Outcome {
 
 /**
  * Runs the prompt in `chunks` (their sizes). With `crowd`, each step also carries a neighbour
- * sequence: a 30-token prefill chunk while it has prompt left, then a decode row.
+ * sequence: a 30-token prefill chunk while it has prompt left, then a decode row. `decodeGroupKeys`
+ * low spreads the decode rows over the graph's decode groups (the default keeps two rows together).
  */
-async function runChunked(modelDir: string, chunks: number[], crowd: boolean): Promise<Outcome> {
+async function runChunked(modelDir: string, chunks: number[], crowd: boolean, decodeGroupKeys?: number): Promise<Outcome> {
   const manifest = readManifest(modelDir);
-  const { runner } = await createOnnxRunner({ modelDir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks: 128, blockSize: BLOCK, log: () => {} });
+  const { runner } = await createOnnxRunner({ modelDir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks: 128, blockSize: BLOCK, log: () => {}, decodeGroupKeys });
   try {
     const logits: Float32Array[] = [];
     let past = 0;
@@ -87,13 +88,15 @@ function differing(a: Float32Array[], b: Float32Array[]): number[] {
   return bad;
 }
 
-const SCHEDULES: Array<[string, number[], boolean]> = [
+const SCHEDULES: Array<[string, number[], boolean, number?]> = [
   ['[200] beside a neighbour', [N], true],
   ['[17, 183]', [17, 183], false],
   ['[199, 1]', [199, 1], false],
   ['[64, 64, 72] beside a neighbour', [64, 64, 72], true],
   ['200 x [1]', Array<number>(N).fill(1), false],
   ['[1, 1, 198]', [1, 1, 198], false],
+  // Decode rows in separate decode groups, each padded to its own widest row.
+  ['[60] then 140 x [1] beside a neighbour, decode groups of 64 keys', [60, ...Array<number>(N - 60).fill(1)], true, 64],
 ];
 
 const FORMATS: Record<string, WeightFormatOptions | null> = { fp32: null, int8: { dtype: 'int8' }, int4: { dtype: 'int4' } };
@@ -113,8 +116,8 @@ for (const name of Object.keys(FORMATS)) {
   test(`${name}: a 200-token prompt's logits and pool K/V are bit-identical under every chunking and beside other rows`, async () => {
     const dir = dirs.get(name)!;
     const reference = await runChunked(dir, [N], false);
-    for (const [schedule, chunks, crowd] of SCHEDULES) {
-      const got = await runChunked(dir, chunks, crowd);
+    for (const [schedule, chunks, crowd, decodeGroupKeys] of SCHEDULES) {
+      const got = await runChunked(dir, chunks, crowd, decodeGroupKeys);
       assert.deepEqual(differing(got.logits, reference.logits), [], `${schedule}: positions whose logits differ`);
       assert.deepEqual(differing(got.kv, reference.kv), [], `${schedule}: K/V tensors that differ`);
     }

@@ -198,6 +198,8 @@ async function benchModel(dir: string, s: Settings, log: (m: string) => void) {
       planSampleEmitMs: batched.planSampleEmitMs,
       messagingMs: batched.messagingMs,
       target: '<= 0.05',
+      // One sequence's step, in the same pieces: a one-row step's fixed cost outside the model.
+      single: { modelMs: single.decodeModelMs, stepMs: single.decodeStepMs, feedAndKvWriteMs: single.feedAndKvWriteMs, planSampleEmitMs: single.planSampleEmitMs, messagingMs: single.messagingMs },
     },
     kvMemory: { worstExcessBlocksPerSequence: batched.kvExcessPerSeq, target: '<= 1 block per sequence' },
     rssAfterMiB,

@@ -57,8 +57,8 @@ export class OnnxRunner implements ModelRunner {
   private modelMs = 0;
   /** Every output but the logits: ORT copies each fetched output, and logits are the big one. */
   private readonly withoutLogits: string[];
-  /** The graph's prefill attention groups (serving-graph.ts PREFILL_GROUPS, read from its inputs). */
-  private readonly prefillGroups: number;
+  /** The graph's attention groups (serving-graph.ts, read from its inputs) and the decode groups' key budget. */
+  private readonly layout: StepLayout;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -68,24 +68,30 @@ export class OnnxRunner implements ModelRunner {
     private readonly profile?: { prefix: string; log: (msg: string) => void },
     /** The adapters' slots, when the graph was built with LoRA inputs (--enable-lora). */
     private readonly loras: LoraSlots | null = null,
+    decodeGroupKeys?: number,
   ) {
     this.withoutLogits = session.outputNames.filter((n) => n !== 'logits');
-    this.prefillGroups = session.inputNames.filter((n) => /^prefill_\d+_token_index$/.test(n)).length;
+    const groups = (kind: string) => session.inputNames.filter((n) => new RegExp(`^${kind}_\\d+_token_index$`).test(n)).length;
+    const keyBytes = 2 * pool.shape.heads * pool.shape.headDim * 4; // K and V of one key, one layer
+    this.layout = { decodeGroups: groups('decode'), prefillGroups: groups('prefill'), decodeGroupKeys: decodeGroupKeys ?? Math.floor(DECODE_GROUP_KV_BYTES / keyBytes) };
   }
 
-  /** One session.run for the whole step: decode rows and prefill chunks together (contract v5). */
+  /** One session.run for the whole step: decode rows and prefill chunks together (serving-graph.ts, contract 6). */
   async run(rows: readonly RunnerRow[]): Promise<RowOutput[]> {
-    const step = packStep(rows, this.pool.shape.blockSize, this.prefillGroups);
+    const step = packStep(rows, this.pool.shape.blockSize, this.layout);
     const feeds: Record<string, ort.Tensor> = {
       input_ids: int64(step.inputIds),
       positions: int64(step.positions),
       unpack_index: int64(step.unpackIndex),
       logits_index: int64(step.logitsIndex),
     };
-    const groups: Array<[string, GroupFeeds]> = [['decode', step.decode], ...step.prefill.map((g, i) => [`prefill_${i}`, g] as [string, GroupFeeds])];
+    const groups: Array<[string, GroupFeeds]> = [
+      ...step.decode.map((g, i) => [`decode_${i}`, g] as [string, GroupFeeds]),
+      ...step.prefill.map((g, i) => [`prefill_${i}`, g] as [string, GroupFeeds]),
+    ];
     for (const [name, g] of groups) {
       feeds[`${name}_token_index`] = int64(g.tokenIndex, [g.rows, g.chunk]);
-      if (name === 'decode') continue;
+      if (name.startsWith('decode')) continue;
       feeds[`${name}_new_tokens`] = int64(g.newTokens);
       feeds[`${name}_new_slots`] = int64(g.newSlots, [g.newTokens.length, 2]);
     }
@@ -233,10 +239,25 @@ interface GroupFeeds {
   newSlots: BigInt64Array;
 }
 
+/** The graph's attention groups, and how many past keys one decode group should gather at most. */
+export interface StepLayout {
+  decodeGroups: number;
+  prefillGroups: number;
+  decodeGroupKeys: number;
+}
+
+/**
+ * The K/V bytes (all heads, one layer) that one decode group gathers, at most, when the rows
+ * allow: a copy this size is still in the cache when the group's products read it back
+ * (measured: docs/benchmark.md, "Decode groups").
+ */
+const DECODE_GROUP_KV_BYTES = 16 * 2 ** 20;
+
 export interface PackedStep {
   inputIds: BigInt64Array;
   positions: BigInt64Array;
-  decode: GroupFeeds;
+  /** One per decode group of the graph (some may have no rows). */
+  decode: GroupFeeds[];
   /** One per prefill group of the graph (some may have no rows). */
   prefill: GroupFeeds[];
   unpackIndex: BigInt64Array;
@@ -260,11 +281,12 @@ interface AttentionRow {
 
 /**
  * Lays a step's rows out as the graph wants them: tokens flat in the caller's row order, rows of
- * one token in the decode group, longer chunks cut into tiles of at most TILE queries that are
- * spread over the prefill groups by key span (each group pads its rows to its longest tile and
- * widest span). A group with no rows gets zero-size feeds.
+ * one token in the decode groups (as many as their past keys need, decodeSplit), longer chunks
+ * cut into tiles of at most TILE queries that are spread over the prefill groups by key span
+ * (each group pads its rows to its longest tile and widest span). A group with no rows gets
+ * zero-size feeds.
  */
-export function packStep(rows: readonly RunnerRow[], blockSize: number, prefillGroups: number): PackedStep {
+export function packStep(rows: readonly RunnerRow[], blockSize: number, layout: StepLayout): PackedStep {
   const T = rows.reduce((n, r) => n + r.tokens.length, 0);
   const inputIds = new BigInt64Array(T);
   const positions = new BigInt64Array(T);
@@ -293,8 +315,9 @@ export function packStep(rows: readonly RunnerRow[], blockSize: number, prefillG
     else for (let j = 0; j < n; j += TILE) tiles.push(at(j, Math.min(TILE, n - j)));
     nLogits += n - r.logitsFrom;
   });
-  const groups = [decodeRows, ...spread(tiles, blockSize, prefillGroups)];
-  const feeds = groups.map((members, g) => groupFeeds(members, blockSize, g > 0));
+  const decodeGroups = decodeSplit(decodeRows, blockSize, layout.decodeGroups, layout.decodeGroupKeys);
+  const groups = [...decodeGroups, ...spread(tiles, blockSize, layout.prefillGroups)];
+  const feeds = groups.map((members, g) => groupFeeds(members, blockSize, g >= layout.decodeGroups));
   // Group outputs are concatenated in order, each [rows x chunk] row-major.
   const unpackIndex = new BigInt64Array(T);
   let base = 0;
@@ -310,7 +333,30 @@ export function packStep(rows: readonly RunnerRow[], blockSize: number, prefillG
   rows.forEach((r, i) => {
     for (let j = r.logitsFrom; j < r.tokens.length; j++) logitsIndex[li++] = BigInt(firstToken[i]! + j);
   });
-  return { inputIds, positions, decode: feeds[0]!, prefill: feeds.slice(1), unpackIndex, logitsIndex, firstToken };
+  return { inputIds, positions, decode: feeds.slice(0, layout.decodeGroups), prefill: feeds.slice(layout.decodeGroups), unpackIndex, logitsIndex, firstToken };
+}
+
+/**
+ * Decode rows into `count` groups (the later ones possibly empty): as few groups as keep each
+ * within `keys` padded past keys, at most `count`, cut from the rows sorted by past length into
+ * runs of about equal padded keys, so that rows of like length share a group's padding.
+ */
+function decodeSplit(rows: AttentionRow[], blockSize: number, count: number, keys: number): AttentionRow[][] {
+  const groups: AttentionRow[][] = Array.from({ length: count }, () => []);
+  if (rows.length === 0) return groups;
+  const padded = (row: AttentionRow) => Math.max(1, Math.ceil(row.span / blockSize)) * blockSize;
+  const sorted = [...rows].sort((a, b) => a.span - b.span);
+  const total = sorted.reduce((sum, row) => sum + padded(row), 0);
+  const used = Math.min(count, sorted.length, Math.max(1, Math.ceil(total / keys)));
+  let g = 0;
+  let sum = 0;
+  for (const row of sorted) {
+    // On to the next group when this row would sit mostly past this one's share of the keys.
+    if (g < used - 1 && sum + padded(row) / 2 > ((g + 1) * total) / used) g++;
+    groups[g]!.push(row);
+    sum += padded(row);
+  }
+  return groups;
 }
 
 /**
@@ -422,6 +468,8 @@ export interface CreateRunnerOptions {
   log: (msg: string) => void;
   /** Overrides the provider's natural feeding strategy (tests run both on CPU). */
   feed?: 'whole-pool' | 'used-blocks';
+  /** Past keys one decode group gathers at most, when rows allow (default: DECODE_GROUP_KV_BYTES' worth); tests set it low to spread a few rows. */
+  decodeGroupKeys?: number;
   /** --ort-profile: ONNX Runtime's profiler on; the trace is written when the runner is disposed. */
   profilePrefix?: string;
   /** --enable-lora: slots for this many adapters per step, each padded to this rank. */
@@ -439,7 +487,7 @@ export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ run
   const feed = feedName === 'whole-pool' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool);
   const profile = opts.profilePrefix === undefined ? undefined : { prefix: opts.profilePrefix, log: opts.log };
   const loras = opts.lora ? new LoraSlots(opts.manifest.numLayers, opts.manifest.hiddenSize, opts.lora.maxLoras, opts.lora.maxRank) : null;
-  return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize, profile, loras), provider };
+  return { runner: new OnnxRunner(session, pool, feed, opts.manifest.vocabSize, profile, loras, opts.decodeGroupKeys), provider };
 }
 
 /**

@@ -6,7 +6,7 @@
 //
 // Tokens are flat ("varlen"): every weight matmul runs on exactly the step's T new tokens, with no
 // padding, and one run carries the whole step. Only attention needs rows, and it runs in groups:
-// decode rows (one query each) and PREFILL_GROUPS prefill groups, whose rows are query tiles of
+// DECODE_GROUPS decode groups (rows of one query) and PREFILL_GROUPS prefill groups, whose rows are query tiles of
 // chunks (the runner cuts chunks so that a tile's keys end where its queries do, and spreads the
 // tiles over the groups by key span), each row reading its own blocks. A group with no rows is
 // fed zero-size tensors and skipped by an If node.
@@ -21,13 +21,14 @@
 // weights, with per-row LoRA adapters: each row's low-rank delta is added to the four Conv1D
 // layers (lora-graph.ts, whose inputs come on top of these). The exported graph has none.
 //
-// Contract (manifest.contractVersion 5; 4 had one prefill group and dummy rows in empty groups,
-// 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout and one run per row shape):
+// Contract (manifest.contractVersion 6; 5 had one decode group, 4 one prefill group and dummy
+// rows in empty groups, 3 attended over [past | chunk] with two sums, 2 had a [batch, seq] layout
+// and one run per row shape):
 //   inputs
 //     input_ids            int64 [T]          new tokens of every row, concatenated
 //     positions            int64 [T]          each token's position in its sequence
-//     decode_token_index   int64 [Bd, 1]      flat index of each decode row's token
-//     decode_block_table   int64 [Bd, nbd]    pool blocks of each decode row's past, in order;
+//     decode_{g}_token_index   int64 [Bg, 1]  flat index of each decode row's token
+//     decode_{g}_block_table   int64 [Bg, nbg] pool blocks of each decode row's past, in order;
 //                                             padded with block 0
 //     prefill_{g}_token_index  int64 [Bg, Sg] flat indexes of each tile's queries, padded (with
 //                                             the tile's last query) to the group's longest tile
@@ -36,8 +37,8 @@
 //                                             its keys (its sequence's new ones up to its last query)
 //     prefill_{g}_new_slots    int64 [ng, 2]  (row, position) of each of them
 //     unpack_index         int64 [T]          flat token t's attention output is row
-//                                             unpack_index[t] of [decode outputs (Bd); prefill
-//                                             group 0 outputs (B0 x S0, row-major); ...]
+//                                             unpack_index[t] of [decode group 0 outputs (B0);
+//                                             ...; prefill group 0 outputs (B0 x S0, row-major); ...]
 //     logits_index         int64 [n]          flat token indexes whose logits to return
 //     past_key_{l}, past_value_{l}
 //                          float [heads, pool_blocks, block_size, head_dim]
@@ -55,13 +56,20 @@ import { DataType, GraphBuilder } from './onnx-builder.js';
 import type { WeightPlan } from './weight-format.js';
 import { WeightOps, type WeightSource } from './weight-ops.js';
 
-export const CONTRACT_VERSION = 5;
+export const CONTRACT_VERSION = 6;
 /**
  * Prefill attention groups. The runner cuts chunks into query tiles (a tile's keys end where its
  * queries do) and spreads them over the groups by key span, so that a long chunk's early queries
  * do not compute scores over the keys after them only to mask them. An empty group has no rows.
  */
 export const PREFILL_GROUPS = 4;
+/**
+ * Decode attention groups. Each group's If gathers its rows' past K/V and reads that copy back
+ * at once, so a group whose copy fits in the CPU's cache reads the pool from memory once; one
+ * group of all rows (32 rows x 576 keys is 113 MB a layer) went to memory three times. The
+ * runner fills as many groups as the copy size calls for (packStep); an empty group costs one If.
+ */
+export const DECODE_GROUPS = 4;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
 
 export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: WeightSource, tiedHead: boolean, plan: WeightPlan, opts: { lora?: boolean } = {}): void {
@@ -77,8 +85,8 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
     tokenIndex: g.input(`${name}_token_index`, DataType.INT64, [`${name}_rows`, queries]),
     blockTable: g.input(`${name}_block_table`, DataType.INT64, [`${name}_rows`, `${name}_blocks`]),
   });
-  const decode = group('decode', 'one');
   // A decode row's only new key is its query's own: nothing to scatter into its gathered past.
+  const decodes: AttentionGroup[] = Array.from({ length: DECODE_GROUPS }, (_, i) => group(`decode_${i}`, 'one'));
   const prefills: AttentionGroup[] = Array.from({ length: PREFILL_GROUPS }, (_, i) => {
     const name = `prefill_${i}`;
     return {
@@ -89,7 +97,7 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
       }),
     };
   });
-  const groups = [decode, ...prefills];
+  const groups = [...decodes, ...prefills];
   const unpackIndex = g.input('unpack_index', DataType.INT64, ['tokens']);
   const logitsIndex = g.input('logits_index', DataType.INT64, ['n_logits']);
   const lora = opts.lora ? loraStepInputs(g) : null;
