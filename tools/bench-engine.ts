@@ -185,10 +185,13 @@ async function benchModel(dir: string, s: Settings, log: (m: string) => void) {
       stepMs: singleStep.stepMs,
       weightMatmulMs: singleStep.weightMatmulMs,
       ratio: singleStep.stepMs / singleStep.weightMatmulMs,
+      // The weights' bytes over the MatMul-only graph's time, against memcpy's (below, read and
+      // written): how close one row's weight reading is to the machine's memory speed.
+      weightReadGBps: modelBytes(dir, manifest) / singleStep.weightMatmulMs / 1e6,
       engineStepMs: single.decodeStepMs,
       target: '<= 1.25',
     },
-    attention: { ...attention, ratio: attention.attentionMs / attention.memcpyMs, target: '<= 2' },
+    attention: { ...attention, ratio: attention.attentionMs / attention.memcpyMs, memcpyGBps: attention.kvBytes / attention.memcpyMs / 1e6, target: '<= 2' },
     prefill: { tokens: s.prefillTokens, modelMs: prefillMs },
     overhead: {
       share: batched.overheadShare,
