@@ -127,12 +127,13 @@ export function buildServingGraph(g: GraphBuilder, config: Gpt2Config, weights: 
     const x1 = layerNorm(g, hidden, weight(`${h}ln_1.weight`, [E]), weight(`${h}ln_1.bias`, [E]), eps);
     // The 1/sqrt(head_dim) attention scale is folded into the query columns of c_attn.
     const qkv = linear(x1, l, 'attn.c_attn', E, 3 * E, (w) => scaleColumns(w, 3 * E, E, scale));
-    const [q, k, v] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 }, [`q_${l}`, `new_key_${l}`, `new_value_${l}`]);
+    // The groups take their rows' q, k and v from qkv; the new K/V are outputs for the pool.
+    const [k, v] = g.opN('Split', [qkv, g.constInt64([E, E, E])], 3, { axis: 1 }, [`q_${l}`, `new_key_${l}`, `new_value_${l}`]).slice(1);
     g.output(k, k, DataType.FLOAT, ['tokens', E]);
     g.output(v, v, DataType.FLOAT, ['tokens', E]);
     const heads = { H, D, E };
     // An empty group costs one If node: its attention's nodes do not run.
-    const outs = groups.map((group, i) => g.ifElse(nonEmpty[i]!, [DataType.FLOAT], (sub) => [groupAttention(sub, heads, { q, k, v }, group, layouts[i]!, pool)], () => [noRows])[0]!); // [rows * S, E] each
+    const outs = groups.map((group, i) => g.ifElse(nonEmpty[i]!, [DataType.FLOAT], (sub) => [groupAttention(sub, heads, { qkv, k, v }, group, layouts[i]!, pool)], () => [noRows])[0]!); // [rows * S, E] each
     const merged = g.op('Gather', [g.op('Concat', outs, { axis: 0 }), unpackIndex], { axis: 0 }); // [T, E]
     const attnOut = linear(merged, l, 'attn.c_proj', E, E);
     hidden = g.op('Add', [hidden, attnOut]);
@@ -162,10 +163,11 @@ interface AttentionGroup {
   scatter?: (g: GraphBuilder, gathered: string, fresh: string) => string;
 }
 
-/** A group's key slots per row ([1]: blocks x block size) and its key bias (causalMask). */
+/** A group's key bias and how its scores split into [earlier keys | own key] (causalMask): once per step, for every layer. */
 interface KeyLayout {
-  keys: string;
   mask: string;
+  /** [keys, 1]: key slots per row (blocks x block size), then the own key. */
+  splitSizes: string;
 }
 
 /**
@@ -178,7 +180,7 @@ function causalMask(g: GraphBuilder, group: AttentionGroup, positions: string, b
   const range = g.op('Range', [g.constInt64([0], []), g.op('Squeeze', [keys]), g.constInt64([1], [])]); // [keys]
   const queryPos = g.op('Unsqueeze', [g.op('Gather', [positions, group.tokenIndex], { axis: 0 }), g.constInt64([-1, -2])]); // [rows, S, 1, 1]
   const visible = g.op('Less', [range, queryPos]); // [rows, S, 1, keys]
-  return { keys, mask: g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]) };
+  return { mask: g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-Infinity], [])]), splitSizes: g.op('Concat', [keys, g.constInt64([1])], { axis: 0 }) };
 }
 
 /**
@@ -195,32 +197,31 @@ function causalMask(g: GraphBuilder, group: AttentionGroup, positions: string, b
 function groupAttention(
   g: GraphBuilder,
   { H, D, E }: { H: number; D: number; E: number },
-  flat: { q: string; k: string; v: string },
+  flat: { qkv: string; k: string; v: string },
   group: AttentionGroup,
-  { keys: slots, mask }: KeyLayout,
+  { mask, splitSizes }: KeyLayout,
   pool: { key: string; value: string },
 ): string {
-  const rows = g.op('Shape', [group.tokenIndex], { start: 0, end: 1 });
-  const perRow = g.op('Shape', [group.tokenIndex], { start: 1, end: 2 });
-  // [rows, S] flat indexes -> [rows, S, H, D] -> [H, rows, S, 1, D]
-  const perQuery = g.op('Concat', [rows, perRow, g.constInt64([H, D])], { axis: 0 });
-  const queries = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [g.op('Reshape', [g.op('Gather', [t, group.tokenIndex], { axis: 0 }), perQuery])], { perm: [2, 0, 1, 3] }), g.constInt64([3])]);
-  const q = queries(flat.q);
-  const ownKey = queries(flat.k);
-  const ownValue = queries(flat.v);
-  // Shapes are spelled out (no -1): a group may have no rows, and Reshape cannot infer a dimension of an empty tensor.
-  const gatheredShape = g.op('Concat', [g.constInt64([H]), rows, slots, g.constInt64([D])], { axis: 0 });
+  // The rows' q, k and v in one gather: [rows, S] flat indexes -> [rows, S, 3, H, 1, D] -> [3, H, rows, S, 1, D].
+  // (A group runs only when it has rows, so Reshape may infer and copy dimensions.)
+  const perQuery = g.op('Transpose', [g.op('Reshape', [g.op('Gather', [flat.qkv, group.tokenIndex], { axis: 0 }), g.constInt64([0, 0, 3, H, 1, D])])], { perm: [2, 3, 0, 1, 4, 5] });
+  const part = (i: number) => g.op('Gather', [perQuery, g.constInt64([i], [])], { axis: 0 }); // [H, rows, S, 1, D]
+  const q = part(0);
+  const ownValue = part(2);
+  const ownKeyColumn = g.op('Reshape', [part(1), g.constInt64([0, 0, 0, D, 1])]); // [.., 1, D] -> [.., D, 1]: the same bytes
   const earlier = (pooled: string, fresh: string) => {
-    // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, blocks * bs, D] (-> chunk's keys in place)
-    const past = g.op('Reshape', [g.op('Gather', [pooled, group.blockTable], { axis: 1 }), gatheredShape]);
-    return g.op('Unsqueeze', [group.scatter ? group.scatter(g, past, fresh) : past, g.constInt64([2])]); // [H, rows, 1, keys, D]
+    // [H, pool, bs, D] gathered by [rows, blocks] -> [H, rows, 1, blocks * bs, D]; a prefill
+    // row's chunk keys are scattered into [H, rows, keys, D] first.
+    const gathered = g.op('Gather', [pooled, group.blockTable], { axis: 1 });
+    if (!group.scatter) return g.op('Reshape', [gathered, g.constInt64([0, 0, 1, -1, D])]);
+    return g.op('Unsqueeze', [group.scatter(g, g.op('Reshape', [gathered, g.constInt64([0, 0, -1, D])]), fresh), g.constInt64([2])]);
   };
   const keys = earlier(pool.key, flat.k);
   const values = earlier(pool.value, flat.v);
   const scoresEarlier = g.op('Add', [g.op('MatMul', [q, g.op('Transpose', [keys], { perm: [0, 1, 2, 4, 3] })]), mask]); // [H, rows, S, 1, keys]
-  const scoreOwn = g.op('MatMul', [q, g.op('Transpose', [ownKey], { perm: [0, 1, 2, 4, 3] })]); // [H, rows, S, 1, 1]
+  const scoreOwn = g.op('MatMul', [q, ownKeyColumn]); // [H, rows, S, 1, 1]
   const probs = g.op('Softmax', [g.op('Concat', [scoresEarlier, scoreOwn], { axis: -1 })], { axis: -1 });
-  const [probsEarlier, probOwn] = g.opN('Split', [probs, g.op('Concat', [slots, g.constInt64([1])], { axis: 0 })], 2, { axis: -1 });
+  const [probsEarlier, probOwn] = g.opN('Split', [probs, splitSizes], 2, { axis: -1 });
   const attn = g.op('Add', [g.op('MatMul', [probsEarlier, values]), g.op('Mul', [probOwn, ownValue])]); // [H, rows, S, 1, D]
   return g.op('Reshape', [g.op('Transpose', [attn], { perm: [1, 2, 3, 0, 4] }), g.constInt64([-1, E])]);
 }
