@@ -6,10 +6,10 @@
 //
 // Tokens are flat ("varlen"): every weight matmul runs on exactly the step's T new tokens, with no
 // padding, and one run carries the whole step. Only attention needs rows, and it runs in groups:
-// DECODE_GROUPS decode groups (rows of one query) and PREFILL_GROUPS prefill groups, whose rows are query tiles of
-// chunks (the runner cuts chunks so that a tile's keys end where its queries do, and spreads the
-// tiles over the groups by key span), each row reading its own blocks. A group with no rows is
-// fed zero-size tensors and skipped by an If node.
+// DECODE_GROUPS decode groups (rows of one query) and PREFILL_GROUPS prefill groups, whose rows
+// are query tiles of chunks (the runner cuts chunks so that a tile's keys end where its queries
+// do, and spreads the tiles over the groups by key span), each row reading its own blocks. A group
+// with no rows is fed zero-size tensors and skipped by an If node.
 //
 // Exact under any schedule: a token's K/V and logits are bit-identical however its prompt was
 // chunked and whatever shares the step. Each row gathers its blocks (past and new positions), the
@@ -67,7 +67,9 @@ export const PREFILL_GROUPS = 4;
  * Decode attention groups. Each group's If gathers its rows' past K/V and reads that copy back
  * at once, so a group whose copy fits in the CPU's cache reads the pool from memory once; one
  * group of all rows (32 rows x 576 keys is 113 MB a layer) went to memory three times. The
- * runner fills as many groups as the copy size calls for (packStep); an empty group costs one If.
+ * runner fills as many groups as the copy size calls for (packStep). An empty group still costs
+ * an If per layer and its mask per step: eight groups were faster at 32 rows of 1,000 keys but
+ * cost one decode row about 5 % (docs/benchmark.md, "Decode groups").
  */
 export const DECODE_GROUPS = 4;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
