@@ -68,8 +68,9 @@ export const PREFILL_GROUPS = 4;
  * at once, so a group whose copy fits in the CPU's cache reads the pool from memory once; one
  * group of all rows (32 rows x 576 keys is 113 MB a layer) went to memory three times. The
  * runner fills as many groups as the copy size calls for (packStep). An empty group still costs
- * an If per layer and its mask per step: eight groups were faster at 32 rows of 1,000 keys but
- * cost one decode row about 5 % (docs/benchmark.md, "Decode groups").
+ * an If per layer and its mask per step, which a one-row step pays for every group it does not
+ * use; more groups would help many rows of long contexts at that price (docs/benchmark.md,
+ * "Decode groups").
  */
 export const DECODE_GROUPS = 4;
 export const OPSET = 20; // Gelu with approximate='tanh' is opset 20
