@@ -180,7 +180,7 @@ test('exact beside any mix: adapter and base requests give bit-identical output 
 });
 
 /** One runner, rows fed by hand: a row's logits and new K/V in every step, by Object.is. */
-test('slots do not change bits: a row gives the same logits in slot 0 alone and in slot 2 beside other adapters and base rows; base rows equal a step without adapters and a server without LoRA (fp32 and int4 weights, ranks 16 and 64)', async () => {
+test('slots do not change bits: a row gives the same logits alone in slot 2 or slot 0 (its slot alone fed) and in slot 2 beside other adapters and base rows; base rows equal a step without adapters and a server without LoRA (fp32 and int4 weights, ranks 16 and 64)', async () => {
   const int4 = join(root, 'slots-int4');
   await exportCheckpoint({ checkpoint: join(base, 'checkpoint'), out: int4, weights: { dtype: 'int4' } });
   for (const [modelDir, rank] of [[base, RANK], [base, 64], [int4, RANK]] as const) await slotCheck(modelDir, rank);
@@ -204,13 +204,18 @@ async function slotCheck(modelDir: string, rank: number): Promise<void> {
     const { runner: plain } = await createOnnxRunner({ modelDir, manifest, executionProvider: 'cpu', intraOpThreads: 0, numBlocks: 64, blockSize: 16, log: () => {} });
     const withoutLora = copy((await plain.run([row(q, qBlocks)]))[0]!.logits);
     await plain.dispose();
-    // Adapter c alone: slot 0, one slot fed.
+    // Slots 0 and 1 take a and b, so that c lands in slot 2: alone, that slot alone is fed (a view
+    // in the middle of the stack) and every token is its own (lora_every_token: no gather, no unpack).
+    await runner.run([row(prompt(20, 9), oBlocks, packed.a), row(prompt(20, 10), oBlocks, packed.b)]);
     const alone = copy((await runner.run([row(p, pBlocks, packed.c)]))[0]!.logits);
     const baseAlone = copy((await runner.run([row(q, qBlocks)]))[0]!.logits);
-    // Fill slots 0 and 1 with a and b, so that c lands in slot 2; base and other rows beside it.
-    await runner.run([row(prompt(20, 9), oBlocks, packed.a), row(prompt(20, 10), oBlocks, packed.b)]);
+    // c in slot 2 among others, and base rows beside adapters (gathered and unpacked).
     const mixed = await runner.run([row(prompt(20, 9), oBlocks, packed.a), row(q, qBlocks), row(prompt(20, 10), oBlocks, packed.b), row(p, pBlocks, packed.c)]);
-    assert.ok(alone.every((v, i) => Object.is(v, mixed[3]!.logits[i])), 'adapter c: slot 2 among others = slot 0 alone');
+    assert.ok(alone.every((v, i) => Object.is(v, mixed[3]!.logits[i])), 'adapter c: slot 2 among others = slot 2 alone');
+    // c alone in slot 0, once every slot is free again.
+    for (const id of [1, 2, 3]) runner.releaseAdapter(id);
+    const aloneInSlot0 = (await runner.run([row(p, pBlocks, packed.c)]))[0]!.logits;
+    assert.ok(alone.every((v, i) => Object.is(v, aloneInSlot0[i])), 'adapter c alone: slot 2 = slot 0');
     assert.ok(baseAlone.every((v, i) => Object.is(v, mixed[1]!.logits[i])), 'a base row beside adapters = without any adapter in the step');
     assert.ok(baseAlone.every((v, i) => Object.is(v, withoutLora[i])), 'a base row = the exported graph without LoRA nodes');
     assert.ok(alone.some((v, i) => v !== mixed[0]!.logits[i]), 'different adapters give different logits');

@@ -3,7 +3,7 @@
 // each slot an adapter's packed matrices (PackedLora). An adapter keeps its slot from step to
 // step while the slot is not needed by another, so a slot is filled once per activation, not per
 // step; a step feeds the first k slots, up to the highest one it uses, as zero-copy views (CPU
-// inputs wrap JS memory).
+// inputs wrap JS memory), or, when every token has one adapter, that slot alone.
 // Which slot an adapter sits in, and what the other slots hold, does not change its rows' bits
 // (lora-graph.ts), so slots may be reassigned freely.
 import * as ort from 'onnxruntime-node';
@@ -25,6 +25,8 @@ export class LoraSlots {
   private clock = 0;
   /** Feeds for the first k slots, built once per k (index k). */
   private readonly feedsBySlots: Array<Record<string, ort.Tensor> | undefined> = [];
+  /** Feeds of one slot alone (index: the slot). */
+  private readonly feedsOfSlot: Array<Record<string, ort.Tensor> | undefined> = [];
 
   constructor(
     layers: number,
@@ -94,6 +96,23 @@ export class LoraSlots {
         }),
       );
       this.feedsBySlots[count] = feeds = built;
+    }
+    return feeds;
+  }
+
+  /** One slot's adapter matrices alone, as a one-slot step feeds them (zero-copy views, built once per slot). */
+  slotFeeds(slot: number): Record<string, ort.Tensor> {
+    let feeds = this.feedsOfSlot[slot];
+    if (!feeds) {
+      const R = this.rank;
+      const built: Record<string, ort.Tensor> = {};
+      this.stacked.forEach((modules, layer) =>
+        modules.forEach(({ a, b, inF, outF }, m) => {
+          built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(slot * inF * R, (slot + 1) * inF * R), [1, 1, R, inF]);
+          built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(slot * R * outF, (slot + 1) * R * outF), [1, 1, outF, R]);
+        }),
+      );
+      this.feedsOfSlot[slot] = feeds = built;
     }
     return feeds;
   }

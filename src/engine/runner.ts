@@ -52,6 +52,9 @@ export interface ModelRunner {
 
 const NO_LOGITS = new Float32Array(0);
 const NO_TOKENS = new BigInt64Array(0);
+/** lora_every_token: every token of the step has the one slot fed (lora-graph.ts), or not. */
+const ONE_SLOT_FOR_ALL = new ort.Tensor('bool', new Uint8Array([1]), [1]);
+const ONE_SLOT_FOR_SOME = new ort.Tensor('bool', new Uint8Array([0]), [1]);
 
 export class OnnxRunner implements ModelRunner {
   private modelMs = 0;
@@ -135,15 +138,26 @@ export class OnnxRunner implements ModelRunner {
     const T = step.inputIds.length;
     const adapters = new Map<number, RowAdapter['weights']>();
     for (const r of rows) if (r.adapter) adapters.set(r.adapter.id, r.adapter.weights);
-    if (adapters.size === 0) {
+    const noSlots = () => {
       feeds.lora_gather = int64(NO_TOKENS, [0, 0]);
       feeds.lora_big_slots = int64(NO_TOKENS);
       feeds.lora_big_gather = int64(NO_TOKENS, [0, 0]);
       feeds.lora_unpack = int64(new BigInt64Array(T));
+    };
+    if (adapters.size === 0) {
+      noSlots();
+      feeds.lora_every_token = ONE_SLOT_FOR_SOME;
       Object.assign(feeds, this.loras.feeds(0));
       return;
     }
     const { slotOf, count } = this.loras.place(adapters);
+    if (adapters.size === 1 && rows.every((r) => r.adapter)) {
+      noSlots();
+      feeds.lora_every_token = ONE_SLOT_FOR_ALL;
+      Object.assign(feeds, this.loras.slotFeeds(slotOf.values().next().value!));
+      return;
+    }
+    feeds.lora_every_token = ONE_SLOT_FOR_SOME;
     const tokensOf: number[][] = Array.from({ length: count }, () => []);
     rows.forEach((r, i) => {
       if (!r.adapter) return;

@@ -14,7 +14,10 @@
 // groups, lora_big_*: their matrices gathered by slot, only in steps that have them), each group
 // padded to its own fullest slot.
 //
-// Every adapter is zero-padded to rank R (--max-lora-rank), so a slot is R wide.
+// A step whose every token has one adapter (lora_every_token: one stream, or all streams on one
+// fine-tune) is fed that slot alone and multiplies the layer's input as it is, [1, T, in, 1]: the
+// same products, without the gather, the unpack and the big groups' If, four nodes per module
+// fewer. Every adapter is zero-padded to rank R (--max-lora-rank), so a slot is R wide.
 //
 // Exact beside any mix: a token's delta is bit-identical alone and with any other tokens, slots
 // and adapters in the step. ONNX Runtime's float MatMul (MLAS) picks its kernel and the blocking
@@ -31,10 +34,11 @@
 //   lora_big_slots       int64 [b]             slots taken out into big groups (b may be 0)
 //   lora_big_gather      int64 [b, m]          their tokens, padded likewise
 //   lora_unpack          int64 [T]             where each token's delta is in [d (k x n); d_big (b x m); 0]
+//   lora_every_token     bool [1]              every token has the one slot fed (k = 1); the three above are then unused
 //   lora_{l}_{module}_a  float [k, 1, R, in]   per layer and module: each slot's lora_A, zero-padded rows
 //   lora_{l}_{module}_b  float [k, 1, out, R]  each slot's scale x lora_B (c_attn's query rows times
 //                                              1/sqrt(head_dim), as the exporter folds them), zero-padded columns
-// A step without adapters feeds zero slots (zero-size tensors) and an If node skips the deltas.
+// A step without adapters feeds zero slots (zero-size tensors) and If nodes skip the deltas.
 import type { Gpt2Config } from './gpt2-checkpoint.js';
 import { LORA_MODULES, loraModuleShape, type LoraAdapter, type LoraModule } from './lora-adapter.js';
 import { DataType, type GraphBuilder } from './onnx-builder.js';
@@ -52,7 +56,8 @@ export interface LoraStepInputs {
   bigSlots: string;
   bigGather: string;
   unpack: string;
-  /** One-element bools: the step has any slot; it has big groups. */
+  /** One-element bools: every token of the step has the one slot fed; the step has any slot; it has big groups. */
+  everyToken: string;
   active: string;
   bigActive: string;
 }
@@ -62,8 +67,9 @@ export function loraStepInputs(g: GraphBuilder): LoraStepInputs {
   const bigSlots = g.input('lora_big_slots', DataType.INT64, ['lora_big']);
   const bigGather = g.input('lora_big_gather', DataType.INT64, ['lora_big', 'lora_big_tokens']);
   const unpack = g.input('lora_unpack', DataType.INT64, ['tokens']);
+  const everyToken = g.input('lora_every_token', DataType.BOOL, [1]);
   const some = (t: string) => g.op('Greater', [g.op('Shape', [t], { start: 0, end: 1 }), g.constInt64([0])]);
-  return { gather, bigSlots, bigGather, unpack, active: some(gather), bigActive: some(bigSlots) };
+  return { gather, bigSlots, bigGather, unpack, everyToken, active: some(gather), bigActive: some(bigSlots) };
 }
 
 /** `base` (the layer's output for input x, [T, out]) plus each token's adapter delta. */
@@ -78,23 +84,25 @@ export function addLoraDelta(g: GraphBuilder, step: LoraStepInputs, x: string, b
     const h = sub.op('MatMul', [aSlots, sub.op('Unsqueeze', [sub.op('Gather', [x, tokens], { axis: 0 }), sub.constInt64([-1])])]); // [k, n, R, 1]
     return sub.op('Reshape', [sub.op('MatMul', [bSlots, h]), sub.constInt64([-1, outF])]); // [k, n, out, 1] -> [k x n, out]
   };
-  return g.ifElse(
-    step.active,
-    [DataType.FLOAT],
-    (sub) => {
-      const small = deltas(sub, a, b, step.gather);
-      // The big groups' slots are gathered (a copy of their matrices), only in steps that have them.
-      const big = sub.ifElse(
-        step.bigActive,
-        [DataType.FLOAT],
-        (s) => [deltas(s, s.op('Gather', [a, step.bigSlots], { axis: 0 }), s.op('Gather', [b, step.bigSlots], { axis: 0 }), step.bigGather)],
-        (s) => [s.constFloat([], [0, outF])],
-      )[0]!;
-      const rows = sub.op('Concat', [small, big, sub.constFloat(new Array(outF).fill(0), [1, outF])], { axis: 0 });
-      return [sub.op('Add', [base, sub.op('Gather', [rows, step.unpack], { axis: 0 })])];
-    },
-    () => [base],
-  )[0]!;
+  // Every token one adapter's (one stream, or all streams on one fine-tune): the same products on
+  // x as it is, without the gather, the unpack and the big groups' If.
+  const everyToken = (sub: GraphBuilder) => {
+    const h = sub.op('MatMul', [a, sub.op('Unsqueeze', [x, sub.constInt64([0, -1])])]); // [1, T, R, 1]
+    return [sub.op('Add', [base, sub.op('Reshape', [sub.op('MatMul', [b, h]), sub.constInt64([-1, outF])])])];
+  };
+  const someTokens = (sub: GraphBuilder) => {
+    const small = deltas(sub, a, b, step.gather);
+    // The big groups' slots are gathered (a copy of their matrices), only in steps that have them.
+    const big = sub.ifElse(
+      step.bigActive,
+      [DataType.FLOAT],
+      (s) => [deltas(s, s.op('Gather', [a, step.bigSlots], { axis: 0 }), s.op('Gather', [b, step.bigSlots], { axis: 0 }), step.bigGather)],
+      (s) => [s.constFloat([], [0, outF])],
+    )[0]!;
+    const rows = sub.op('Concat', [small, big, sub.constFloat(new Array(outF).fill(0), [1, outF])], { axis: 0 });
+    return [sub.op('Add', [base, sub.op('Gather', [rows, step.unpack], { axis: 0 })])];
+  };
+  return g.ifElse(step.everyToken, [DataType.FLOAT], everyToken, (sub) => sub.ifElse(step.active, [DataType.FLOAT], someTokens, () => [base]))[0]!;
 }
 
 /**
