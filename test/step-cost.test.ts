@@ -5,31 +5,35 @@ import { test } from 'node:test';
 import { BlockAllocator } from '../src/engine/kv-cache.js';
 import { KvCacheManager } from '../src/engine/kv-cache-manager.js';
 import { MIN_PREFILL_CHUNK, Scheduler, Sequence } from '../src/engine/scheduler.js';
-import { StepCostModel, attendedBy, type StepCost, type StepShape } from '../src/engine/step-cost.js';
+import { StepCostModel, attendedBy, growth, plus, rowShape, type StepCost, type StepShape } from '../src/engine/step-cost.js';
 import { events, request } from './helpers/engine-run.js';
 import { startTestEngine } from './helpers/serving.js';
 
-const truth = (s: StepShape) => 20 + 0.5 * s.tokens + 0.0001 * s.attended;
+// A decode row's key costs five times a chunk's query-key pair, as in the exact graph (step-cost.ts).
+const truth = (s: StepShape) => 20 + 0.5 * s.tokens + 0.0001 * s.attended + 0.00002 * (s.chunkAttended ?? 0);
+/** A plan's rows as one step shape. */
+const stepShape = (rows: ReadonlyArray<{ start: number; count: number }>): StepShape => rows.reduce<StepShape>((s, r) => plus(s, rowShape(r.start, r.count)), { tokens: 0, attended: 0 });
 
 test('cost model: least squares on calibration runs recovers a linear cost; online updates follow a change', () => {
   const m = new StepCostModel();
-  assert.equal(m.predictMs({ tokens: 512, attended: attendedBy(0, 512) }), 0, 'before any timing it predicts 0: plan by tokens only');
+  assert.equal(m.predictMs(rowShape(0, 512)), 0, 'before any timing it predicts 0: plan by tokens only');
   const shapes: StepShape[] = [
     { tokens: 1, attended: 17 },
     { tokens: 8, attended: 8 * 257 },
     { tokens: 32, attended: 32 * 257 },
-    { tokens: 32, attended: attendedBy(0, 32) },
-    { tokens: 128, attended: attendedBy(0, 128) },
-    { tokens: 512, attended: attendedBy(0, 512) },
+    rowShape(0, 32),
+    rowShape(0, 128),
+    rowShape(0, 512),
+    { tokens: 10, attended: 0, chunkAttended: 2 * attendedBy(256, 5), chunkPast: 512 },
   ];
   m.fit(shapes.map((shape) => ({ shape, ms: truth(shape) })));
-  for (const s of [...shapes, { tokens: 64, attended: 50_000 }]) assert.ok(Math.abs(m.predictMs(s) - truth(s)) < 0.5, `${JSON.stringify(s)}: ${m.predictMs(s)}`);
+  for (const s of [...shapes, { tokens: 64, attended: 50_000 }, plus({ tokens: 8, attended: 8 * 300 }, rowShape(40, 200))]) assert.ok(Math.abs(m.predictMs(s) - truth(s)) < 0.5, `${JSON.stringify(s)}: ${m.predictMs(s)}`);
   // The machine gets twice as slow: predictions follow within a few dozen steps.
   for (let k = 0; k < 200; k++) {
     const s = shapes[k % shapes.length]!;
     m.observe(s, 2 * truth(s));
   }
-  const s = { tokens: 100, attended: 20_000 };
+  const s = plus({ tokens: 20, attended: 20_000 }, rowShape(0, 80));
   assert.ok(Math.abs(m.predictMs(s) - 2 * truth(s)) / (2 * truth(s)) < 0.05, `${m.predictMs(s)} vs ${2 * truth(s)}`);
 });
 
@@ -71,11 +75,11 @@ test('scheduler: with streams decoding, a long prompt is spread over steps that 
   const decode = plan.rows.filter((r) => r.count === 1);
   const prefill = plan.rows.find((r) => r.seq.requestId === 'long')!;
   assert.equal(decode.length, 8, 'every stream decodes');
-  const shape = { tokens: plan.rows.reduce((n, r) => n + r.count, 0), attended: plan.rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
+  const shape = stepShape(plan.rows);
   assert.ok(truth(shape) <= 60, `predicted ${truth(shape)} ms`);
   assert.ok(prefill.count > MIN_PREFILL_CHUNK && prefill.count < 600, `chunk ${prefill.count}`);
   // One more token would not have fitted.
-  assert.ok(truth({ tokens: shape.tokens + 1, attended: shape.attended + prefill.count + 1 }) > 60);
+  assert.ok(truth(plus(shape, growth(prefill.start, prefill.count))) > 60);
 });
 
 test("scheduler: 'auto' caps a step at twice a decode step of the batch being formed; without streams only the token budget applies", () => {
@@ -84,9 +88,10 @@ test("scheduler: 'auto' caps a step at twice a decode step of the batch being fo
   const plan = s.schedule(exact);
   // 8 streams decode at 21 attended tokens each; with the queued prompt the batch becomes 9 rows.
   const settled = { tokens: 9, attended: 9 * 21 };
-  const shape = { tokens: plan.rows.reduce((n, r) => n + r.count, 0), attended: plan.rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
+  const shape = stepShape(plan.rows);
+  const prefill = plan.rows.find((r) => r.seq.requestId === 'long')!;
   assert.ok(truth(shape) <= 2 * truth(settled) + 1e-9);
-  assert.ok(truth({ tokens: shape.tokens + 1, attended: shape.attended + 600 }) > 2 * truth(settled), 'the cap is used, not undercut');
+  assert.ok(truth(plus(shape, growth(prefill.start, prefill.count))) > 2 * truth(settled), 'the cap is used, not undercut');
   // Nobody streams: the prompt gets the whole token budget.
   const idle = new Scheduler({ maxNumSeqs: 16, maxNumBatchedTokens: 512, blockSize: 16, maxStepMs: 'auto' }, new KvCacheManager(new BlockAllocator(400), 16));
   idle.add(seq('alone', 600));
@@ -104,7 +109,7 @@ test("scheduler: 'auto' while a batch ramps up: one stream decoding and a queue 
     for (let i = 0; i < queued; i++) s.add(seq(`q${i}`, 200));
     const rows = s.schedule(exact).rows;
     const prefill = rows.filter((r) => r.count > 1).reduce((n, r) => n + r.count, 0);
-    return { prefill, ms: truth({ tokens: rows.reduce((n, r) => n + r.count, 0), attended: rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) }) };
+    return { prefill, ms: truth(stepShape(rows)) };
   };
   const cap = (rows: number) => 2 * truth({ tokens: rows, attended: rows * 21 });
   const alone = stepWith(1); // the batch becomes 2 rows
@@ -121,8 +126,9 @@ test("scheduler: 'auto' gives prefill at least the prompts' share of the work th
     const s = decodingScheduler('auto', 8, streamTokens);
     s.add(seq('long', 600, 16));
     const rows = s.schedule(exact).rows;
-    const shape = { tokens: rows.reduce((n, r) => n + r.count, 0), attended: rows.reduce((n, r) => n + attendedBy(r.start, r.count), 0) };
-    return { ms: truth(shape), prefill: rows.find((r) => r.seq.requestId === 'long')!.count, shape };
+    const shape = stepShape(rows);
+    const long = rows.find((r) => r.seq.requestId === 'long')!;
+    return { ms: truth(shape), prefill: long.count, shape, grown: plus(shape, growth(long.start, long.count)) };
   };
   const settled = { tokens: 9, attended: 9 * 21 };
   const decodeMs = truth(settled);
@@ -132,12 +138,12 @@ test("scheduler: 'auto' gives prefill at least the prompts' share of the work th
   // Streams of at most 5 tokens (20-token prompts) and a 600-token prompt for 16: prompts are most
   // of the work (8 x 20 + 600 tokens against 8 x 5 + 16 decode rows, each 1/9 of a 9-row step).
   const short = planned(5);
-  const promptMs = truth({ tokens: 8 * 20 + 600, attended: 8 * attendedBy(0, 20) + attendedBy(0, 600) }) - truth({ tokens: 0, attended: 0 });
+  const promptMs = truth(stepShape([...Array.from({ length: 8 }, () => ({ start: 0, count: 20 })), { start: 0, count: 600 }])) - truth({ tokens: 0, attended: 0 });
   const decodeWorkMs = ((8 * 5 + 16) * decodeMs) / 9;
   const cap = decodeMs / (1 - promptMs / (promptMs + decodeWorkMs));
   assert.ok(cap > 2 * decodeMs, 'the share-based cap is the larger one here');
   assert.ok(short.ms <= cap + 1e-9, `${short.ms} ms vs cap ${cap} ms`);
-  assert.ok(truth({ tokens: short.shape.tokens + 1, attended: short.shape.attended + short.prefill + 1 }) > cap, 'the cap is used, not undercut');
+  assert.ok(truth(short.grown) > cap, 'the cap is used, not undercut');
   assert.ok(short.prefill > long.prefill, `${short.prefill} vs ${long.prefill} tokens`);
 });
 

@@ -3,8 +3,8 @@
 // past (a prompt's later chunks, speculative verification), run through the real
 // runner on scratch KV blocks (freed again; what they leave in the pool is overwritten before any
 // sequence reads it). About a dozen shapes, each run twice: few, since start-up waits for them,
-// yet each feature of the cost model (tokens, attended keys, a chunk's past) varied across the
-// range the scheduler plans in.
+// yet each feature of the cost model (tokens, decode rows' keys, chunks' query-key pairs, a
+// chunk's past) varied across the range the scheduler plans in.
 import type { BlockAllocator } from './kv-cache.js';
 import { blocksFor } from './kv-cache.js';
 import type { ModelRunner, RunnerRow } from './runner.js';
@@ -67,7 +67,7 @@ export async function calibrateStepCost(
       if (longPast + count > room) continue;
       const batch = Array.from({ length: rows }, (_, r) => ({ tokens: new Array<number>(count).fill(0), pastLength: longPast, blocks: blocksOf(r), logitsFrom: 0, fetchLogits: false }));
       const one = rowShape(longPast, count);
-      samples.push({ shape: { tokens: rows * one.tokens, attended: rows * one.attended, chunkPast: rows * one.chunkPast }, ms: await time(batch) });
+      samples.push({ shape: { tokens: rows * one.tokens, attended: rows * one.attended, chunkAttended: rows * one.chunkAttended, chunkPast: rows * one.chunkPast }, ms: await time(batch) });
     }
   } finally {
     for (const b of blocks) allocator.release(b);

@@ -30,7 +30,7 @@
 import { DEFAULT_TENANT, lessUrgent, nextToAdmit, type SchedulingPolicy } from './fair-share.js';
 import { blocksFor, type KvStorage } from './kv-cache.js';
 import type { KvCacheManager } from './kv-cache-manager.js';
-import { attendedBy, plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
+import { plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 
 export interface SchedulerConfig {
   maxNumSeqs: number;
@@ -258,15 +258,14 @@ export class Scheduler {
    * (The runs that showed both: docs/benchmark.md, "Figures behind the code".)
    */
   private prefillShare(cost: StepCost, settled: StepShape, decodeMs: number): number {
-    const prompts: StepShape = { tokens: 0, attended: 0 };
+    let prompts: StepShape = { tokens: 0, attended: 0 };
     let decodeTokens = 0;
     for (const queue of [this.running, this.waiting]) {
       for (const s of queue) {
         if (s.paused) continue;
         if (s.choice === 0) {
           // A request's other choices share its prompt's KV blocks.
-          prompts.tokens += s.promptLength;
-          prompts.attended += attendedBy(0, s.promptLength);
+          prompts = plus(prompts, rowShape(0, s.promptLength));
         }
         decodeTokens += s.maxOutput;
       }

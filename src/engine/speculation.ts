@@ -18,7 +18,7 @@
 //
 // Drafts ride only steps that are all decode rows: a verification row sharing a prefill group with
 // a prompt's chunk would be padded to that chunk's query tile.
-import { plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
+import { growth, plus, rowShape, type StepCost, type StepShape } from './step-cost.js';
 import type { ScheduledRow, Scheduler, Sequence } from './scheduler.js';
 import { lookupDraft } from './prompt-lookup.js';
 
@@ -111,9 +111,9 @@ export class Speculator {
       const room = Math.min(this.settings.numTokens, seq.outputLeft - 1, contextLength - seq.tokens.length - 1);
       let want = 0;
       for (; want < room && shape.tokens < scheduler.config.maxNumBatchedTokens; want++) {
-        // One draft more: a token at position start + want + 1, and a first draft makes the row a
-        // chunk whose past the graph copies once more.
-        const more: StepShape = { tokens: 1, attended: row.start + want + 2, chunkPast: want === 0 ? row.start : 0 };
+        // One draft more: a token at position start + want + 1; a first draft makes the row a
+        // chunk, whose queries are products over their keys and whose past the graph copies once more.
+        const more = growth(row.start, 1 + want);
         if (!this.pays(acceptance.rate ** (want + 1), shape, more, perTokenMs)) break;
         shape = plus(shape, more);
       }

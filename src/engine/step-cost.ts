@@ -2,19 +2,28 @@
 // every stream in the batch waits for the whole step, so a step that also prefills a long prompt
 // is a stall for all of them (issue: smooth streams under load).
 //
-// A step's milliseconds are modelled as linear in three features of its shape:
-//   tokens     new tokens fed (decode rows + prefill chunk tokens): the weight matmuls
-//   attended   keys the new tokens attend to, summed: reading the KV cache
-//   chunkPast  cached keys of the rows of more than one token (prefill chunks after the first,
-//              speculative verification rows): the graph copies a chunk row's gathered past once
-//              more to add its new keys (serving-graph.ts), which a decode row does not need
+// A step's milliseconds are modelled as linear in four features of its shape:
+//   tokens         new tokens fed (decode rows + prefill chunk tokens): the weight matmuls
+//   attended       keys the decode rows (one new token each) attend to: each key's K/V read out
+//                  of the pool once (a decode group's gathered copy, then its products)
+//   chunkAttended  query-key pairs of the rows of more than one token (prefill chunks,
+//                  speculative verification rows): the exact graph makes each query its own
+//                  matrix-vector product over its keys (docs/design.md), work per pair and not a
+//                  read per key, so a pair costs several times less than a decode row's key and
+//                  the two cannot share one weight (docs/benchmark.md, "Step costs")
+//   chunkPast      cached keys of the rows of more than one token: the graph copies a chunk row's
+//                  gathered past once more to add its new keys (serving-graph.ts), which a decode
+//                  row does not need
 // plus a constant (the per-run overhead). Fitted by least squares on timed runs at start-up, then
 // corrected online by recursive least squares with forgetting, so it follows the machine's load
 // and whatever the runner really costs.
 
 export interface StepShape {
   tokens: number;
+  /** Keys the step's one-token rows attend to. */
   attended: number;
+  /** Query-key pairs of the step's rows of more than one token (0 when absent). */
+  chunkAttended?: number;
   /** Cached keys of the step's rows of more than one token (0 when absent). */
   chunkPast?: number;
 }
@@ -30,22 +39,35 @@ export function attendedBy(start: number, count: number): number {
 
 /** The shape of one row of `count` tokens after `start` cached ones. */
 export function rowShape(start: number, count: number): Required<StepShape> {
-  return { tokens: count, attended: attendedBy(start, count), chunkPast: count > 1 ? start : 0 };
+  const keys = attendedBy(start, count);
+  return count > 1 ? { tokens: count, attended: 0, chunkAttended: keys, chunkPast: start } : { tokens: count, attended: keys, chunkAttended: 0, chunkPast: 0 };
 }
 
 /** `shape` with `more` added (a new object). */
 export function plus(shape: StepShape, more: StepShape): Required<StepShape> {
-  return { tokens: shape.tokens + more.tokens, attended: shape.attended + more.attended, chunkPast: (shape.chunkPast ?? 0) + (more.chunkPast ?? 0) };
+  return {
+    tokens: shape.tokens + more.tokens,
+    attended: shape.attended + more.attended,
+    chunkAttended: (shape.chunkAttended ?? 0) + (more.chunkAttended ?? 0),
+    chunkPast: (shape.chunkPast ?? 0) + (more.chunkPast ?? 0),
+  };
 }
 
-const N = 4;
-/** Feature scales keep the normal equations well conditioned (tokens ~ 1..512, attended ~ 1..1e6, chunkPast ~ 0..3e4). */
+/** What a row of `count` tokens after `start` cached ones adds to a step when it grows by one token. */
+export function growth(start: number, count: number): Required<StepShape> {
+  const before = rowShape(start, count);
+  const after = rowShape(start, count + 1);
+  return { tokens: 1, attended: after.attended - before.attended, chunkAttended: after.chunkAttended - before.chunkAttended, chunkPast: after.chunkPast - before.chunkPast };
+}
+
+const N = 5;
+/** Feature scales keep the normal equations well conditioned (tokens ~ 1..512, keys ~ 1..1e6, chunkPast ~ 0..3e4). */
 const TOKEN_SCALE = 1 / 100;
 const ATTENDED_SCALE = 1 / 100_000;
 const CHUNK_PAST_SCALE = 1 / 10_000;
 
-function features(shape: StepShape): [number, number, number, number] {
-  return [1, shape.tokens * TOKEN_SCALE, shape.attended * ATTENDED_SCALE, (shape.chunkPast ?? 0) * CHUNK_PAST_SCALE];
+function features(shape: StepShape): [number, number, number, number, number] {
+  return [1, shape.tokens * TOKEN_SCALE, shape.attended * ATTENDED_SCALE, (shape.chunkAttended ?? 0) * ATTENDED_SCALE, (shape.chunkPast ?? 0) * CHUNK_PAST_SCALE];
 }
 
 export class StepCostModel implements StepCost {
@@ -104,7 +126,7 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /**
- * argmin |Xw - y|^2 over w >= 0, from the normal equations A = X'X, b = X'y: with four unknowns
+ * argmin |Xw - y|^2 over w >= 0, from the normal equations A = X'X, b = X'y: with five unknowns
  * every set of free weights can be tried (the others held at 0); the best feasible one wins.
  */
 function nonNegativeLeastSquares(a: Float64Array, b: Float64Array): Float64Array {
@@ -131,7 +153,7 @@ function nonNegativeLeastSquares(a: Float64Array, b: Float64Array): Float64Array
   return best;
 }
 
-/** Inverse of a symmetric positive definite n x n matrix (Gauss-Jordan; n <= 4 here). */
+/** Inverse of a symmetric positive definite n x n matrix (Gauss-Jordan; n <= 5 here). */
 function invert(m: Float64Array, n: number): Float64Array {
   const a = Float64Array.from(m);
   const out = new Float64Array(n * n);
