@@ -85,36 +85,25 @@ export class LoraSlots {
 
   /** The graph's adapter matrices for the first `count` slots (zero-copy views, built once per count). */
   feeds(count: number): Record<string, ort.Tensor> {
-    let feeds = this.feedsBySlots[count];
-    if (!feeds) {
-      const R = this.rank;
-      const built: Record<string, ort.Tensor> = {};
-      this.stacked.forEach((modules, layer) =>
-        modules.forEach(({ a, b, inF, outF }, m) => {
-          built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(0, count * inF * R), [count, 1, R, inF]);
-          built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(0, count * R * outF), [count, 1, outF, R]);
-        }),
-      );
-      this.feedsBySlots[count] = feeds = built;
-    }
-    return feeds;
+    return (this.feedsBySlots[count] ??= this.views(0, count));
   }
 
   /** One slot's adapter matrices alone, as a one-slot step feeds them (zero-copy views, built once per slot). */
   slotFeeds(slot: number): Record<string, ort.Tensor> {
-    let feeds = this.feedsOfSlot[slot];
-    if (!feeds) {
-      const R = this.rank;
-      const built: Record<string, ort.Tensor> = {};
-      this.stacked.forEach((modules, layer) =>
-        modules.forEach(({ a, b, inF, outF }, m) => {
-          built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(slot * inF * R, (slot + 1) * inF * R), [1, 1, R, inF]);
-          built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(slot * R * outF, (slot + 1) * R * outF), [1, 1, outF, R]);
-        }),
-      );
-      this.feedsOfSlot[slot] = feeds = built;
-    }
-    return feeds;
+    return (this.feedsOfSlot[slot] ??= this.views(slot, 1));
+  }
+
+  /** Views of `count` slots from `first` on, as the graph's inputs. */
+  private views(first: number, count: number): Record<string, ort.Tensor> {
+    const R = this.rank;
+    const built: Record<string, ort.Tensor> = {};
+    this.stacked.forEach((modules, layer) =>
+      modules.forEach(({ a, b, inF, outF }, m) => {
+        built[loraInputName(layer, LORA_MODULES[m]!, 'a')] = new ort.Tensor('float32', a.subarray(first * inF * R, (first + count) * inF * R), [count, 1, R, inF]);
+        built[loraInputName(layer, LORA_MODULES[m]!, 'b')] = new ort.Tensor('float32', b.subarray(first * R * outF, (first + count) * R * outF), [count, 1, outF, R]);
+      }),
+    );
+    return built;
   }
 
   /** The lowest slot not used this step: empty first, then least recently used. */
