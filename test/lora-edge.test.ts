@@ -18,7 +18,7 @@ import { ConfigError, loadConfig, maxCpuLoras, type ServerConfig } from '../src/
 import type { EngineClient } from '../src/engine/types.js';
 import { engineOptions as serverEngineOptions } from '../src/main.js';
 import { readGpt2Config } from '../src/model/gpt2-checkpoint.js';
-import type { LoraAdapter } from '../src/model/lora-adapter.js';
+import { readLoraAdapter, type LoraAdapter } from '../src/model/lora-adapter.js';
 import type { AppOptions } from '../src/server/app.js';
 import { LoraModuleError } from '../src/server/lora/registry.js';
 import { loraTensors, peftConfig, writePeftAdapter } from './helpers/peft-adapter.js';
@@ -418,8 +418,82 @@ test('an adapter whose folder went away since start is a clean 500 for its reque
   rmSync(dirs.chat!, { recursive: true });
   const res = await request(app.server).post('/v1/completions').send({ model: 'chat', prompt: 'x', max_tokens: 1 }).expect(500);
   assert.deepEqual(res.body.error, { message: 'The LoRA adapter `chat` could not be read from its folder', type: 'server_error', param: null, code: 'internal_error' });
-  const logged = lines.find((l) => l.adapter === 'chat');
-  assert.match(String(logged?.problem), /chat: LoRA adapter folder does not exist/);
+  const logged = lines.find((l) => l.code === 'internal_error');
+  assert.match(String(logged?.cause), /chat: LoRA adapter folder does not exist/);
   assert.equal(app.serving.inflightRequests, 0, 'admission released');
   await request(app.server).post('/v1/completions').send({ model: 'sql', prompt: 'x', max_tokens: 1 }).expect(200);
+});
+
+/** Adapter reads the test finishes by hand (AppOptions.readLoraAdapter): a slow disk, or a failing one. */
+function handReads(): { reads: Array<{ dir: string; finish: (error?: Error) => void }>; read: (dir: string) => Promise<LoraAdapter> } {
+  const reads: Array<{ dir: string; finish: (error?: Error) => void }> = [];
+  const read = async (dir: string) => {
+    const config = readGpt2Config(await tinyModel());
+    return new Promise<LoraAdapter>((resolve, reject) =>
+      reads.push({ dir, finish: (error) => (error ? reject(error) : resolve(readLoraAdapter(dir, config, { maxRank: 16 }))) }),
+    );
+  };
+  return { reads, read };
+}
+
+test('an adapter read again loads off the HTTP thread: the server answers meanwhile, every request for it waits for the one read, then runs', async (t) => {
+  const { reads, read } = handReads();
+  const { app, spy, adapters, dirs } = await serveLora(t, ['sql', 'chat', 'code'], { maxCpuLoras: 2 }, {}, { readLoraAdapter: read });
+  assert.deepEqual(adapters.added, [[1, dirs.sql], [2, dirs.chat]], 'code was only checked at start');
+  const base = `http://127.0.0.1:${await listen(app)}`;
+  const complete = (model: string) => request(base).post('/v1/completions').send({ model, prompt: 'x', max_tokens: 2 });
+  const waiting = [complete('code').then((r) => r), complete('code').then((r) => r)];
+  await waitFor(() => reads.length === 1, 30_000, 'the read');
+  // Meanwhile (sql, least recently used and idle, made room for code) the server serves on.
+  await request(base).get('/health').expect(200);
+  await complete(MODEL).expect(200);
+  await complete('chat').expect(200);
+  assert.equal(reads.length, 1, 'one read for both requests');
+  assert.ok(!spy.submitted.some((s) => s.adapter === 3), 'no request for code reaches the engine before code does');
+  reads[0]!.finish();
+  for (const res of await Promise.all(waiting)) assert.equal(res.status, 200);
+  assert.deepEqual(adapters.added.at(-1), [3, dirs.code]);
+  assert.deepEqual(adapters.removed, [1]);
+  assert.equal(spy.submitted.filter((s) => s.adapter === 3).length, 2);
+});
+
+test('a read again that fails is a clean 500 for the requests that waited for it, and the next request reads the folder again', async (t) => {
+  const { reads, read } = handReads();
+  const { logger, lines } = memoryLogger();
+  const { app, adapters, dirs } = await serveLora(t, ['sql', 'chat'], { maxCpuLoras: 1 }, {}, { readLoraAdapter: read, logger });
+  const base = `http://127.0.0.1:${await listen(app)}`;
+  const complete = (model: string) => request(base).post('/v1/completions').send({ model, prompt: 'x', max_tokens: 1 });
+  const failing = complete('chat').then((r) => r);
+  await waitFor(() => reads.length === 1, 30_000, 'the read');
+  reads[0]!.finish(new Error('the disk is on fire'));
+  const res = await failing;
+  assert.equal(res.status, 500);
+  assert.equal(res.body.error.message, 'The LoRA adapter `chat` could not be read from its folder');
+  assert.match(String(lines.find((l) => l.code === 'internal_error')?.cause), /the disk is on fire/);
+  assert.equal(app.serving.inflightRequests, 0, 'admission released');
+  const again = complete('chat').then((r) => r);
+  await waitFor(() => reads.length === 2, 30_000, 'the second read');
+  reads[1]!.finish();
+  assert.equal((await again).status, 200);
+  assert.deepEqual(adapters.added.at(-1), [3, dirs.chat], 'the failed read left id 2 unused; the engine never had it');
+});
+
+test('unloading an adapter while it is read again: a request gone meanwhile leaves nothing behind, new requests get 404, the engine gets it and drops it', async (t) => {
+  const { reads, read } = handReads();
+  const { app, adapters, dirs } = await serveLora(t, ['sql', 'chat'], { maxCpuLoras: 1, allowRuntimeLoraUpdating: true }, {}, { readLoraAdapter: read });
+  const port = await listen(app);
+  // A client that asks for chat and leaves while chat is read.
+  const gone = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/completions', headers: { 'content-type': 'application/json' } });
+  gone.on('error', () => {});
+  gone.end(JSON.stringify({ model: 'chat', prompt: 'x', max_tokens: 1 }));
+  await waitFor(() => reads.length === 1, 30_000, 'the read');
+  await request(app.server).post('/v1/unload_lora_adapter').send({ lora_name: 'chat' }).expect(200);
+  await request(app.server).post('/v1/completions').send({ model: 'chat', prompt: 'x' }).expect(404);
+  gone.destroy();
+  await waitFor(() => app.serving.inflightRequests === 0, 30_000, 'the request over');
+  assert.deepEqual(adapters.removed, [1], 'sql made room for chat; chat\'s removal waits for its read');
+  reads[0]!.finish();
+  await waitFor(() => adapters.removed.length === 2, 30_000, 'the removal');
+  assert.deepEqual(adapters.added.at(-1), [2, dirs.chat]);
+  assert.deepEqual(adapters.removed, [1, 2], 'added, then removed: the engine holds nothing for it');
 });

@@ -169,7 +169,7 @@ const MAX_DISCARDED_BODY_BYTES = 64 * 1024 * 1024;
  * The LoRA adapters of --enable-lora, every --lora-modules one read and checked against the model
  * folder's config.json (config.model: main passes the resolved folder). Throws LoraModuleError.
  */
-function openLoraRegistry(config: ServerConfig): LoraRegistry | null {
+function openLoraRegistry(config: ServerConfig, read: AppOptions['readLoraAdapter']): LoraRegistry | null {
   if (!config.enableLora) return null;
   if (config.model === undefined) throw new Error('--enable-lora: the model folder must be resolved before the app is built');
   let baseConfig: Gpt2Config;
@@ -183,6 +183,7 @@ function openLoraRegistry(config: ServerConfig): LoraRegistry | null {
     baseModel: servedBaseName(config.servedModelName, config.model),
     maxRank: config.maxLoraRank,
     maxCpuLoras: maxCpuLoras(config),
+    ...(read ? { read } : {}),
   });
 }
 
@@ -195,7 +196,7 @@ export function buildApp(
   config: ServerConfig,
   opts: AppOptions = {},
 ): FastifyInstance {
-  const lora = openLoraRegistry(config);
+  const lora = openLoraRegistry(config, opts.readLoraAdapter);
   const options = resolveOptions(opts);
   const fastifyOptions: FastifyServerOptions = {
     // main.ts passes the limit sized to the served model's context; 1024 is GPT-2's.

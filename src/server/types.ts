@@ -2,6 +2,7 @@
 // ServerConfig (src/config.ts); these options only pin what tests need to pin.
 import type { FastifyBaseLogger } from 'fastify';
 import type { ServerConfig } from '../config.js';
+import type { LoraAdapter } from '../model/lora-adapter.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ServingState } from './state.js';
 import type { Tenants } from './tenants.js';
@@ -17,9 +18,11 @@ export interface AppOptions {
   clock?: () => number;
   /** Also export prom-client's process metrics (main turns this on). */
   defaultMetrics?: boolean;
+  /** Reads a LoRA adapter folder while serving (default: in a worker thread); tests inject slow or failing reads. */
+  readLoraAdapter?: (dir: string) => Promise<LoraAdapter>;
 }
 
-export type ResolvedAppOptions = Required<Omit<AppOptions, 'logger'>>;
+export type ResolvedAppOptions = Required<Omit<AppOptions, 'logger' | 'readLoraAdapter'>>;
 
 /** Per-request figures for the "request finished" log line. */
 export interface CompletionStats {

@@ -71,6 +71,8 @@ export interface JobContext {
   priority?: number;
   /** EngineRequest.adapter: the engine id of the LoRA adapter leased for it (start.ts); absent: the base model. */
   adapter?: number;
+  /** Resolves once the engine has that adapter (LoraLease.ready); the request is submitted after it. */
+  adapterReady?: Promise<void>;
 }
 
 export class CompletionJob {
@@ -88,6 +90,9 @@ export class CompletionJob {
   private paused = false;
   private acceptance: { resolve: () => void; reject: (err: Error) => void } | null = null;
   private readonly accepted: Promise<void>;
+  /** Rejects when the job is cancelled: what submit() waits for ends at once then. */
+  private readonly cancellation: Promise<never>;
+  private rejectCancellation: (err: Error) => void = () => {};
 
   constructor(
     private readonly resolve: RequestResolver,
@@ -99,6 +104,8 @@ export class CompletionJob {
     this.startedAt = this.clock();
     this.accepted = new Promise<void>((resolve, reject) => (this.acceptance = { resolve, reject }));
     this.accepted.catch(() => {}); // a job that is never awaited for acceptance (JSON) must not warn
+    this.cancellation = new Promise<never>((_, reject) => (this.rejectCancellation = reject));
+    this.cancellation.catch(() => {});
   }
 
   get promptTokens(): number {
@@ -125,7 +132,9 @@ export class CompletionJob {
    * Throws ApiError (400) or JobCancelledError.
    */
   async submit(): Promise<void> {
-    const request = await this.resolve(this.engine, { forceStream: this.ctx.forceStream });
+    // An adapter read again from its folder loads meanwhile (LoraRegistry), beside tokenizing; a
+    // client that leaves meanwhile ends the wait.
+    const [request] = await Promise.race([Promise.all([this.resolve(this.engine, { forceStream: this.ctx.forceStream }), this.ctx.adapterReady]), this.cancellation]);
     if (this.cancelReason !== null) throw this.cancelledError();
     this.request = request;
     const { prompts, params } = request;
@@ -190,6 +199,7 @@ export class CompletionJob {
     this.cancelError = error ?? null;
     this.abortSources();
     this.acceptance?.reject(this.cancelledError());
+    this.rejectCancellation(this.cancelledError());
     this.events.clear();
   }
 

@@ -85,8 +85,8 @@ function admit(
     maxSeqsInFlight: state.maxSeqsInFlight,
   });
   const opts = app.appOptions;
-  // Counted before the adapter is leased (which may read it from disk), so an overloaded server
-  // refuses the request first; the job, made once the adapter's id is known, is what drain cancels.
+  // Counted before the adapter is leased (which may start reading it from disk), so an overloaded
+  // server refuses the request first; the job, made once the adapter's id is known, is what drain cancels.
   let job: CompletionJob | null = null;
   const release = state.admit({ cancel: (reason, error) => job?.cancel(reason, error) }, sequences, options.tenant ?? DEFAULT_TENANT);
   let lease: LoraLease | null = null;
@@ -94,7 +94,6 @@ function admit(
     lease = isAdapter ? state.lora!.acquire(model) : null;
   } catch (err) {
     release();
-    if (err instanceof ApiError && err.statusCode >= 500) app.log.error({ adapter: model, problem: err.cause }, err.message);
     throw err;
   }
   if (lease) app.metrics.loraRequests?.inc({ adapter: model });
@@ -112,7 +111,7 @@ function admit(
     // Without keys, the engine's default tenant.
     tenant: options.tenant ?? undefined,
     priority,
-    ...(lease ? { adapter: lease.adapter } : {}),
+    ...(lease ? { adapter: lease.adapter, adapterReady: lease.ready } : {}),
   });
   return {
     job,

@@ -7,7 +7,10 @@
 // adapter that is registered but not in memory, or POST /v1/load_lora_adapter) removes the least
 // recently used adapter that no request is using; when every one in memory is in use, the count
 // goes over the limit for the time being, and the surplus is removed as requests end. An adapter
-// out of memory stays registered and is read again from its folder when a request names it.
+// out of memory stays registered and is read again from its folder when a request names it: in a
+// worker thread (read-off-thread.ts), while the request is admitted and tokenized; the request
+// goes to the engine once the adapter is there (LoraLease.ready), and every request that names it
+// meanwhile waits for the same read.
 //
 // A request holds a lease from admission until its response is done (start.ts), so an adapter is
 // never removed from the engine between the edge choosing its id and the engine receiving the
@@ -19,6 +22,7 @@ import type { Gpt2Config } from '../../model/gpt2-checkpoint.js';
 import { readLoraAdapter, type LoraAdapter } from '../../model/lora-adapter.js';
 import { ApiError } from '../openai/errors.js';
 import type { LoraModuleSpec } from './module-spec.js';
+import { readLoraAdapterOffThread } from './read-off-thread.js';
 
 export interface LoraRegistryOptions {
   /** The base model's config.json, which every adapter must fit. */
@@ -29,13 +33,22 @@ export interface LoraRegistryOptions {
   maxRank: number;
   /** --max-cpu-loras */
   maxCpuLoras: number;
+  /** Reads an adapter folder while serving (default: readLoraAdapterOffThread); tests inject slow or failing ones. */
+  read?: (dir: string) => Promise<LoraAdapter>;
 }
 
 /** A request's hold on an adapter: the engine id to submit with; release once the request is over. */
 export interface LoraLease {
   adapter: number;
+  /**
+   * Resolves once the engine has the adapter (at once unless its folder is being read again);
+   * rejects with ApiError 500 when the folder no longer reads (the error's cause says why).
+   */
+  ready: Promise<void>;
   release(): void;
 }
+
+const READY: Promise<void> = Promise.resolve();
 
 /** What /v1/models lists per adapter. */
 export interface LoraCard {
@@ -46,8 +59,10 @@ export interface LoraCard {
 }
 
 interface Entry extends LoraCard {
-  /** Its engine id while in memory, else null. */
+  /** Its engine id while in memory (or being read into it), else null. */
   id: number | null;
+  /** While its folder is read again: resolves once the engine has it. */
+  loading: Promise<void> | null;
   /** Requests holding a lease on it. */
   inflight: number;
   /** When it was last loaded or leased, on the registry's own counter (recency is all that matters). */
@@ -72,6 +87,8 @@ export class LoraRegistry {
   /** Read at start, given to the engine once it is up (attach). */
   private startup: Array<[Entry, LoraAdapter]> = [];
   private engine: EngineClient | null = null;
+  /** Engine ids whose adapter is still being read: a removal waits for the read (the engine ignores removing an id it never had). */
+  private readonly pending = new Map<number, Promise<void>>();
   private nextId = 1;
   private tick = 0;
 
@@ -121,32 +138,23 @@ export class LoraRegistry {
   }
 
   /**
-   * A lease on adapter `name` for one request, reading it from its folder first when it is not in
-   * memory. Throws ApiError 404 for a name not registered, 500 when its folder no longer reads
-   * (the error's cause says why).
+   * A lease on adapter `name` for one request; when it is not in memory, its folder is read again
+   * (off this thread: the lease's `ready` says when the engine has it). Throws ApiError 404 for a
+   * name not registered.
    */
   acquire(name: string): LoraLease {
     const entry = this.entries.get(name);
     if (!entry) throw new ApiError('model_not_found', `The model \`${name.slice(0, 200)}\` does not exist`, 'model');
-    if (entry.id === null) {
-      let adapter: LoraAdapter;
-      try {
-        adapter = this.read(entry.path);
-      } catch (err) {
-        // The operator's folder changed under the server: the client hears that much, the log why.
-        const apiErr = new ApiError('internal_error', `The LoRA adapter \`${name}\` could not be read from its folder`);
-        apiErr.cause = (err as Error).message;
-        throw apiErr;
-      }
-      this.addToEngine(entry, adapter);
-    }
+    if (entry.id === null) this.readAgain(entry);
     const id = entry.id!;
+    const ready = entry.loading ?? READY;
     entry.inflight++;
     entry.lastUsed = ++this.tick;
     this.evictIdle();
     let released = false;
     return {
       adapter: id,
+      ready,
       release: () => {
         if (released) return;
         released = true;
@@ -156,18 +164,21 @@ export class LoraRegistry {
   }
 
   /**
-   * POST /v1/load_lora_adapter: registers `name` and puts it in memory. Throws ApiError 400 for a
-   * name taken (by the base model or an adapter) or a folder that cannot be served, naming why.
+   * POST /v1/load_lora_adapter: registers `name` and puts it in memory. Rejects with ApiError 400
+   * for a name taken (by the base model or an adapter) or a folder that cannot be served, naming why.
    */
-  load(name: string, path: string): void {
+  async load(name: string, path: string): Promise<void> {
     const problem = this.nameProblem(name);
     if (problem) throw new ApiError('invalid_value', `\`lora_name\`: ${problem}`, 'lora_name');
     let adapter: LoraAdapter;
     try {
-      adapter = this.read(path);
+      adapter = await this.readWhileServing(path);
     } catch (err) {
       throw new ApiError('invalid_value', `\`lora_path\`: ${(err as Error).message}`, 'lora_path');
     }
+    // Another load of the same name may have finished while this one read.
+    const taken = this.nameProblem(name);
+    if (taken) throw new ApiError('invalid_value', `\`lora_name\`: ${taken}`, 'lora_name');
     const entry = this.register(name, path, undefined);
     this.addToEngine(entry, adapter);
     this.evictIdle(entry);
@@ -179,7 +190,7 @@ export class LoraRegistry {
     if (!entry) return false;
     this.entries.delete(name);
     if (entry.id === null) return true;
-    if (entry.inflight === 0) this.engine!.removeAdapter(entry.id);
+    if (entry.inflight === 0) this.removeFromEngine(entry.id);
     else this.draining.set(entry.id, { name, inflight: entry.inflight });
     return true;
   }
@@ -189,7 +200,7 @@ export class LoraRegistry {
     if (draining) {
       if (--draining.inflight === 0) {
         this.draining.delete(id);
-        this.engine!.removeAdapter(id);
+        this.removeFromEngine(id);
       }
       return;
     }
@@ -208,7 +219,7 @@ export class LoraRegistry {
         if (!victim || e.lastUsed < victim.lastUsed) victim = e;
       }
       if (!victim) return; // every one is in use: over the limit until some request ends
-      this.engine!.removeAdapter(victim.id!);
+      this.removeFromEngine(victim.id!);
       victim.id = null;
     }
   }
@@ -226,8 +237,54 @@ export class LoraRegistry {
     this.engine!.addAdapter(entry.id, adapter);
   }
 
+  /**
+   * Gives `entry` its new engine id now and reads its folder again; the engine gets the adapter
+   * when the read is done. A failed read leaves the entry out of memory (the next request tries
+   * again) and fails the requests that waited for it.
+   */
+  private readAgain(entry: Entry): void {
+    const id = this.nextId++;
+    entry.id = id;
+    const loading = this.readWhileServing(entry.path).then(
+      (adapter) => this.engine!.addAdapter(id, adapter),
+      (err: Error) => {
+        if (entry.id === id) entry.id = null;
+        // The operator's folder changed under the server: the client hears that much, the log why.
+        const apiErr = new ApiError('internal_error', `The LoRA adapter \`${entry.name}\` could not be read from its folder`);
+        apiErr.cause = err.message;
+        throw apiErr;
+      },
+    );
+    entry.loading = loading;
+    this.pending.set(id, loading);
+    void loading.then(
+      () => this.settled(entry, id, loading),
+      () => this.settled(entry, id, loading),
+    );
+  }
+
+  private settled(entry: Entry, id: number, loading: Promise<void>): void {
+    this.pending.delete(id);
+    if (entry.loading === loading) entry.loading = null;
+  }
+
+  /** Takes adapter `id` out of the engine, after its read if that is still going on. */
+  private removeFromEngine(id: number): void {
+    const read = this.pending.get(id);
+    if (!read) return this.engine!.removeAdapter(id);
+    void read.then(
+      () => this.engine!.removeAdapter(id),
+      () => {},
+    );
+  }
+
+  private readWhileServing(path: string): Promise<LoraAdapter> {
+    const { read, baseConfig, maxRank } = this.options;
+    return read ? read(path) : readLoraAdapterOffThread({ dir: path, base: baseConfig, maxRank });
+  }
+
   private register(name: string, path: string, parent: string | undefined): Entry {
-    const entry: Entry = { name, path, parent, id: null, inflight: 0, lastUsed: ++this.tick };
+    const entry: Entry = { name, path, parent, id: null, loading: null, inflight: 0, lastUsed: ++this.tick };
     this.entries.set(name, entry);
     return entry;
   }

@@ -19,7 +19,7 @@ export const loraRoutes: FastifyPluginAsyncZod = async (app) => {
     // The registry puts adapters into the engine, so the engine must be up.
     app.serving.requireEngine();
     const { lora_name: name, lora_path: path } = request.body;
-    app.serving.lora!.load(name, path);
+    await app.serving.lora!.load(name, path);
     request.log.info({ adapter: name, path }, 'LoRA adapter loaded');
     reply.type('text/plain; charset=utf-8');
     return `Success: LoRA adapter '${name}' added successfully.`;
