@@ -34,7 +34,7 @@
 //   lora_big_slots       int64 [b]             slots taken out into big groups (b may be 0)
 //   lora_big_gather      int64 [b, m]          their tokens, padded likewise
 //   lora_unpack          int64 [T]             where each token's delta is in [d (k x n); d_big (b x m); 0]
-//   lora_every_token     bool [1]              every token has the one slot fed (k = 1); the three above are then unused
+//   lora_every_token     bool [1]              every token has the one slot fed (k = 1); the four above are then unused
 //   lora_{l}_{module}_a  float [k, 1, R, in]   per layer and module: each slot's lora_A, zero-padded rows
 //   lora_{l}_{module}_b  float [k, 1, out, R]  each slot's scale x lora_B (c_attn's query rows times
 //                                              1/sqrt(head_dim), as the exporter folds them), zero-padded columns
