@@ -49,8 +49,11 @@ RUN npm prune --omit=dev \
 # cpu: the small CPU-only image (`docker build --target cpu`). Declared before the CUDA stages so
 # that even the legacy builder stops here without downloading the CUDA provider.
 FROM ${NODE_IMAGE} AS cpu
+# GLIBC_TUNABLES: glibc asks for transparent huge pages for its large blocks (the weights, the KV
+# pool), which hosts in THP "madvise" mode give only on request (src/util/huge-pages.ts).
 ENV NODE_ENV=production \
     ORT_DISABLE_TELEMETRY=1 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     GPT2_MODEL=/models/gpt2 \
     GPT2_HOST=0.0.0.0 \
     GPT2_PORT=8000 \
@@ -89,6 +92,7 @@ FROM ${CUDA_IMAGE} AS gpu
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 ENV NODE_ENV=production \
     ORT_DISABLE_TELEMETRY=1 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     GPT2_MODEL=/models/gpt2 \
     GPT2_HOST=0.0.0.0 \
     GPT2_PORT=8000 \

@@ -16,6 +16,7 @@ import { CONTRACT_VERSION } from './model/serving-graph.js';
 import { buildApp } from './server/app.js';
 import { LoraModuleError } from './server/lora/registry.js';
 import { Tenants } from './server/tenants.js';
+import { hugePages, hugePagesAdvice } from './util/huge-pages.js';
 
 export const DEFAULT_MODEL_DIR = path.join('models', 'gpt2');
 export const TINY_MODEL_DIR = path.join('models', 'tiny-random-gpt2');
@@ -138,6 +139,7 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
     await app.close();
     throw err;
   }
+  const pages = hugePages();
   logger.info(
     {
       model: app.serving.modelId,
@@ -146,9 +148,12 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
       chatTemplate: engine.chatTemplate.source,
       address,
       memory: memoryOutlook(engine),
+      hugePages: pages,
     },
     'model loaded; serving',
   );
+  const advice = hugePagesAdvice(pages);
+  if (advice) logger.warn(advice);
   return { app, engine, address };
 }
 
@@ -160,7 +165,8 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
 function memoryOutlook(engine: EngineClient): { rssMiB: number; kvCacheMiB: number; kvCommittedMiB: number; expectedMaxRssMiB: number } {
   const mib = (bytes: number) => Math.round(bytes / 2 ** 20);
   const rss = process.memoryUsage.rss();
-  const committed = engine.stats().kvBytesCommitted;
+  // Stats arrive with the first step; pools on huge pages were committed whole before it.
+  const committed = Math.max(engine.stats().kvBytesCommitted, engine.model.kvCommittedAtStartBytes);
   const pools = engine.model.kvCacheBytes;
   return { rssMiB: mib(rss), kvCacheMiB: mib(pools), kvCommittedMiB: mib(committed), expectedMaxRssMiB: mib(rss - committed + pools) };
 }

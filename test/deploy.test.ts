@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig, SETTINGS } from '../src/config.js';
 import { ServerMetrics } from '../src/server/metrics.js';
+import { HUGE_PAGES_TUNABLE } from '../src/util/huge-pages.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const read = (rel: string): string => readFileSync(path.join(ROOT, rel), 'utf8');
@@ -499,7 +500,9 @@ test('Dockerfile: the build runs `npm ci` (as CI does) with a pinned npm 11, and
     assert.ok(argv, `stage ${stage.name}: ENTRYPOINT must be exec form (JSON array) so SIGTERM reaches node`);
     const cmd = /(^|\/)tini$/.test(argv[0]) ? argv.slice(argv.indexOf('--') + 1) : argv;
     assert.deepEqual(cmd, ['node', mainJs, 'serve'], `stage ${stage.name}: ENTRYPOINT`);
-    assert.equal(pkg.scripts.start, cmd.join(' '), 'ENTRYPOINT and `npm start` should run the same command');
+    // Both ask glibc for huge pages (src/util/huge-pages.ts): the image in its ENV, `npm start` unless GLIBC_TUNABLES is set.
+    assert.equal(stageEnv(stage).get('GLIBC_TUNABLES'), HUGE_PAGES_TUNABLE, `stage ${stage.name}: ENV GLIBC_TUNABLES`);
+    assert.equal(pkg.scripts.start, `GLIBC_TUNABLES=\${GLIBC_TUNABLES:-${HUGE_PAGES_TUNABLE}} ${cmd.join(' ')}`, 'ENTRYPOINT and `npm start` should run the same command');
     // What the entrypoint needs is in the image: dist/, node_modules/, package.json ("type": "module")
     // and the playground's static files, which the server finds beside package.json.
     for (const dest of ['dist', 'node_modules', 'package.json', 'playground']) {

@@ -15,7 +15,8 @@ const USAGE = `Usage: npm run bench:llama -- --llama-dir DIR [options]
 Serves each model folder and runs llama.cpp on the same checkpoint written as GGUF, at each
 stream count, with the serving benchmark's seeded token-id prompts; prints output tokens/s and
 each of ours against each llama.cpp type. llama.cpp runs at its best: in its own process with
-UV_THREADPOOL_SIZE=1, warmed up, with the faster flash attention setting for the workload; at one
+UV_THREADPOOL_SIZE=1, warmed up, with the faster flash attention and weight mapping settings for
+the workload; at one
 stream it is also timed through a plain evaluate loop, and a harness loop slower than that is
 reported. node-llama-cpp is not a dependency of this project;
 install it apart (Linux x64, CPU build; its optional GPU packages and install script are skipped):
@@ -35,6 +36,8 @@ install it apart (Linux x64, CPU build; its optional GPU packages and install sc
   --repeat N             runs per stream count, systems alternating; the fastest of each counts (default 2)
   --uv-threadpool N      UV_THREADPOOL_SIZE of llama.cpp's process (default 1: fastest on 2 vCPUs)
   --flash-attention M    llama.cpp's flash attention: on, off or best (default best: the faster on a warm-up probe)
+  --llama-mmap M         llama.cpp's weights mapped from the GGUF file (on) or read into memory, on huge
+                         pages where GLIBC_TUNABLES gives them (off); best: the faster on the probe (default)
   --json FILE            also write the rows as JSON
 `;
 
@@ -57,6 +60,7 @@ runCli('bench:llama', async (argv) => {
       repeat: { type: 'string', default: '2' },
       'uv-threadpool': { type: 'string', default: '1' },
       'flash-attention': { type: 'string', default: 'best' },
+      'llama-mmap': { type: 'string', default: 'best' },
       json: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -68,6 +72,8 @@ runCli('bench:llama', async (argv) => {
   const ints = (s: string) => s.split(',').map(Number);
   const flash = values['flash-attention'];
   if (flash !== 'on' && flash !== 'off' && flash !== 'best') throw new Error(`--flash-attention: ${flash} is not on, off or best`);
+  const mmap = values['llama-mmap'];
+  if (mmap !== 'on' && mmap !== 'off' && mmap !== 'best') throw new Error(`--llama-mmap: ${mmap} is not on, off or best`);
   const rows = await compareWithLlama(
     {
       llamaDir: values['llama-dir'],
@@ -83,6 +89,7 @@ runCli('bench:llama', async (argv) => {
       repeat: Number(values.repeat),
       uvThreadpoolSize: Number(values['uv-threadpool']),
       flashAttention: flash,
+      mmap,
     },
     { out: (t) => process.stderr.write(`${t}\n`), status: (t) => process.stderr.write(`${t}\n`), progress: makeProgress('none') },
   );

@@ -13,7 +13,7 @@ import { IncrementalDetokenizer } from './detokenizer.js';
 import type { LoraAdapter } from '../model/lora-adapter.js';
 import type { Gpt2Config } from '../model/gpt2-checkpoint.js';
 import { AdapterStore } from './adapter-store.js';
-import { blocksFor, hostBlockBytes, type KvStorage } from './kv-cache.js';
+import { blocksFor, committedBytes, type KvStorage } from './kv-cache.js';
 import { plus, rowShape, type StepCostModel } from './step-cost.js';
 import type { ModelRunner, RowOutput, RunnerRow } from './runner.js';
 import { ConstraintCursor, SamplerScratch, SequenceSampler, scoreToken, type TopEntry } from './sampling.js';
@@ -287,8 +287,7 @@ export class EngineCore {
       kvBlocksTotal: total,
       kvBlocksUsed: kv.usedBlocks,
       kvUsage: kv.usedBlocks / total,
-      kvBytesCommitted:
-        kv.touchedBlocks('target') * hostBlockBytes(this.runner.pool) + (this.opts.draftKv ? kv.touchedBlocks('draft') * hostBlockBytes(this.opts.draftKv) : 0),
+      kvBytesCommitted: committedBytes(this.runner.pool, kv.touchedBlocks('target')) + (this.opts.draftKv ? committedBytes(this.opts.draftKv, kv.touchedBlocks('draft')) : 0),
       blockSize: this.scheduler.config.blockSize,
       steps: this.steps,
       consecutiveFailedSteps: this.consecutiveFailedSteps,

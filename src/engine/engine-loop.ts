@@ -8,7 +8,7 @@ import { loadTokenizer, type Tokenizer } from '../model/tokenizer.js';
 import { readManifest } from '../model/manifest.js';
 import { AsyncQueue } from '../util/async-queue.js';
 import { EngineCore, type EventBatch } from './engine-core.js';
-import { BLOCK_SIZE_MULTIPLE, BlockAllocator, describePool, hostBlockBytes, poolShape } from './kv-cache.js';
+import { BLOCK_SIZE_MULTIPLE, BlockAllocator, committedBytes, describePool, hostBlockBytes, poolShape } from './kv-cache.js';
 import { KvCacheManager } from './kv-cache-manager.js';
 import { calibrateStepCost } from './calibrate.js';
 import { DraftModelProposer } from './draft-model.js';
@@ -197,6 +197,7 @@ export async function buildEngineCore(
     eosTokenId: manifest.eosTokenId,
     kvCacheTokens: (numBlocks - 1) * options.blockSize,
     kvCacheBytes: numBlocks * (hostBlockBytes(runner.pool) + (draftKv ? hostBlockBytes(draftKv) : 0)),
+    kvCommittedAtStartBytes: committedBytes(runner.pool, 0) + (draftKv ? committedBytes(draftKv, 0) : 0),
     maxNumSeqs: options.maxNumSeqs,
     maxTokenBytes: tokenizer.maxTokenBytes,
     weights: { dtype: manifest.dtype, ...(manifest.quantization ? { quantization: manifest.quantization } : {}) },

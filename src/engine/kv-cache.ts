@@ -209,6 +209,12 @@ export function hostBlockBytes(storage: KvStorage): number {
   return storage instanceof KvPool ? KvPool.blockBytes(storage.shape) : 0;
 }
 
+/** Host memory a pool has committed, given how many of its blocks were ever written. */
+export function committedBytes(storage: KvStorage, touchedBlocks: number): number {
+  if (!(storage instanceof KvPool)) return 0;
+  return (storage.committedUpFront ? storage.shape.numBlocks : touchedBlocks) * hostBlockBytes(storage);
+}
+
 /** The pool shape of a model folder's graph. */
 export function poolShape(manifest: { numLayers: number; numHeads: number; headDim: number }, numBlocks: number, blockSize: number): PoolShape {
   return { layers: manifest.numLayers, heads: manifest.numHeads, headDim: manifest.headDim, numBlocks, blockSize };
@@ -227,24 +233,35 @@ export function describePool(shape: PoolShape): string {
 
 /**
  * Per layer, a key and a value array laid out [heads, numBlocks, blockSize, headDim]. Allocated
- * zero-filled once; the OS commits pages only as blocks are first written, so resident memory
- * follows the blocks actually used. Committing it all at start, as vLLM and llama.cpp do, would
- * make memory predictable but slowed a server's start more than it is worth where first touches
- * of memory are slow (docs/benchmark.md, "Figures behind the code"); with prefix caching a busy server reaches every
- * block in the end anyway, and the startup log gives the size it will reach (describePool).
+ * zero-filled once; on 4 KiB pages the OS commits pages only as blocks are first written, so
+ * resident memory follows the blocks actually used. Committing it all at start, as vLLM and
+ * llama.cpp do, would make memory predictable but slowed a server's start more than it is worth
+ * where first touches of memory are slow (docs/benchmark.md, "Figures behind the code"); with
+ * prefix caching a busy server reaches every block in the end anyway, and the startup log gives
+ * the size it will reach (describePool).
+ *
+ * On transparent huge pages (src/util/huge-pages.ts) a first write commits 2 MiB, and one block
+ * is a slice of every head's span in all 2 x layers arrays: a few blocks commit most of the pool.
+ * There the pool is committed at construction (`committedUpFront`), so that what the process
+ * reports as committed is what it holds, not a guess at the kernel's page boundaries.
  */
 export class KvPool implements KvStorage {
   readonly keys: Float32Array[] = [];
   readonly values: Float32Array[] = [];
   readonly blockFloats: number;
 
-  constructor(readonly shape: PoolShape) {
+  constructor(
+    readonly shape: PoolShape,
+    readonly committedUpFront = false,
+  ) {
     const perLayer = shape.heads * shape.numBlocks * shape.blockSize * shape.headDim;
     for (let l = 0; l < shape.layers; l++) {
       this.keys.push(new Float32Array(perLayer));
       this.values.push(new Float32Array(perLayer));
     }
     this.blockFloats = shape.blockSize * shape.headDim;
+    // One write per 4 KiB page: where the kernel could not give a huge page, the small ones are committed too.
+    if (committedUpFront) for (const a of [...this.keys, ...this.values]) for (let i = 0; i < a.length; i += 1024) a[i] = 0;
   }
 
   /** Bytes one block takes across all layers, keys and values. */

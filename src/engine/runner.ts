@@ -9,6 +9,7 @@ import { manifestPlan, type Manifest } from '../model/manifest.js';
 import { GraphBuilder } from '../model/onnx-builder.js';
 import { buildServingGraph } from '../model/serving-graph.js';
 import { KvPool, NULL_BLOCK, poolShape, type KvStorage } from './kv-cache.js';
+import { hugePages, largeBlocksOnHugePages } from '../util/huge-pages.js';
 import { UsedBlocksFeed, WholePoolFeed, type KvFeed } from './kv-feed.js';
 import { LoraSlots, type RowAdapter } from './lora-slots.js';
 import { createSession, WEIGHTS_READ_LIMITS, type ExecutionProvider } from './ort-session.js';
@@ -496,7 +497,9 @@ export async function createOnnxRunner(opts: CreateRunnerOptions): Promise<{ run
     ...opts,
     externalData: join(opts.modelDir, opts.manifest.graph.externalData),
   });
-  const pool = new KvPool(poolShape(opts.manifest, opts.numBlocks, opts.blockSize));
+  const onHugePages = largeBlocksOnHugePages(hugePages());
+  const pool = new KvPool(poolShape(opts.manifest, opts.numBlocks, opts.blockSize), onHugePages);
+  if (onHugePages) opts.log('KV cache: on transparent huge pages, so committed at start (a first write commits 2 MiB of every head\'s span)');
   const feedName = opts.feed ?? (provider === 'cpu' ? 'whole-pool' : 'used-blocks');
   const feed = feedName === 'whole-pool' ? new WholePoolFeed(pool) : new UsedBlocksFeed(pool);
   const profile = opts.profilePrefix === undefined ? undefined : { prefix: opts.profilePrefix, log: opts.log };

@@ -215,6 +215,8 @@ export interface ModelInfo {
    * what kvBytesCommitted grows toward. 0 for pools in device memory.
    */
   kvCacheBytes: number;
+  /** Of kvCacheBytes, what was committed before serving: all of it for pools on huge pages (KvPool.committedUpFront), else 0. */
+  kvCommittedAtStartBytes: number;
   /** Sequences one batch runs (--max-num-seqs): a prompt's choices, admitted together, fit in it. */
   maxNumSeqs: number;
   /**

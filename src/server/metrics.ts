@@ -127,7 +127,7 @@ export class ServerMetrics {
     });
     this.kvCommittedBytes = new Gauge({
       name: `${PREFIX}kv_cache_committed_bytes`,
-      help: 'Process memory the KV cache pools have committed: grows as blocks are first written, up to the pools\' size in the startup log',
+      help: 'Process memory the KV cache pools have committed: grows as blocks are first written, up to the pools\' size in the startup log (all of it from the start on huge pages)',
       registers,
     });
     this.steps = new Counter({

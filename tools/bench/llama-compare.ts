@@ -3,7 +3,8 @@
 // llama.cpp through the node-llama-cpp package for every GGUF weight type, with the same seeded
 // token-id prompts, output lengths, greedy decoding and thread count. Each side runs at its best:
 // our server in its own process, llama.cpp in its own (llama-peer.ts, with UV_THREADPOOL_SIZE
-// set), warmed up, with the flash attention setting that is faster for the workload, systems
+// set and the same GLIBC_TUNABLES as our server), warmed up, with the flash attention and weight
+// mapping settings that are faster for the workload, systems
 // alternating, the best of the repeats counting. node-llama-cpp is not a dependency of this
 // project (it downloads llama.cpp binaries); it is loaded from a folder where it was installed
 // apart (docs/benchmark.md says how).
@@ -16,6 +17,7 @@ import { runBenchmark, type BenchIo } from './bench.js';
 import { writeGpt2Gguf, type GgufWeightType } from './gguf.js';
 import type { PeerJob, PeerResult } from './llama-peer.js';
 import { parseBenchArgs } from './options.js';
+import { HUGE_PAGES_TUNABLE } from '../../src/util/huge-pages.js';
 
 export interface LlamaCompareOptions {
   /** A folder with node_modules/node-llama-cpp. */
@@ -37,6 +39,8 @@ export interface LlamaCompareOptions {
   uvThreadpoolSize: number;
   /** Flash attention for llama.cpp: on, off, or whichever is faster on a warm-up probe. */
   flashAttention: 'on' | 'off' | 'best';
+  /** llama.cpp's weights mapped from the GGUF file (on), read into memory (off), or the faster. */
+  mmap: 'on' | 'off' | 'best';
 }
 
 export interface CompareRow {
@@ -93,7 +97,7 @@ export async function compareWithLlama(opts: LlamaCompareOptions, io: BenchIo): 
     }
     for (const g of ggufs) {
       const run = await runPeer(opts, g.path, streams);
-      const note = `flash attention ${run.flashAttention ? 'on' : 'off'}${run.plainLoopTokensPerSecond === null ? '' : `; plain evaluate loop ${run.plainLoopTokensPerSecond.toFixed(1)} tok/s`}`;
+      const note = `flash attention ${run.flashAttention ? 'on' : 'off'}; weights ${run.mmap ? 'mapped from the file' : 'read into memory'}${run.plainLoopTokensPerSecond === null ? '' : `; plain evaluate loop ${run.plainLoopTokensPerSecond.toFixed(1)} tok/s`}`;
       rows.push({ streams, system: `llama.cpp ${g.type} (own process)`, outputTokensPerSecond: run.outputTokensPerSecond, ttftP50Ms: run.ttftP50Ms, peakRssMiB: null, note });
       io.status(`llama.cpp ${g.type}, ${streams} streams: ${run.outputTokensPerSecond.toFixed(1)} tok/s (${note})`);
       // The self-check: the harness's one-stream loop must run about as fast as the plainest use of the library.
@@ -130,15 +134,19 @@ async function runPeer(opts: LlamaCompareOptions, gguf: string, streams: number)
     outputTokens: opts.outputTokens,
     threads: opts.threads,
     seed: opts.seed,
-    flashAttention: opts.flashAttention === 'best' ? [false, true] : [opts.flashAttention === 'on'],
+    flashAttention: choices(opts.flashAttention),
+    mmap: choices(opts.mmap),
   };
   const script = join(dirname(fileURLToPath(import.meta.url)), 'llama-peer.js');
   const { stdout } = await promisify(execFile)(process.execPath, [script, JSON.stringify(job)], {
-    env: { ...process.env, UV_THREADPOOL_SIZE: String(opts.uvThreadpoolSize) },
+    // The same GLIBC_TUNABLES as our server (server-process.ts): huge pages for what it reads into memory.
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(opts.uvThreadpoolSize), GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? HUGE_PAGES_TUNABLE },
     maxBuffer: 1 << 20,
   });
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as PeerResult;
 }
+
+const choices = (setting: 'on' | 'off' | 'best'): boolean[] => (setting === 'best' ? [false, true] : [setting === 'on']);
 
 /** Markdown: one row per stream count, one column per system, and each of ours against each llama.cpp type. */
 export function compareTable(rows: CompareRow[]): string {

@@ -4,6 +4,10 @@
 // comparison). So the comparison spawns this script with UV_THREADPOOL_SIZE set
 // (llama-compare.ts) and it does nothing but load the GGUF file, warm up, and run the closed loop.
 //
+// Its weights are either mapped from the GGUF file (llama.cpp's default; the page cache's 4 KiB
+// pages) or read into memory, where the GLIBC_TUNABLES the comparison passes it (the same as our
+// server's) put them on huge pages; whichever is faster on the probe runs the measured loop.
+//
 // Input: one JSON argument (PeerJob). Output: one JSON line on stdout (PeerResult).
 //
 // Besides the closed loop it times the plainest possible use of the library, one sequence and one
@@ -24,12 +28,15 @@ export interface PeerJob {
   seed: number;
   /** Flash attention settings to try; the faster on a warm-up probe runs the measured loop. */
   flashAttention: boolean[];
+  /** Weights mapped from the file (true) or read into memory (false): each tried on the probe too. */
+  mmap: boolean[];
 }
 
 export interface PeerResult {
   outputTokensPerSecond: number;
   ttftP50Ms: number;
   flashAttention: boolean;
+  mmap: boolean;
   /** One sequence, one evaluate() per request, no harness around it (streams == 1 only). */
   plainLoopTokensPerSecond: number | null;
   uvThreadpoolSize: string | null;
@@ -49,28 +56,35 @@ interface LlamaModel {
   dispose(): Promise<void>;
 }
 interface LlamaModule {
-  getLlama(o: { gpu: false; build: 'never'; maxThreads: number }): Promise<{ loadModel(o: { modelPath: string }): Promise<LlamaModel> }>;
+  getLlama(o: { gpu: false; build: 'never'; maxThreads: number }): Promise<{ loadModel(o: { modelPath: string; useMmap: boolean }): Promise<LlamaModel> }>;
 }
 
 async function main(job: PeerJob): Promise<PeerResult> {
   const entry = join(resolve(job.llamaDir), 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
   const llamaCpp = (await import(pathToFileURL(entry).href)) as LlamaModule;
   const llama = await llamaCpp.getLlama({ gpu: false, build: 'never', maxThreads: job.threads });
-  const model = await llama.loadModel({ modelPath: job.gguf });
+  const requests = makeWorkload({ seed: job.seed, requests: job.requests, promptTokens: job.promptTokens, outputTokens: job.outputTokens });
+  // Warm-up and the settings probe: a quarter of the requests (at least one per stream) per setting.
+  const probe = requests.slice(0, Math.max(job.streams, Math.ceil(requests.length / 4)));
+  // The best setting's model stays loaded (and warm) for the measured loop; the others are let go.
+  let best: { model: LlamaModel; mmap: boolean; flashAttention: boolean; tps: number } | null = null;
   try {
-    const requests = makeWorkload({ seed: job.seed, requests: job.requests, promptTokens: job.promptTokens, outputTokens: job.outputTokens });
-    // Warm-up and the flash attention probe: a quarter of the requests (at least one per stream) per setting.
-    const probe = requests.slice(0, Math.max(job.streams, Math.ceil(requests.length / 4)));
-    let best = { flashAttention: job.flashAttention[0]!, tps: -1 };
-    for (const flashAttention of job.flashAttention) {
-      const run = await closedLoop(model, job, probe, flashAttention);
-      if (run.outputTokensPerSecond > best.tps) best = { flashAttention, tps: run.outputTokensPerSecond };
+    for (const mmap of job.mmap) {
+      const model = await llama.loadModel({ modelPath: job.gguf, useMmap: mmap });
+      const before = best;
+      for (const flashAttention of job.flashAttention) {
+        const run = await closedLoop(model, job, probe, flashAttention);
+        if (!best || run.outputTokensPerSecond > best.tps) best = { model, mmap, flashAttention, tps: run.outputTokensPerSecond };
+      }
+      if (best!.model !== model) await model.dispose();
+      else if (before) await before.model.dispose();
     }
-    const measured = await closedLoop(model, job, requests, best.flashAttention);
-    const plain = job.streams === 1 ? await plainLoop(model, job, requests, best.flashAttention) : null;
-    return { ...measured, flashAttention: best.flashAttention, plainLoopTokensPerSecond: plain, uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE ?? null };
+    const { model, flashAttention, mmap } = best!;
+    const measured = await closedLoop(model, job, requests, flashAttention);
+    const plain = job.streams === 1 ? await plainLoop(model, job, requests, flashAttention) : null;
+    return { ...measured, flashAttention, mmap, plainLoopTokensPerSecond: plain, uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE ?? null };
   } finally {
-    await model.dispose();
+    await best?.model.dispose();
   }
 }
 

@@ -8,6 +8,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { HUGE_PAGES_TUNABLE } from '../../src/util/huge-pages.js';
 
 export interface ServerOptions {
   modelDir: string;
@@ -122,7 +123,9 @@ export async function startServer(opts: ServerOptions): Promise<ServerHandle> {
     'warn',
     ...(opts.args ?? []),
   ];
-  const child = spawn(process.execPath, args, { cwd: entry.cwd, stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
+  // Started as `npm start` starts it: weights and KV on huge pages unless GLIBC_TUNABLES says otherwise.
+  const env = { ...process.env, GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? HUGE_PAGES_TUNABLE };
+  const child = spawn(process.execPath, args, { cwd: entry.cwd, stdio: ['ignore', 'pipe', 'pipe'], env });
   live.add(child);
   const tail: string[] = [];
   const onData = (buf: Buffer) => {
