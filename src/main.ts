@@ -165,8 +165,7 @@ export async function serve(config: ServerConfig, deps: ServeDeps = {}): Promise
 function memoryOutlook(engine: EngineClient): { rssMiB: number; kvCacheMiB: number; kvCommittedMiB: number; expectedMaxRssMiB: number } {
   const mib = (bytes: number) => Math.round(bytes / 2 ** 20);
   const rss = process.memoryUsage.rss();
-  // Stats arrive with the first step; pools on huge pages were committed whole before it.
-  const committed = Math.max(engine.stats().kvBytesCommitted, engine.model.kvCommittedAtStartBytes);
+  const committed = engine.stats().kvBytesCommitted;
   const pools = engine.model.kvCacheBytes;
   return { rssMiB: mib(rss), kvCacheMiB: mib(pools), kvCommittedMiB: mib(committed), expectedMaxRssMiB: mib(rss - committed + pools) };
 }

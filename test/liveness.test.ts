@@ -13,6 +13,14 @@ function monitor(timeoutMs = 1000) {
 
 const beat = (busy: boolean, applied: number, consecutiveFailedSteps = 0) => ({ stats: { ...EMPTY_STATS, consecutiveFailedSteps }, busy, applied });
 
+test('liveness: stats before the first heartbeat are the ones it started with (KV committed at start), then the heartbeat\'s', () => {
+  const m = new LivenessMonitor(1000, () => 0, { ...EMPTY_STATS, kvBytesCommitted: 1 << 30 });
+  assert.equal(m.latestStats().kvBytesCommitted, 1 << 30);
+  m.heartbeat({ stats: { ...EMPTY_STATS, kvBytesCommitted: 1 << 30, steps: 1 }, busy: false, applied: 0 });
+  assert.equal(m.latestStats().steps, 1);
+  assert.equal(new LivenessMonitor(1000).latestStats(), EMPTY_STATS);
+});
+
 test('liveness: an idle engine is alive however long it is quiet', () => {
   const { m, advance } = monitor();
   m.heartbeat(beat(false, 0));

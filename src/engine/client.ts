@@ -14,7 +14,7 @@ import { TokenizerThread, type ChatEncoding, type TextCodec } from '../model/tok
 import { spawnWorker } from '../util/spawn-worker.js';
 import type { EventBatch } from './engine-core.js';
 import type { EngineCommand } from './engine-loop.js';
-import { LivenessMonitor } from './liveness.js';
+import { EMPTY_STATS, LivenessMonitor } from './liveness.js';
 import { EngineStartError } from './start-error.js';
 import type {
   EngineClient,
@@ -48,7 +48,8 @@ export abstract class BaseEngineClient implements EngineClient {
     stepTimeoutMs: number,
   ) {
     this.chatTemplate = { source: chatTemplate.source, stop: chatTemplate.stop };
-    this.liveness = new LivenessMonitor(stepTimeoutMs);
+    // Until the engine's first heartbeat: nothing running, and the KV memory already committed (pools on huge pages).
+    this.liveness = new LivenessMonitor(stepTimeoutMs, undefined, { ...EMPTY_STATS, kvBytesCommitted: model.kvCommittedAtStartBytes });
     if (stepTimeoutMs > 0) {
       this.stuckTimer = setInterval(() => this.checkProgress(), Math.min(1000, Math.max(10, stepTimeoutMs / 4)));
       this.stuckTimer.unref();

@@ -37,7 +37,7 @@ export const EMPTY_STATS: EngineStats = {
 };
 
 export class LivenessMonitor {
-  private stats: EngineStats = EMPTY_STATS;
+  private stats: EngineStats;
   private busy = false;
   private lastHeardAt: number;
   /** When work last became pending on an idle engine (a command sent with nothing outstanding). */
@@ -50,7 +50,10 @@ export class LivenessMonitor {
     /** Work pending and no heartbeat for this long: stuck. 0 disables the check. */
     private readonly stepTimeoutMs: number,
     private readonly clock: () => number = () => performance.now(),
+    /** What stats() says before the first heartbeat. */
+    initialStats: EngineStats = EMPTY_STATS,
   ) {
+    this.stats = initialStats;
     this.lastHeardAt = clock();
   }
 
