@@ -14,8 +14,8 @@ export type ThpMode = 'always' | 'madvise' | 'never';
 export interface HugePages {
   /** The kernel's transparent huge page mode; null where there is none (not Linux, no sysfs). */
   thp: ThpMode | null;
-  /** glibc.malloc.hugetlb is set in GLIBC_TUNABLES (1: madvise its blocks; 2: hugetlbfs pages). */
-  mallocHugetlb: boolean;
+  /** glibc.malloc.hugetlb as GLIBC_TUNABLES sets it (1: madvise its blocks; 2: hugetlbfs pages; 0: off), null where unset. */
+  mallocHugetlb: string | null;
   /** Anonymous memory of this process on transparent huge pages, MiB; null where unreadable. */
   anonHugeMiB: number | null;
 }
@@ -28,15 +28,17 @@ export function parseThpMode(text: string): ThpMode | null {
   return chosen === 'always' || chosen === 'madvise' || chosen === 'never' ? chosen : null;
 }
 
-/** GLIBC_TUNABLES is colon-separated name=value pairs; the last one of a name wins. */
-export function mallocHugetlbIn(tunables: string | undefined): boolean {
-  let value: string | undefined;
+/** glibc.malloc.hugetlb's value in GLIBC_TUNABLES (colon-separated name=value pairs, the last of a name winning), or null. */
+export function mallocHugetlbIn(tunables: string | undefined): string | null {
+  let value: string | null = null;
   for (const pair of (tunables ?? '').split(':')) {
     const [name, v] = pair.split('=');
-    if (name?.trim() === 'glibc.malloc.hugetlb') value = v?.trim();
+    if (name?.trim() === 'glibc.malloc.hugetlb') value = v?.trim() ?? '';
   }
-  return value === '1' || value === '2';
+  return value;
 }
+
+const asksForHugePages = (value: string | null) => value === '1' || value === '2';
 
 /** AnonHugePages of /proc/self/smaps_rollup, in MiB. */
 export function parseAnonHugeMiB(smapsRollup: string): number | null {
@@ -64,11 +66,12 @@ export function hugePages(env: NodeJS.ProcessEnv = process.env, read: (path: str
 
 /** Whether a large block this process writes lands on huge pages: always under THP "always", on request under "madvise". */
 export function largeBlocksOnHugePages(state: Pick<HugePages, 'thp' | 'mallocHugetlb'>): boolean {
-  return state.thp === 'always' || (state.thp === 'madvise' && state.mallocHugetlb);
+  return state.thp === 'always' || (state.thp === 'madvise' && asksForHugePages(state.mallocHugetlb));
 }
 
-/** What to tell the operator when the large blocks could have had huge pages and did not ask. */
+/** What to tell the operator when the large blocks could have had huge pages and nobody decided against them. */
 export function hugePagesAdvice(state: HugePages): string | null {
-  if (state.thp !== 'madvise' || state.mallocHugetlb) return null;
-  return `transparent huge pages are given only on request here (THP "madvise") and GLIBC_TUNABLES does not ask: start the server with GLIBC_TUNABLES=${HUGE_PAGES_TUNABLE} (npm start and the Docker image do) for faster decode steps`;
+  // An explicit glibc.malloc.hugetlb=0 is a choice (a lazily committed KV pool), not an oversight.
+  if (state.thp !== 'madvise' || state.mallocHugetlb !== null) return null;
+  return `transparent huge pages are given only on request here (THP "madvise") and GLIBC_TUNABLES does not ask: add ${HUGE_PAGES_TUNABLE} to GLIBC_TUNABLES (npm start and the Docker image set it) for faster decode steps, or glibc.malloc.hugetlb=0 to keep small pages without this warning`;
 }
