@@ -15,11 +15,11 @@ const USAGE = `Usage: npm run bench:llama -- --llama-dir DIR [options]
 Serves each model folder and runs llama.cpp on the same checkpoint written as GGUF, at each
 stream count, with the serving benchmark's seeded token-id prompts; prints output tokens/s and
 each of ours against each llama.cpp type. llama.cpp runs at its best: in its own process with
-UV_THREADPOOL_SIZE=1, warmed up, with the faster flash attention and weight mapping settings for
-the workload; at one
-stream it is also timed through a plain evaluate loop, and a harness loop slower than that is
-reported. node-llama-cpp is not a dependency of this project;
-install it apart (Linux x64, CPU build; its optional GPU packages and install script are skipped):
+UV_THREADPOOL_SIZE=1 and our server's GLIBC_TUNABLES, warmed up, with the faster flash attention
+and weight mapping settings for the workload; at one stream it is also timed through a plain
+evaluate loop, and a harness loop slower than that is reported. node-llama-cpp is not a
+dependency of this project; install it apart (Linux x64, CPU build; its optional GPU packages
+and install script are skipped):
   mkdir -p ../llama && cd ../llama && npm init -y && \\
     npm install --no-save --omit=optional --ignore-scripts node-llama-cpp@3.21.1 @node-llama-cpp/linux-x64@3.21.1
 

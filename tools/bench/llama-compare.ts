@@ -17,7 +17,7 @@ import { runBenchmark, type BenchIo } from './bench.js';
 import { writeGpt2Gguf, type GgufWeightType } from './gguf.js';
 import type { PeerJob, PeerResult } from './llama-peer.js';
 import { parseBenchArgs } from './options.js';
-import { HUGE_PAGES_TUNABLE } from '../../src/util/huge-pages.js';
+import { hugePagesEnv } from './server-process.js';
 
 export interface LlamaCompareOptions {
   /** A folder with node_modules/node-llama-cpp. */
@@ -139,8 +139,8 @@ async function runPeer(opts: LlamaCompareOptions, gguf: string, streams: number)
   };
   const script = join(dirname(fileURLToPath(import.meta.url)), 'llama-peer.js');
   const { stdout } = await promisify(execFile)(process.execPath, [script, JSON.stringify(job)], {
-    // The same GLIBC_TUNABLES as our server (server-process.ts): huge pages for what it reads into memory.
-    env: { ...process.env, UV_THREADPOOL_SIZE: String(opts.uvThreadpoolSize), GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? HUGE_PAGES_TUNABLE },
+    // The same GLIBC_TUNABLES as our server: huge pages for what it reads into memory.
+    env: { ...hugePagesEnv(), UV_THREADPOOL_SIZE: String(opts.uvThreadpoolSize) },
     maxBuffer: 1 << 20,
   });
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as PeerResult;

@@ -104,6 +104,14 @@ function findRoot(from: string): string {
   return dir;
 }
 
+/**
+ * This process's environment with GLIBC_TUNABLES as `npm start` sets it (huge pages, unless it is
+ * set and not empty): what a benchmarked process, ours or a peer, starts with.
+ */
+export function hugePagesEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, GLIBC_TUNABLES: process.env.GLIBC_TUNABLES || HUGE_PAGES_TUNABLE };
+}
+
 export async function startServer(opts: ServerOptions): Promise<ServerHandle> {
   installExitHook();
   const port = await freePort();
@@ -123,9 +131,7 @@ export async function startServer(opts: ServerOptions): Promise<ServerHandle> {
     'warn',
     ...(opts.args ?? []),
   ];
-  // Started as `npm start` starts it: weights and KV on huge pages unless GLIBC_TUNABLES says otherwise.
-  const env = { ...process.env, GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? HUGE_PAGES_TUNABLE };
-  const child = spawn(process.execPath, args, { cwd: entry.cwd, stdio: ['ignore', 'pipe', 'pipe'], env });
+  const child = spawn(process.execPath, args, { cwd: entry.cwd, stdio: ['ignore', 'pipe', 'pipe'], env: hugePagesEnv() });
   live.add(child);
   const tail: string[] = [];
   const onData = (buf: Buffer) => {
